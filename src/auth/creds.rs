@@ -1,0 +1,385 @@
+//! Static users and TURN REST credentials: owns the long-term key derivation
+//! (RFC 8489 §9.2.2), the TURN REST password derivation
+//! (draft-uberti-behave-turn-rest-00 §2.2, as coturn implements it) and [`Credentials`], the
+//! [`Authenticator`] built from `[auth]`.
+//!
+//! Secrets and passwords live only in this module; nothing here logs, and the `Debug` impl of
+//! [`Credentials`] prints counts, never key material.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use md5::{Digest, Md5};
+use sha1::Sha1;
+
+use super::{Authenticator, Key, Lookup};
+use crate::config;
+
+/// MD5(user:realm:password).
+pub fn long_term_key(user: &str, realm: &str, password: &str) -> Key {
+    let mut md5 = Md5::new();
+    md5.update(user.as_bytes());
+    md5.update(b":");
+    md5.update(realm.as_bytes());
+    md5.update(b":");
+    md5.update(password.as_bytes());
+    md5.finalize().into()
+}
+
+/// TURN REST password: base64(HMAC-SHA1(secret, username)).
+pub fn rest_password(secret: &[u8], username: &str) -> String {
+    // Invariant: HMAC accepts keys of any length, so this never fails.
+    let mut mac = Hmac::<Sha1>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(username.as_bytes());
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// TURN REST username: `expiry<sep>user` (user may be empty: then just `expiry`).
+pub fn rest_username(expiry_unix: u64, user: &str, sep: char) -> String {
+    if user.is_empty() {
+        expiry_unix.to_string()
+    } else {
+        format!("{expiry_unix}{sep}{user}")
+    }
+}
+
+/// The authenticator built from `[auth]`.
+pub struct Credentials {
+    realm: String,
+    keys_by_user: HashMap<String, Key>,
+    /// TURN REST shared secrets, all accepted (rotation).
+    secrets: Vec<Vec<u8>>,
+    rest_separator: char,
+    rest_max_skew_secs: u64,
+}
+
+impl Credentials {
+    pub fn from_config(auth: &config::Auth, realm: &str) -> Self {
+        let mut keys_by_user = HashMap::with_capacity(auth.users.len());
+        for user in &auth.users {
+            let key = match &user.credential {
+                config::Credential::Password(password) => {
+                    long_term_key(&user.name, realm, password)
+                }
+                config::Credential::Key(key) => *key,
+            };
+            // The first definition of a name wins, like the first duplicate attribute.
+            keys_by_user.entry(user.name.clone()).or_insert(key);
+        }
+        Credentials {
+            realm: realm.to_string(),
+            keys_by_user,
+            secrets: auth.secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            rest_separator: auth.rest_separator,
+            rest_max_skew_secs: auth.rest_max_skew.as_secs(),
+        }
+    }
+
+    /// The REST path: Unknown unless secrets are configured and the username carries an expiry.
+    fn lookup_rest(&self, username: &str, unix_now: u64) -> Lookup {
+        if self.secrets.is_empty() {
+            return Lookup::Unknown;
+        }
+        let Some(expiry) = rest_expiry(username, self.rest_separator) else {
+            return Lookup::Unknown;
+        };
+        if expiry.saturating_add(self.rest_max_skew_secs) < unix_now {
+            return Lookup::Expired;
+        }
+        let keys = self
+            .secrets
+            .iter()
+            .map(|secret| long_term_key(username, &self.realm, &rest_password(secret, username)))
+            .collect();
+        Lookup::Keys(keys)
+    }
+}
+
+impl Authenticator for Credentials {
+    fn lookup(&self, username: &str, realm: &str, unix_now: u64) -> Lookup {
+        if realm != self.realm {
+            return Lookup::Unknown;
+        }
+        if let Some(key) = self.keys_by_user.get(username) {
+            return Lookup::Keys(vec![*key]);
+        }
+        self.lookup_rest(username, unix_now)
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("realm", &self.realm)
+            .field("static_users", &self.keys_by_user.len())
+            .field("rest_secrets", &self.secrets.len())
+            .field("rest_separator", &self.rest_separator)
+            .field("rest_max_skew_secs", &self.rest_max_skew_secs)
+            .finish()
+    }
+}
+
+/// The expiry carried by a TURN REST username: `expiry`, `expiry<sep>user` or, failing that,
+/// the rarer `user<sep>expiry`.
+fn rest_expiry(username: &str, sep: char) -> Option<u64> {
+    match username.split_once(sep) {
+        None => parse_decimal(username),
+        Some((first, _)) => parse_decimal(first).or_else(|| {
+            let (_, last) = username.rsplit_once(sep)?;
+            parse_decimal(last)
+        }),
+    }
+}
+
+/// Strict unsigned decimal: ASCII digits only (no sign, no spaces), no overflow.
+fn parse_decimal(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// `printf 'user:realm:pass' | md5sum`
+    const USER_REALM_PASS_KEY: &str = "8493fbc53ba582fb4c044c456bdc40eb";
+    /// `printf '%s' '1700000000:alice' | openssl dgst -sha1 -hmac secret -binary | base64`
+    const REST_PASSWORD_SECRET: &str = "d8soP47RbdIKLDUOpnJPVQyq5Ts=";
+    /// The same with `-hmac secret2`.
+    const REST_PASSWORD_SECRET2: &str = "zRSSW1P3gxN0GUHVejogO/qiNv8=";
+    const NOW: u64 = 1_700_000_000;
+
+    fn auth(users: Vec<config::StaticUser>, secrets: &[&str]) -> config::Auth {
+        config::Auth {
+            users,
+            secrets: secrets.iter().map(|s| s.to_string()).collect(),
+            rest_separator: ':',
+            rest_max_skew: Duration::from_secs(60),
+            nonce_lifetime: Duration::from_secs(600),
+            failure_budget_per_sec: 50,
+        }
+    }
+
+    fn user(name: &str, credential: config::Credential) -> config::StaticUser {
+        config::StaticUser {
+            name: name.into(),
+            credential,
+        }
+    }
+
+    fn rest_key(username: &str, secret: &str) -> Key {
+        long_term_key(
+            username,
+            "realm",
+            &rest_password(secret.as_bytes(), username),
+        )
+    }
+
+    #[test]
+    fn long_term_key_known_answer() {
+        assert_eq!(
+            hex::encode(long_term_key("user", "realm", "pass")),
+            USER_REALM_PASS_KEY
+        );
+    }
+
+    #[test]
+    fn rest_password_known_answer() {
+        assert_eq!(
+            rest_password(b"secret", "1700000000:alice"),
+            REST_PASSWORD_SECRET
+        );
+        assert_eq!(
+            rest_password(b"secret2", "1700000000:alice"),
+            REST_PASSWORD_SECRET2
+        );
+    }
+
+    #[test]
+    fn rest_username_forms() {
+        assert_eq!(
+            rest_username(1_700_000_000, "alice", ':'),
+            "1700000000:alice"
+        );
+        assert_eq!(
+            rest_username(1_700_000_000, "alice", '-'),
+            "1700000000-alice"
+        );
+        assert_eq!(rest_username(1_700_000_000, "", ':'), "1700000000");
+    }
+
+    #[test]
+    fn static_user_with_password() {
+        let pass = config::Credential::Password("pass".into());
+        let creds = Credentials::from_config(&auth(vec![user("user", pass)], &[]), "realm");
+        let key: Key = hex::decode(USER_REALM_PASS_KEY)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        assert_eq!(creds.lookup("user", "realm", NOW), Lookup::Keys(vec![key]));
+        assert_eq!(creds.lookup("nobody", "realm", NOW), Lookup::Unknown);
+    }
+
+    #[test]
+    fn static_user_with_precomputed_key() {
+        let key = [7u8; 16];
+        let users = vec![user("bob", config::Credential::Key(key))];
+        let creds = Credentials::from_config(&auth(users, &[]), "realm");
+        assert_eq!(creds.lookup("bob", "realm", NOW), Lookup::Keys(vec![key]));
+    }
+
+    #[test]
+    fn realm_mismatch_is_unknown() {
+        let pass = config::Credential::Password("pass".into());
+        let creds = Credentials::from_config(&auth(vec![user("user", pass)], &["secret"]), "realm");
+        assert_eq!(creds.lookup("user", "other", NOW), Lookup::Unknown);
+        assert_eq!(creds.lookup("user", "", NOW), Lookup::Unknown);
+        assert_eq!(
+            creds.lookup("1700000000:alice", "other", NOW),
+            Lookup::Unknown
+        );
+    }
+
+    #[test]
+    fn static_user_wins_over_rest() {
+        let key = [9u8; 16];
+        let users = vec![user("1700000000:alice", config::Credential::Key(key))];
+        let creds = Credentials::from_config(&auth(users, &["secret"]), "realm");
+        assert_eq!(
+            creds.lookup("1700000000:alice", "realm", NOW),
+            Lookup::Keys(vec![key])
+        );
+    }
+
+    #[test]
+    fn rest_user_accepted_with_known_password() {
+        let creds = Credentials::from_config(&auth(vec![], &["secret"]), "realm");
+        let expected = long_term_key("1700000000:alice", "realm", REST_PASSWORD_SECRET);
+        assert_eq!(
+            creds.lookup("1700000000:alice", "realm", NOW),
+            Lookup::Keys(vec![expected])
+        );
+    }
+
+    #[test]
+    fn rest_two_secrets_both_accepted() {
+        let creds = Credentials::from_config(&auth(vec![], &["secret", "secret2"]), "realm");
+        let Lookup::Keys(keys) = creds.lookup("1700000000:alice", "realm", NOW) else {
+            panic!("REST username not accepted");
+        };
+        assert_eq!(keys.len(), 2);
+        assert!(keys.contains(&long_term_key(
+            "1700000000:alice",
+            "realm",
+            REST_PASSWORD_SECRET
+        )));
+        assert!(keys.contains(&long_term_key(
+            "1700000000:alice",
+            "realm",
+            REST_PASSWORD_SECRET2
+        )));
+    }
+
+    #[test]
+    fn rest_expired_usernames() {
+        let creds = Credentials::from_config(&auth(vec![], &["secret"]), "realm");
+        // Skew is 60 s: expiry + 60 == now is still fine, one second later it is not.
+        let at_edge = rest_username(NOW - 60, "alice", ':');
+        assert!(matches!(
+            creds.lookup(&at_edge, "realm", NOW),
+            Lookup::Keys(_)
+        ));
+        let past = rest_username(NOW - 61, "alice", ':');
+        assert_eq!(creds.lookup(&past, "realm", NOW), Lookup::Expired);
+        assert_eq!(creds.lookup("0:alice", "realm", NOW), Lookup::Expired);
+        assert_eq!(creds.lookup("1000", "realm", NOW), Lookup::Expired);
+        assert_eq!(creds.lookup("alice:1000", "realm", NOW), Lookup::Expired);
+    }
+
+    #[test]
+    fn rest_timestamp_only_and_reversed_forms() {
+        let creds = Credentials::from_config(&auth(vec![], &["secret"]), "realm");
+        let only = rest_username(NOW + 3600, "", ':');
+        assert_eq!(
+            creds.lookup(&only, "realm", NOW),
+            Lookup::Keys(vec![rest_key(&only, "secret")])
+        );
+        let reversed = format!("alice:{}", NOW + 3600);
+        assert_eq!(
+            creds.lookup(&reversed, "realm", NOW),
+            Lookup::Keys(vec![rest_key(&reversed, "secret")])
+        );
+        // The user part may itself contain the separator.
+        let nested = format!("{}:alice:work", NOW + 3600);
+        assert_eq!(
+            creds.lookup(&nested, "realm", NOW),
+            Lookup::Keys(vec![rest_key(&nested, "secret")])
+        );
+    }
+
+    #[test]
+    fn rest_separator_configurable() {
+        let mut a = auth(vec![], &["secret"]);
+        a.rest_separator = '-';
+        let creds = Credentials::from_config(&a, "realm");
+        let dashed = rest_username(NOW + 3600, "alice", '-');
+        assert_eq!(
+            creds.lookup(&dashed, "realm", NOW),
+            Lookup::Keys(vec![rest_key(&dashed, "secret")])
+        );
+        // With '-' as separator, "expiry:alice" has no numeric part.
+        let colon = rest_username(NOW + 3600, "alice", ':');
+        assert_eq!(creds.lookup(&colon, "realm", NOW), Lookup::Unknown);
+    }
+
+    #[test]
+    fn rest_unparsable_usernames_are_unknown() {
+        let creds = Credentials::from_config(&auth(vec![], &["secret"]), "realm");
+        for name in [
+            "",
+            "alice",
+            ":",
+            "alice:",
+            ":alice",
+            "+1700000000:a",
+            " 1700000000:a",
+            "1e9:a",
+        ] {
+            assert_eq!(
+                creds.lookup(name, "realm", NOW),
+                Lookup::Unknown,
+                "{name:?}"
+            );
+        }
+        // More digits than a u64 holds.
+        assert_eq!(
+            creds.lookup("99999999999999999999999:a", "realm", NOW),
+            Lookup::Unknown
+        );
+    }
+
+    #[test]
+    fn rest_needs_a_secret() {
+        let creds = Credentials::from_config(&auth(vec![], &[]), "realm");
+        let name = rest_username(NOW + 3600, "alice", ':');
+        assert_eq!(creds.lookup(&name, "realm", NOW), Lookup::Unknown);
+    }
+
+    #[test]
+    fn debug_does_not_leak_secrets() {
+        let pass = config::Credential::Password("hunter2".into());
+        let a = auth(vec![user("user", pass)], &["topsecret"]);
+        let shown = format!("{:?}", Credentials::from_config(&a, "realm"));
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("topsecret"),
+            "{shown}"
+        );
+    }
+}

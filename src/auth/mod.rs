@@ -1,0 +1,49 @@
+//! Long-term credentials (RFC 8489 §9.2): static users, TURN REST shared secrets, stateless
+//! nonces and the per-source-IP budget of auth failures.
+//!
+//! Everything here is synchronous and in memory so the engine can call it on any shard.
+//! This module owns the shared vocabulary ([`Key`], [`Lookup`], [`NonceCheck`]); `creds` owns
+//! key derivation and lookup, `nonce` the nonce format, `budget` the failure budget.
+//! CONTRACT (used by the engine; keep these signatures):
+//! - [`Authenticator::lookup`] returns the candidate integrity keys for a username.
+//! - [`NonceMint`] issues and checks stateless nonces bound to the client address.
+//! - [`FailureBudget`] rate-limits 401/438 answers per source IP (port ignored), fixed memory.
+
+/// The long-term key: MD5(username ":" realm ":" password).
+pub type Key = [u8; 16];
+
+/// What the authenticator knows about a username.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Candidate keys; the request is authentic if its MESSAGE-INTEGRITY matches any of them
+    /// (several when several REST secrets are active during rotation).
+    Keys(Vec<Key>),
+    /// No such user (or a REST username that does not parse).
+    Unknown,
+    /// A TURN REST username whose expiry (plus allowed skew) has passed.
+    Expired,
+}
+
+/// Source of credentials. Implementations must not log secrets or passwords.
+pub trait Authenticator: Send + Sync {
+    /// `unix_now` is the wall-clock time in seconds, passed in so tests can inject it.
+    fn lookup(&self, username: &str, realm: &str, unix_now: u64) -> Lookup;
+}
+
+/// Result of checking a nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceCheck {
+    Valid,
+    /// Ours, for this client, but older than the nonce lifetime: answer 438.
+    Stale,
+    /// Not ours, or for another client address: answer 438.
+    Invalid,
+}
+
+mod budget;
+mod creds;
+mod nonce;
+
+pub use budget::FailureBudget;
+pub use creds::{long_term_key, rest_password, rest_username, Credentials};
+pub use nonce::NonceMint;

@@ -1,0 +1,1 @@
+//! Command-line flags (each also readable from a `TURND_*` environment variable).

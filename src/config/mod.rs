@@ -1,0 +1,300 @@
+//! Configuration: the validated, typed [`Config`] that the rest of turnd consumes.
+//!
+//! Two layers (see STYLE.md §4): `raw` is the serde view of the TOML file
+//! (`deny_unknown_fields`, every error carries file, line and key); `load` turns it into a
+//! [`Config`] that cannot be half-valid. CLI flags and `TURND_*` variables are merged in
+//! `crate::cli`. No config file means [`Config::development`].
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+mod load;
+mod raw;
+
+pub use load::{load_file, load_str, ConfigError};
+
+/// The development profile's static user (documented in the README).
+pub const DEV_USER: &str = "dev";
+/// The development profile's static password (documented in the README).
+pub const DEV_PASSWORD: &str = "devpass";
+/// The development profile's TURN REST shared secret (documented in the README).
+pub const DEV_SECRET: &str = "devsecret";
+/// The default realm.
+pub const DEFAULT_REALM: &str = "turnd";
+
+/// Which defaults a configuration started from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// No config file: loopback only, loopback peers allowed, dev credentials, loud banner.
+    Development,
+    /// A config file was given: secure defaults.
+    Production,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub profile: Profile,
+    /// Where the file came from, for messages; `None` for the built-in profile.
+    pub source: Option<PathBuf>,
+    pub realm: String,
+    /// Number of shards (threads); default: number of cores.
+    pub workers: usize,
+    /// SOFTWARE attribute in responses; `None` (the default) sends none.
+    pub software: Option<String>,
+    pub listen: Listen,
+    pub tls: Option<TlsFiles>,
+    pub relay: Relay,
+    pub auth: Auth,
+    pub policy: Policy,
+    pub lifetimes: Lifetimes,
+    pub streams: Streams,
+    pub log: Log,
+}
+
+/// Limits of TCP and TLS client connections.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Streams {
+    /// A TLS handshake must finish within this.
+    pub handshake_timeout: Duration,
+    /// The first complete STUN/ChannelData frame must arrive within this.
+    pub first_frame_timeout: Duration,
+    /// A connection without an allocation is closed after this long without a frame.
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Bytes queued for a client that is not reading; more close the connection.
+    pub write_queue_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Listen {
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+}
+
+/// PEM certificate chain and key for TLS listeners. Without it, the development profile
+/// generates a self-signed certificate; any config file with TLS listeners must set it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl PortRange {
+    pub fn len(&self) -> u32 {
+        u32::from(self.max) - u32::from(self.min) + 1
+    }
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+    pub fn contains(&self, port: u16) -> bool {
+        (self.min..=self.max).contains(&port)
+    }
+}
+
+/// 1:1 NAT mapping: relays bind `private` and advertise `public`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExternalMapping {
+    pub public: IpAddr,
+    pub private: IpAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Relay {
+    /// Address relay sockets bind for IPv4 allocations; `None`: IPv4 relays unavailable (440).
+    pub ipv4: Option<Ipv4Addr>,
+    /// Address relay sockets bind for IPv6 allocations; `None`: IPv6 relays unavailable (440).
+    pub ipv6: Option<Ipv6Addr>,
+    pub ports: PortRange,
+    pub external: Vec<ExternalMapping>,
+}
+
+impl Relay {
+    /// The address advertised to clients for a relay bound at `bound`.
+    pub fn advertised(&self, bound: SocketAddr) -> SocketAddr {
+        for m in &self.external {
+            if m.private == bound.ip() {
+                return SocketAddr::new(m.public, bound.port());
+            }
+        }
+        bound
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    Password(String),
+    /// MD5(user:realm:password), as `turnadmin -k` prints it.
+    Key([u8; 16]),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticUser {
+    pub name: String,
+    pub credential: Credential,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Auth {
+    pub users: Vec<StaticUser>,
+    /// TURN REST shared secrets; any of them is accepted (rotation).
+    pub secrets: Vec<String>,
+    /// Separator in `expiry<sep>user` REST usernames.
+    pub rest_separator: char,
+    /// Clock skew tolerated on REST expiry timestamps.
+    pub rest_max_skew: Duration,
+    /// How long a nonce stays valid before 438.
+    pub nonce_lifetime: Duration,
+    /// 401/438 responses allowed per source IP per second (burst: twice that); more are dropped.
+    pub failure_budget_per_sec: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Peers allowed even when in the deny list.
+    pub allow_peers: Vec<IpNet>,
+    /// Peers denied in addition to the built-in special-purpose list.
+    pub deny_peers: Vec<IpNet>,
+    pub max_allocations: usize,
+    pub max_allocations_per_user: usize,
+    pub max_permissions_per_allocation: usize,
+    pub max_channels_per_allocation: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lifetimes {
+    pub allocation_default: Duration,
+    pub allocation_max: Duration,
+    pub permission: Duration,
+    pub channel: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Log {
+    /// A tracing filter directive such as "info" or "turnd=debug"; RUST_LOG wins when set.
+    pub level: String,
+    pub format: LogFormat,
+    /// Replace client addresses and usernames with a short keyed hash in logs.
+    pub redact: bool,
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Config {
+    /// The secure defaults every config file starts from.
+    pub fn secure_default() -> Self {
+        Config {
+            profile: Profile::Production,
+            source: None,
+            realm: DEFAULT_REALM.to_string(),
+            workers: default_workers(),
+            software: None,
+            listen: Listen {
+                udp: vec![SocketAddr::from(([0, 0, 0, 0], 3478))],
+                tcp: vec![],
+                tls: vec![],
+            },
+            tls: None,
+            relay: Relay {
+                ipv4: Some(Ipv4Addr::UNSPECIFIED),
+                ipv6: None,
+                ports: PortRange {
+                    min: 49152,
+                    max: 65535,
+                },
+                external: vec![],
+            },
+            auth: Auth {
+                users: vec![],
+                secrets: vec![],
+                rest_separator: ':',
+                rest_max_skew: Duration::from_secs(60),
+                nonce_lifetime: Duration::from_secs(600),
+                failure_budget_per_sec: 50,
+            },
+            policy: Policy {
+                allow_peers: vec![],
+                deny_peers: vec![],
+                max_allocations: 10_000,
+                max_allocations_per_user: 100,
+                max_permissions_per_allocation: 64,
+                max_channels_per_allocation: 64,
+            },
+            lifetimes: Lifetimes {
+                allocation_default: Duration::from_secs(600),
+                allocation_max: Duration::from_secs(3600),
+                permission: Duration::from_secs(300),
+                channel: Duration::from_secs(600),
+            },
+            streams: Streams {
+                handshake_timeout: Duration::from_secs(10),
+                first_frame_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(60),
+                max_connections: 10_000,
+                max_connections_per_ip: 64,
+                write_queue_bytes: 256 * 1024,
+            },
+            log: Log {
+                level: "info".into(),
+                format: LogFormat::Human,
+                redact: false,
+            },
+        }
+    }
+
+    /// The built-in development profile: everything on loopback, usable on a fresh machine.
+    pub fn development() -> Self {
+        let mut c = Config::secure_default();
+        c.profile = Profile::Development;
+        c.listen.udp = vec![
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 3478)),
+            SocketAddr::from((Ipv6Addr::LOCALHOST, 3478)),
+        ];
+        c.listen.tcp = c.listen.udp.clone();
+        c.listen.tls = vec![
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 5349)),
+            SocketAddr::from((Ipv6Addr::LOCALHOST, 5349)),
+        ];
+        c.relay.ipv4 = Some(Ipv4Addr::LOCALHOST);
+        c.relay.ipv6 = Some(Ipv6Addr::LOCALHOST);
+        c.auth.users = vec![StaticUser {
+            name: DEV_USER.into(),
+            credential: Credential::Password(DEV_PASSWORD.into()),
+        }];
+        c.auth.secrets = vec![DEV_SECRET.into()];
+        c.auth.failure_budget_per_sec = 1000;
+        c.policy.allow_peers = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+        c
+    }
+
+    /// A development-style config on port 0 for tests: loopback only, ephemeral ports.
+    pub fn for_tests() -> Self {
+        let mut c = Config::development();
+        c.workers = 2;
+        c.listen.udp = vec![
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            SocketAddr::from((Ipv6Addr::LOCALHOST, 0)),
+        ];
+        c.listen.tcp = c.listen.udp.clone();
+        c.listen.tls = c.listen.udp.clone();
+        c
+    }
+}

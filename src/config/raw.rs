@@ -1,0 +1,1 @@
+//! The serde view of turnd.toml.

@@ -1,0 +1,104 @@
+//! One allocation: its relay sockets, permissions, channels, counters and recent responses.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+/// How many recent responses an allocation keeps for retransmitted requests.
+const RECENT_RESPONSES: usize = 8;
+
+/// A relay socket of an allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relay {
+    /// The address the socket is bound to.
+    pub bound: SocketAddr,
+    /// The address clients are told (external mapping applied).
+    pub advertised: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Channel {
+    pub peer: SocketAddr,
+    pub expires: Instant,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counters {
+    pub bytes_to_peer: u64,
+    pub bytes_to_client: u64,
+    pub packets_to_peer: u64,
+    pub packets_to_client: u64,
+}
+
+#[derive(Debug)]
+pub struct Allocation {
+    pub user: String,
+    /// The long-term key the allocation was created with; later requests must match it.
+    pub key: Vec<u8>,
+    pub relays: Vec<Relay>,
+    pub created: Instant,
+    pub expires: Instant,
+    /// Where this allocation sits in the engine's timer set.
+    pub wake_at: Instant,
+    pub permissions: HashMap<IpAddr, Instant>,
+    pub channels_by_number: HashMap<u16, Channel>,
+    pub channels_by_peer: HashMap<SocketAddr, u16>,
+    pub stats: Counters,
+    /// (transaction id, response) of recent requests, newest last.
+    pub recent: VecDeque<([u8; 12], Vec<u8>)>,
+}
+
+impl Allocation {
+    pub fn relay_for(&self, peer: &SocketAddr) -> Option<&Relay> {
+        self.relays
+            .iter()
+            .find(|r| r.bound.is_ipv4() == peer.is_ipv4())
+    }
+
+    pub fn has_family_of(&self, peer: &SocketAddr) -> bool {
+        self.relay_for(peer).is_some()
+    }
+
+    pub fn permitted(&self, ip: &IpAddr, now: Instant) -> bool {
+        self.permissions.get(ip).is_some_and(|e| *e > now)
+    }
+
+    pub fn remember(&mut self, tid: [u8; 12], response: Vec<u8>) {
+        if self.recent.len() == RECENT_RESPONSES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((tid, response));
+    }
+
+    pub fn recalled(&self, tid: &[u8; 12]) -> Option<&[u8]> {
+        self.recent
+            .iter()
+            .find(|(t, _)| t == tid)
+            .map(|(_, r)| r.as_slice())
+    }
+
+    /// Drop expired permissions and channels.
+    pub fn expire_children(&mut self, now: Instant) {
+        self.permissions.retain(|_, e| *e > now);
+        let peers = &mut self.channels_by_peer;
+        self.channels_by_number.retain(|_, c| {
+            let keep = c.expires > now;
+            if !keep {
+                peers.remove(&c.peer);
+            }
+            keep
+        });
+    }
+
+    /// The earliest instant something in this allocation expires.
+    pub fn next_deadline(&self) -> Instant {
+        let mut t = self.expires;
+        for e in self.permissions.values() {
+            t = t.min(*e);
+        }
+        for c in self.channels_by_number.values() {
+            t = t.min(c.expires);
+        }
+        t
+    }
+}

@@ -1,0 +1,513 @@
+//! Control plane: Binding, Allocate, Refresh, CreatePermission, ChannelBind (RFC 8489,
+//! RFC 8656, RFC 6156), long-term authentication, and the answers to them.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use stun::attributes::*;
+use stun::message as msg;
+
+use super::allocation::{Allocation, Channel, Counters, Relay};
+use super::wire::{decode_xor_addr, Parsed, Reply, ATTR_ADDITIONAL_ADDRESS_FAMILY};
+use super::{ClientAddr, Command, Engine, Family, PendingAllocate, Transmit};
+use crate::auth::{Lookup, NonceCheck};
+
+/// First and last channel number (RFC 8656 §12).
+pub const CHANNEL_MIN: u16 = 0x4000;
+pub const CHANNEL_MAX: u16 = 0x4FFF;
+const PROTO_UDP: u8 = 17;
+
+/// Attributes understood in requests; other comprehension-required ones get 420.
+const KNOWN: &[AttrType] = &[
+    ATTR_USERNAME,
+    ATTR_MESSAGE_INTEGRITY,
+    ATTR_REALM,
+    ATTR_NONCE,
+    ATTR_SOFTWARE,
+    ATTR_CHANNEL_NUMBER,
+    ATTR_LIFETIME,
+    ATTR_XOR_PEER_ADDRESS,
+    ATTR_DATA,
+    ATTR_REQUESTED_ADDRESS_FAMILY,
+    ATTR_EVEN_PORT,
+    ATTR_REQUESTED_TRANSPORT,
+    ATTR_DONT_FRAGMENT,
+    ATTR_RESERVATION_TOKEN,
+    ATTR_PRIORITY,
+    ATTR_USE_CANDIDATE,
+];
+
+/// Who sent an authenticated request.
+struct Authed {
+    user: String,
+    key: Vec<u8>,
+}
+
+impl Engine {
+    pub(super) fn on_stun(&mut self, now: Instant, from: ClientAddr, buf: &[u8]) {
+        let Ok(req) = Parsed::parse(buf) else { return };
+        if req.class != msg::CLASS_REQUEST {
+            // Responses and other indications from clients: nothing to do.
+            return;
+        }
+        match req.method {
+            msg::METHOD_BINDING => self.on_binding(from, &req),
+            msg::METHOD_ALLOCATE => self.authed(now, from, &req, Self::on_allocate),
+            msg::METHOD_REFRESH => self.authed(now, from, &req, Self::on_refresh),
+            msg::METHOD_CREATE_PERMISSION => {
+                self.authed(now, from, &req, Self::on_create_permission)
+            }
+            msg::METHOD_CHANNEL_BIND => self.authed(now, from, &req, Self::on_channel_bind),
+            _ => self.reply(from, Reply::error(&req, 400)),
+        }
+    }
+
+    fn reply(&mut self, to: ClientAddr, r: Reply) {
+        let bytes = r.finish(self.cfg.software.as_deref());
+        self.transmits.push_back(Transmit { to, bytes });
+    }
+
+    fn on_binding(&mut self, from: ClientAddr, req: &Parsed<'_>) {
+        let unknown = req.unknown_required(KNOWN);
+        if !unknown.is_empty() {
+            let mut r = Reply::error(req, 420);
+            r.unknown_attributes(&unknown);
+            return self.reply(from, r);
+        }
+        let mut r = Reply::success(req);
+        r.xor_addr(ATTR_XORMAPPED_ADDRESS, from.remote);
+        self.reply(from, r);
+    }
+
+    /// Authenticate (RFC 8489 §9.2.4), answer a retransmission from the cache, check for
+    /// unknown attributes, then call `handler`.
+    fn authed(
+        &mut self,
+        now: Instant,
+        from: ClientAddr,
+        req: &Parsed<'_>,
+        handler: fn(&mut Self, Instant, ClientAddr, &Parsed<'_>, Authed),
+    ) {
+        let Some(authed) = self.authenticate(now, from, req) else {
+            return;
+        };
+        if let Some(a) = self.allocations_by_client.get(&from) {
+            if a.user != authed.user {
+                return self.reply(from, Reply::error(req, 441).sign(&authed.key));
+            }
+            if let Some(cached) = a.recalled(&req.tid.0) {
+                let bytes = cached.to_vec();
+                self.transmits.push_back(Transmit { to: from, bytes });
+                return;
+            }
+        }
+        if self.pending_by_client.contains_key(&from) {
+            // The first copy of this Allocate is still being served.
+            return;
+        }
+        let unknown = req.unknown_required(KNOWN);
+        if !unknown.is_empty() {
+            let mut r = Reply::error(req, 420);
+            r.unknown_attributes(&unknown);
+            return self.reply(from, r.sign(&authed.key));
+        }
+        handler(self, now, from, req, authed);
+    }
+
+    fn authenticate(&mut self, now: Instant, from: ClientAddr, req: &Parsed<'_>) -> Option<Authed> {
+        if req.integrity_at.is_none() {
+            self.challenge(now, from, req, 401);
+            return None;
+        }
+        let (Some(user), Some(realm), Some(nonce)) = (
+            req.text(ATTR_USERNAME),
+            req.text(ATTR_REALM),
+            req.get(ATTR_NONCE),
+        ) else {
+            self.reply(from, Reply::error(req, 400));
+            return None;
+        };
+        let check = self.shared.nonces.check(
+            nonce,
+            from.remote,
+            self.clock_secs(now),
+            self.cfg.nonce_lifetime.as_secs(),
+        );
+        if check != NonceCheck::Valid {
+            self.challenge(now, from, req, 438);
+            return None;
+        }
+        let keys = match self.shared.auth.lookup(user, realm, self.unix_secs(now)) {
+            Lookup::Keys(keys) => keys,
+            Lookup::Unknown | Lookup::Expired => {
+                // Spend the same HMAC work as for a known user.
+                let _ = req.integrity_matches(&[0u8; 16]);
+                self.challenge(now, from, req, 401);
+                return None;
+            }
+        };
+        match keys.iter().find(|k| req.integrity_matches(&k[..])) {
+            Some(k) => Some(Authed {
+                user: user.to_string(),
+                key: k.to_vec(),
+            }),
+            None => {
+                self.challenge(now, from, req, 401);
+                None
+            }
+        }
+    }
+
+    /// 401 or 438 with REALM and a fresh NONCE, within the per-IP budget.
+    fn challenge(&mut self, now: Instant, from: ClientAddr, req: &Parsed<'_>, code: u16) {
+        if !self
+            .shared
+            .budget
+            .try_spend(from.remote.ip(), self.clock_ms(now))
+        {
+            return;
+        }
+        let nonce = self.shared.nonces.issue(from.remote, self.clock_secs(now));
+        let mut r = Reply::error(req, code);
+        r.text(ATTR_REALM, &self.cfg.realm);
+        r.text(ATTR_NONCE, &nonce);
+        self.reply(from, r);
+    }
+
+    fn requested_lifetime(&self, req: &Parsed<'_>) -> Result<Option<Duration>, ()> {
+        match req.get(ATTR_LIFETIME) {
+            None => Ok(None),
+            Some(v) if v.len() == 4 => {
+                Ok(Some(Duration::from_secs(u64::from(u32::from_be_bytes([
+                    v[0], v[1], v[2], v[3],
+                ])))))
+            }
+            Some(_) => Err(()),
+        }
+    }
+
+    fn clamp_lifetime(&self, requested: Option<Duration>) -> Duration {
+        let l = &self.cfg.lifetimes;
+        requested
+            .unwrap_or(l.allocation_default)
+            .clamp(l.allocation_default, l.allocation_max)
+    }
+
+    fn on_allocate(&mut self, _now: Instant, from: ClientAddr, req: &Parsed<'_>, au: Authed) {
+        if self.allocations_by_client.contains_key(&from) {
+            return self.reply(from, Reply::error(req, 437).sign(&au.key));
+        }
+        let err = |e: &mut Self, code| e.reply(from, Reply::error(req, code).sign(&au.key));
+        match req.get(ATTR_REQUESTED_TRANSPORT) {
+            None => return err(self, 400),
+            Some(v) if v.len() != 4 => return err(self, 400),
+            Some(v) if v[0] != PROTO_UDP => return err(self, 442),
+            Some(_) => {}
+        }
+        let even_port = match req.get(ATTR_EVEN_PORT) {
+            None => false,
+            Some(v) if v.len() == 1 || v.len() == 4 => true,
+            Some(_) => return err(self, 400),
+        };
+        let requested = req.get(ATTR_REQUESTED_ADDRESS_FAMILY);
+        let additional = req.get(ATTR_ADDITIONAL_ADDRESS_FAMILY);
+        if req.has(ATTR_RESERVATION_TOKEN) {
+            // We never hand out tokens, so none can be valid; with EVEN-PORT or a family
+            // the request is malformed (RFC 8656 §7.2).
+            if even_port || requested.is_some() || additional.is_some() {
+                return err(self, 400);
+            }
+            return err(self, 508);
+        }
+        let family = |v: &[u8]| match (v.len(), v[0]) {
+            (4, 1) => Ok(Family::V4),
+            (4, 2) => Ok(Family::V6),
+            (4, _) => Err(440),
+            _ => Err(400),
+        };
+        let (mut families, mut refused_v6) = (Vec::with_capacity(2), false);
+        match (requested, additional) {
+            (Some(_), Some(_)) => return err(self, 400),
+            (Some(v), None) => match family(v) {
+                Ok(f) => families.push(f),
+                Err(code) => return err(self, code),
+            },
+            (None, Some(v)) => {
+                // Dual allocation: IPv4 plus the additional family, which must be IPv6.
+                if family(v) != Ok(Family::V6) {
+                    return err(self, 400);
+                }
+                families.push(Family::V4);
+                if self.cfg.relay_v6 {
+                    families.push(Family::V6);
+                } else {
+                    refused_v6 = true;
+                }
+            }
+            (None, None) => families.push(Family::V4),
+        }
+        let available = |f: &Family| match f {
+            Family::V4 => self.cfg.relay_v4,
+            Family::V6 => self.cfg.relay_v6,
+        };
+        if !families.iter().all(available) {
+            return err(self, 440);
+        }
+        let Ok(lifetime) = self.requested_lifetime(req) else {
+            return err(self, 400);
+        };
+        if !self.shared.quotas.acquire(&au.user) {
+            return err(self, 486);
+        }
+        self.pending_by_client.insert(
+            from,
+            PendingAllocate {
+                user: au.user,
+                key: au.key,
+                tid: req.tid.0,
+                lifetime: self.clamp_lifetime(lifetime),
+                families: families.clone(),
+                refused_v6,
+                fingerprint: req.has_fingerprint,
+            },
+        );
+        self.commands.push_back(Command::BindRelays {
+            client: from,
+            families,
+            even_port,
+        });
+    }
+
+    /// The I/O layer's answer to [`Command::BindRelays`]: bound addresses, in order, or
+    /// `None` for a family that could not be bound.
+    pub fn relay_bound(
+        &mut self,
+        now: Instant,
+        client: ClientAddr,
+        bound: Vec<Option<SocketAddr>>,
+    ) {
+        let Some(p) = self.pending_by_client.remove(&client) else {
+            // The client went away meanwhile: give the sockets back.
+            for b in bound.into_iter().flatten() {
+                self.commands.push_back(Command::ReleaseRelay(b));
+            }
+            return;
+        };
+        let relays: Vec<Relay> = bound
+            .iter()
+            .flatten()
+            .map(|b| Relay {
+                bound: *b,
+                advertised: self.advertise(*b),
+            })
+            .collect();
+        // A fake request header, so replies carry the right method, id and fingerprint.
+        let mut hdr = [0u8; 20];
+        hdr[0..2].copy_from_slice(&0x0003u16.to_be_bytes());
+        hdr[4..8].copy_from_slice(&msg::MAGIC_COOKIE.to_be_bytes());
+        hdr[8..20].copy_from_slice(&p.tid);
+        let Ok(req) = Parsed::parse(&hdr) else {
+            unreachable!("a valid header")
+        };
+        let mut r = if relays.is_empty() || bound.first().is_some_and(|b| b.is_none()) {
+            // The requested (first) family failed: the whole Allocate fails.
+            for r in &relays {
+                self.commands.push_back(Command::ReleaseRelay(r.bound));
+            }
+            self.shared.quotas.release(&p.user);
+            let mut r = Reply::error(&req, 508);
+            r.set_fingerprint(p.fingerprint);
+            self.reply(client, r.sign(&p.key));
+            return;
+        } else {
+            Reply::success(&req)
+        };
+        r.set_fingerprint(p.fingerprint);
+        for relay in &relays {
+            r.xor_addr(ATTR_XOR_RELAYED_ADDRESS, relay.advertised);
+        }
+        if p.refused_v6 || (p.families.len() == 2 && relays.len() == 1) {
+            r.address_error(true, if p.refused_v6 { 440 } else { 508 });
+        }
+        r.u32(ATTR_LIFETIME, p.lifetime.as_secs() as u32);
+        r.xor_addr(ATTR_XORMAPPED_ADDRESS, client.remote);
+        let bytes = r.sign(&p.key).finish(self.cfg.software.as_deref());
+        let mut a = Allocation {
+            user: p.user,
+            key: p.key,
+            relays,
+            created: now,
+            expires: now + p.lifetime,
+            wake_at: now,
+            permissions: Default::default(),
+            channels_by_number: Default::default(),
+            channels_by_peer: Default::default(),
+            stats: Counters::default(),
+            recent: Default::default(),
+        };
+        a.remember(p.tid, bytes.clone());
+        for r in &a.relays {
+            self.clients_by_relay.insert(r.bound, client);
+        }
+        tracing::info!(
+            event = "allocation created",
+            user = %crate::telemetry::redact_user(&a.user, self.cfg.redact),
+            client = %crate::telemetry::redact_addr(&client.remote, self.cfg.redact),
+            transport = client.transport.as_str(),
+            relay = %a.relays.iter().map(|r| r.advertised.to_string()).collect::<Vec<_>>().join(","),
+            lifetime_s = p.lifetime.as_secs(),
+            "allocation created"
+        );
+        let deadline = a.expires;
+        self.allocations_by_client.insert(client, a);
+        self.timers.insert((now, client));
+        self.schedule(client, deadline);
+        self.transmits.push_back(Transmit { to: client, bytes });
+    }
+
+    fn advertise(&self, bound: SocketAddr) -> SocketAddr {
+        for m in &self.cfg.external {
+            if m.private == bound.ip() {
+                return SocketAddr::new(m.public, bound.port());
+            }
+        }
+        bound
+    }
+
+    fn on_refresh(&mut self, now: Instant, from: ClientAddr, req: &Parsed<'_>, au: Authed) {
+        let key = au.key;
+        let Some(a) = self.allocations_by_client.get(&from) else {
+            return self.reply(from, Reply::error(req, 437).sign(&key));
+        };
+        if let Some(v) = req.get(ATTR_REQUESTED_ADDRESS_FAMILY) {
+            let v6 = match (v.len(), v[0]) {
+                (4, 1) => false,
+                (4, 2) => true,
+                _ => return self.reply(from, Reply::error(req, 400).sign(&key)),
+            };
+            if !a.relays.iter().any(|r| r.bound.is_ipv6() == v6) {
+                return self.reply(from, Reply::error(req, 443).sign(&key));
+            }
+        }
+        let Ok(requested) = self.requested_lifetime(req) else {
+            return self.reply(from, Reply::error(req, 400).sign(&key));
+        };
+        if requested == Some(Duration::ZERO) {
+            self.delete_allocation(from, "refreshed with lifetime 0");
+            let mut r = Reply::success(req);
+            r.u32(ATTR_LIFETIME, 0);
+            return self.reply(from, r.sign(&key));
+        }
+        let lifetime = self.clamp_lifetime(requested);
+        let mut r = Reply::success(req);
+        r.u32(ATTR_LIFETIME, lifetime.as_secs() as u32);
+        let bytes = r.sign(&key).finish(self.cfg.software.as_deref());
+        if let Some(a) = self.allocations_by_client.get_mut(&from) {
+            a.expires = now + lifetime;
+            a.remember(req.tid.0, bytes.clone());
+            let next = a.next_deadline();
+            self.schedule(from, next);
+        }
+        self.transmits.push_back(Transmit { to: from, bytes });
+    }
+
+    /// Decode the XOR-PEER-ADDRESS values and check them against the allocation and the
+    /// policy. `Err` is the error code to answer.
+    fn checked_peers(&self, from: &ClientAddr, req: &Parsed<'_>) -> Result<Vec<SocketAddr>, u16> {
+        let a = self.allocations_by_client.get(from).ok_or(437u16)?;
+        let mut peers = Vec::new();
+        for v in req.get_all(ATTR_XOR_PEER_ADDRESS) {
+            peers.push(decode_xor_addr(v, &req.tid.0).ok_or(400u16)?);
+        }
+        if peers.is_empty() {
+            return Err(400);
+        }
+        if peers.iter().any(|p| !a.has_family_of(p)) {
+            return Err(443);
+        }
+        if peers.iter().any(|p| !self.shared.policy.permits_ip(p.ip())) {
+            return Err(403);
+        }
+        Ok(peers)
+    }
+
+    fn on_create_permission(
+        &mut self,
+        now: Instant,
+        from: ClientAddr,
+        req: &Parsed<'_>,
+        au: Authed,
+    ) {
+        let peers = match self.checked_peers(&from, req) {
+            Ok(p) => p,
+            Err(code) => return self.reply(from, Reply::error(req, code).sign(&au.key)),
+        };
+        let expires = now + self.cfg.lifetimes.permission;
+        let max = self.cfg.max_permissions;
+        let Some(a) = self.allocations_by_client.get_mut(&from) else {
+            return;
+        };
+        let new = peers
+            .iter()
+            .filter(|p| !a.permissions.contains_key(&p.ip()))
+            .count();
+        if a.permissions.len() + new > max {
+            return self.reply(from, Reply::error(req, 508).sign(&au.key));
+        }
+        for p in &peers {
+            a.permissions.insert(p.ip(), expires);
+        }
+        let next = a.next_deadline();
+        self.schedule(from, next);
+        self.reply(from, Reply::success(req).sign(&au.key));
+    }
+
+    fn on_channel_bind(&mut self, now: Instant, from: ClientAddr, req: &Parsed<'_>, au: Authed) {
+        let bad = |e: &mut Self, code| e.reply(from, Reply::error(req, code).sign(&au.key));
+        let number = match req.get(ATTR_CHANNEL_NUMBER) {
+            Some(v) if v.len() == 4 => u16::from_be_bytes([v[0], v[1]]),
+            _ => return bad(self, 400),
+        };
+        if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&number) {
+            return bad(self, 400);
+        }
+        let peer = match self.checked_peers(&from, req) {
+            Ok(p) if p.len() == 1 => p[0],
+            Ok(_) => return bad(self, 400),
+            Err(code) => return bad(self, code),
+        };
+        if !self.shared.policy.permits(peer) {
+            return bad(self, 403);
+        }
+        let (channel_ttl, perm_ttl) = (self.cfg.lifetimes.channel, self.cfg.lifetimes.permission);
+        let max_channels = self.cfg.max_channels;
+        let max_perms = self.cfg.max_permissions;
+        let Some(a) = self.allocations_by_client.get_mut(&from) else {
+            return;
+        };
+        match (
+            a.channels_by_number.get(&number),
+            a.channels_by_peer.get(&peer),
+        ) {
+            (Some(c), _) if c.peer != peer => return bad(self, 400),
+            (_, Some(n)) if *n != number => return bad(self, 400),
+            (None, None) if a.channels_by_number.len() >= max_channels => return bad(self, 508),
+            _ => {}
+        }
+        if !a.permissions.contains_key(&peer.ip()) && a.permissions.len() >= max_perms {
+            return bad(self, 508);
+        }
+        a.channels_by_number.insert(
+            number,
+            Channel {
+                peer,
+                expires: now + channel_ttl,
+            },
+        );
+        a.channels_by_peer.insert(peer, number);
+        a.permissions.insert(peer.ip(), now + perm_ttl);
+        let next = a.next_deadline();
+        self.schedule(from, next);
+        self.reply(from, Reply::success(req).sign(&au.key));
+    }
+}

@@ -1,0 +1,397 @@
+//! STUN message parsing and building for the control plane.
+//!
+//! Parsing is strict and allocation-light (SECURITY.md "Parsing"): a 20-byte header with the
+//! magic cookie, a length that is a multiple of 4 and matches the datagram, attributes that do
+//! not overrun. Duplicate attributes: the first counts. Attributes after MESSAGE-INTEGRITY
+//! (other than FINGERPRINT) are ignored. A FINGERPRINT that is not last or does not match
+//! makes the message invalid. Responses are built with the `stun` crate's setters.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
+
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+use stun::agent::TransactionId;
+use stun::attributes::*;
+use stun::error_code::{ErrorCode, ErrorCodeAttribute};
+use stun::fingerprint::{fingerprint_value, FINGERPRINT};
+use stun::integrity::MessageIntegrity;
+use stun::message::{Message, MessageClass, MessageType, Method, Setter};
+use stun::message::{MAGIC_COOKIE, MESSAGE_HEADER_SIZE};
+use stun::textattrs::TextAttribute;
+use stun::xoraddr::XorMappedAddress;
+
+/// ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §18.11).
+pub const ATTR_ADDITIONAL_ADDRESS_FAMILY: AttrType = AttrType(0x8000);
+/// ADDRESS-ERROR-CODE (RFC 8656 §18.12).
+pub const ATTR_ADDRESS_ERROR_CODE: AttrType = AttrType(0x8001);
+/// ICMP (RFC 8656 §18.13).
+pub const ATTR_ICMP: AttrType = AttrType(0x8004);
+
+/// The most attributes we look at in one message; more make it invalid.
+const MAX_ATTRS: usize = 32;
+const MI_LEN: usize = 20;
+
+/// One attribute: its type and where its value lies in the message.
+#[derive(Debug, Clone, Copy)]
+pub struct Attr {
+    pub typ: u16,
+    pub value: (u16, u16),
+}
+
+/// A parsed STUN message borrowing the datagram.
+pub struct Parsed<'a> {
+    pub raw: &'a [u8],
+    pub method: Method,
+    pub class: MessageClass,
+    pub tid: TransactionId,
+    /// Attributes up to and including MESSAGE-INTEGRITY (later ones dropped, FINGERPRINT
+    /// excluded), in message order.
+    attrs: [Attr; MAX_ATTRS],
+    n_attrs: usize,
+    /// Offset of the MESSAGE-INTEGRITY attribute header, if present.
+    pub integrity_at: Option<usize>,
+    pub has_fingerprint: bool,
+}
+
+/// Why a message is not valid STUN; such messages are dropped without an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    Header,
+    Length,
+    Attribute,
+    Fingerprint,
+}
+
+impl<'a> Parsed<'a> {
+    pub fn parse(raw: &'a [u8]) -> Result<Self, Malformed> {
+        if raw.len() < MESSAGE_HEADER_SIZE || raw[0] & 0xC0 != 0 {
+            return Err(Malformed::Header);
+        }
+        if u32::from_be_bytes([raw[4], raw[5], raw[6], raw[7]]) != MAGIC_COOKIE {
+            return Err(Malformed::Header);
+        }
+        let len = usize::from(u16::from_be_bytes([raw[2], raw[3]]));
+        if len % 4 != 0 || MESSAGE_HEADER_SIZE + len != raw.len() {
+            return Err(Malformed::Length);
+        }
+        let mut typ = MessageType::default();
+        typ.read_value(u16::from_be_bytes([raw[0], raw[1]]));
+        let mut tid = TransactionId::default();
+        tid.0.copy_from_slice(&raw[8..20]);
+        let mut p = Parsed {
+            raw,
+            method: typ.method,
+            class: typ.class,
+            tid,
+            attrs: [Attr {
+                typ: 0,
+                value: (0, 0),
+            }; MAX_ATTRS],
+            n_attrs: 0,
+            integrity_at: None,
+            has_fingerprint: false,
+        };
+        let mut off = MESSAGE_HEADER_SIZE;
+        while off < raw.len() {
+            if raw.len() - off < 4 {
+                return Err(Malformed::Attribute);
+            }
+            let t = u16::from_be_bytes([raw[off], raw[off + 1]]);
+            let l = usize::from(u16::from_be_bytes([raw[off + 2], raw[off + 3]]));
+            let start = off + 4;
+            let padded = (l + 3) & !3;
+            if raw.len() - start < padded {
+                return Err(Malformed::Attribute);
+            }
+            if p.has_fingerprint {
+                // FINGERPRINT must be the last attribute.
+                return Err(Malformed::Fingerprint);
+            }
+            if t == ATTR_FINGERPRINT.0 {
+                if l != 4 {
+                    return Err(Malformed::Fingerprint);
+                }
+                let got = u32::from_be_bytes([
+                    raw[start],
+                    raw[start + 1],
+                    raw[start + 2],
+                    raw[start + 3],
+                ]);
+                if got != fingerprint_value(&raw[..off]) {
+                    return Err(Malformed::Fingerprint);
+                }
+                p.has_fingerprint = true;
+            } else if p.integrity_at.is_none() {
+                if p.n_attrs == MAX_ATTRS {
+                    return Err(Malformed::Attribute);
+                }
+                // Lengths fit in u16: the whole message is at most 20 + 65535 bytes.
+                p.attrs[p.n_attrs] = Attr {
+                    typ: t,
+                    value: (start as u16, l as u16),
+                };
+                p.n_attrs += 1;
+                if t == ATTR_MESSAGE_INTEGRITY.0 {
+                    if l != MI_LEN {
+                        return Err(Malformed::Attribute);
+                    }
+                    p.integrity_at = Some(off);
+                }
+            }
+            off = start + padded;
+        }
+        Ok(p)
+    }
+
+    pub fn attrs(&self) -> &[Attr] {
+        &self.attrs[..self.n_attrs]
+    }
+
+    fn value_of(&self, a: &Attr) -> &'a [u8] {
+        let (s, l) = (usize::from(a.value.0), usize::from(a.value.1));
+        &self.raw[s..s + l]
+    }
+
+    /// The first attribute of type `t` (duplicates: the first counts).
+    pub fn get(&self, t: AttrType) -> Option<&'a [u8]> {
+        self.attrs()
+            .iter()
+            .find(|a| a.typ == t.0)
+            .map(|a| self.value_of(a))
+    }
+
+    /// All attributes of type `t`, in order (CreatePermission takes several peers).
+    pub fn get_all(&self, t: AttrType) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.attrs()
+            .iter()
+            .filter(move |a| a.typ == t.0)
+            .map(|a| self.value_of(a))
+    }
+
+    pub fn has(&self, t: AttrType) -> bool {
+        self.attrs().iter().any(|a| a.typ == t.0)
+    }
+
+    /// Comprehension-required attribute types (0x0000-0x7FFF) not in `known`.
+    pub fn unknown_required(&self, known: &[AttrType]) -> Vec<u16> {
+        let mut out = Vec::new();
+        for a in self.attrs() {
+            if a.typ < 0x8000 && !known.iter().any(|k| k.0 == a.typ) && !out.contains(&a.typ) {
+                out.push(a.typ);
+            }
+        }
+        out
+    }
+
+    pub fn text(&self, t: AttrType) -> Option<&'a str> {
+        self.get(t).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Verify MESSAGE-INTEGRITY with `key` (RFC 8489 §14.5) in constant time.
+    pub fn integrity_matches(&self, key: &[u8]) -> bool {
+        let Some(at) = self.integrity_at else {
+            return false;
+        };
+        let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(key) else {
+            return false;
+        };
+        // The length field counts up to and including MESSAGE-INTEGRITY.
+        let covered_len = (at + 4 + MI_LEN - MESSAGE_HEADER_SIZE) as u16;
+        mac.update(&self.raw[..2]);
+        mac.update(&covered_len.to_be_bytes());
+        mac.update(&self.raw[4..at]);
+        mac.verify_slice(&self.raw[at + 4..at + 4 + MI_LEN]).is_ok()
+    }
+}
+
+/// Decode an XOR-*-ADDRESS value (strict lengths: 8 bytes for IPv4, 20 for IPv6).
+pub fn decode_xor_addr(v: &[u8], tid: &[u8; 12]) -> Option<SocketAddr> {
+    if v.len() < 4 || v[0] != 0 {
+        return None;
+    }
+    let port = u16::from_be_bytes([v[2], v[3]]) ^ (MAGIC_COOKIE >> 16) as u16;
+    let cookie = MAGIC_COOKIE.to_be_bytes();
+    match (v[1], v.len()) {
+        (1, 8) => {
+            let mut o = [0u8; 4];
+            for i in 0..4 {
+                o[i] = v[4 + i] ^ cookie[i];
+            }
+            Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(o)), port))
+        }
+        (2, 20) => {
+            let mut o = [0u8; 16];
+            for i in 0..16 {
+                let k = if i < 4 { cookie[i] } else { tid[i - 4] };
+                o[i] = v[4 + i] ^ k;
+            }
+            Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(o)), port))
+        }
+        _ => None,
+    }
+}
+
+/// Encode an XOR-*-ADDRESS value into `out`; returns its length (8 or 20).
+pub fn encode_xor_addr(addr: SocketAddr, tid: &[u8; 12], out: &mut [u8]) -> usize {
+    let cookie = MAGIC_COOKIE.to_be_bytes();
+    out[0] = 0;
+    let port = addr.port() ^ (MAGIC_COOKIE >> 16) as u16;
+    out[2..4].copy_from_slice(&port.to_be_bytes());
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            out[1] = 1;
+            for (i, b) in ip.octets().iter().enumerate() {
+                out[4 + i] = b ^ cookie[i];
+            }
+            8
+        }
+        IpAddr::V6(ip) => {
+            out[1] = 2;
+            for (i, b) in ip.octets().iter().enumerate() {
+                let k = if i < 4 { cookie[i] } else { tid[i - 4] };
+                out[4 + i] = b ^ k;
+            }
+            20
+        }
+    }
+}
+
+/// A response under construction. `key` set means: add MESSAGE-INTEGRITY.
+pub struct Reply {
+    msg: Message,
+    key: Option<Vec<u8>>,
+    fingerprint: bool,
+}
+
+impl Reply {
+    pub fn new(req: &Parsed<'_>, class: MessageClass) -> Self {
+        let mut msg = Message::new();
+        msg.typ = MessageType::new(req.method, class);
+        msg.transaction_id = req.tid;
+        msg.write_header();
+        Reply {
+            msg,
+            key: None,
+            fingerprint: req.has_fingerprint,
+        }
+    }
+
+    pub fn success(req: &Parsed<'_>) -> Self {
+        Self::new(req, stun::message::CLASS_SUCCESS_RESPONSE)
+    }
+
+    pub fn error(req: &Parsed<'_>, code: u16) -> Self {
+        let mut r = Self::new(req, stun::message::CLASS_ERROR_RESPONSE);
+        r.error_code(code);
+        r
+    }
+
+    fn error_code(&mut self, code: u16) {
+        let reason = reason(code).as_bytes().to_vec();
+        let a = ErrorCodeAttribute {
+            code: ErrorCode(code),
+            reason,
+        };
+        // Only fails when the reason is over 763 bytes; ours are short constants.
+        let _ = a.add_to(&mut self.msg);
+    }
+
+    /// ADDRESS-ERROR-CODE for an address family that could not be allocated.
+    pub fn address_error(&mut self, family_v6: bool, code: u16) {
+        let mut v = vec![
+            if family_v6 { 2 } else { 1 },
+            0,
+            (code / 100) as u8,
+            (code % 100) as u8,
+        ];
+        v.extend_from_slice(reason(code).as_bytes());
+        self.msg.add(ATTR_ADDRESS_ERROR_CODE, &v);
+    }
+
+    pub fn add_raw(&mut self, t: AttrType, v: &[u8]) {
+        self.msg.add(t, v);
+    }
+
+    pub fn xor_addr(&mut self, t: AttrType, addr: SocketAddr) {
+        let x = XorMappedAddress {
+            ip: addr.ip(),
+            port: addr.port(),
+        };
+        // add_to_as cannot fail.
+        let _ = x.add_to_as(&mut self.msg, t);
+    }
+
+    pub fn text(&mut self, t: AttrType, s: &str) {
+        let _ = TextAttribute::new(t, s.to_string()).add_to(&mut self.msg);
+    }
+
+    pub fn u32(&mut self, t: AttrType, v: u32) {
+        self.msg.add(t, &v.to_be_bytes());
+    }
+
+    pub fn unknown_attributes(&mut self, types: &[u16]) {
+        let v: Vec<u8> = types.iter().flat_map(|t| t.to_be_bytes()).collect();
+        self.msg.add(ATTR_UNKNOWN_ATTRIBUTES, &v);
+    }
+
+    /// Whether to end with FINGERPRINT (responses mirror the request).
+    pub fn set_fingerprint(&mut self, on: bool) {
+        self.fingerprint = on;
+    }
+
+    pub fn sign(mut self, key: &[u8]) -> Self {
+        self.key = Some(key.to_vec());
+        self
+    }
+
+    pub fn finish(mut self, software: Option<&str>) -> Vec<u8> {
+        if let Some(s) = software {
+            self.text(ATTR_SOFTWARE, s);
+        }
+        if let Some(key) = self.key.take() {
+            // Fails only if FINGERPRINT was already added, which we never do before.
+            let _ = MessageIntegrity(key).add_to(&mut self.msg);
+        }
+        if self.fingerprint {
+            let _ = FINGERPRINT.add_to(&mut self.msg);
+        }
+        std::mem::take(&mut self.msg.raw)
+    }
+}
+
+/// Short reason phrases (RFC 8489 §14.8, RFC 8656 §18.3 and §15).
+pub fn reason(code: u16) -> &'static str {
+    match code {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        420 => "Unknown Attribute",
+        437 => "Allocation Mismatch",
+        438 => "Stale Nonce",
+        440 => "Address Family not Supported",
+        441 => "Wrong Credentials",
+        442 => "Unsupported Transport Protocol",
+        443 => "Peer Address Family Mismatch",
+        486 => "Allocation Quota Reached",
+        500 => "Server Error",
+        508 => "Insufficient Capacity",
+        _ => "",
+    }
+}
+
+/// The value range of the DATA attribute and the XOR-PEER-ADDRESS of a Send indication,
+/// parsed on the hot path without allocating. `None`: malformed, drop.
+pub fn parse_send(raw: &[u8]) -> Option<(SocketAddr, Range<usize>)> {
+    let p = Parsed::parse(raw).ok()?;
+    if !p.unknown_required(SEND_KNOWN).is_empty() {
+        return None;
+    }
+    let peer = decode_xor_addr(p.get(ATTR_XOR_PEER_ADDRESS)?, &p.tid.0)?;
+    let a = p.attrs().iter().find(|a| a.typ == ATTR_DATA.0)?;
+    let (s, l) = (usize::from(a.value.0), usize::from(a.value.1));
+    Some((peer, s..s + l))
+}
+
+/// Attributes a Send indication may carry.
+pub const SEND_KNOWN: &[AttrType] = &[ATTR_XOR_PEER_ADDRESS, ATTR_DATA, ATTR_DONT_FRAGMENT];

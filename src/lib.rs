@@ -1,0 +1,16 @@
+//! turnd: a STUN/TURN relay server.
+//!
+//! The binary (`src/main.rs`) is a thin wrapper around this library so that tests can start a
+//! real server at port 0 with [`start`] and get the bound addresses back from [`Running`].
+//! See ARCHITECTURE.md for the module map.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod net;
+pub mod policy;
+pub mod telemetry;
+
+pub use config::Config;
+pub use net::{start, Running};

@@ -1,0 +1,251 @@
+//! Sockets and shards: the I/O around the sans-IO engine.
+//!
+//! [`start`] binds every listener (so port 0 resolves before anything runs), builds the
+//! shared credential, nonce, budget, policy and quota objects, and starts `workers` shard
+//! threads (see [`shard`]). The kernel spreads UDP clients over the shards by 5-tuple via
+//! SO_REUSEPORT; each shard owns the relay sockets of its allocations.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+
+use crate::auth::{Credentials, FailureBudget, NonceMint};
+use crate::config::Config;
+use crate::engine::{Engine, EngineConfig, Quotas, Shared, Transport};
+use crate::policy::PeerFilter;
+
+pub mod relay;
+mod shard;
+pub mod stream;
+pub mod tls;
+
+use shard::{ShardRequest, ShardSetup};
+use stream::ConnLimits;
+use tls::ReloadableCert;
+
+/// Counts summed over all shards, for tests and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub allocations: usize,
+    pub permissions: usize,
+    pub channels: usize,
+}
+
+/// A started server. Dropping it does not stop it; call [`Running::stop`].
+pub struct Running {
+    /// Bound UDP listener addresses, in config order (port 0 resolved).
+    pub udp: Vec<SocketAddr>,
+    /// Bound TCP listener addresses, in config order.
+    pub tcp: Vec<SocketAddr>,
+    /// Bound TLS listener addresses, in config order.
+    pub tls: Vec<SocketAddr>,
+    /// The certificate TLS listeners serve, when there are any.
+    pub certificate: Option<Arc<ReloadableCert>>,
+    tls_files: Option<crate::config::TlsFiles>,
+    shards: Vec<(mpsc::UnboundedSender<ShardRequest>, JoinHandle<()>)>,
+}
+
+impl Running {
+    pub fn stats(&self) -> Stats {
+        let mut total = Stats::default();
+        for (tx, _) in &self.shards {
+            let (reply, rx) = std::sync::mpsc::channel();
+            if tx.send(ShardRequest::Stats(reply)).is_err() {
+                continue;
+            }
+            if let Ok(s) = rx.recv_timeout(Duration::from_secs(5)) {
+                total.allocations += s.allocations;
+                total.permissions += s.permissions;
+                total.channels += s.channels;
+            }
+        }
+        total
+    }
+
+    /// Load the configured certificate and key again; new handshakes get the new certificate,
+    /// established connections are untouched. Without `[tls]` files there is nothing to do.
+    pub fn reload_tls(&self) -> anyhow::Result<()> {
+        match (&self.certificate, &self.tls_files) {
+            (Some(c), Some(f)) => c.reload(&f.cert, &f.key),
+            _ => Ok(()),
+        }
+    }
+
+    /// Stop every shard, free every socket, and wait for the threads to end.
+    pub fn stop(self) {
+        for (tx, _) in &self.shards {
+            let _ = tx.send(ShardRequest::Stop);
+        }
+        for (_, handle) in self.shards {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// One socket per shard for `addr`; the first resolves port 0 for the others.
+fn bind_per_shard<S>(
+    addr: SocketAddr,
+    workers: usize,
+    what: &str,
+    bind: impl Fn(SocketAddr) -> std::io::Result<S>,
+    local: impl Fn(&S) -> std::io::Result<SocketAddr>,
+) -> anyhow::Result<(SocketAddr, Vec<S>)> {
+    let first = bind(addr).with_context(|| format!("cannot bind {what} listener {addr}"))?;
+    let bound = local(&first)?;
+    let mut all = vec![first];
+    for _ in 1..workers {
+        all.push(bind(bound).with_context(|| format!("cannot bind {what} listener {bound}"))?);
+    }
+    Ok((bound, all))
+}
+
+/// The certificate for TLS listeners: the configured files, or in the development profile a
+/// freshly generated self-signed one.
+fn certificate(config: &Config) -> anyhow::Result<Option<Arc<ReloadableCert>>> {
+    if config.listen.tls.is_empty() {
+        return Ok(None);
+    }
+    let key = match (&config.tls, config.profile) {
+        (Some(f), _) => tls::load_pem(&f.cert, &f.key)?,
+        (None, crate::config::Profile::Development) => tls::self_signed()?,
+        (None, crate::config::Profile::Production) => {
+            anyhow::bail!("TLS listeners need [tls] cert and key")
+        }
+    };
+    let cert = ReloadableCert::new(key);
+    if config.tls.is_none() {
+        tracing::warn!(
+            spki_sha256 = %cert.spki_sha256().unwrap_or_default(),
+            "serving a self-signed development certificate; for Chromium use \
+             --ignore-certificate-errors-spki-list=<spki_sha256>"
+        );
+    }
+    Ok(Some(cert))
+}
+
+/// Bind every listener, start the shards, and return once all are ready.
+pub fn start(config: Config) -> anyhow::Result<Running> {
+    let workers = config.workers.max(1);
+    let mut udp: Vec<Vec<std::net::UdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut tcp: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut bound_addrs = [Vec::new(), Vec::new(), Vec::new()];
+    for addr in &config.listen.udp {
+        let (b, socks) = bind_per_shard(
+            *addr,
+            workers,
+            "UDP",
+            |a| relay::bind_udp(a, true),
+            |s| s.local_addr(),
+        )?;
+        bound_addrs[0].push(b);
+        for (i, s) in socks.into_iter().enumerate() {
+            udp[i].push(s);
+        }
+    }
+    for (n, (addrs, transport)) in [
+        (&config.listen.tcp, Transport::Tcp),
+        (&config.listen.tls, Transport::Tls),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for addr in addrs {
+            let (b, socks) =
+                bind_per_shard(*addr, workers, transport.as_str(), stream::bind_tcp, |s| {
+                    s.local_addr()
+                })?;
+            bound_addrs[n + 1].push(b);
+            for (i, s) in socks.into_iter().enumerate() {
+                tcp[i].push((s, transport));
+            }
+        }
+    }
+    let [udp_addrs, tcp_addrs, tls_addrs] = bound_addrs;
+    let certificate = certificate(&config)?;
+    let acceptor = match &certificate {
+        Some(c) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+            c.clone(),
+        )?)),
+        None => None,
+    };
+    let own: Vec<SocketAddr> = udp_addrs
+        .iter()
+        .chain(&tcp_addrs)
+        .chain(&tls_addrs)
+        .copied()
+        .collect();
+    let shared = Shared {
+        auth: Arc::new(Credentials::from_config(&config.auth, &config.realm)),
+        policy: Arc::new(PeerFilter::new(&config.policy, own)),
+        nonces: Arc::new(NonceMint::new(rand::random())),
+        budget: Arc::new(FailureBudget::new(config.auth.failure_budget_per_sec)),
+        quotas: Arc::new(Quotas::new(
+            config.policy.max_allocations,
+            config.policy.max_allocations_per_user,
+        )),
+    };
+    let engine_cfg = EngineConfig {
+        realm: config.realm.clone(),
+        software: config.software.clone(),
+        lifetimes: config.lifetimes,
+        relay_v4: config.relay.ipv4.is_some(),
+        relay_v6: config.relay.ipv6.is_some(),
+        external: config.relay.external.clone(),
+        max_permissions: config.policy.max_permissions_per_allocation,
+        max_channels: config.policy.max_channels_per_allocation,
+        nonce_lifetime: config.auth.nonce_lifetime,
+        epoch: Instant::now(),
+        unix_at_epoch: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        redact: config.log.redact,
+    };
+    let conn_limits = ConnLimits::new(
+        config.streams.max_connections,
+        config.streams.max_connections_per_ip,
+    );
+    let mut shards = Vec::new();
+    for (i, (udp, tcp)) in udp.into_iter().zip(tcp).enumerate() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let setup = ShardSetup {
+            engine: Engine::new(engine_cfg.clone(), shared.clone()),
+            relay_cfg: config.relay.clone(),
+            streams_cfg: config.streams,
+            conn_limits: conn_limits.clone(),
+            redact: config.log.redact,
+            udp,
+            tcp,
+            tls: acceptor.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("turnd-shard-{i}"))
+            .spawn(move || {
+                if let Err(e) = shard::run(setup, rx) {
+                    tracing::error!(shard = i, error = %e, "shard failed");
+                }
+            })
+            .context("cannot start a shard thread")?;
+        shards.push((tx, handle));
+    }
+    for (addrs, t) in [
+        (&udp_addrs, "udp"),
+        (&tcp_addrs, "tcp"),
+        (&tls_addrs, "tls"),
+    ] {
+        for addr in addrs {
+            tracing::info!(%addr, transport = t, workers, "listening");
+        }
+    }
+    Ok(Running {
+        udp: udp_addrs,
+        tcp: tcp_addrs,
+        tls: tls_addrs,
+        certificate,
+        tls_files: config.tls.clone(),
+        shards,
+    })
+}

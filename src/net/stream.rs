@@ -1,0 +1,424 @@
+//! Stream transports (TCP and TLS): one accept loop for both, STUN/ChannelData framing
+//! (RFC 8656 §11.5), connection caps, timeouts, and a bounded write queue per connection.
+//!
+//! A connection's allocation belongs to it: when the connection ends, for whatever reason,
+//! the engine frees the allocation and its relay port at once. A client that stops reading
+//! fills only its own queue and is disconnected when the queue is full; nobody else waits.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_rustls::TlsAcceptor;
+
+use super::shard::Shard;
+use crate::engine::{ClientAddr, Transport};
+
+/// The largest STUN message a client may send on a stream other than a Send indication.
+const MAX_STUN_REQUEST: usize = 8 * 1024;
+/// The largest ChannelData payload or Send indication we accept on a stream: the largest
+/// datagram a relay can send.
+const MAX_PAYLOAD: usize = 65_507;
+
+/// Why a stream was closed (logged at debug, counted by the caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    ByPeer,
+    Garbage,
+    Oversized,
+    FirstFrameTimeout,
+    Idle,
+    WriteQueueFull,
+    Io,
+    ByServer,
+}
+
+/// The length of the complete frame at the start of `buf`, `Ok(None)` if more bytes are
+/// needed, or why the stream must be closed.
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, Closed> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+    match buf[0] >> 6 {
+        0 => {
+            if buf.len() >= 8 && buf[4..8] != stun::message::MAGIC_COOKIE.to_be_bytes() {
+                return Err(Closed::Garbage);
+            }
+            let is_send = buf[0..2] == [0x00, 0x16];
+            if len % 4 != 0 || (!is_send && 20 + len > MAX_STUN_REQUEST) || len > MAX_PAYLOAD + 48 {
+                return Err(Closed::Oversized);
+            }
+            Ok((buf.len() >= 20 + len).then_some(20 + len))
+        }
+        1 => {
+            let number = u16::from_be_bytes([buf[0], buf[1]]);
+            if !(0x4000..=0x4FFF).contains(&number) {
+                return Err(Closed::Garbage);
+            }
+            if len > MAX_PAYLOAD {
+                return Err(Closed::Oversized);
+            }
+            let total = 4 + ((len + 3) & !3);
+            Ok((buf.len() >= total).then_some(total))
+        }
+        _ => Err(Closed::Garbage),
+    }
+}
+
+/// Connection caps shared by all shards, touched only on accept and close.
+pub struct ConnLimits {
+    max_total: usize,
+    max_per_ip: usize,
+    total: AtomicUsize,
+    by_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Holds one connection's place under the caps; gives it back when dropped.
+pub struct ConnSlot {
+    limits: Arc<ConnLimits>,
+    ip: IpAddr,
+}
+
+impl ConnLimits {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+        Arc::new(ConnLimits {
+            max_total,
+            max_per_ip,
+            total: AtomicUsize::new(0),
+            by_ip: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ConnSlot> {
+        let mut by_ip = self.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = by_ip.get(&ip).copied().unwrap_or(0);
+        if n >= self.max_per_ip || self.total.load(Ordering::Relaxed) >= self.max_total {
+            return None;
+        }
+        by_ip.insert(ip, n + 1);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Some(ConnSlot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut by_ip = self.limits.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+        self.limits.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The sending side of one connection, as the shard sees it.
+pub struct StreamConn {
+    queue: RefCell<BytesMut>,
+    limit: usize,
+    ready: Notify,
+    closed: Cell<Option<Closed>>,
+}
+
+impl StreamConn {
+    fn new(limit: usize) -> Self {
+        StreamConn {
+            queue: RefCell::new(BytesMut::new()),
+            limit,
+            ready: Notify::new(),
+            closed: Cell::new(None),
+        }
+    }
+
+    /// Queue bytes for the client; a full queue closes the connection instead of waiting.
+    pub fn push(&self, bytes: &[u8]) {
+        if self.closed.get().is_some() {
+            return;
+        }
+        let mut q = self.queue.borrow_mut();
+        if q.len() + bytes.len() > self.limit {
+            self.close(Closed::WriteQueueFull);
+            return;
+        }
+        q.extend_from_slice(bytes);
+        self.ready.notify_one();
+    }
+
+    pub fn close(&self, why: Closed) {
+        if self.closed.get().is_none() {
+            self.closed.set(Some(why));
+        }
+        self.ready.notify_one();
+    }
+}
+
+/// Accept connections on one listener (TCP, or TLS when `tls` is set) for this shard.
+pub async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    transport: Transport,
+    tls: Option<TlsAcceptor>,
+) {
+    let local = match listener.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    loop {
+        let (tcp, remote) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%local, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(slot) = shard.conn_limits.acquire(remote.ip()) else {
+            tracing::debug!(%local, "connection refused: connection cap reached");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let client = ClientAddr {
+            transport,
+            remote,
+            local,
+        };
+        let shard = shard.clone();
+        let tls = tls.clone();
+        tokio::task::spawn_local(async move {
+            let _slot = slot;
+            match tls {
+                None => serve(shard, client, tcp).await,
+                Some(acceptor) => {
+                    let timeout = shard.streams_cfg.handshake_timeout;
+                    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => serve(shard, client, stream).await,
+                        Ok(Err(e)) => tracing::info!(
+                            client = %crate::telemetry::redact_addr(&remote, shard.redact),
+                            reason = %e,
+                            "TLS handshake failed"
+                        ),
+                        Err(_) => tracing::info!(
+                            client = %crate::telemetry::redact_addr(&remote, shard.redact),
+                            "TLS handshake timed out"
+                        ),
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Serve one established stream until it closes, then free its allocation.
+async fn serve<S>(shard: Rc<Shard>, client: ClientAddr, io: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let conn = Rc::new(StreamConn::new(shard.streams_cfg.write_queue_bytes));
+    shard.streams.borrow_mut().insert(client, conn.clone());
+    let (rd, wr) = tokio::io::split(io);
+    let why = tokio::select! {
+        why = read_loop(&shard, client, rd) => why,
+        why = write_loop(&conn, wr) => why,
+    };
+    shard.streams.borrow_mut().remove(&client);
+    {
+        let mut engine = shard.engine.borrow_mut();
+        engine.client_closed(client);
+        shard.drain(&mut engine, Instant::now());
+    }
+    tracing::debug!(
+        client = %crate::telemetry::redact_addr(&client.remote, shard.redact),
+        transport = client.transport.as_str(),
+        reason = ?why,
+        "stream closed"
+    );
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    shard: &Rc<Shard>,
+    client: ClientAddr,
+    mut rd: R,
+) -> Closed {
+    let cfg = &shard.streams_cfg;
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut got_frame = false;
+    let mut deadline = tokio::time::Instant::now() + cfg.first_frame_timeout;
+    loop {
+        loop {
+            let n = match frame_len(&buf) {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(why) => return why,
+            };
+            let frame = buf.split_to(n);
+            got_frame = true;
+            deadline = tokio::time::Instant::now() + cfg.idle_timeout;
+            shard.on_client_frame(client, &frame);
+        }
+        if buf.capacity() - buf.len() < 2048 {
+            buf.reserve(4096);
+        }
+        tokio::select! {
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) => return Closed::ByPeer,
+                Ok(_) => {}
+                Err(_) => return Closed::Io,
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                if !got_frame {
+                    return Closed::FirstFrameTimeout;
+                }
+                if !shard.engine.borrow().has_allocation(&client) {
+                    return Closed::Idle;
+                }
+                deadline = tokio::time::Instant::now() + cfg.idle_timeout;
+            }
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(conn: &StreamConn, mut wr: W) -> Closed {
+    loop {
+        conn.ready.notified().await;
+        loop {
+            if let Some(why) = conn.closed.get() {
+                let _ = wr.shutdown().await;
+                return why;
+            }
+            let chunk = conn.queue.borrow_mut().split();
+            if chunk.is_empty() {
+                break;
+            }
+            if let Err(e) = wr.write_all(&chunk).await {
+                return if e.kind() == io::ErrorKind::WriteZero {
+                    Closed::ByPeer
+                } else {
+                    Closed::Io
+                };
+            }
+        }
+    }
+}
+
+/// A TCP listener socket for one shard (SO_REUSEPORT spreads connections over shards).
+pub fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stun(len: u16, typ: u16) -> Vec<u8> {
+        let mut v = typ.to_be_bytes().to_vec();
+        v.extend_from_slice(&len.to_be_bytes());
+        v.extend_from_slice(&stun::message::MAGIC_COOKIE.to_be_bytes());
+        v.extend_from_slice(&[0; 12]);
+        v.resize(20 + usize::from(len), 0);
+        v
+    }
+
+    #[test]
+    fn framing() {
+        assert_eq!(frame_len(&[0x00, 0x01]), Ok(None));
+        let s = stun(8, 0x0001);
+        assert_eq!(frame_len(&s[..19]), Ok(None));
+        assert_eq!(frame_len(&s), Ok(Some(28)));
+        let mut two = s.clone();
+        two.extend_from_slice(&s);
+        assert_eq!(
+            frame_len(&two),
+            Ok(Some(28)),
+            "coalesced: the first frame only"
+        );
+        // ChannelData is padded to 4 on streams.
+        assert_eq!(
+            frame_len(&[0x40, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5]),
+            Ok(None)
+        );
+        assert_eq!(
+            frame_len(&[0x40, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5, 0, 0, 0]),
+            Ok(Some(12))
+        );
+        assert_eq!(
+            frame_len(&[0x50, 0x00, 0x00, 0x05]),
+            Err(Closed::Garbage),
+            "bad channel"
+        );
+        assert_eq!(frame_len(&[0x80, 0, 0, 0]), Err(Closed::Garbage));
+        assert_eq!(frame_len(&[0xC0, 1, 2, 3]), Err(Closed::Garbage));
+        // A TLS ClientHello on a plain TCP port: STUN-shaped, but no magic cookie.
+        assert_eq!(
+            frame_len(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xFC]),
+            Err(Closed::Garbage)
+        );
+        assert_eq!(frame_len(&[0x40, 0x00, 0xFF, 0xFF]), Err(Closed::Oversized));
+        assert_eq!(frame_len(&stun(8192, 0x0003)[..8]), Err(Closed::Oversized));
+        assert_eq!(
+            frame_len(&stun(8192, 0x0016)[..8]),
+            Ok(None),
+            "Send may be large"
+        );
+        let mut bad = stun(8, 1);
+        bad[4] = 0;
+        assert_eq!(frame_len(&bad), Err(Closed::Garbage), "wrong cookie");
+    }
+
+    #[test]
+    fn connection_caps() {
+        let l = ConnLimits::new(3, 2);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let a = l.acquire(ip).unwrap();
+        let _b = l.acquire(ip).unwrap();
+        assert!(l.acquire(ip).is_none(), "per IP");
+        let _c = l.acquire("192.0.2.2".parse().unwrap()).unwrap();
+        assert!(l.acquire("192.0.2.3".parse().unwrap()).is_none(), "total");
+        drop(a);
+        assert!(l.acquire("192.0.2.3".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn full_write_queue_closes_instead_of_growing() {
+        let c = StreamConn::new(10);
+        c.push(&[0; 6]);
+        assert_eq!(c.closed.get(), None);
+        c.push(&[0; 6]);
+        assert_eq!(c.closed.get(), Some(Closed::WriteQueueFull));
+        assert_eq!(c.queue.borrow().len(), 6);
+    }
+}

@@ -235,11 +235,20 @@ where
 {
     let conn = Rc::new(StreamConn::new(shard.streams_cfg.write_queue_bytes));
     shard.streams.borrow_mut().insert(client, conn.clone());
-    let (rd, wr) = tokio::io::split(io);
+    let (rd, mut wr) = tokio::io::split(io);
     let why = tokio::select! {
         why = read_loop(&shard, client, rd) => why,
-        why = write_loop(&conn, wr) => why,
+        why = write_loop(&conn, &mut wr) => why,
     };
+    // Answers queued before a protocol error (e.g. the error response) still go out.
+    if !matches!(why, Closed::WriteQueueFull | Closed::Io) {
+        let rest = conn.queue.borrow_mut().split();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            let _ = wr.write_all(&rest).await;
+            let _ = wr.shutdown().await;
+        })
+        .await;
+    }
     shard.streams.borrow_mut().remove(&client);
     {
         let mut engine = shard.engine.borrow_mut();
@@ -297,12 +306,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(conn: &StreamConn, mut wr: W) -> Closed {
+async fn write_loop<W: AsyncWrite + Unpin>(conn: &StreamConn, wr: &mut W) -> Closed {
     loop {
         conn.ready.notified().await;
         loop {
             if let Some(why) = conn.closed.get() {
-                let _ = wr.shutdown().await;
                 return why;
             }
             let chunk = conn.queue.borrow_mut().split();

@@ -48,6 +48,15 @@ impl ReloadableCert {
         Ok(())
     }
 
+    /// The certificate chain new handshakes get (end entity first).
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .cert
+            .clone()
+    }
+
     /// base64(SHA-256(SubjectPublicKeyInfo)) of the served certificate, the form Chromium's
     /// `--ignore-certificate-errors-spki-list` takes.
     pub fn spki_sha256(&self) -> Option<String> {

@@ -1,0 +1,443 @@
+//! Tier 2 for TCP and TLS: framing against the live server, allocation lifetime bound to the
+//! connection, timeouts, slow readers, and certificate reload.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stun::attributes::*;
+use stun::error_code::ErrorCodeAttribute;
+use stun::integrity::MessageIntegrity;
+use stun::message::*;
+use stun::textattrs::TextAttribute;
+use stun::xoraddr::XorMappedAddress;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+fn config() -> turnd::Config {
+    let mut c = turnd::Config::for_tests();
+    c.streams.first_frame_timeout = Duration::from_millis(500);
+    c.streams.idle_timeout = Duration::from_millis(800);
+    c.streams.write_queue_bytes = 64 * 1024;
+    c
+}
+
+struct Raw(AttrType, Vec<u8>);
+impl Setter for Raw {
+    fn add_to(&self, m: &mut Message) -> Result<(), stun::Error> {
+        m.add(self.0, &self.1);
+        Ok(())
+    }
+}
+
+struct PeerAttr(SocketAddr);
+impl Setter for PeerAttr {
+    fn add_to(&self, m: &mut Message) -> Result<(), stun::Error> {
+        XorMappedAddress {
+            ip: self.0.ip(),
+            port: self.0.port(),
+        }
+        .add_to_as(m, ATTR_XOR_PEER_ADDRESS)
+    }
+}
+
+fn request(method: Method, setters: &[&dyn Setter], nonce: Option<&str>) -> Message {
+    let mut m = Message::new();
+    m.typ = MessageType::new(method, CLASS_REQUEST);
+    m.new_transaction_id().unwrap();
+    m.write_header();
+    for s in setters {
+        s.add_to(&mut m).unwrap();
+    }
+    if let Some(nonce) = nonce {
+        for (t, v) in [
+            (ATTR_USERNAME, "dev"),
+            (ATTR_REALM, "turnd"),
+            (ATTR_NONCE, nonce),
+        ] {
+            TextAttribute::new(t, v.to_string()).add_to(&mut m).unwrap();
+        }
+        MessageIntegrity::new_long_term_integrity("dev".into(), "turnd".into(), "devpass".into())
+            .add_to(&mut m)
+            .unwrap();
+    }
+    m
+}
+
+/// Read one STUN message or (padded) ChannelData frame.
+async fn read_frame<S: AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
+    let mut h = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut h))
+        .await
+        .expect("a frame")
+        .unwrap();
+    let len = usize::from(u16::from_be_bytes([h[2], h[3]]));
+    let rest = if h[0] >> 6 == 1 {
+        (len + 3) & !3
+    } else {
+        16 + len
+    };
+    let mut v = h.to_vec();
+    v.resize(4 + rest, 0);
+    s.read_exact(&mut v[4..]).await.unwrap();
+    v
+}
+
+async fn ask<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, m: &Message) -> Message {
+    s.write_all(&m.raw).await.unwrap();
+    let mut r = Message::new();
+    r.unmarshal_binary(&read_frame(s).await).unwrap();
+    assert_eq!(r.transaction_id, m.transaction_id);
+    r
+}
+
+fn code(m: &Message) -> Option<u16> {
+    let mut e = ErrorCodeAttribute::default();
+    e.get_from(m).ok().map(|_| e.code.0)
+}
+
+/// Allocate over a stream a relay of the family of `like`; returns (relayed address, nonce).
+async fn allocate<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    like: SocketAddr,
+) -> (SocketAddr, String) {
+    let t = Raw(ATTR_REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
+    let f = Raw(
+        ATTR_REQUESTED_ADDRESS_FAMILY,
+        vec![if like.is_ipv4() { 1 } else { 2 }, 0, 0, 0],
+    );
+    let r = ask(s, &request(METHOD_ALLOCATE, &[&t, &f], None)).await;
+    assert_eq!(code(&r), Some(401));
+    let nonce = TextAttribute::get_from_as(&r, ATTR_NONCE).unwrap().text;
+    let r = ask(s, &request(METHOD_ALLOCATE, &[&t, &f], Some(&nonce))).await;
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "{:?}", code(&r));
+    let mut x = XorMappedAddress::default();
+    x.get_from_as(&r, ATTR_XOR_RELAYED_ADDRESS).unwrap();
+    (SocketAddr::new(x.ip, x.port), nonce)
+}
+
+async fn channel_to<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, nonce: &str, peer: SocketAddr) {
+    let ch = Raw(ATTR_CHANNEL_NUMBER, vec![0x40, 0x00, 0, 0]);
+    let r = ask(
+        s,
+        &request(METHOD_CHANNEL_BIND, &[&ch, &PeerAttr(peer)], Some(nonce)),
+    )
+    .await;
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
+    let mut b = [0u8; 256];
+    loop {
+        match tokio::time::timeout(within, s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn coalesced_and_split_frames_over_tcp() {
+    let srv = turnd::start(config()).unwrap();
+    for addr in srv.tcp.clone() {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let a = request(METHOD_BINDING, &[], None);
+        let b = request(METHOD_BINDING, &[], None);
+        let mut both = a.raw.clone();
+        both.extend_from_slice(&b.raw);
+        s.write_all(&both).await.unwrap();
+        for want in [&a, &b] {
+            let mut r = Message::new();
+            r.unmarshal_binary(&read_frame(&mut s).await).unwrap();
+            assert_eq!(r.transaction_id, want.transaction_id);
+            let mut x = XorMappedAddress::default();
+            x.get_from(&r).unwrap();
+            assert_eq!(SocketAddr::new(x.ip, x.port), s.local_addr().unwrap());
+        }
+        // One message split over three writes.
+        let c = request(METHOD_BINDING, &[], None);
+        for part in [&c.raw[..3], &c.raw[3..11], &c.raw[11..]] {
+            s.write_all(part).await.unwrap();
+            s.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        let mut r = Message::new();
+        r.unmarshal_binary(&read_frame(&mut s).await).unwrap();
+        assert_eq!(r.transaction_id, c.transaction_id);
+    }
+    srv.stop();
+}
+
+#[tokio::test]
+async fn garbage_and_oversized_frames_close_the_connection() {
+    let srv = turnd::start(config()).unwrap();
+    let addr = srv.tcp[0];
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"\xC0\x00\x00\x00garbage").await.unwrap();
+    assert!(
+        closed_by_server(&mut s, Duration::from_secs(2)).await,
+        "garbage"
+    );
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // A ChannelData header declaring more than any datagram can carry.
+    s.write_all(&[0x40, 0x00, 0xFF, 0xFF]).await.unwrap();
+    assert!(
+        closed_by_server(&mut s, Duration::from_secs(2)).await,
+        "oversized"
+    );
+    // A valid request followed by garbage: answered, then closed.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let m = request(METHOD_BINDING, &[], None);
+    let mut bytes = m.raw.clone();
+    bytes.extend_from_slice(&[0x80; 8]);
+    s.write_all(&bytes).await.unwrap();
+    let f = read_frame(&mut s).await;
+    assert_eq!(&f[8..20], &m.raw[8..20]);
+    assert!(
+        closed_by_server(&mut s, Duration::from_secs(2)).await,
+        "garbage after a frame"
+    );
+    srv.stop();
+}
+
+#[tokio::test]
+async fn silent_and_idle_connections_are_dropped() {
+    let srv = turnd::start(config()).unwrap();
+    let mut silent = TcpStream::connect(srv.tcp[0]).await.unwrap();
+    let t0 = Instant::now();
+    assert!(closed_by_server(&mut silent, Duration::from_secs(3)).await);
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400),
+        "closed too early: {waited:?}"
+    );
+    // A connection that said one thing and never allocated: idle timeout.
+    let mut idle = TcpStream::connect(srv.tcp[0]).await.unwrap();
+    ask(&mut idle, &request(METHOD_BINDING, &[], None)).await;
+    assert!(closed_by_server(&mut idle, Duration::from_secs(3)).await);
+    // With an allocation, the connection stays past the idle timeout.
+    let mut busy = TcpStream::connect(srv.tcp[0]).await.unwrap();
+    allocate(&mut busy, srv.tcp[0]).await;
+    assert!(!closed_by_server(&mut busy, Duration::from_millis(1500)).await);
+    srv.stop();
+}
+
+#[tokio::test]
+async fn closing_the_connection_frees_the_allocation_and_its_port() {
+    let srv = turnd::start(config()).unwrap();
+    for addr in srv.tcp.clone() {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let (relay, nonce) = allocate(&mut s, addr).await;
+        // Relay both ways with padding on the stream.
+        let peer = UdpSocket::bind(SocketAddr::new(addr.ip(), 0))
+            .await
+            .unwrap();
+        channel_to(&mut s, &nonce, peer.local_addr().unwrap()).await;
+        s.write_all(&[0x40, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5, 0, 0, 0])
+            .await
+            .unwrap();
+        let mut b = [0u8; 100];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(2), peer.recv_from(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((&b[..n], from), (&[1u8, 2, 3, 4, 5][..], relay));
+        peer.send_to(&[9, 8, 7], relay).await.unwrap();
+        assert_eq!(
+            read_frame(&mut s).await,
+            vec![0x40, 0x00, 0x00, 0x03, 9, 8, 7, 0]
+        );
+        assert_eq!(srv.stats().allocations, 1);
+        drop(s);
+        wait_until("allocation freed", || srv.stats().allocations == 0).await;
+        wait_until("relay port bindable", || {
+            std::net::UdpSocket::bind(relay).is_ok()
+        })
+        .await;
+    }
+    srv.stop();
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_without_slowing_others() {
+    let srv = turnd::start(config()).unwrap();
+    // The slow client: a small receive window, allocates over TCP, then never reads.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut slow = sock.connect(srv.tcp[0]).await.unwrap();
+    let (slow_relay, n1) = allocate(&mut slow, srv.tcp[0]).await;
+    let flooder = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    channel_to(&mut slow, &n1, flooder.local_addr().unwrap()).await;
+    // The healthy client: UDP, its own peer.
+    let good = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let srv_udp = srv.udp[0];
+    let good_peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (good_relay, n2) = {
+        let t = Raw(ATTR_REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
+        let m = request(METHOD_ALLOCATE, &[&t], None);
+        good.send_to(&m.raw, srv_udp).await.unwrap();
+        let mut b = vec![0u8; 1500];
+        let (n, _) = good.recv_from(&mut b).await.unwrap();
+        let mut r = Message::new();
+        r.unmarshal_binary(&b[..n]).unwrap();
+        let nonce = TextAttribute::get_from_as(&r, ATTR_NONCE).unwrap().text;
+        good.send_to(&request(METHOD_ALLOCATE, &[&t], Some(&nonce)).raw, srv_udp)
+            .await
+            .unwrap();
+        let (n, _) = good.recv_from(&mut b).await.unwrap();
+        r.unmarshal_binary(&b[..n]).unwrap();
+        let mut x = XorMappedAddress::default();
+        x.get_from_as(&r, ATTR_XOR_RELAYED_ADDRESS).unwrap();
+        (SocketAddr::new(x.ip, x.port), nonce)
+    };
+    let ch = Raw(ATTR_CHANNEL_NUMBER, vec![0x40, 0x00, 0, 0]);
+    let m = request(
+        METHOD_CHANNEL_BIND,
+        &[&ch, &PeerAttr(good_peer.local_addr().unwrap())],
+        Some(&n2),
+    );
+    good.send_to(&m.raw, srv_udp).await.unwrap();
+    let mut b = vec![0u8; 2000];
+    good.recv_from(&mut b).await.unwrap();
+
+    // Flood the slow client (6000 x 1400 bytes, far more than its 64 KiB queue and the
+    // kernel's socket buffers) while the good client exchanges 200 datagrams with its peer.
+    let payload = vec![0x55u8; 1400];
+    let mut received = 0;
+    for i in 0..6000 {
+        flooder.send_to(&payload, slow_relay).await.unwrap();
+        if i % 30 == 0 {
+            good_peer
+                .send_to(&payload[..100], good_relay)
+                .await
+                .unwrap();
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_millis(500), good.recv_from(&mut b)).await
+            {
+                received += 1;
+            }
+        }
+        if i % 100 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert_eq!(received, 200, "the healthy client got every datagram");
+    assert!(
+        closed_by_server(&mut slow, Duration::from_secs(5)).await,
+        "slow reader disconnected"
+    );
+    wait_until("slow client's allocation freed", || {
+        srv.stats().allocations == 1
+    })
+    .await;
+    srv.stop();
+}
+
+fn tls_client(roots: &[rustls::pki_types::CertificateDer<'static>]) -> tokio_rustls::TlsConnector {
+    let mut store = rustls::RootCertStore::empty();
+    for c in roots {
+        store.add(c.clone()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"stun.turn".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+async fn tls_connect(
+    addr: SocketAddr,
+    roots: &[rustls::pki_types::CertificateDer<'static>],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    tls_client(roots)
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake")
+}
+
+#[tokio::test]
+async fn tls_allocation_with_the_development_certificate() {
+    let srv = turnd::start(config()).unwrap();
+    let cert = srv
+        .certificate
+        .clone()
+        .expect("dev profile has a certificate");
+    assert_eq!(cert.spki_sha256().unwrap().len(), 44, "base64 of 32 bytes");
+    for addr in srv.tls.clone() {
+        let mut s = tls_connect(addr, &cert.chain()).await;
+        assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"stun.turn"[..]));
+        let (relay, _) = allocate(&mut s, addr).await;
+        assert_eq!(relay.ip(), addr.ip());
+        drop(s);
+        wait_until("TLS allocation freed on close", || {
+            srv.stats().allocations == 0
+        })
+        .await;
+    }
+    // A plain-TCP client on the TLS port fails the handshake and is closed.
+    let mut plain = TcpStream::connect(srv.tls[0]).await.unwrap();
+    plain
+        .write_all(&request(METHOD_BINDING, &[], None).raw)
+        .await
+        .unwrap();
+    assert!(closed_by_server(&mut plain, Duration::from_secs(3)).await);
+    srv.stop();
+}
+
+fn write_cert(dir: &std::path::Path) -> rustls::pki_types::CertificateDer<'static> {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    ck.cert.der().clone()
+}
+
+#[tokio::test]
+async fn certificate_reload_serves_new_connections_and_keeps_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = write_cert(dir.path());
+    let mut c = config();
+    c.tls = Some(turnd::config::TlsFiles {
+        cert: dir.path().join("cert.pem"),
+        key: dir.path().join("key.pem"),
+    });
+    let srv = turnd::start(c).unwrap();
+    let addr = srv.tls[0];
+    let mut old = tls_connect(addr, std::slice::from_ref(&first)).await;
+    allocate(&mut old, addr).await;
+
+    let second = write_cert(dir.path());
+    srv.reload_tls().unwrap();
+    // New connections get the new certificate: trusting only the old one fails.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    assert!(tls_client(std::slice::from_ref(&first))
+        .connect(name, tcp)
+        .await
+        .is_err());
+    let mut new = tls_connect(addr, std::slice::from_ref(&second)).await;
+    ask(&mut new, &request(METHOD_BINDING, &[], None)).await;
+    // The old connection still works, its allocation intact.
+    ask(&mut old, &request(METHOD_BINDING, &[], None)).await;
+    assert_eq!(srv.stats().allocations, 1);
+
+    // A broken file on reload keeps the current certificate.
+    std::fs::write(dir.path().join("cert.pem"), "not a certificate").unwrap();
+    assert!(srv.reload_tls().is_err());
+    let mut again = tls_connect(addr, std::slice::from_ref(&second)).await;
+    ask(&mut again, &request(METHOD_BINDING, &[], None)).await;
+    srv.stop();
+}

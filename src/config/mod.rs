@@ -51,7 +51,30 @@ pub struct Config {
     pub policy: Policy,
     pub lifetimes: Lifetimes,
     pub streams: Streams,
+    pub signaling: Signaling,
     pub log: Log,
+}
+
+/// The HTTP listener with the WebSocket signaling endpoint, `/api/ice-servers` and the pages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signaling {
+    /// `None`: no HTTP listener. Development profile: 127.0.0.1:8080.
+    pub listen: Option<SocketAddr>,
+    /// Serve HTTPS with the TLS listeners' certificate (browsers give camera access only on
+    /// localhost or HTTPS).
+    pub tls: bool,
+    /// Host name or address put in the stun:/turn:/turns: URLs; `None`: the Host header of
+    /// the request.
+    pub public_host: Option<String>,
+    /// Lifetime of the TURN REST credentials handed to browsers.
+    pub credential_ttl: Duration,
+    /// Origins allowed to open the WebSocket; empty: only the server's own origin.
+    pub allowed_origins: Vec<String>,
+    pub max_connections_per_ip: usize,
+    /// Largest WebSocket message accepted; larger ones close the socket.
+    pub max_message_bytes: usize,
+    /// `/api/ice-servers` requests allowed per IP per minute.
+    pub ice_requests_per_minute: u32,
 }
 
 /// Limits of TCP and TLS client connections.
@@ -252,6 +275,16 @@ impl Config {
                 max_connections_per_ip: 64,
                 write_queue_bytes: 256 * 1024,
             },
+            signaling: Signaling {
+                listen: None,
+                tls: false,
+                public_host: None,
+                credential_ttl: Duration::from_secs(3600),
+                allowed_origins: vec![],
+                max_connections_per_ip: 16,
+                max_message_bytes: 64 * 1024,
+                ice_requests_per_minute: 60,
+            },
             log: Log {
                 level: "info".into(),
                 format: LogFormat::Human,
@@ -282,6 +315,7 @@ impl Config {
         c.auth.secrets = vec![DEV_SECRET.into()];
         c.auth.failure_budget_per_sec = 1000;
         c.policy.allow_peers = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+        c.signaling.listen = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)));
         c
     }
 
@@ -295,6 +329,7 @@ impl Config {
         ];
         c.listen.tcp = c.listen.udp.clone();
         c.listen.tls = c.listen.udp.clone();
+        c.signaling.listen = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         c
     }
 }

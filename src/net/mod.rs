@@ -43,6 +43,8 @@ pub struct Running {
     pub tcp: Vec<SocketAddr>,
     /// Bound TLS listener addresses, in config order.
     pub tls: Vec<SocketAddr>,
+    /// Bound HTTP (signaling, pages, ice-servers) address, when configured.
+    pub http: Option<SocketAddr>,
     /// The certificate TLS listeners serve, when there are any.
     pub certificate: Option<Arc<ReloadableCert>>,
     tls_files: Option<crate::config::TlsFiles>,
@@ -244,6 +246,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         udp: udp_addrs,
         tcp: tcp_addrs,
         tls: tls_addrs,
+        http: None,
         certificate,
         tls_files: config.tls.clone(),
         shards,

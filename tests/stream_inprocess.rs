@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod raw;
+
+use raw::*;
 use stun::attributes::*;
-use stun::error_code::ErrorCodeAttribute;
-use stun::integrity::MessageIntegrity;
 use stun::message::*;
-use stun::textattrs::TextAttribute;
 use stun::xoraddr::XorMappedAddress;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -22,78 +22,12 @@ fn config() -> turnd::Config {
     c
 }
 
-struct Raw(AttrType, Vec<u8>);
-impl Setter for Raw {
-    fn add_to(&self, m: &mut Message) -> Result<(), stun::Error> {
-        m.add(self.0, &self.1);
-        Ok(())
-    }
-}
-
-struct PeerAttr(SocketAddr);
-impl Setter for PeerAttr {
-    fn add_to(&self, m: &mut Message) -> Result<(), stun::Error> {
-        XorMappedAddress {
-            ip: self.0.ip(),
-            port: self.0.port(),
-        }
-        .add_to_as(m, ATTR_XOR_PEER_ADDRESS)
-    }
-}
-
-fn request(method: Method, setters: &[&dyn Setter], nonce: Option<&str>) -> Message {
-    let mut m = Message::new();
-    m.typ = MessageType::new(method, CLASS_REQUEST);
-    m.new_transaction_id().unwrap();
-    m.write_header();
-    for s in setters {
-        s.add_to(&mut m).unwrap();
-    }
-    if let Some(nonce) = nonce {
-        for (t, v) in [
-            (ATTR_USERNAME, "dev"),
-            (ATTR_REALM, "turnd"),
-            (ATTR_NONCE, nonce),
-        ] {
-            TextAttribute::new(t, v.to_string()).add_to(&mut m).unwrap();
-        }
-        MessageIntegrity::new_long_term_integrity("dev".into(), "turnd".into(), "devpass".into())
-            .add_to(&mut m)
-            .unwrap();
-    }
-    m
-}
-
-/// Read one STUN message or (padded) ChannelData frame.
-async fn read_frame<S: AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
-    let mut h = [0u8; 4];
-    tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut h))
-        .await
-        .expect("a frame")
-        .unwrap();
-    let len = usize::from(u16::from_be_bytes([h[2], h[3]]));
-    let rest = if h[0] >> 6 == 1 {
-        (len + 3) & !3
-    } else {
-        16 + len
-    };
-    let mut v = h.to_vec();
-    v.resize(4 + rest, 0);
-    s.read_exact(&mut v[4..]).await.unwrap();
-    v
+fn creds(nonce: &str) -> Option<(&str, &str, &str)> {
+    Some((USER, PASS, nonce))
 }
 
 async fn ask<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, m: &Message) -> Message {
-    s.write_all(&m.raw).await.unwrap();
-    let mut r = Message::new();
-    r.unmarshal_binary(&read_frame(s).await).unwrap();
-    assert_eq!(r.transaction_id, m.transaction_id);
-    r
-}
-
-fn code(m: &Message) -> Option<u16> {
-    let mut e = ErrorCodeAttribute::default();
-    e.get_from(m).ok().map(|_| e.code.0)
+    stream_ask(s, m).await
 }
 
 /// Allocate over a stream a relay of the family of `like`; returns (relayed address, nonce).
@@ -101,37 +35,22 @@ async fn allocate<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     like: SocketAddr,
 ) -> (SocketAddr, String) {
-    let t = Raw(ATTR_REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
-    let f = Raw(
-        ATTR_REQUESTED_ADDRESS_FAMILY,
-        vec![if like.is_ipv4() { 1 } else { 2 }, 0, 0, 0],
-    );
+    let (t, f) = (udp_transport(), family_of(like));
     let r = ask(s, &request(METHOD_ALLOCATE, &[&t, &f], None)).await;
     assert_eq!(code(&r), Some(401));
-    let nonce = TextAttribute::get_from_as(&r, ATTR_NONCE).unwrap().text;
-    let r = ask(s, &request(METHOD_ALLOCATE, &[&t, &f], Some(&nonce))).await;
+    let nonce = nonce_of(&r);
+    let r = ask(s, &request(METHOD_ALLOCATE, &[&t, &f], creds(&nonce))).await;
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "{:?}", code(&r));
-    let mut x = XorMappedAddress::default();
-    x.get_from_as(&r, ATTR_XOR_RELAYED_ADDRESS).unwrap();
-    (SocketAddr::new(x.ip, x.port), nonce)
+    (xor_addr(&r, ATTR_XOR_RELAYED_ADDRESS), nonce)
 }
 
 async fn channel_to<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, nonce: &str, peer: SocketAddr) {
-    let ch = Raw(ATTR_CHANNEL_NUMBER, vec![0x40, 0x00, 0, 0]);
-    let r = ask(
-        s,
-        &request(METHOD_CHANNEL_BIND, &[&ch, &PeerAttr(peer)], Some(nonce)),
-    )
-    .await;
-    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
-}
-
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(5);
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let m = request(
+        METHOD_CHANNEL_BIND,
+        &[&channel_number(0x4000), &PeerAttr(peer)],
+        creds(nonce),
+    );
+    assert_eq!(ask(s, &m).await.typ.class, CLASS_SUCCESS_RESPONSE);
 }
 
 async fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
@@ -278,36 +197,12 @@ async fn a_client_that_stops_reading_is_dropped_without_slowing_others() {
     let flooder = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     channel_to(&mut slow, &n1, flooder.local_addr().unwrap()).await;
     // The healthy client: UDP, its own peer.
-    let good = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let srv_udp = srv.udp[0];
     let good_peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let (good_relay, n2) = {
-        let t = Raw(ATTR_REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
-        let m = request(METHOD_ALLOCATE, &[&t], None);
-        good.send_to(&m.raw, srv_udp).await.unwrap();
-        let mut b = vec![0u8; 1500];
-        let (n, _) = good.recv_from(&mut b).await.unwrap();
-        let mut r = Message::new();
-        r.unmarshal_binary(&b[..n]).unwrap();
-        let nonce = TextAttribute::get_from_as(&r, ATTR_NONCE).unwrap().text;
-        good.send_to(&request(METHOD_ALLOCATE, &[&t], Some(&nonce)).raw, srv_udp)
-            .await
-            .unwrap();
-        let (n, _) = good.recv_from(&mut b).await.unwrap();
-        r.unmarshal_binary(&b[..n]).unwrap();
-        let mut x = XorMappedAddress::default();
-        x.get_from_as(&r, ATTR_XOR_RELAYED_ADDRESS).unwrap();
-        (SocketAddr::new(x.ip, x.port), nonce)
-    };
-    let ch = Raw(ATTR_CHANNEL_NUMBER, vec![0x40, 0x00, 0, 0]);
-    let m = request(
-        METHOD_CHANNEL_BIND,
-        &[&ch, &PeerAttr(good_peer.local_addr().unwrap())],
-        Some(&n2),
-    );
-    good.send_to(&m.raw, srv_udp).await.unwrap();
+    let mut good = UdpTurn::new(srv.udp[0]).await;
+    let good_relay = good.allocate().await;
+    good.channel_bind(0x4000, good_peer.local_addr().unwrap())
+        .await;
     let mut b = vec![0u8; 2000];
-    good.recv_from(&mut b).await.unwrap();
 
     // Flood the slow client (6000 x 1400 bytes, far more than its 64 KiB queue and the
     // kernel's socket buffers) while the good client exchanges 200 datagrams with its peer.
@@ -321,7 +216,7 @@ async fn a_client_that_stops_reading_is_dropped_without_slowing_others() {
                 .await
                 .unwrap();
             if let Ok(Ok(_)) =
-                tokio::time::timeout(Duration::from_millis(500), good.recv_from(&mut b)).await
+                tokio::time::timeout(Duration::from_millis(500), good.sock.recv_from(&mut b)).await
             {
                 received += 1;
             }

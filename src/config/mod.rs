@@ -52,7 +52,27 @@ pub struct Config {
     pub lifetimes: Lifetimes,
     pub streams: Streams,
     pub signaling: Signaling,
+    pub admin: Admin,
+    pub server: Server,
     pub log: Log,
+}
+
+/// The operators' HTTP listener: `/metrics`, `/healthz`, `/readyz`, `/api/sessions`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    /// `None`: no admin listener. Default: 127.0.0.1:9641.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token for the session API (from `token` or `token_file`); `None`: session API
+    /// off. A listener off loopback requires a token, for `/metrics` too.
+    pub token: Option<String>,
+}
+
+/// Process-level behaviour.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Server {
+    /// On SIGTERM, refuse new allocations and wait up to this long for existing ones to end
+    /// before exiting; zero exits at once.
+    pub drain_timeout: Duration,
 }
 
 /// The HTTP listener with the WebSocket signaling endpoint, `/api/ice-servers` and the pages.
@@ -285,6 +305,13 @@ impl Config {
                 max_message_bytes: 64 * 1024,
                 ice_requests_per_minute: 60,
             },
+            admin: Admin {
+                listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9641))),
+                token: None,
+            },
+            server: Server {
+                drain_timeout: Duration::ZERO,
+            },
             log: Log {
                 level: "info".into(),
                 format: LogFormat::Human,
@@ -330,6 +357,8 @@ impl Config {
         c.listen.tcp = c.listen.udp.clone();
         c.listen.tls = c.listen.udp.clone();
         c.signaling.listen = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        c.admin.listen = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        c.admin.token = Some("test-admin-token".into());
         c
     }
 }

@@ -32,6 +32,8 @@ pub struct Counters {
 
 #[derive(Debug)]
 pub struct Allocation {
+    /// Unique per server: the shard number in the top 16 bits.
+    pub id: u64,
     pub user: String,
     /// The long-term key the allocation was created with; later requests must match it.
     pub key: Vec<u8>,

@@ -8,6 +8,7 @@ use stun::attributes::*;
 use stun::message as msg;
 
 use super::allocation::{Allocation, Channel, Counters, Relay};
+use super::metrics::AuthFailure;
 use super::wire::{decode_xor_addr, Parsed, Reply, ATTR_ADDITIONAL_ADDRESS_FAMILY};
 use super::{ClientAddr, Command, Engine, Family, PendingAllocate, Transmit};
 use crate::auth::{Lookup, NonceCheck};
@@ -63,6 +64,7 @@ impl Engine {
     }
 
     fn reply(&mut self, to: ClientAddr, r: Reply) {
+        self.metrics.count_response(r.method_name(), r.code);
         let bytes = r.finish(self.cfg.software.as_deref());
         self.transmits.push_back(Transmit { to, bytes });
     }
@@ -93,6 +95,7 @@ impl Engine {
         };
         if let Some(a) = self.allocations_by_client.get(&from) {
             if a.user != authed.user {
+                self.metrics.count_auth_failure(AuthFailure::WrongUser);
                 return self.reply(from, Reply::error(req, 441).sign(&authed.key));
             }
             if let Some(cached) = a.recalled(&req.tid.0) {
@@ -116,7 +119,7 @@ impl Engine {
 
     fn authenticate(&mut self, now: Instant, from: ClientAddr, req: &Parsed<'_>) -> Option<Authed> {
         if req.integrity_at.is_none() {
-            self.challenge(now, from, req, 401);
+            self.challenge(now, from, req, 401, AuthFailure::Challenge);
             return None;
         }
         let (Some(user), Some(realm), Some(nonce)) = (
@@ -134,15 +137,20 @@ impl Engine {
             self.cfg.nonce_lifetime.as_secs(),
         );
         if check != NonceCheck::Valid {
-            self.challenge(now, from, req, 438);
+            self.challenge(now, from, req, 438, AuthFailure::Nonce);
             return None;
         }
         let keys = match self.shared.auth.lookup(user, realm, self.unix_secs(now)) {
             Lookup::Keys(keys) => keys,
-            Lookup::Unknown | Lookup::Expired => {
+            Lookup::Unknown => {
                 // Spend the same HMAC work as for a known user.
                 let _ = req.integrity_matches(&[0u8; 16]);
-                self.challenge(now, from, req, 401);
+                self.challenge(now, from, req, 401, AuthFailure::UnknownUser);
+                return None;
+            }
+            Lookup::Expired => {
+                let _ = req.integrity_matches(&[0u8; 16]);
+                self.challenge(now, from, req, 401, AuthFailure::Expired);
                 return None;
             }
         };
@@ -152,21 +160,30 @@ impl Engine {
                 key: k.to_vec(),
             }),
             None => {
-                self.challenge(now, from, req, 401);
+                self.challenge(now, from, req, 401, AuthFailure::BadPassword);
                 None
             }
         }
     }
 
     /// 401 or 438 with REALM and a fresh NONCE, within the per-IP budget.
-    fn challenge(&mut self, now: Instant, from: ClientAddr, req: &Parsed<'_>, code: u16) {
+    fn challenge(
+        &mut self,
+        now: Instant,
+        from: ClientAddr,
+        req: &Parsed<'_>,
+        code: u16,
+        why: AuthFailure,
+    ) {
         if !self
             .shared
             .budget
             .try_spend(from.remote.ip(), self.clock_ms(now))
         {
+            self.metrics.count_auth_failure(AuthFailure::Budget);
             return;
         }
+        self.metrics.count_auth_failure(why);
         let nonce = self.shared.nonces.issue(from.remote, self.clock_secs(now));
         let mut r = Reply::error(req, code);
         r.text(ATTR_REALM, &self.cfg.realm);
@@ -256,6 +273,10 @@ impl Engine {
         let Ok(lifetime) = self.requested_lifetime(req) else {
             return err(self, 400);
         };
+        if self.draining {
+            // Shutting down: no new allocations.
+            return err(self, 508);
+        }
         if !self.shared.quotas.acquire(&au.user) {
             return err(self, 486);
         }
@@ -332,7 +353,11 @@ impl Engine {
         r.u32(ATTR_LIFETIME, p.lifetime.as_secs() as u32);
         r.xor_addr(ATTR_XORMAPPED_ADDRESS, client.remote);
         let bytes = r.sign(&p.key).finish(self.cfg.software.as_deref());
+        self.metrics.count_response("allocate", 0);
+        self.metrics.allocations_created += 1;
+        self.next_id += 1;
         let mut a = Allocation {
+            id: self.next_id,
             user: p.user,
             key: p.key,
             relays,
@@ -393,7 +418,7 @@ impl Engine {
             return self.reply(from, Reply::error(req, 400).sign(&key));
         };
         if requested == Some(Duration::ZERO) {
-            self.delete_allocation(from, "refreshed with lifetime 0");
+            self.delete_allocation(now, from, "refreshed with lifetime 0");
             let mut r = Reply::success(req);
             r.u32(ATTR_LIFETIME, 0);
             return self.reply(from, r.sign(&key));

@@ -31,6 +31,7 @@ use crate::policy::PeerPolicy;
 mod allocation;
 mod control;
 mod data;
+pub mod metrics;
 mod quota;
 pub mod wire;
 
@@ -38,6 +39,7 @@ pub mod wire;
 mod tests;
 
 pub use allocation::Allocation;
+pub use metrics::{EngineMetrics, MetricsSnapshot, SessionInfo};
 pub use quota::Quotas;
 
 /// Bytes the caller leaves free before a peer datagram: the largest Data indication header
@@ -195,6 +197,11 @@ pub struct Engine {
     commands: VecDeque<Command>,
     /// State for Data-indication transaction ids (not security relevant).
     tid_state: u64,
+    /// The last allocation id handed out.
+    next_id: u64,
+    metrics: EngineMetrics,
+    /// Shutting down: new Allocates are refused.
+    draining: bool,
 }
 
 impl Engine {
@@ -210,7 +217,25 @@ impl Engine {
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
             tid_state,
+            next_id: 0,
+            metrics: EngineMetrics::default(),
+            draining: false,
         }
+    }
+
+    /// Number this engine's allocation ids with the shard number in the top 16 bits.
+    pub fn with_shard(mut self, shard: u16) -> Self {
+        self.next_id = u64::from(shard) << 48;
+        self
+    }
+
+    /// Refuse new allocations (508) while existing ones carry on.
+    pub fn set_draining(&mut self, on: bool) {
+        self.draining = on;
+    }
+
+    pub fn allocation_count(&self) -> usize {
+        self.allocations_by_client.len()
     }
 
     /// Swap credentials and policy (reload). Existing allocations keep their keys.
@@ -266,9 +291,9 @@ impl Engine {
     }
 
     /// The stream connection of `client` closed: free its allocation now.
-    pub fn client_closed(&mut self, client: ClientAddr) {
+    pub fn client_closed(&mut self, now: Instant, client: ClientAddr) {
         self.pending_by_client.remove(&client);
-        self.delete_allocation(client, "connection closed");
+        self.delete_allocation(now, client, "connection closed");
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -335,7 +360,7 @@ impl Engine {
             return;
         };
         if a.expires <= now {
-            self.delete_allocation(client, "expired");
+            self.delete_allocation(now, client, "expired");
             return;
         }
         a.expire_children(now);
@@ -345,7 +370,7 @@ impl Engine {
         self.schedule(client, next);
     }
 
-    fn delete_allocation(&mut self, client: ClientAddr, why: &'static str) {
+    fn delete_allocation(&mut self, now: Instant, client: ClientAddr, why: &'static str) {
         let Some(a) = self.allocations_by_client.remove(&client) else {
             return;
         };
@@ -355,6 +380,11 @@ impl Engine {
             self.commands.push_back(Command::ReleaseRelay(r.bound));
         }
         self.shared.quotas.release(&a.user);
+        self.metrics.count_ended(
+            now.saturating_duration_since(a.created),
+            client.transport,
+            &a.stats,
+        );
         tracing::info!(
             event = "allocation deleted",
             reason = why,

@@ -262,6 +262,8 @@ pub struct Reply {
     msg: Message,
     key: Option<Vec<u8>>,
     fingerprint: bool,
+    /// The error code, or 0 for a success (for metrics).
+    pub code: u16,
 }
 
 impl Reply {
@@ -274,6 +276,7 @@ impl Reply {
             msg,
             key: None,
             fingerprint: req.has_fingerprint,
+            code: 0,
         }
     }
 
@@ -284,6 +287,7 @@ impl Reply {
     pub fn error(req: &Parsed<'_>, code: u16) -> Self {
         let mut r = Self::new(req, stun::message::CLASS_ERROR_RESPONSE);
         r.error_code(code);
+        r.code = code;
         r
     }
 
@@ -307,6 +311,11 @@ impl Reply {
         ];
         v.extend_from_slice(reason(code).as_bytes());
         self.msg.add(ATTR_ADDRESS_ERROR_CODE, &v);
+    }
+
+    /// The method's name, for metrics.
+    pub fn method_name(&self) -> &'static str {
+        method_name(self.msg.typ.method)
     }
 
     pub fn add_raw(&mut self, t: AttrType, v: &[u8]) {
@@ -357,6 +366,18 @@ impl Reply {
             let _ = FINGERPRINT.add_to(&mut self.msg);
         }
         std::mem::take(&mut self.msg.raw)
+    }
+}
+
+pub fn method_name(m: Method) -> &'static str {
+    use stun::message as msg;
+    match m {
+        msg::METHOD_BINDING => "binding",
+        msg::METHOD_ALLOCATE => "allocate",
+        msg::METHOD_REFRESH => "refresh",
+        msg::METHOD_CREATE_PERMISSION => "create_permission",
+        msg::METHOD_CHANNEL_BIND => "channel_bind",
+        _ => "other",
     }
 }
 

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use tokio::sync::mpsc;
@@ -18,12 +18,15 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineConfig, Quotas, Shared, Transport};
 use crate::policy::PeerFilter;
 
+mod control;
 pub mod relay;
 mod shard;
 pub mod stream;
 pub mod tls;
 
-use shard::{ShardRequest, ShardSetup};
+pub use control::{Control, ReloadReport};
+pub use shard::ShardMetrics;
+use shard::ShardSetup;
 use stream::ConnLimits;
 use tls::ReloadableCert;
 
@@ -45,44 +48,33 @@ pub struct Running {
     pub tls: Vec<SocketAddr>,
     /// Bound HTTP (signaling, pages, ice-servers) address, when configured.
     pub http: Option<SocketAddr>,
+    /// Bound admin (metrics, health, sessions) address, when configured.
+    pub admin: Option<SocketAddr>,
     /// The certificate TLS listeners serve, when there are any.
     pub certificate: Option<Arc<ReloadableCert>>,
-    tls_files: Option<crate::config::TlsFiles>,
-    shards: Vec<(mpsc::UnboundedSender<ShardRequest>, JoinHandle<()>)>,
+    /// Cross-shard control: metrics, sessions, reload, drain.
+    pub control: Arc<Control>,
+    threads: Vec<JoinHandle<()>>,
+    /// Cancels the HTTP servers (signaling, admin).
+    http_shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl Running {
     pub fn stats(&self) -> Stats {
-        let mut total = Stats::default();
-        for (tx, _) in &self.shards {
-            let (reply, rx) = std::sync::mpsc::channel();
-            if tx.send(ShardRequest::Stats(reply)).is_err() {
-                continue;
-            }
-            if let Ok(s) = rx.recv_timeout(Duration::from_secs(5)) {
-                total.allocations += s.allocations;
-                total.permissions += s.permissions;
-                total.channels += s.channels;
-            }
-        }
-        total
+        self.control.stats()
     }
 
     /// Load the configured certificate and key again; new handshakes get the new certificate,
     /// established connections are untouched. Without `[tls]` files there is nothing to do.
     pub fn reload_tls(&self) -> anyhow::Result<()> {
-        match (&self.certificate, &self.tls_files) {
-            (Some(c), Some(f)) => c.reload(&f.cert, &f.key),
-            _ => Ok(()),
-        }
+        self.control.reload_tls()
     }
 
-    /// Stop every shard, free every socket, and wait for the threads to end.
+    /// Stop every shard and HTTP server, free every socket, and wait for the threads to end.
     pub fn stop(self) {
-        for (tx, _) in &self.shards {
-            let _ = tx.send(ShardRequest::Stop);
-        }
-        for (_, handle) in self.shards {
+        self.control.stop();
+        self.http_shutdown.cancel();
+        for handle in self.threads {
             let _ = handle.join();
         }
     }
@@ -127,6 +119,25 @@ fn certificate(config: &Config) -> anyhow::Result<Option<Arc<ReloadableCert>>> {
         );
     }
     Ok(Some(cert))
+}
+
+/// A thread with a small runtime for an HTTP server (off the shards' data path).
+fn spawn_http(
+    name: &str,
+    server: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+) -> anyhow::Result<JoinHandle<()>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let thread_name = name.to_string();
+    std::thread::Builder::new()
+        .name(thread_name.clone())
+        .spawn(move || {
+            if let Err(e) = rt.block_on(server) {
+                tracing::error!(server = thread_name, error = %e, "HTTP server failed");
+            }
+        })
+        .context("cannot start an HTTP thread")
 }
 
 /// Bind every listener, start the shards, and return once all are ready.
@@ -180,6 +191,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         .chain(&tls_addrs)
         .copied()
         .collect();
+    let own_for_reload = own.clone();
     let shared = Shared {
         auth: Arc::new(Credentials::from_config(&config.auth, &config.realm)),
         policy: Arc::new(PeerFilter::new(&config.policy, own)),
@@ -210,11 +222,12 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         config.streams.max_connections,
         config.streams.max_connections_per_ip,
     );
-    let mut shards = Vec::new();
+    let mut senders = Vec::new();
+    let mut threads = Vec::new();
     for (i, (udp, tcp)) in udp.into_iter().zip(tcp).enumerate() {
         let (tx, rx) = mpsc::unbounded_channel();
         let setup = ShardSetup {
-            engine: Engine::new(engine_cfg.clone(), shared.clone()),
+            engine: Engine::new(engine_cfg.clone(), shared.clone()).with_shard(i as u16),
             relay_cfg: config.relay.clone(),
             streams_cfg: config.streams,
             conn_limits: conn_limits.clone(),
@@ -231,7 +244,8 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
                 }
             })
             .context("cannot start a shard thread")?;
-        shards.push((tx, handle));
+        senders.push(tx);
+        threads.push(handle);
     }
     for (addrs, t) in [
         (&udp_addrs, "udp"),
@@ -242,13 +256,43 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             tracing::info!(%addr, transport = t, workers, "listening");
         }
     }
+    let admin = match config.admin.listen {
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot bind admin listener {addr}"))?;
+            if !addr.ip().is_loopback() && config.admin.token.is_none() {
+                anyhow::bail!("the admin listener {addr} is not on loopback: set [admin] token");
+            }
+            Some(l)
+        }
+        None => None,
+    };
+    let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
+    let admin_token = config.admin.token.clone();
+    let control = Arc::new(Control::new(
+        senders,
+        own_for_reload,
+        certificate.clone(),
+        config,
+        shared,
+    ));
+    let http_shutdown = tokio_util::sync::CancellationToken::new();
+    if let Some(listener) = admin {
+        let (control, shutdown) = (control.clone(), http_shutdown.clone());
+        tracing::info!(addr = %listener.local_addr()?, "admin API listening");
+        threads.push(spawn_http("turnd-admin", async move {
+            crate::admin::serve(listener, control, admin_token, shutdown).await
+        })?);
+    }
     Ok(Running {
         udp: udp_addrs,
         tcp: tcp_addrs,
         tls: tls_addrs,
         http: None,
+        admin: admin_addr,
         certificate,
-        tls_files: config.tls.clone(),
-        shards,
+        control,
+        threads,
+        http_shutdown,
     })
 }

@@ -6,7 +6,7 @@
 //! and no copies on the data path. One receive buffer per shard serves all its sockets,
 //! since a borrow never spans an `.await`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -19,7 +19,10 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::{Relay as RelayConfig, Streams};
-use crate::engine::{ClientAddr, Command, Engine, EngineStats, Transport, HEADROOM, TAILROOM};
+use crate::engine::{
+    ClientAddr, Command, Engine, EngineStats, MetricsSnapshot, SessionInfo, Shared, Transport,
+    HEADROOM, TAILROOM,
+};
 
 use super::relay::bind_relay;
 use super::stream::{accept_loop, Closed, ConnLimits, StreamConn};
@@ -27,10 +30,28 @@ use super::stream::{accept_loop, Closed, ConnLimits, StreamConn};
 /// Largest datagram we receive: a UDP payload is at most 65535 bytes.
 const MAX_DATAGRAM: usize = 65535;
 
-/// Requests from other threads (stats, stop).
+/// Requests from other threads (stats, admin, reload, stop).
 pub enum ShardRequest {
     Stats(std::sync::mpsc::Sender<EngineStats>),
+    Metrics(std::sync::mpsc::Sender<ShardMetrics>),
+    Sessions(Option<String>, std::sync::mpsc::Sender<Vec<SessionInfo>>),
+    KillSession(u64, std::sync::mpsc::Sender<bool>),
+    KillUser(String, std::sync::mpsc::Sender<usize>),
+    /// New credentials and policy (SIGHUP); allocations keep running.
+    Reload(Shared),
+    /// Refuse new allocations from now on.
+    Drain,
     Stop,
+}
+
+/// One shard's part of `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct ShardMetrics {
+    pub engine: MetricsSnapshot,
+    /// Open stream connections: [tcp, tls].
+    pub streams_open: [u64; 2],
+    pub handshake_failures: u64,
+    pub connections_refused: u64,
 }
 
 struct RelaySocket {
@@ -47,6 +68,8 @@ pub struct Shard {
     pub(super) streams_cfg: Streams,
     pub(super) conn_limits: Arc<ConnLimits>,
     pub(super) redact: bool,
+    pub(super) handshake_failures: Cell<u64>,
+    pub(super) connections_refused: Cell<u64>,
     buf: RefCell<Box<[u8]>>,
     timer_changed: Notify,
 }
@@ -88,6 +111,8 @@ pub fn run(
             streams_cfg: setup.streams_cfg,
             conn_limits: setup.conn_limits,
             redact: setup.redact,
+            handshake_failures: Cell::new(0),
+            connections_refused: Cell::new(0),
             buf: RefCell::new(vec![0u8; HEADROOM + MAX_DATAGRAM + TAILROOM].into_boxed_slice()),
             timer_changed: Notify::new(),
         });
@@ -105,11 +130,8 @@ pub fn run(
         }
         tokio::task::spawn_local(timer(shard.clone()));
         while let Some(req) = requests.recv().await {
-            match req {
-                ShardRequest::Stats(reply) => {
-                    let _ = reply.send(shard.engine.borrow().stats());
-                }
-                ShardRequest::Stop => break,
+            if !shard.answer(req) {
+                break;
             }
         }
         // Dropping the LocalSet drops every task and with them every socket.
@@ -204,6 +226,43 @@ async fn timer(shard: Rc<Shard>) {
 }
 
 impl Shard {
+    /// Serve one request from another thread; false means: stop.
+    fn answer(self: &Rc<Self>, req: ShardRequest) -> bool {
+        let now = Instant::now();
+        match req {
+            ShardRequest::Stats(reply) => {
+                let _ = reply.send(self.engine.borrow().stats());
+            }
+            ShardRequest::Metrics(reply) => {
+                let streams = self.streams.borrow();
+                let count = |t| streams.keys().filter(|c| c.transport == t).count() as u64;
+                let _ = reply.send(ShardMetrics {
+                    engine: self.engine.borrow().metrics_snapshot(),
+                    streams_open: [count(Transport::Tcp), count(Transport::Tls)],
+                    handshake_failures: self.handshake_failures.get(),
+                    connections_refused: self.connections_refused.get(),
+                });
+            }
+            ShardRequest::Sessions(user, reply) => {
+                let _ = reply.send(self.engine.borrow().sessions(now, user.as_deref()));
+            }
+            ShardRequest::KillSession(id, reply) => {
+                let mut engine = self.engine.borrow_mut();
+                let _ = reply.send(engine.kill_session(now, id));
+                self.drain(&mut engine, now);
+            }
+            ShardRequest::KillUser(user, reply) => {
+                let mut engine = self.engine.borrow_mut();
+                let _ = reply.send(engine.kill_user(now, &user));
+                self.drain(&mut engine, now);
+            }
+            ShardRequest::Reload(shared) => self.engine.borrow_mut().set_shared(shared),
+            ShardRequest::Drain => self.engine.borrow_mut().set_draining(true),
+            ShardRequest::Stop => return false,
+        }
+        true
+    }
+
     /// Carry out the engine's commands and send its control-plane messages.
     pub(super) fn drain(self: &Rc<Self>, engine: &mut Engine, now: Instant) {
         let mut any = false;

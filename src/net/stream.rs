@@ -193,6 +193,9 @@ pub async fn accept_loop(
             }
         };
         let Some(slot) = shard.conn_limits.acquire(remote.ip()) else {
+            shard
+                .connections_refused
+                .set(shard.connections_refused.get() + 1);
             tracing::debug!(%local, "connection refused: connection cap reached");
             continue;
         };
@@ -212,15 +215,25 @@ pub async fn accept_loop(
                     let timeout = shard.streams_cfg.handshake_timeout;
                     match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => serve(shard, client, stream).await,
-                        Ok(Err(e)) => tracing::info!(
+                        Ok(Err(e)) => {
+                            shard
+                                .handshake_failures
+                                .set(shard.handshake_failures.get() + 1);
+                            tracing::info!(
                             client = %crate::telemetry::redact_addr(&remote, shard.redact),
                             reason = %e,
                             "TLS handshake failed"
-                        ),
-                        Err(_) => tracing::info!(
-                            client = %crate::telemetry::redact_addr(&remote, shard.redact),
-                            "TLS handshake timed out"
-                        ),
+                            )
+                        }
+                        Err(_) => {
+                            shard
+                                .handshake_failures
+                                .set(shard.handshake_failures.get() + 1);
+                            tracing::info!(
+                                client = %crate::telemetry::redact_addr(&remote, shard.redact),
+                                "TLS handshake timed out"
+                            )
+                        }
                     }
                 }
             }
@@ -252,7 +265,7 @@ where
     shard.streams.borrow_mut().remove(&client);
     {
         let mut engine = shard.engine.borrow_mut();
-        engine.client_closed(client);
+        engine.client_closed(Instant::now(), client);
         shard.drain(&mut engine, Instant::now());
     }
     tracing::debug!(

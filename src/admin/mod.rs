@@ -1,0 +1,192 @@
+//! The operators' HTTP API (axum), bound to loopback by default:
+//!
+//! - `GET /metrics`: Prometheus text format ([`metrics`]).
+//! - `GET /healthz`: the process is alive. `GET /readyz`: listeners bound and not draining.
+//! - `GET /api/sessions[?user=U]`, `DELETE /api/sessions/{id}`,
+//!   `DELETE /api/users/{user}/sessions`: need `Authorization: Bearer <token>`; without a
+//!   configured token the session API is off.
+//!
+//! Handlers are thin: each asks the shards through [`Control`] on a blocking thread.
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::SessionInfo;
+use crate::net::Control;
+
+pub mod metrics;
+
+#[derive(Clone)]
+struct AdminState {
+    control: Arc<Control>,
+    token: Option<Arc<str>>,
+    /// Off-loopback listeners require the token for every route but `/healthz`.
+    token_for_all: bool,
+}
+
+/// Serve the admin API on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    control: Arc<Control>,
+    token: Option<String>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let token_for_all = !listener.local_addr()?.ip().is_loopback();
+    let state = AdminState {
+        control,
+        token: token.map(Into::into),
+        token_for_all,
+    };
+    let app = Router::new()
+        .route("/metrics", get(get_metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(get_ready))
+        .route("/api/sessions", get(list_sessions))
+        .route("/api/sessions/{id}", delete(kill_session))
+        .route("/api/users/{user}/sessions", delete(kill_user))
+        .with_state(state);
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}
+
+/// `Some(response)` refuses the request.
+fn refused(state: &AdminState, headers: &HeaderMap) -> Option<Response> {
+    let Some(token) = &state.token else {
+        return Some((
+            StatusCode::NOT_FOUND,
+            "session API disabled: set [admin] token\n",
+        )
+            .into_response());
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if given.as_bytes().ct_eq(token.as_bytes()).into() {
+        None
+    } else {
+        Some((
+            StatusCode::UNAUTHORIZED,
+            [("www-authenticate", "Bearer")],
+            "bad or missing token\n",
+        )
+            .into_response())
+    }
+}
+
+/// Run a blocking question to the shards off the async runtime.
+async fn ask<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Response> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response())
+}
+
+async fn get_metrics(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if s.token_for_all {
+        if let Some(r) = refused(&s, &headers) {
+            return r;
+        }
+    }
+    let control = s.control.clone();
+    match ask(move || metrics::render(&control.metrics())).await {
+        Ok(text) => ([("content-type", "text/plain; version=0.0.4")], text).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn get_ready(State(s): State<AdminState>) -> Response {
+    if s.control.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        "ready\n".into_response()
+    }
+}
+
+#[derive(Deserialize)]
+struct SessionQuery {
+    user: Option<String>,
+}
+
+fn session_json(s: &SessionInfo) -> serde_json::Value {
+    let secs = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    json!({
+        "id": s.id.to_string(),
+        "user": s.user,
+        "client": s.client.to_string(),
+        "transport": s.transport.as_str(),
+        "relays": s.relays.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        "created": secs(s.created),
+        "expires": secs(s.expires),
+        "bytes_to_peer": s.bytes_to_peer,
+        "bytes_to_client": s.bytes_to_client,
+        "packets_to_peer": s.packets_to_peer,
+        "packets_to_client": s.packets_to_client,
+        "permissions": s.permissions,
+        "channels": s.channels,
+    })
+}
+
+async fn list_sessions(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Query(q): Query<SessionQuery>,
+) -> Response {
+    if let Some(r) = refused(&s, &headers) {
+        return r;
+    }
+    let control = s.control.clone();
+    match ask(move || control.sessions(q.user.as_deref())).await {
+        Ok(list) => Json(json!({ "sessions": list.iter().map(session_json).collect::<Vec<_>>() }))
+            .into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn kill_session(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(r) = refused(&s, &headers) {
+        return r;
+    }
+    let Ok(id) = id.parse::<u64>() else {
+        return (StatusCode::BAD_REQUEST, "session ids are decimal numbers\n").into_response();
+    };
+    let control = s.control.clone();
+    match ask(move || control.kill_session(id)).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => (StatusCode::NOT_FOUND, "no such session\n").into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn kill_user(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Response {
+    if let Some(r) = refused(&s, &headers) {
+        return r;
+    }
+    let control = s.control.clone();
+    match ask(move || control.kill_user(&user)).await {
+        Ok(n) => Json(json!({ "ended": n })).into_response(),
+        Err(r) => r,
+    }
+}

@@ -1,0 +1,236 @@
+//! What an engine counts, and the session view the admin API lists.
+//!
+//! Nothing here costs anything per relayed packet: traffic counters live in each allocation
+//! (they are needed for the lifecycle log anyway) and are summed when metrics are scraped;
+//! counters of deleted allocations are folded into [`EngineMetrics::traffic`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::{ClientAddr, Engine, Transport};
+
+/// Why an authenticated-method request was refused before its handler ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AuthFailure {
+    /// No MESSAGE-INTEGRITY: the normal first 401 of every client.
+    Challenge,
+    /// Stale or foreign nonce (438).
+    Nonce,
+    UnknownUser,
+    Expired,
+    BadPassword,
+    /// Another user on an existing allocation (441).
+    WrongUser,
+    /// Over the per-IP budget: dropped without an answer.
+    Budget,
+}
+
+impl AuthFailure {
+    pub const ALL: [AuthFailure; 7] = [
+        AuthFailure::Challenge,
+        AuthFailure::Nonce,
+        AuthFailure::UnknownUser,
+        AuthFailure::Expired,
+        AuthFailure::BadPassword,
+        AuthFailure::WrongUser,
+        AuthFailure::Budget,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::Challenge => "challenge",
+            AuthFailure::Nonce => "stale_nonce",
+            AuthFailure::UnknownUser => "unknown_user",
+            AuthFailure::Expired => "expired",
+            AuthFailure::BadPassword => "bad_password",
+            AuthFailure::WrongUser => "wrong_user",
+            AuthFailure::Budget => "over_budget",
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the allocation-duration histogram buckets.
+pub const DURATION_BUCKETS: [u64; 7] = [10, 60, 300, 600, 1800, 3600, 14400];
+
+/// Traffic by transport of the client leg: [udp, tcp, tls].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets_to_peer: [u64; 3],
+    pub bytes_to_peer: [u64; 3],
+    pub packets_to_client: [u64; 3],
+    pub bytes_to_client: [u64; 3],
+}
+
+/// Counters of one engine since it started.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineMetrics {
+    pub allocations_created: u64,
+    /// (method name, error code or 0 for success) -> responses sent.
+    pub responses: BTreeMap<(&'static str, u16), u64>,
+    pub auth_failures: BTreeMap<AuthFailure, u64>,
+    pub policy_denials: u64,
+    pub quota_refusals: u64,
+    /// Histogram of ended allocations' durations: counts per bucket (+Inf last), sum.
+    pub duration_buckets: [u64; DURATION_BUCKETS.len() + 1],
+    pub duration_sum_secs: f64,
+    /// Traffic of allocations that have ended (live ones are added in snapshots).
+    pub traffic: Traffic,
+}
+
+/// A point-in-time view of an engine for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricsSnapshot {
+    pub counters: EngineMetrics,
+    /// Live allocations by [transport][family: 0 = IPv4 relay, 1 = IPv6 relay, 2 = dual].
+    pub allocations: [[u64; 3]; 3],
+    pub permissions: u64,
+    pub channels: u64,
+    /// Traffic of ended and live allocations.
+    pub traffic: Traffic,
+}
+
+/// One allocation as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub id: u64,
+    pub user: String,
+    pub client: SocketAddr,
+    pub transport: Transport,
+    pub relays: Vec<SocketAddr>,
+    pub created: SystemTime,
+    pub expires: SystemTime,
+    pub bytes_to_peer: u64,
+    pub bytes_to_client: u64,
+    pub packets_to_peer: u64,
+    pub packets_to_client: u64,
+    pub permissions: usize,
+    pub channels: usize,
+}
+
+pub(super) fn transport_index(t: Transport) -> usize {
+    match t {
+        Transport::Udp => 0,
+        Transport::Tcp => 1,
+        Transport::Tls => 2,
+    }
+}
+
+impl EngineMetrics {
+    pub(super) fn count_response(&mut self, method: &'static str, code: u16) {
+        *self.responses.entry((method, code)).or_default() += 1;
+        match code {
+            403 => self.policy_denials += 1,
+            486 => self.quota_refusals += 1,
+            _ => {}
+        }
+    }
+
+    pub(super) fn count_auth_failure(&mut self, why: AuthFailure) {
+        *self.auth_failures.entry(why).or_default() += 1;
+    }
+
+    pub(super) fn count_ended(
+        &mut self,
+        lived: Duration,
+        t: Transport,
+        c: &super::allocation::Counters,
+    ) {
+        let secs = lived.as_secs_f64();
+        let i = DURATION_BUCKETS
+            .iter()
+            .position(|b| secs <= *b as f64)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.duration_buckets[i] += 1;
+        self.duration_sum_secs += secs;
+        add_traffic(&mut self.traffic, t, c);
+    }
+}
+
+fn add_traffic(t: &mut Traffic, transport: Transport, c: &super::allocation::Counters) {
+    let i = transport_index(transport);
+    t.packets_to_peer[i] += c.packets_to_peer;
+    t.bytes_to_peer[i] += c.bytes_to_peer;
+    t.packets_to_client[i] += c.packets_to_client;
+    t.bytes_to_client[i] += c.bytes_to_client;
+}
+
+impl Engine {
+    pub fn metrics_snapshot(&self) -> MetricsSnapshot {
+        let mut s = MetricsSnapshot {
+            counters: self.metrics.clone(),
+            traffic: self.metrics.traffic,
+            ..Default::default()
+        };
+        for (client, a) in &self.allocations_by_client {
+            let fam = match (a.relays.len(), a.relays.first().map(|r| r.bound.is_ipv4())) {
+                (2, _) => 2,
+                (_, Some(false)) => 1,
+                _ => 0,
+            };
+            s.allocations[transport_index(client.transport)][fam] += 1;
+            s.permissions += a.permissions.len() as u64;
+            s.channels += a.channels_by_number.len() as u64;
+            add_traffic(&mut s.traffic, client.transport, &a.stats);
+        }
+        s
+    }
+
+    /// Live allocations, optionally only those of `user`.
+    pub fn sessions(&self, now: Instant, user: Option<&str>) -> Vec<SessionInfo> {
+        let wall = |t: Instant| {
+            let unix = self.cfg.unix_at_epoch as i128
+                + (t.saturating_duration_since(self.cfg.epoch).as_secs() as i128);
+            SystemTime::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64)
+        };
+        let _ = now;
+        self.allocations_by_client
+            .iter()
+            .filter(|(_, a)| user.is_none_or(|u| a.user == u))
+            .map(|(client, a)| SessionInfo {
+                id: a.id,
+                user: a.user.clone(),
+                client: client.remote,
+                transport: client.transport,
+                relays: a.relays.iter().map(|r| r.advertised).collect(),
+                created: wall(a.created),
+                expires: wall(a.expires),
+                bytes_to_peer: a.stats.bytes_to_peer,
+                bytes_to_client: a.stats.bytes_to_client,
+                packets_to_peer: a.stats.packets_to_peer,
+                packets_to_client: a.stats.packets_to_client,
+                permissions: a.permissions.len(),
+                channels: a.channels_by_number.len(),
+            })
+            .collect()
+    }
+
+    /// End the allocation with this id now; true if this engine had it.
+    pub fn kill_session(&mut self, now: Instant, id: u64) -> bool {
+        let client = self
+            .allocations_by_client
+            .iter()
+            .find(|(_, a)| a.id == id)
+            .map(|(c, _)| *c);
+        match client {
+            Some(c) => {
+                self.delete_allocation(now, c, "ended by the admin API");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// End every allocation of `user` now; returns how many.
+    pub fn kill_user(&mut self, now: Instant, user: &str) -> usize {
+        let clients: Vec<ClientAddr> = self
+            .allocations_by_client
+            .iter()
+            .filter(|(_, a)| a.user == user)
+            .map(|(c, _)| *c)
+            .collect();
+        for c in &clients {
+            self.delete_allocation(now, *c, "ended by the admin API");
+        }
+        clients.len()
+    }
+}

@@ -1,0 +1,186 @@
+//! Cross-shard control: every question to the shards goes by message, answered on the
+//! shard's own thread, so nothing on the data path is shared or locked.
+//!
+//! Used by [`super::Running`] (tests, main) and by the admin API.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::shard::{ShardMetrics, ShardRequest};
+use super::tls::ReloadableCert;
+use super::Stats;
+use crate::auth::Credentials;
+use crate::config::Config;
+use crate::engine::{SessionInfo, Shared};
+use crate::policy::PeerFilter;
+
+/// What a reload changed and what it could not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Settings that changed but only take effect after a restart (listeners, relay, realm).
+    pub needs_restart: Vec<&'static str>,
+}
+
+pub struct Control {
+    shards: Vec<UnboundedSender<ShardRequest>>,
+    /// The server's own listener addresses (never valid peers).
+    own: Vec<SocketAddr>,
+    certificate: Option<Arc<ReloadableCert>>,
+    current: Mutex<(Config, Shared)>,
+    draining: AtomicBool,
+}
+
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
+impl Control {
+    pub(super) fn new(
+        shards: Vec<UnboundedSender<ShardRequest>>,
+        own: Vec<SocketAddr>,
+        certificate: Option<Arc<ReloadableCert>>,
+        config: Config,
+        shared: Shared,
+    ) -> Self {
+        Control {
+            shards,
+            own,
+            certificate,
+            current: Mutex::new((config, shared)),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Ask every shard; shards that do not answer in time are left out.
+    fn ask_all<T>(&self, make: impl Fn(Sender<T>) -> ShardRequest) -> Vec<T> {
+        let mut pending = Vec::new();
+        for tx in &self.shards {
+            let (reply, rx) = channel();
+            if tx.send(make(reply)).is_ok() {
+                pending.push(rx);
+            }
+        }
+        pending
+            .into_iter()
+            .filter_map(|rx| rx.recv_timeout(ANSWER_WITHIN).ok())
+            .collect()
+    }
+
+    fn tell_all(&self, make: impl Fn() -> ShardRequest) {
+        for tx in &self.shards {
+            let _ = tx.send(make());
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut total = Stats::default();
+        for s in self.ask_all(ShardRequest::Stats) {
+            total.allocations += s.allocations;
+            total.permissions += s.permissions;
+            total.channels += s.channels;
+        }
+        total
+    }
+
+    pub fn metrics(&self) -> Vec<ShardMetrics> {
+        self.ask_all(ShardRequest::Metrics)
+    }
+
+    pub fn sessions(&self, user: Option<&str>) -> Vec<SessionInfo> {
+        let mut all: Vec<SessionInfo> = self
+            .ask_all(|r| ShardRequest::Sessions(user.map(str::to_string), r))
+            .into_iter()
+            .flatten()
+            .collect();
+        all.sort_by_key(|s| s.id);
+        all
+    }
+
+    pub fn kill_session(&self, id: u64) -> bool {
+        self.ask_all(|r| ShardRequest::KillSession(id, r))
+            .into_iter()
+            .any(|k| k)
+    }
+
+    pub fn kill_user(&self, user: &str) -> usize {
+        self.ask_all(|r| ShardRequest::KillUser(user.to_string(), r))
+            .into_iter()
+            .sum()
+    }
+
+    /// Refuse new allocations on every shard; `/readyz` turns 503.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.tell_all(|| ShardRequest::Drain);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn stop(&self) {
+        self.tell_all(|| ShardRequest::Stop);
+    }
+
+    pub fn certificate(&self) -> Option<&Arc<ReloadableCert>> {
+        self.certificate.as_ref()
+    }
+
+    /// Apply a new configuration without dropping allocations: users, REST secrets, peer
+    /// policy, quotas and the TLS certificate. On any error nothing changes.
+    pub fn reload(&self, new: Config) -> anyhow::Result<ReloadReport> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let (old, old_shared) = &*current;
+        if let (Some(cert), Some(files)) = (&self.certificate, &new.tls) {
+            cert.reload(&files.cert, &files.key)?;
+        }
+        let mut report = ReloadReport::default();
+        let checks: [(&'static str, bool); 7] = [
+            ("listen", old.listen != new.listen),
+            ("relay", old.relay != new.relay),
+            ("realm", old.realm != new.realm),
+            ("workers", old.workers != new.workers),
+            ("lifetimes", old.lifetimes != new.lifetimes),
+            ("streams", old.streams != new.streams),
+            ("signaling", old.signaling != new.signaling),
+        ];
+        report.needs_restart = checks
+            .iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(k, _)| *k)
+            .collect();
+        old_shared.quotas.set_limits(
+            new.policy.max_allocations,
+            new.policy.max_allocations_per_user,
+        );
+        let shared = Shared {
+            auth: Arc::new(Credentials::from_config(&new.auth, &old.realm)),
+            policy: Arc::new(PeerFilter::new(&new.policy, self.own.clone())),
+            // The same nonce key: nonces handed out before the reload stay valid.
+            nonces: old_shared.nonces.clone(),
+            budget: if old.auth.failure_budget_per_sec == new.auth.failure_budget_per_sec {
+                old_shared.budget.clone()
+            } else {
+                Arc::new(crate::auth::FailureBudget::new(
+                    new.auth.failure_budget_per_sec,
+                ))
+            },
+            quotas: old_shared.quotas.clone(),
+        };
+        self.tell_all(|| ShardRequest::Reload(shared.clone()));
+        *current = (new, shared);
+        Ok(report)
+    }
+
+    /// Load the certificate files of the current configuration again.
+    pub fn reload_tls(&self) -> anyhow::Result<()> {
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        match (&self.certificate, &current.0.tls) {
+            (Some(c), Some(f)) => c.reload(&f.cert, &f.key),
+            _ => Ok(()),
+        }
+    }
+}

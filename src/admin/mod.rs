@@ -66,11 +66,13 @@ pub async fn serve(
 /// `Some(response)` refuses the request.
 fn refused(state: &AdminState, headers: &HeaderMap) -> Option<Response> {
     let Some(token) = &state.token else {
-        return Some((
-            StatusCode::NOT_FOUND,
-            "session API disabled: set [admin] token\n",
-        )
-            .into_response());
+        return Some(
+            (
+                StatusCode::NOT_FOUND,
+                "session API disabled: set [admin] token\n",
+            )
+                .into_response(),
+        );
     };
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -80,12 +82,14 @@ fn refused(state: &AdminState, headers: &HeaderMap) -> Option<Response> {
     if given.as_bytes().ct_eq(token.as_bytes()).into() {
         None
     } else {
-        Some((
-            StatusCode::UNAUTHORIZED,
-            [("www-authenticate", "Bearer")],
-            "bad or missing token\n",
+        Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                [("www-authenticate", "Bearer")],
+                "bad or missing token\n",
+            )
+                .into_response(),
         )
-            .into_response())
     }
 }
 

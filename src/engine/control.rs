@@ -10,12 +10,14 @@ use stun::message as msg;
 use super::allocation::{Allocation, Channel, Counters, Relay};
 use super::metrics::AuthFailure;
 use super::wire::{decode_xor_addr, Parsed, Reply, ATTR_ADDITIONAL_ADDRESS_FAMILY};
-use super::{ClientAddr, Command, Engine, Family, PendingAllocate, Transmit};
+use super::{ClientAddr, Command, Engine, Family, PendingAllocate, PortChoice, Transmit};
 use crate::auth::{Lookup, NonceCheck};
 
-/// First and last channel number (RFC 8656 §12).
+/// First and last channel number. RFC 8656 §12 narrowed the range to 0x4000-0x4FFF, but
+/// RFC 5766 clients (coturn's own `turnutils_uclient` among them) pick from 0x4000-0x7FFF,
+/// and coturn accepts that range; so do we. Numbers in it cannot be mistaken for STUN.
 pub const CHANNEL_MIN: u16 = 0x4000;
-pub const CHANNEL_MAX: u16 = 0x4FFF;
+pub const CHANNEL_MAX: u16 = 0x7FFF;
 const PROTO_UDP: u8 = 17;
 
 /// Attributes understood in requests; other comprehension-required ones get 420.
@@ -221,20 +223,29 @@ impl Engine {
             Some(v) if v[0] != PROTO_UDP => return err(self, 442),
             Some(_) => {}
         }
-        let even_port = match req.get(ATTR_EVEN_PORT) {
-            None => false,
-            Some(v) if v.len() == 1 || v.len() == 4 => true,
-            Some(_) => return err(self, 400),
-        };
         let requested = req.get(ATTR_REQUESTED_ADDRESS_FAMILY);
         let additional = req.get(ATTR_ADDITIONAL_ADDRESS_FAMILY);
-        if req.has(ATTR_RESERVATION_TOKEN) {
-            // We never hand out tokens, so none can be valid; with EVEN-PORT or a family
-            // the request is malformed (RFC 8656 §7.2).
-            if even_port || requested.is_some() || additional.is_some() {
+        let mut port = match req.get(ATTR_EVEN_PORT) {
+            None => PortChoice::Any,
+            Some([flags]) if flags & 0x80 != 0 => {
+                // R bit: reserve the next port too; not with a dual allocation.
+                if additional.is_some() {
+                    return err(self, 400);
+                }
+                PortChoice::EvenReserveNext(rand::random())
+            }
+            Some([_]) => PortChoice::Even,
+            Some(_) => return err(self, 400),
+        };
+        if let Some(token) = req.get(ATTR_RESERVATION_TOKEN) {
+            // With EVEN-PORT or a family the request is malformed (RFC 8656 §7.2).
+            let Ok(token) = <[u8; 8]>::try_from(token) else {
+                return err(self, 400);
+            };
+            if port != PortChoice::Any || requested.is_some() || additional.is_some() {
                 return err(self, 400);
             }
-            return err(self, 508);
+            port = PortChoice::Reserved(token);
         }
         let family = |v: &[u8]| match (v.len(), v[0]) {
             (4, 1) => Ok(Family::V4),
@@ -267,7 +278,7 @@ impl Engine {
             Family::V4 => self.cfg.relay_v4,
             Family::V6 => self.cfg.relay_v6,
         };
-        if !families.iter().all(available) {
+        if !matches!(port, PortChoice::Reserved(_)) && !families.iter().all(available) {
             return err(self, 440);
         }
         let Ok(lifetime) = self.requested_lifetime(req) else {
@@ -289,13 +300,17 @@ impl Engine {
                 lifetime: self.clamp_lifetime(lifetime),
                 families: families.clone(),
                 refused_v6,
+                reserved: match port {
+                    PortChoice::EvenReserveNext(t) => Some(t),
+                    _ => None,
+                },
                 fingerprint: req.has_fingerprint,
             },
         );
         self.commands.push_back(Command::BindRelays {
             client: from,
             families,
-            even_port,
+            port,
         });
     }
 
@@ -351,6 +366,9 @@ impl Engine {
             r.address_error(true, if p.refused_v6 { 440 } else { 508 });
         }
         r.u32(ATTR_LIFETIME, p.lifetime.as_secs() as u32);
+        if let Some(token) = p.reserved {
+            r.add_raw(ATTR_RESERVATION_TOKEN, &token);
+        }
         r.xor_addr(ATTR_XORMAPPED_ADDRESS, client.remote);
         let bytes = r.sign(&p.key).finish(self.cfg.software.as_deref());
         self.metrics.count_response("allocate", 0);

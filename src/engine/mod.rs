@@ -39,6 +39,7 @@ pub mod wire;
 mod tests;
 
 pub use allocation::Allocation;
+pub use control::{CHANNEL_MAX, CHANNEL_MIN};
 pub use metrics::{EngineMetrics, MetricsSnapshot, SessionInfo};
 pub use quota::Quotas;
 
@@ -117,6 +118,17 @@ impl Family {
     }
 }
 
+/// Which relay port an Allocate asks for (RFC 8656 §7.2, EVEN-PORT and RESERVATION-TOKEN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortChoice {
+    Any,
+    Even,
+    /// An even port, and hold the next one under this token for a later Allocate.
+    EvenReserveNext([u8; 8]),
+    /// The port held under this token (its family is the reserved socket's).
+    Reserved([u8; 8]),
+}
+
 /// Requests to the I/O layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -125,7 +137,7 @@ pub enum Command {
     BindRelays {
         client: ClientAddr,
         families: Vec<Family>,
-        even_port: bool,
+        port: PortChoice,
     },
     /// Close the relay socket bound at this address; its port is free again.
     ReleaseRelay(SocketAddr),
@@ -182,6 +194,8 @@ struct PendingAllocate {
     families: Vec<Family>,
     /// Families requested but unavailable: reported in ADDRESS-ERROR-CODE.
     refused_v6: bool,
+    /// The token to hand back when the next port was reserved.
+    reserved: Option<[u8; 8]>,
     fingerprint: bool,
 }
 

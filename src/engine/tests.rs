@@ -672,7 +672,12 @@ fn channel_bind_rules() {
         error_code(&t.authed(c, &n, Req::new(METHOD_CHANNEL_BIND).channel(num).peer(p)))
     };
     assert_eq!(bind(&mut t, 0x3FFF, peer(1)), Some(400));
-    assert_eq!(bind(&mut t, 0x5000, peer(1)), Some(400));
+    assert_eq!(bind(&mut t, 0x8000, peer(1)), Some(400));
+    assert_eq!(
+        bind(&mut t, 0x7FFF, peer(9)),
+        None,
+        "RFC 5766 range, as coturn's clients use"
+    );
     assert_eq!(bind(&mut t, 0x4000, peer(1)), None);
     assert_eq!(bind(&mut t, 0x4000, peer(1)), None, "refresh is fine");
     assert_eq!(
@@ -689,7 +694,7 @@ fn channel_bind_rules() {
     assert_eq!(error_code(&r), Some(400), "no CHANNEL-NUMBER");
     // ChannelData on an unbound or invalid number is dropped.
     assert!(t.send(c, &channel_data(0x4002, b"x")).is_none());
-    assert!(t.send(c, &channel_data(0x5000, b"x")).is_none());
+    assert!(t.send(c, &channel_data(0x7FFE, b"x")).is_none());
     let mut short = channel_data(0x4000, b"xyz");
     short.truncate(5);
     assert!(t.send(c, &short).is_none(), "length past the datagram");
@@ -932,4 +937,68 @@ fn send_indication_with_bad_fingerprint_or_unknown_attribute_is_dropped() {
         .raw(AttrType(0x0042), &[0; 4])
         .bytes();
     assert!(t.send(c, &unknown).is_none());
+}
+
+#[test]
+fn even_port_with_r_bit_reserves_and_the_token_claims_the_next_port() {
+    let mut t = engine();
+    let c = client(1);
+    let n = t.nonce(c);
+    let r = t.authed(
+        c,
+        &n,
+        Req::new(METHOD_ALLOCATE)
+            .transport_udp()
+            .raw(ATTR_EVEN_PORT, &[0x80]),
+    );
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    let token: [u8; 8] = r.get(ATTR_RESERVATION_TOKEN).unwrap().try_into().unwrap();
+    assert!(matches!(
+        t.seen.last(),
+        Some(Command::BindRelays { port: PortChoice::EvenReserveNext(x), .. }) if *x == token
+    ));
+    let c2 = client(2);
+    let n2 = t.nonce(c2);
+    let r = t.authed(
+        c2,
+        &n2,
+        Req::new(METHOD_ALLOCATE)
+            .transport_udp()
+            .raw(ATTR_RESERVATION_TOKEN, &token),
+    );
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    assert!(matches!(
+        t.seen.last(),
+        Some(Command::BindRelays { port: PortChoice::Reserved(x), .. }) if *x == token
+    ));
+    // Plain EVEN-PORT asks for an even port and hands out no token.
+    let c3 = client(3);
+    let n3 = t.nonce(c3);
+    let r = t.authed(
+        c3,
+        &n3,
+        Req::new(METHOD_ALLOCATE)
+            .transport_udp()
+            .raw(ATTR_EVEN_PORT, &[0x00]),
+    );
+    assert!(!r.contains(ATTR_RESERVATION_TOKEN));
+    assert!(matches!(
+        t.seen.last(),
+        Some(Command::BindRelays {
+            port: PortChoice::Even,
+            ..
+        })
+    ));
+    // A token of the wrong size, or with a family: 400.
+    let c4 = client(4);
+    let n4 = t.nonce(c4);
+    let bad = Req::new(METHOD_ALLOCATE)
+        .transport_udp()
+        .raw(ATTR_RESERVATION_TOKEN, &[1; 4]);
+    assert_eq!(error_code(&t.authed(c4, &n4, bad)), Some(400));
+    let bad = Req::new(METHOD_ALLOCATE)
+        .transport_udp()
+        .raw(ATTR_RESERVATION_TOKEN, &token)
+        .raw(ATTR_REQUESTED_ADDRESS_FAMILY, &[1, 0, 0, 0]);
+    assert_eq!(error_code(&t.authed(c4, &n4, bad)), Some(400));
 }

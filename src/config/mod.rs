@@ -12,9 +12,18 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 mod load;
+mod locate;
+pub mod parse;
 mod raw;
+#[cfg(test)]
+mod tests;
+mod validate;
 
-pub use load::{load_file, load_str, ConfigError};
+pub use load::{
+    is_secret_key, load_file, load_file_with, load_str, load_str_with, read_secret_file,
+    ConfigError, Located,
+};
+pub use validate::Problem;
 
 /// The development profile's static user (documented in the README).
 pub const DEV_USER: &str = "dev";

@@ -1,1 +1,234 @@
-//! The serde view of turnd.toml.
+//! The serde view of turnd.toml: one struct per table, `deny_unknown_fields` everywhere, every
+//! key optional (absent keys keep the secure default, see `load`).
+//!
+//! Values with a shape (addresses, durations, port ranges, ...) are parsed here, by serde, so a
+//! bad value fails with the span of that value and `load` can name its line and key. Values that
+//! hold secrets (`auth.users`, `auth.secrets`, `auth.user[].key`/`password`) stay plain strings
+//! and are checked in `load`, which never repeats them.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{de, Deserialize, Deserializer};
+
+use super::parse::{self, MaybeNone};
+use super::{ExternalMapping, LogFormat, PortRange};
+
+/// A newtype around a value parsed from a TOML string by a `parse` function. The error repeats
+/// the (non-secret) value, then says what is wrong: `"6000-5000": the range's start is above
+/// its end`.
+macro_rules! parsed_value {
+    ($(#[$doc:meta])* $name:ident($inner:ty) = $parse:path, $expecting:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $name(pub $inner);
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl de::Visitor<'_> for V {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_str<E: de::Error>(self, v: &str) -> Result<$name, E> {
+                        $parse(v).map($name).map_err(|m| E::custom(format!("{v:?}: {m}")))
+                    }
+                }
+                d.deserialize_str(V)
+            }
+        }
+    };
+}
+
+parsed_value!(
+    /// `"0.0.0.0:3478"`, `"[::]:3478"`.
+    Addr(SocketAddr) = parse::socket_addr, "an address with a port as a string, e.g. \"0.0.0.0:3478\""
+);
+parsed_value!(
+    /// `"500ms"`, `"90s"`, `"10m"`, `"1h"`, `"1h30m"`.
+    Dur(Duration) = parse::duration, "a duration as a string, e.g. \"10m\""
+);
+parsed_value!(
+    /// `"49152-65535"`.
+    Ports(PortRange) = parse::port_range, "a port range as a string, e.g. \"49152-65535\""
+);
+parsed_value!(
+    /// `"198.51.100.7=10.0.0.7"` (public=private).
+    External(ExternalMapping) = parse::external, "a mapping as a string, e.g. \"198.51.100.7=10.0.0.7\""
+);
+parsed_value!(
+    /// `"10.0.0.0/8"` or a single address.
+    Net(IpNet) = parse::peer_net, "a network as a string, e.g. \"10.0.0.0/8\""
+);
+parsed_value!(
+    /// `"203.0.113.5"` or `"none"`.
+    RelayV4(MaybeNone<Ipv4Addr>) = parse::relay_ipv4, "an IPv4 address or \"none\" as a string"
+);
+parsed_value!(
+    /// `"2001:db8::5"` or `"none"`.
+    RelayV6(MaybeNone<Ipv6Addr>) = parse::relay_ipv6, "an IPv6 address or \"none\" as a string"
+);
+parsed_value!(
+    /// `"127.0.0.1:9641"` or `"none"`.
+    Listener(MaybeNone<SocketAddr>) = parse::optional_listener, "an address with a port or \"none\" as a string"
+);
+parsed_value!(
+    /// `"info"`, `"warn,turnd::engine=debug"`.
+    Level(String) = parse::log_level, "a log level as a string, e.g. \"info\""
+);
+parsed_value!(
+    /// `"human"` or `"json"`.
+    Format(LogFormat) = parse::log_format, "\"human\" or \"json\""
+);
+parsed_value!(
+    /// One character, e.g. `":"`.
+    Separator(char) = parse::rest_separator, "one character as a string, e.g. \":\""
+);
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub realm: Option<String>,
+    pub workers: Option<usize>,
+    pub software: Option<String>,
+    pub listen: Option<RawListen>,
+    pub tls: Option<RawTls>,
+    pub relay: Option<RawRelay>,
+    pub auth: Option<RawAuth>,
+    pub policy: Option<RawPolicy>,
+    pub lifetimes: Option<RawLifetimes>,
+    pub streams: Option<RawStreams>,
+    pub signaling: Option<RawSignaling>,
+    pub admin: Option<RawAdmin>,
+    pub server: Option<RawServer>,
+    pub log: Option<RawLog>,
+}
+
+/// The HTTP listener: signaling WebSocket, `/api/ice-servers`, pages.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignaling {
+    pub listen: Option<Listener>,
+    pub tls: Option<bool>,
+    pub public_host: Option<String>,
+    pub credential_ttl: Option<Dur>,
+    pub allowed_origins: Option<Vec<String>>,
+    pub max_connections_per_ip: Option<usize>,
+    pub max_message_bytes: Option<usize>,
+    pub ice_requests_per_minute: Option<u32>,
+}
+
+/// The admin listener: metrics, health, sessions.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<Listener>,
+    /// Secret.
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+}
+
+/// Process-level settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub drain_timeout: Option<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub udp: Option<Vec<Addr>>,
+    pub tcp: Option<Vec<Addr>>,
+    pub tls: Option<Vec<Addr>>,
+}
+
+/// Both files are required once `[tls]` is present.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRelay {
+    pub ipv4: Option<RelayV4>,
+    pub ipv6: Option<RelayV6>,
+    pub ports: Option<Ports>,
+    pub external: Option<Vec<External>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// `"name:password"` entries. Secret: checked in `load`, never echoed.
+    pub users: Option<Vec<String>>,
+    /// `[[auth.user]]` tables.
+    pub user: Option<Vec<RawUser>>,
+    /// TURN REST shared secrets. Secret.
+    pub secrets: Option<Vec<String>>,
+    /// A file with one secret per line, read at load time.
+    pub secret_file: Option<PathBuf>,
+    pub rest_separator: Option<Separator>,
+    pub rest_max_skew: Option<Dur>,
+    pub nonce_lifetime: Option<Dur>,
+    pub failure_budget_per_sec: Option<u32>,
+}
+
+/// `[[auth.user]] name = "bob"` with exactly one of `key` (32 hex digits) or `password`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub name: String,
+    /// Secret.
+    pub key: Option<String>,
+    /// Secret.
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub allow_peers: Option<Vec<Net>>,
+    pub deny_peers: Option<Vec<Net>>,
+    pub max_allocations: Option<usize>,
+    pub max_allocations_per_user: Option<usize>,
+    pub max_permissions_per_allocation: Option<usize>,
+    pub max_channels_per_allocation: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLifetimes {
+    pub allocation_default: Option<Dur>,
+    pub allocation_max: Option<Dur>,
+    pub permission: Option<Dur>,
+    pub channel: Option<Dur>,
+}
+
+/// Limits of TCP and TLS client connections.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStreams {
+    pub handshake_timeout: Option<Dur>,
+    pub first_frame_timeout: Option<Dur>,
+    pub idle_timeout: Option<Dur>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub write_queue_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub level: Option<Level>,
+    pub format: Option<Format>,
+    pub redact: Option<bool>,
+}

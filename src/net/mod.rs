@@ -88,6 +88,13 @@ fn bind_per_shard<S>(
     bind: impl Fn(SocketAddr) -> std::io::Result<S>,
     local: impl Fn(&S) -> std::io::Result<SocketAddr>,
 ) -> anyhow::Result<(SocketAddr, Vec<S>)> {
+    if addr.port() != 0 {
+        // SO_REUSEPORT would let us share a port with another process of the same user (a
+        // second turnd) and silently split its traffic; a plain bind first refuses that.
+        probe_exclusive(addr, what).with_context(|| {
+            format!("cannot bind {what} listener {addr} (is another turnd running?)")
+        })?;
+    }
     let first = bind(addr).with_context(|| format!("cannot bind {what} listener {addr}"))?;
     let bound = local(&first)?;
     let mut all = vec![first];
@@ -95,6 +102,30 @@ fn bind_per_shard<S>(
         all.push(bind(bound).with_context(|| format!("cannot bind {what} listener {bound}"))?);
     }
     Ok((bound, all))
+}
+
+/// Bind `addr` once without SO_REUSEPORT (and let it go) to prove nobody holds it.
+fn probe_exclusive(addr: SocketAddr, what: &str) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let (ty, proto) = if what == "UDP" {
+        (Type::DGRAM, Protocol::UDP)
+    } else {
+        (Type::STREAM, Protocol::TCP)
+    };
+    let s = Socket::new(domain, ty, Some(proto))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    if ty == Type::STREAM {
+        // TIME_WAIT leftovers of our own previous run must not block a restart.
+        s.set_reuse_address(true)?;
+    }
+    s.bind(&addr.into())
 }
 
 /// The certificate for TLS listeners: the configured files, or in the development profile a

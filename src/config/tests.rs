@@ -1,0 +1,735 @@
+//! Tests of the config layer: TOML -> Config, error messages (file:line: key: what, no secrets),
+//! defaults, the development profile, and the command-line merge in `crate::cli`.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+
+use super::*;
+use crate::cli::{self, Cli};
+
+const FILE: &str = "/etc/turnd/turnd.toml";
+/// The smallest file that loads: someone must be able to authenticate.
+const MINIMAL: &str = "[auth]\nsecrets = [\"s3cret\"]\n";
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    load_str(text, Path::new(FILE))
+}
+
+/// The error message of a text that must not load.
+fn error(text: &str) -> String {
+    match load(text) {
+        Ok(c) => panic!("loaded, expected an error: {c:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// A unique file under the system temp dir holding `text`.
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("turnd-config-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const EVERY_KEY: &str = r#"
+realm = "example.org"
+workers = 3
+software = "turnd test"
+
+[listen]
+udp = ["0.0.0.0:3478", "[::]:3478"]
+tcp = ["0.0.0.0:3478"]
+tls = ["0.0.0.0:5349"]
+
+[tls]
+cert = "/etc/turnd/cert.pem"
+key = "/etc/turnd/key.pem"
+
+[relay]
+ipv4 = "203.0.113.5"
+ipv6 = "2001:db8::5"
+ports = "50000-50999"
+external = ["198.51.100.7=10.0.0.7"]
+
+[auth]
+users = ["alice:wonderland"]
+secrets = ["one", "two"]
+rest_separator = "-"
+rest_max_skew = "90s"
+nonce_lifetime = "5m"
+failure_budget_per_sec = 20
+
+[[auth.user]]
+name = "bob"
+key = "0123456789abcdef0123456789abcdef"
+
+[[auth.user]]
+name = "carol"
+password = "secret carol"
+
+[policy]
+allow_peers = ["127.0.0.0/8"]
+deny_peers = ["203.0.113.0/24", "2001:db8::1"]
+max_allocations = 500
+max_allocations_per_user = 5
+max_permissions_per_allocation = 10
+max_channels_per_allocation = 0
+
+[lifetimes]
+allocation_default = "5m"
+allocation_max = "2h"
+permission = "300s"
+channel = "1h30m"
+
+[streams]
+handshake_timeout = "5s"
+first_frame_timeout = "3s"
+idle_timeout = "2m"
+max_connections = 100
+max_connections_per_ip = 4
+write_queue_bytes = 65536
+
+[log]
+level = "warn,turnd::engine=debug"
+format = "json"
+redact = true
+"#;
+
+#[test]
+fn every_key_parses() {
+    let c = load(EVERY_KEY).unwrap();
+    assert_eq!(c.profile, Profile::Production);
+    assert_eq!(c.source.as_deref(), Some(Path::new(FILE)));
+    assert_eq!(c.realm, "example.org");
+    assert_eq!(c.workers, 3);
+    assert_eq!(c.software.as_deref(), Some("turnd test"));
+    assert_eq!(c.listen.udp, vec![addr("0.0.0.0:3478"), addr("[::]:3478")]);
+    assert_eq!(c.listen.tcp, vec![addr("0.0.0.0:3478")]);
+    assert_eq!(c.listen.tls, vec![addr("0.0.0.0:5349")]);
+    let tls = c.tls.unwrap();
+    assert_eq!(tls.cert, Path::new("/etc/turnd/cert.pem"));
+    assert_eq!(tls.key, Path::new("/etc/turnd/key.pem"));
+    assert_eq!(c.relay.ipv4, Some(Ipv4Addr::new(203, 0, 113, 5)));
+    assert_eq!(
+        c.relay.ipv6,
+        Some("2001:db8::5".parse::<Ipv6Addr>().unwrap())
+    );
+    assert_eq!(
+        c.relay.ports,
+        PortRange {
+            min: 50000,
+            max: 50999
+        }
+    );
+    assert_eq!(
+        c.relay.external,
+        vec![ExternalMapping {
+            public: "198.51.100.7".parse().unwrap(),
+            private: "10.0.0.7".parse().unwrap()
+        }]
+    );
+    let users: Vec<(&str, &Credential)> = c
+        .auth
+        .users
+        .iter()
+        .map(|u| (u.name.as_str(), &u.credential))
+        .collect();
+    assert_eq!(
+        users,
+        vec![
+            ("alice", &Credential::Password("wonderland".into())),
+            (
+                "bob",
+                &Credential::Key(
+                    hex::decode("0123456789abcdef0123456789abcdef")
+                        .unwrap()
+                        .try_into()
+                        .unwrap()
+                )
+            ),
+            ("carol", &Credential::Password("secret carol".into())),
+        ]
+    );
+    assert_eq!(c.auth.secrets, vec!["one", "two"]);
+    assert_eq!(c.auth.rest_separator, '-');
+    assert_eq!(c.auth.rest_max_skew, Duration::from_secs(90));
+    assert_eq!(c.auth.nonce_lifetime, Duration::from_secs(300));
+    assert_eq!(c.auth.failure_budget_per_sec, 20);
+    assert_eq!(c.policy.allow_peers, vec!["127.0.0.0/8".parse().unwrap()]);
+    assert_eq!(
+        c.policy.deny_peers,
+        vec![
+            "203.0.113.0/24".parse().unwrap(),
+            "2001:db8::1/128".parse().unwrap()
+        ]
+    );
+    assert_eq!(c.policy.max_allocations, 500);
+    assert_eq!(c.policy.max_allocations_per_user, 5);
+    assert_eq!(c.policy.max_permissions_per_allocation, 10);
+    assert_eq!(c.policy.max_channels_per_allocation, 0);
+    assert_eq!(c.lifetimes.allocation_default, Duration::from_secs(300));
+    assert_eq!(c.lifetimes.allocation_max, Duration::from_secs(7200));
+    assert_eq!(c.lifetimes.permission, Duration::from_secs(300));
+    assert_eq!(c.lifetimes.channel, Duration::from_secs(5400));
+    assert_eq!(c.streams.handshake_timeout, Duration::from_secs(5));
+    assert_eq!(c.streams.first_frame_timeout, Duration::from_secs(3));
+    assert_eq!(c.streams.idle_timeout, Duration::from_secs(120));
+    assert_eq!(c.streams.max_connections, 100);
+    assert_eq!(c.streams.max_connections_per_ip, 4);
+    assert_eq!(c.streams.write_queue_bytes, 65536);
+    assert_eq!(c.log.level, "warn,turnd::engine=debug");
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert!(c.log.redact);
+}
+
+#[test]
+fn absent_keys_keep_the_secure_defaults() {
+    let c = load(MINIMAL).unwrap();
+    let mut expected = Config::secure_default();
+    expected.source = Some(PathBuf::from(FILE));
+    expected.auth.secrets = vec!["s3cret".into()];
+    expected.workers = c.workers; // the number of cores, whatever it is here
+    assert_eq!(c, expected);
+    assert!(c.workers >= 1);
+    assert_eq!(c.listen.udp, vec![addr("0.0.0.0:3478")]);
+    assert!(c.listen.tcp.is_empty() && c.listen.tls.is_empty() && c.tls.is_none());
+    assert!(
+        c.policy.allow_peers.is_empty(),
+        "a file never allows special-purpose peers by default"
+    );
+    assert_eq!(c.relay.ipv6, None);
+    assert_eq!(c.software, None);
+    // A key present in a section leaves the section's other keys at their defaults.
+    let c = load(&format!("{MINIMAL}[listen]\ntcp = [\"0.0.0.0:3478\"]\n")).unwrap();
+    assert_eq!(c.listen.udp, vec![addr("0.0.0.0:3478")]);
+    let c = load(&format!(
+        "{MINIMAL}[listen]\nudp = []\ntcp = [\"0.0.0.0:3478\"]\n"
+    ))
+    .unwrap();
+    assert!(c.listen.udp.is_empty());
+}
+
+#[test]
+fn development_profile_values() {
+    let c = Config::development();
+    c.validate().unwrap();
+    assert_eq!(c.profile, Profile::Development);
+    assert_eq!(c.source, None);
+    assert!(c.listen.udp.iter().all(|a| a.ip().is_loopback()));
+    assert_eq!(c.auth.users[0].name, DEV_USER);
+    assert_eq!(
+        c.auth.users[0].credential,
+        Credential::Password(DEV_PASSWORD.into())
+    );
+    assert_eq!(c.auth.secrets, vec![DEV_SECRET]);
+    assert!(c
+        .policy
+        .allow_peers
+        .contains(&"127.0.0.0/8".parse().unwrap()));
+    Config::for_tests().validate().unwrap();
+    Config::secure_default().validate().unwrap_err(); // no users, no secrets
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_file_line_and_key() {
+    let text = "realm = \"x\"\n[listen]\nudpp = [\"0.0.0.0:3478\"]\n";
+    assert_eq!(
+        error(text),
+        format!("{FILE}:3: listen.udpp: unknown key (expected one of: udp, tcp, tls)")
+    );
+    let e = error("realmm = \"x\"\n");
+    assert!(
+        e.starts_with(&format!(
+            "{FILE}:1: realmm: unknown key (expected one of: realm, workers,"
+        )),
+        "{e}"
+    );
+    let e =
+        error("[auth]\nsecrets = [\"s\"]\n[[auth.user]]\nname = \"bob\"\npasword = \"hunter2\"\n");
+    assert_eq!(
+        e,
+        format!(
+            "{FILE}:5: auth.user[0].pasword: unknown key (expected one of: name, key, password)"
+        )
+    );
+    assert!(!e.contains("hunter2"));
+    // A top-level key below a table header belongs to that table in TOML: say so.
+    let e = error("[auth]\nsecrets = [\"s\"]\nrealm = \"x\"\n");
+    assert!(
+        e.starts_with(&format!("{FILE}:3: auth.realm: unknown key")),
+        "{e}"
+    );
+    assert!(e.contains("move it above the first [table]"), "{e}");
+    let e = error("[adminn]\ntoken = \"x\"\n");
+    assert!(
+        e.starts_with(&format!("{FILE}:1: adminn: unknown key")),
+        "{e}"
+    );
+    let e = error("[auth]\nsecrets = [\"s\"]\n[admin]\ntokn = \"0123456789abcdefXYZ\"\n");
+    assert!(
+        e.starts_with(&format!("{FILE}:4: admin.tokn: unknown key")),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_values_name_line_and_key() {
+    let cases = [
+        (
+            "[listen]\nudp = [\n  \"0.0.0.0:3478\",\n  \"1.2.3.4\",\n]\n",
+            "4: listen.udp[1]: \"1.2.3.4\": expected an address with a port",
+        ),
+        (
+            "[relay]\nipv4 = \"::1\"\n",
+            "2: relay.ipv4: \"::1\": expected an IPv4 address",
+        ),
+        (
+            "\n[relay]\nports = \"6000-5000\"\n",
+            "3: relay.ports: \"6000-5000\": the range's start is above its end",
+        ),
+        (
+            "[relay]\nports = \"0-10\"\n",
+            "2: relay.ports: \"0-10\": port 0 cannot be a relay port",
+        ),
+        (
+            "[relay]\nexternal = [\"1.2.3.4\"]\n",
+            "2: relay.external[0]: \"1.2.3.4\": expected \"PUBLIC=PRIVATE\"",
+        ),
+        (
+            "[lifetimes]\nchannel = \"10\"\n",
+            "2: lifetimes.channel: \"10\": a unit is required",
+        ),
+        (
+            "[lifetimes]\npermission = \"5 minutes\"\n",
+            "2: lifetimes.permission: \"5 minutes\": unknown unit",
+        ),
+        (
+            "[auth]\nrest_max_skew = 60\n",
+            "2: auth.rest_max_skew: invalid type: integer `60`, expected a duration",
+        ),
+        (
+            "[policy]\ndeny_peers = [\"10.0.0.0/33\"]\n",
+            "2: policy.deny_peers[0]: \"10.0.0.0/33\": expected a network",
+        ),
+        (
+            "[log]\nformat = \"jsn\"\n",
+            "2: log.format: \"jsn\": expected \"human\" or \"json\"",
+        ),
+        (
+            "[log]\nlevel = \"verbose\"\n",
+            "2: log.level: \"verbose\": expected a level",
+        ),
+        ("workers = -1\n", "1: workers: invalid value: integer `-1`"),
+        (
+            "realm = 5\n",
+            "1: realm: invalid type: integer `5`, expected a string",
+        ),
+        ("[tls]\ncert = \"c.pem\"\n", "1: tls.key: is required"),
+        (
+            "[auth]\nrest_separator = \"::\"\n",
+            "2: auth.rest_separator: \"::\": expected exactly one character",
+        ),
+    ];
+    for (text, expected) in cases {
+        let e = error(text);
+        assert!(
+            e.starts_with(&format!("{FILE}:{expected}")),
+            "{text:?}\n got: {e}\nwant: {expected}"
+        );
+    }
+}
+
+#[test]
+fn bad_key_hex_names_line_and_key_without_echoing_it() {
+    let text = "[[auth.user]]\nname = \"bob\"\nkey = \"0123456789abcdefXYZ\"\n";
+    let e = error(text);
+    assert!(
+        e.starts_with(&format!(
+            "{FILE}:3: auth.user[0].key: expected 32 hex digits"
+        )),
+        "{e}"
+    );
+    assert!(!e.contains("XYZ"), "{e}");
+}
+
+#[test]
+fn syntax_errors_name_line_and_key() {
+    let e = error("realm = \"x\"\n[relay]\nports = \"1-2\n");
+    assert!(
+        e.starts_with(&format!("{FILE}:3: relay.ports: invalid TOML")),
+        "{e}"
+    );
+    let e = error("realm = \"a\"\nrealm = \"b\"\n");
+    assert!(
+        e.starts_with(&format!("{FILE}:2: realm: invalid TOML")),
+        "{e}"
+    );
+}
+
+#[test]
+fn secrets_are_never_echoed() {
+    let cases = [
+        "[auth]\nusers = \"alice:hunter2\"\n",
+        "[auth]\nusers = [\":hunter2\"]\n",
+        "[auth]\nusers = [\"alice:hunter2\", \"alice:hunter2\"]\n",
+        "[auth]\nusers = [\"alicehunter2\"]\n",
+        "[auth]\nsecrets = \"hunter2\"\n",
+        "[auth]\nsecrets = [\"ok\", { v = \"hunter2\" }]\n",
+        "[auth]\nsecrets = [\"hunter2\n",
+        "[auth]\nsecrets = [\n  \"ok\",\n  \"hunter2\n]\n",
+        "[[auth.user]]\nname = \"bob\"\npassword = [\"hunter2\"]\n",
+        "[[auth.user]]\nname = \"bob\"\nkey = \"hunter2\"\n",
+        "[[auth.user]]\nname = \"bob\"\nkey = \"hunter2\"\npassword = \"hunter2\"\n",
+        "auth = \"hunter2\"\n",
+        "auth = { secrets = [\"ok\"], users = [1, \"hunter2\"] }\n",
+    ];
+    for text in cases {
+        let e = error(text);
+        assert!(!e.contains("hunter2"), "{text:?} echoed a secret: {e}");
+        assert!(e.starts_with(&format!("{FILE}:")), "{e}");
+    }
+    let e = error("[auth]\nsecrets = [\"ok\", 5]\n");
+    assert_eq!(
+        e,
+        format!(
+            "{FILE}:2: auth.secrets[1]: invalid type: integer (value not shown), expected a string"
+        )
+    );
+    assert!(is_secret_key("auth.user[3].password") && is_secret_key("auth.secrets[0]"));
+    assert!(!is_secret_key("auth.user[3].name") && !is_secret_key("auth.rest_separator"));
+}
+
+#[test]
+fn rules_between_keys_name_line_and_key() {
+    let cases = [
+        (
+            "[lifetimes]\nallocation_default = \"2h\"\n",
+            "2: lifetimes.allocation_default: 7200s is above lifetimes.allocation_max (3600s)",
+        ),
+        ("[listen]\nudp = []\n", "1: listen: no listeners"),
+        (
+            "[listen]\ntls = [\"0.0.0.0:5349\"]\n",
+            "2: listen.tls: TLS listeners need [tls]",
+        ),
+        ("realm = \"\"\n", "1: realm: is empty"),
+        (
+            "[streams]\nidle_timeout = \"0s\"\n",
+            "2: streams.idle_timeout: must be longer than 0s",
+        ),
+        (
+            "[streams]\nmax_connections_per_ip = 0\n",
+            "2: streams.max_connections_per_ip: must be at least 1",
+        ),
+        ("workers = 0\n", "1: workers: must be at least 1"),
+        (
+            "[relay]\nipv4 = \"none\"\n",
+            "1: relay: relay.ipv4 and relay.ipv6 are both \"none\"",
+        ),
+        (
+            "[policy]\nmax_allocations = 0\n",
+            "2: policy.max_allocations: must be at least 1",
+        ),
+        (
+            "[lifetimes]\npermission = \"500ms\"\n",
+            "2: lifetimes.permission: must be at least 1s",
+        ),
+        (
+            "[auth]\nusers = [\"a:b\"]\n[[auth.user]]\nname = \"a\"\npassword = \"c\"\n",
+            "3: auth.user[0]: user \"a\" is already defined at auth.users[0]",
+        ),
+        (
+            "[[auth.user]]\nname = \"a\"\n",
+            "1: auth.user[0]: needs a key or a password",
+        ),
+    ];
+    for (text, expected) in cases {
+        let text = if text.contains("[auth") {
+            text.to_string()
+        } else {
+            format!("{text}{MINIMAL}")
+        };
+        let e = error(&text);
+        let want = format!("{FILE}:{expected}");
+        assert!(e.starts_with(&want), "{text:?}\n got: {e}\nwant: {want}");
+    }
+    // Nobody could authenticate: named at the [auth] table, or without a line when absent.
+    assert!(error("[auth]\nusers = []\n")
+        .starts_with(&format!("{FILE}:1: auth: no users and no secrets")));
+    assert!(error("").starts_with(&format!("{FILE}: auth: no users and no secrets")));
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let e = error(&format!(
+        "workers = 0\n[lifetimes]\npermission = \"0s\"\n{MINIMAL}"
+    ));
+    let lines: Vec<&str> = e.lines().collect();
+    assert_eq!(lines.len(), 2, "{e}");
+    assert!(
+        lines[0].contains("workers") && lines[1].contains("lifetimes.permission"),
+        "{e}"
+    );
+}
+
+#[test]
+fn secret_file_is_read_relative_to_the_config_file() {
+    let secrets = temp_file("secrets", "\n  first-secret  \nsecond-secret\n\n");
+    let config = secrets.with_file_name("turnd.toml");
+    let c = load_str(
+        "[auth]\nsecrets = [\"inline\"]\nsecret_file = \"secrets\"\n",
+        &config,
+    )
+    .unwrap();
+    assert_eq!(
+        c.auth.secrets,
+        vec!["inline", "first-secret", "second-secret"]
+    );
+    let c = load_str(
+        &format!("[auth]\nsecret_file = {:?}\n", secrets.display()),
+        Path::new(FILE),
+    )
+    .unwrap();
+    assert_eq!(c.auth.secrets, vec!["first-secret", "second-secret"]);
+
+    let empty = temp_file("empty-secrets", "\n \n");
+    let e = load_str("[auth]\nsecret_file = \"empty-secrets\"\n", &config)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(":2: auth.secret_file: ") && e.contains("holds no secrets"),
+        "{e}"
+    );
+    let _ = empty;
+    let e = error("[auth]\nsecret_file = \"/nonexistent/turnd-secrets\"\n");
+    assert!(
+        e.starts_with(&format!(
+            "{FILE}:2: auth.secret_file: cannot read \"/nonexistent/turnd-secrets\""
+        )),
+        "{e}"
+    );
+}
+
+fn parse_cli(args: &[&str]) -> Cli {
+    let mut argv = vec!["turnd"];
+    argv.extend_from_slice(args);
+    Cli::try_parse_from(argv).unwrap()
+}
+
+#[test]
+fn cli_override_beats_file() {
+    let file =
+        "realm = \"file.example\"\n[auth]\nsecrets = [\"s\"]\n[listen]\nudp = [\"0.0.0.0:3478\"]\n";
+    let cli = parse_cli(&[
+        "--realm=cli.example",
+        "--listen-udp=127.0.0.1:4000",
+        "--listen-udp",
+        "[::1]:4000",
+        "--relay-ipv4=none",
+        "--relay-ipv6=::1",
+        "--relay-ports=6000-6100",
+        "--external=198.51.100.7=10.0.0.7",
+        "--user=eve:pw1",
+        "--allow-peer=10.0.0.0/8,10.1.0.0/16",
+        "--log-format=json",
+        "--redact",
+    ]);
+    let c = load_str_with(file, Path::new(FILE), |c| {
+        cli::apply_overrides(&cli.overrides, c)
+    })
+    .unwrap();
+    assert_eq!(c.realm, "cli.example");
+    assert_eq!(
+        c.listen.udp,
+        vec![addr("127.0.0.1:4000"), addr("[::1]:4000")]
+    );
+    assert_eq!(
+        (c.relay.ipv4, c.relay.ipv6),
+        (None, Some(Ipv6Addr::LOCALHOST))
+    );
+    assert_eq!(
+        c.relay.ports,
+        PortRange {
+            min: 6000,
+            max: 6100
+        }
+    );
+    assert_eq!(c.relay.external.len(), 1);
+    assert_eq!(c.auth.users.len(), 1);
+    assert_eq!(c.auth.users[0].name, "eve");
+    assert_eq!(
+        c.auth.secrets,
+        vec!["s"],
+        "keys not overridden keep the file's value"
+    );
+    assert_eq!(c.policy.allow_peers.len(), 2);
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert!(c.log.redact);
+    assert_eq!(c.profile, Profile::Production);
+
+    // Through `resolve`, with the file on disk.
+    let path = temp_file("override.toml", file);
+    let path_arg = format!("--config={}", path.display());
+    let c = cli::resolve(&parse_cli(&[&path_arg, "--workers=7", "--redact=false"])).unwrap();
+    assert_eq!(
+        (c.workers, c.realm.as_str(), c.log.redact),
+        (7, "file.example", false)
+    );
+    assert_eq!(c.source.as_deref(), Some(path.as_path()));
+}
+
+#[test]
+fn env_var_override_and_flag_precedence() {
+    // Only this test sets TURND_MAX_ALLOCATIONS, and no other test reads max_allocations
+    // through the CLI.
+    std::env::set_var("TURND_MAX_ALLOCATIONS", "77");
+    let from_env = parse_cli(&[]);
+    let from_flag = parse_cli(&["--max-allocations=88"]);
+    std::env::remove_var("TURND_MAX_ALLOCATIONS");
+    assert_eq!(from_env.overrides.max_allocations, Some(77));
+    assert_eq!(from_flag.overrides.max_allocations, Some(88));
+    let c = load_str_with(MINIMAL, Path::new(FILE), |c| {
+        cli::apply_overrides(&from_env.overrides, c)
+    })
+    .unwrap();
+    assert_eq!(c.policy.max_allocations, 77);
+}
+
+#[test]
+fn validation_reruns_after_the_merge() {
+    // The file alone lacks credentials; the command line supplies them.
+    let secrets = temp_file("cli-secrets", "from-file\n");
+    let cli = parse_cli(&[&format!("--secret-file={}", secrets.display())]);
+    let c = load_str_with("realm = \"x\"\n", Path::new(FILE), |c| {
+        cli::apply_overrides(&cli.overrides, c)
+    })
+    .unwrap();
+    assert_eq!(c.auth.secrets, vec!["from-file"]);
+
+    // An override that breaks a rule: reported without a line, marked as from the command line.
+    let cli = parse_cli(&["--listen-tls=0.0.0.0:5349"]);
+    let e = load_str_with(MINIMAL, Path::new(FILE), |c| {
+        cli::apply_overrides(&cli.overrides, c)
+    })
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("{FILE}: listen.tls: TLS listeners need [tls] cert and key (after command-line overrides)")
+    );
+    let cli = parse_cli(&["--tls-key=k.pem", "--listen-tls=0.0.0.0:5349"]);
+    let e = load_str_with(MINIMAL, Path::new(FILE), |c| {
+        cli::apply_overrides(&cli.overrides, c)
+    })
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "command line: --tls-key: needs --tls-cert (or [tls] cert in the file)"
+    );
+
+    // Without --config: the development profile, still validated after the merge.
+    let e = cli::resolve(&parse_cli(&["--listen-udp=0.0.0.0:3478"])).unwrap_err();
+    assert!(format!("{e:#}").contains("development profile with command-line overrides: listen: 0.0.0.0:3478 is not a loopback address"), "{e:#}");
+    let c = cli::resolve(&parse_cli(&["--realm=dev.example"])).unwrap();
+    assert_eq!(
+        (c.profile, c.realm.as_str()),
+        (Profile::Development, "dev.example")
+    );
+}
+
+#[test]
+fn cli_never_shows_passwords() {
+    let cli = parse_cli(&["--user=:hunter2"]);
+    assert!(!format!("{cli:?}").contains("hunter2"));
+    let e = cli::resolve(&cli).unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("--user #1: the user name is empty") && !e.contains("hunter2"),
+        "{e}"
+    );
+    assert!(
+        Cli::try_parse_from(["turnd", "--secret=x"]).is_err(),
+        "there is no --secret flag"
+    );
+}
+
+#[test]
+fn development_banner_names_the_public_credentials() {
+    let banner = cli::development_banner(&Config::development()).join("\n");
+    for needle in [
+        "DEVELOPMENT",
+        "127.0.0.1:3478",
+        "dev / password: devpass",
+        "devsecret",
+        "DO NOT EXPOSE",
+    ] {
+        assert!(banner.contains(needle), "{needle}: {banner}");
+    }
+}
+
+#[test]
+fn signaling_admin_and_server_sections() {
+    let c = load(&format!(
+        "{MINIMAL}[signaling]\nlisten = \"0.0.0.0:8443\"\ntls = false\npublic_host = \"turn.example.org\"\n\
+         credential_ttl = \"30m\"\nallowed_origins = [\"https://app.example.org\"]\n\
+         max_connections_per_ip = 4\nmax_message_bytes = 2048\nice_requests_per_minute = 10\n\
+         [admin]\nlisten = \"10.0.0.1:9641\"\ntoken = \"0123456789abcdef-secret\"\n\
+         [server]\ndrain_timeout = \"45s\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.signaling.listen, Some("0.0.0.0:8443".parse().unwrap()));
+    assert_eq!(c.signaling.public_host.as_deref(), Some("turn.example.org"));
+    assert_eq!(c.signaling.credential_ttl, Duration::from_secs(1800));
+    assert_eq!(
+        c.signaling.allowed_origins,
+        vec!["https://app.example.org".to_string()]
+    );
+    assert_eq!(
+        (
+            c.signaling.max_connections_per_ip,
+            c.signaling.max_message_bytes
+        ),
+        (4, 2048)
+    );
+    assert_eq!(c.signaling.ice_requests_per_minute, 10);
+    assert_eq!(c.admin.listen, Some("10.0.0.1:9641".parse().unwrap()));
+    assert_eq!(c.admin.token.as_deref(), Some("0123456789abcdef-secret"));
+    assert_eq!(c.server.drain_timeout, Duration::from_secs(45));
+    // Defaults: no signaling listener, admin on loopback, no drain.
+    let d = load(MINIMAL).unwrap();
+    assert_eq!(d.signaling.listen, None);
+    assert_eq!(d.admin.listen, Some("127.0.0.1:9641".parse().unwrap()));
+    assert_eq!(d.server.drain_timeout, Duration::ZERO);
+    // "none" turns a listener off.
+    let off = load(&format!("{MINIMAL}[admin]\nlisten = \"none\"\n")).unwrap();
+    assert_eq!(off.admin.listen, None);
+}
+
+#[test]
+fn admin_off_loopback_needs_a_token_and_tokens_are_never_echoed() {
+    let e = error(&format!("{MINIMAL}[admin]\nlisten = \"0.0.0.0:9641\"\n"));
+    assert!(
+        e.contains("admin.listen: 0.0.0.0:9641 is not on loopback: set admin.token"),
+        "{e}"
+    );
+    let e = error(&format!("{MINIMAL}[admin]\ntoken = \"short-secret\"\n"));
+    assert!(
+        e.contains(":4: admin.token: must be at least 16 characters"),
+        "{e}"
+    );
+    assert!(!e.contains("short-secret"), "{e}");
+    let e = error(&format!("{MINIMAL}[admin]\ntoken = 12345678901234567\n"));
+    assert!(e.contains("admin.token"), "{e}");
+    assert!(!e.contains("12345678901234567"), "{e}");
+    let e = error(&format!("{MINIMAL}[signaling]\nlisten = \"8080\"\n"));
+    assert!(
+        e.contains(":4: signaling.listen: \"8080\": expected an address with a port"),
+        "{e}"
+    );
+}

@@ -1,0 +1,324 @@
+//! [`Config::validate`]: the checks a whole [`Config`] must pass, whichever way it was built
+//! (file, development profile, command-line overrides). Checks of a single value's shape live
+//! in `parse`; this module holds the rules between keys and the limits of numbers.
+//!
+//! Every [`Problem`] names the dotted key it is about, so `load` can turn it into
+//! `file:line: key: what` and `crate::cli` into `... (with command-line overrides): key: what`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+
+use super::{Config, Profile};
+
+/// One rule a [`Config`] breaks: the dotted key it is about and what is wrong. Never holds a
+/// secret value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// RFC 8489 §14.9 and §14.14: REALM and SOFTWARE hold fewer than 128 characters.
+const MAX_TEXT_ATTRIBUTE_CHARS: usize = 127;
+
+impl Config {
+    /// Every rule this configuration breaks; empty when it is usable.
+    pub fn validate(&self) -> Result<(), Vec<Problem>> {
+        let mut p = Vec::new();
+        self.check_server(&mut p);
+        self.check_listen(&mut p);
+        self.check_relay(&mut p);
+        self.check_auth(&mut p);
+        self.check_policy(&mut p);
+        self.check_lifetimes(&mut p);
+        self.check_streams(&mut p);
+        self.check_http(&mut p);
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(p)
+        }
+    }
+
+    fn check_server(&self, p: &mut Vec<Problem>) {
+        if self.realm.is_empty() {
+            p.push(Problem::new(
+                "realm",
+                "is empty; clients need a realm to compute keys",
+            ));
+        } else if self.realm.chars().count() > MAX_TEXT_ATTRIBUTE_CHARS {
+            p.push(Problem::new(
+                "realm",
+                "is longer than 127 characters (RFC 8489 §14.9)",
+            ));
+        }
+        if self.workers == 0 {
+            p.push(Problem::new("workers", "must be at least 1"));
+        }
+        if let Some(s) = &self.software {
+            if s.chars().count() > MAX_TEXT_ATTRIBUTE_CHARS {
+                p.push(Problem::new(
+                    "software",
+                    "is longer than 127 characters (RFC 8489 §14.14)",
+                ));
+            }
+        }
+        if let Err(m) = super::parse::log_level(&self.log.level) {
+            p.push(Problem::new(
+                "log.level",
+                format!("{:?}: {m}", self.log.level),
+            ));
+        }
+    }
+
+    fn check_listen(&self, p: &mut Vec<Problem>) {
+        let l = &self.listen;
+        if l.udp.is_empty() && l.tcp.is_empty() && l.tls.is_empty() {
+            p.push(Problem::new(
+                "listen",
+                "no listeners: give at least one address in listen.udp, listen.tcp or listen.tls",
+            ));
+        }
+        // The development profile serves a self-signed certificate instead.
+        if !l.tls.is_empty() && self.tls.is_none() && self.profile == Profile::Production {
+            p.push(Problem::new(
+                "listen.tls",
+                "TLS listeners need [tls] cert and key",
+            ));
+        }
+        duplicates(&l.udp, "listen.udp", p);
+        // TCP and TLS listeners share the TCP port space.
+        let stream: Vec<(SocketAddr, &str)> = l
+            .tcp
+            .iter()
+            .map(|a| (*a, "listen.tcp"))
+            .chain(l.tls.iter().map(|a| (*a, "listen.tls")))
+            .collect();
+        let mut seen = HashSet::new();
+        for (addr, key) in stream {
+            if addr.port() != 0 && !seen.insert(addr) {
+                p.push(Problem::new(
+                    key,
+                    format!("{addr} is listed twice in listen.tcp/listen.tls"),
+                ));
+            }
+        }
+        if self.profile == Profile::Development {
+            let all = l.udp.iter().chain(&l.tcp).chain(&l.tls);
+            if let Some(a) = all.into_iter().find(|a| !a.ip().is_loopback()) {
+                p.push(Problem::new(
+                    "listen",
+                    format!(
+                        "{a} is not a loopback address; the development profile (no --config) has \
+                         public credentials and relays to loopback, so it only listens on \
+                         loopback: write a config file to listen elsewhere"
+                    ),
+                ));
+            }
+        }
+    }
+
+    fn check_relay(&self, p: &mut Vec<Problem>) {
+        let r = &self.relay;
+        if r.ipv4.is_none() && r.ipv6.is_none() {
+            p.push(Problem::new(
+                "relay",
+                "relay.ipv4 and relay.ipv6 are both \"none\": no allocation could succeed",
+            ));
+        }
+        if r.ports.min == 0 || r.ports.min > r.ports.max {
+            p.push(Problem::new(
+                "relay.ports",
+                format!(
+                    "\"{}-{}\": the range must be within 1-65535, start <= end",
+                    r.ports.min, r.ports.max
+                ),
+            ));
+        }
+        for (i, m) in r.external.iter().enumerate() {
+            if m.public.is_ipv4() != m.private.is_ipv4() {
+                p.push(Problem::new(
+                    format!("relay.external[{i}]"),
+                    "the public and private addresses are of different families",
+                ));
+            }
+        }
+    }
+
+    fn check_auth(&self, p: &mut Vec<Problem>) {
+        let a = &self.auth;
+        if a.users.is_empty() && a.secrets.is_empty() {
+            p.push(Problem::new(
+                "auth",
+                "no users and no secrets: nobody could authenticate (set auth.users, \
+                 [[auth.user]], auth.secrets or auth.secret_file)",
+            ));
+        }
+        let mut names = HashSet::new();
+        for u in &a.users {
+            if u.name.is_empty() {
+                p.push(Problem::new("auth.users", "a user has an empty name"));
+            } else if !names.insert(u.name.as_str()) {
+                p.push(Problem::new(
+                    "auth.users",
+                    format!("user \"{}\" is defined twice", u.name.escape_debug()),
+                ));
+            }
+        }
+        if a.secrets.iter().any(String::is_empty) {
+            p.push(Problem::new("auth.secrets", "a secret is empty"));
+        }
+        if a.rest_separator.is_ascii_digit() {
+            p.push(Problem::new("auth.rest_separator", "must not be a digit"));
+        }
+        if a.nonce_lifetime.is_zero() {
+            p.push(Problem::new(
+                "auth.nonce_lifetime",
+                "must be longer than 0s",
+            ));
+        }
+        if a.failure_budget_per_sec == 0 {
+            p.push(Problem::new(
+                "auth.failure_budget_per_sec",
+                "must be at least 1: with 0 no client ever gets the 401 that starts authentication",
+            ));
+        }
+    }
+
+    fn check_policy(&self, p: &mut Vec<Problem>) {
+        let pol = &self.policy;
+        for (key, value) in [
+            ("policy.max_allocations", pol.max_allocations),
+            (
+                "policy.max_allocations_per_user",
+                pol.max_allocations_per_user,
+            ),
+            (
+                "policy.max_permissions_per_allocation",
+                pol.max_permissions_per_allocation,
+            ),
+        ] {
+            if value == 0 {
+                p.push(Problem::new(key, "must be at least 1"));
+            }
+        }
+    }
+
+    fn check_lifetimes(&self, p: &mut Vec<Problem>) {
+        let l = &self.lifetimes;
+        for (key, value) in [
+            ("lifetimes.allocation_default", l.allocation_default),
+            ("lifetimes.allocation_max", l.allocation_max),
+            ("lifetimes.permission", l.permission),
+            ("lifetimes.channel", l.channel),
+        ] {
+            if value.as_secs() == 0 {
+                p.push(Problem::new(
+                    key,
+                    "must be at least 1s (STUN lifetimes are in seconds)",
+                ));
+            }
+        }
+        if l.allocation_default > l.allocation_max {
+            p.push(Problem::new(
+                "lifetimes.allocation_default",
+                format!(
+                    "{}s is above lifetimes.allocation_max ({}s)",
+                    l.allocation_default.as_secs(),
+                    l.allocation_max.as_secs()
+                ),
+            ));
+        }
+    }
+
+    fn check_streams(&self, p: &mut Vec<Problem>) {
+        let s = &self.streams;
+        for (key, value) in [
+            ("streams.handshake_timeout", s.handshake_timeout),
+            ("streams.first_frame_timeout", s.first_frame_timeout),
+            ("streams.idle_timeout", s.idle_timeout),
+        ] {
+            if value.is_zero() {
+                p.push(Problem::new(key, "must be longer than 0s"));
+            }
+        }
+        for (key, value) in [
+            ("streams.max_connections", s.max_connections),
+            ("streams.max_connections_per_ip", s.max_connections_per_ip),
+            ("streams.write_queue_bytes", s.write_queue_bytes),
+        ] {
+            if value == 0 {
+                p.push(Problem::new(key, "must be at least 1"));
+            }
+        }
+    }
+}
+
+impl Config {
+    fn check_http(&self, p: &mut Vec<Problem>) {
+        if let Some(a) = self.admin.listen {
+            if !a.ip().is_loopback() && self.admin.token.is_none() {
+                p.push(Problem::new(
+                    "admin.listen",
+                    format!("{a} is not on loopback: set admin.token (or admin.token_file)"),
+                ));
+            }
+        }
+        if self.admin.token.as_deref().is_some_and(|t| t.len() < 16) {
+            p.push(Problem::new(
+                "admin.token",
+                "must be at least 16 characters",
+            ));
+        }
+        let s = &self.signaling;
+        if s.tls && self.tls.is_none() && self.profile == super::Profile::Production {
+            p.push(Problem::new("signaling.tls", "needs [tls] cert and key"));
+        }
+        if s.listen.is_some_and(|a| a.port() != 0) && s.listen == self.admin.listen {
+            p.push(Problem::new(
+                "signaling.listen",
+                "is the same address as admin.listen",
+            ));
+        }
+        for (key, value) in [
+            ("signaling.max_connections_per_ip", s.max_connections_per_ip),
+            ("signaling.max_message_bytes", s.max_message_bytes),
+        ] {
+            if value == 0 {
+                p.push(Problem::new(key, "must be at least 1"));
+            }
+        }
+        if s.credential_ttl.is_zero() {
+            p.push(Problem::new(
+                "signaling.credential_ttl",
+                "must be longer than 0s",
+            ));
+        }
+    }
+}
+
+fn duplicates(addrs: &[SocketAddr], key: &str, p: &mut Vec<Problem>) {
+    let mut seen = HashSet::new();
+    // Port 0 asks for a fresh ephemeral port each time, so it may repeat.
+    for a in addrs {
+        if a.port() != 0 && !seen.insert(a) {
+            p.push(Problem::new(key, format!("{a} is listed twice")));
+        }
+    }
+}

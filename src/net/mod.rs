@@ -301,6 +301,29 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         None => None,
     };
     let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
+    let signaling = match config.signaling.listen {
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot bind signaling listener {addr}"))?;
+            let setup = crate::http::HttpSetup {
+                cfg: config.signaling.clone(),
+                realm: config.realm.clone(),
+                secret: config.auth.secrets.first().cloned(),
+                rest_separator: config.auth.rest_separator,
+                udp: udp_addrs.clone(),
+                tcp: tcp_addrs.clone(),
+                tls: tls_addrs.clone(),
+                certificate: certificate.clone(),
+            };
+            setup.check()?;
+            Some((l, setup))
+        }
+        None => None,
+    };
+    let http_addr = signaling
+        .as_ref()
+        .map(|(l, _)| l.local_addr())
+        .transpose()?;
     let admin_token = config.admin.token.clone();
     let control = Arc::new(Control::new(
         senders,
@@ -317,11 +340,19 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             crate::admin::serve(listener, control, admin_token, shutdown).await
         })?);
     }
+    if let Some((listener, setup)) = signaling {
+        tracing::info!(addr = %listener.local_addr()?, tls = setup.cfg.tls, "signaling and pages listening");
+        let shutdown = http_shutdown.clone();
+        threads.push(spawn_http(
+            "turnd-http",
+            crate::http::serve(listener, setup, shutdown),
+        )?);
+    }
     Ok(Running {
         udp: udp_addrs,
         tcp: tcp_addrs,
         tls: tls_addrs,
-        http: None,
+        http: http_addr,
         admin: admin_addr,
         certificate,
         control,

@@ -1,0 +1,206 @@
+// Drives turnd's pages in headless Chromium (Debian's /usr/bin/chromium via playwright-core)
+// and prints one JSON object with what the pages showed. Run by tests/browser_pages.rs:
+//
+//   node pages.js <base-url> <spki-sha256> <screenshot-dir> [chromium-path]
+//
+// It asserts nothing itself (the Rust test does); it exits 1 with {"error": ...} when a page
+// never reached the state it waited for.
+'use strict';
+
+const fs = require('fs');
+const path = require('path');
+const { chromium } = require('playwright-core');
+
+const [base, spki, shots, exe = '/usr/bin/chromium'] = process.argv.slice(2);
+if (!base || !spki || !shots) {
+  console.error('usage: node pages.js <base-url> <spki-sha256> <screenshot-dir> [chromium]');
+  process.exit(2);
+}
+const TRANSPORTS = ['udp', 'tcp', 'tls'];
+const step = (text) => process.stderr.write(`[pages.js ${new Date().toISOString().slice(11, 23)}] ${text}\n`);
+
+/** A new page whose console errors and exceptions go to stderr. */
+async function newPage(browserOrContext, opts) {
+  const page = await browserOrContext.newPage(opts);
+  page.on('pageerror', (e) => step(`page error on ${page.url()}: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error') step(`console on ${page.url()}: ${m.text()}`); });
+  return page;
+}
+
+/** Wait for `selector`; on timeout the error carries the page's state and a screenshot. */
+async function waitFor(page, selector, timeout, what) {
+  try {
+    await page.waitForSelector(selector, { timeout, state: 'attached' });
+  } catch (e) {
+    const file = path.join(shots, `failed-${what}.png`);
+    await page.screenshot({ path: file, fullPage: true }).catch(() => {});
+    const text = await page.evaluate(() => document.querySelector('main').innerText).catch(() => '');
+    throw new Error(`${what}: ${selector} not reached in ${timeout} ms (screenshot ${file}); page text:\n${text}`);
+  }
+}
+
+async function launch() {
+  return chromium.launch({
+    executablePath: exe,
+    headless: true,
+    timeout: 30000,
+    args: [
+      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
+      '--autoplay-policy=no-user-gesture-required',
+      `--ignore-certificate-errors-spki-list=${spki}`,
+    ],
+  });
+}
+
+/** Index page: wait for /api/info to be shown, screenshot. */
+async function index(browser) {
+  const page = await newPage(browser, { viewport: { width: 1100, height: 760 } });
+  await page.goto(`${base}/`);
+  await waitFor(page, '#offers[data-state="ready"]', 10000, 'index');
+  await page.screenshot({ path: path.join(shots, 'index.png'), fullPage: true });
+  const turn = await page.locator('#info-turn div').allTextContents();
+  await page.close();
+  return { turn };
+}
+
+/** What the tester page shows: verdicts, candidate rows, error rows. */
+async function testerResult(page) {
+  return page.evaluate(() => {
+    const rows = (id) => [...document.querySelectorAll(`#${id} tbody tr`)];
+    const v = document.getElementById('verdicts').dataset;
+    return {
+      verdicts: { udp: v.verdictUdp, tcp: v.verdictTcp, tls: v.verdictTls },
+      reasons: Object.fromEntries(['udp', 'tcp', 'tls'].map((t) => [t,
+        document.querySelector(`#verdict-${t} .reason`).textContent])),
+      candidates: rows('candidates').map((r) => ({
+        transport: r.dataset.transport, type: r.dataset.type,
+        relayProtocol: r.dataset.relayProtocol, cells: [...r.cells].map((c) => c.textContent),
+      })),
+      errors: rows('errors').map((r) => ({
+        transport: r.dataset.transport, code: Number(r.dataset.code),
+        cells: [...r.cells].map((c) => c.textContent),
+      })),
+    };
+  });
+}
+
+/** The tester with this server's credentials, gathering every URL. */
+async function tester(browser) {
+  const page = await newPage(browser, { viewport: { width: 1100, height: 900 } });
+  await page.goto(`${base}/tester?gather=1`);
+  await waitFor(page, '#tester[data-state="done"]', 30000, 'tester');
+  const result = await testerResult(page);
+  await page.screenshot({ path: path.join(shots, 'tester.png'), fullPage: true });
+  await page.close();
+  return result;
+}
+
+/** The tester with every TURN credential replaced by a wrong one. */
+async function testerWrongPassword(browser) {
+  const page = await newPage(browser, { viewport: { width: 1100, height: 900 } });
+  await page.goto(`${base}/tester`);
+  await waitFor(page, '#servers tbody tr[data-transport="udp"]', 10000, 'tester-load');
+  await waitFor(page, '#tester[data-state="idle"]', 10000, 'tester-idle');
+  const rows = page.locator('#servers tbody tr');
+  for (let i = 0; i < await rows.count(); i += 1) {
+    const row = rows.nth(i);
+    if ((await row.getAttribute('data-transport')) === 'stun') {
+      await row.locator('button.remove').click();
+      i -= 1;
+    } else {
+      await row.locator('input.credential').fill('wrong-password');
+    }
+  }
+  await page.click('#gather-all');
+  await waitFor(page, '#tester[data-state="done"]', 30000, 'tester-wrong-password');
+  const result = await testerResult(page);
+  await page.screenshot({ path: path.join(shots, 'tester-wrong-password.png'), fullPage: true });
+  await page.close();
+  return result;
+}
+
+const statusOf = (page) => page.evaluate(() => ({ ...document.getElementById('status').dataset }));
+
+/** Wait until `pred(status)` holds on the call page, or fail with the last status. */
+async function waitStatus(page, what, pred, ms = 20000) {
+  const until = Date.now() + ms;
+  let s;
+  while (Date.now() < until) {
+    s = await statusOf(page);
+    if (pred(s)) return s;
+    await page.waitForTimeout(200);
+  }
+  throw new Error(`call page: timed out waiting for ${what}; status ${JSON.stringify(s)}`);
+}
+
+/** Two browser contexts join one room, relay only, over `transport`. */
+async function call(browser, transport, shot) {
+  const room = `t-${transport}-${Math.random().toString(16).slice(2, 8)}`;
+  const url = `${base}/call?room=${room}&transport=${transport}&relay=1&autojoin=1`;
+  const contexts = [];
+  const pages = [];
+  for (let i = 0; i < 2; i += 1) {
+    const ctx = await browser.newContext({ viewport: { width: 1000, height: 900 } });
+    contexts.push(ctx);
+    const page = await newPage(ctx);
+    await page.goto(url);
+    pages.push(page);
+    // The first must be in the room before the second arrives (the newcomer calls).
+    if (i === 0) await waitStatus(page, 'join', (s) => s.signaling && s.signaling.startsWith('joined'));
+  }
+  const t0 = Date.now();
+  for (const p of pages) await waitStatus(p, 'connected', (s) => s.connection === 'connected');
+  const connectMs = Date.now() - t0;
+  for (const [i, p] of pages.entries()) {
+    await waitStatus(p, 'chat open', (s) => s.chatOpen === '1');
+    await p.fill('#chat-input', `hello from ${i === 0 ? 'A' : 'B'} over ${transport}`);
+    await p.click('#chat-send');
+  }
+  const flowing = (s) => Number(s.chatIn) >= 1 && Number(s.mediaIn) > 20000 && Number(s.mediaOut) > 20000
+    && Number(s.dcIn) > 0 && Number(s.dcOut) > 0 && s.relayProtocol && s.rttMs !== undefined;
+  const status = [];
+  for (const p of pages) status.push(await waitStatus(p, 'media, chat and stats', flowing));
+  const chat = await pages[1].locator('#chatlog').textContent();
+  if (shot) await pages[0].screenshot({ path: path.join(shots, shot), fullPage: true });
+  for (const c of contexts) await c.close();
+  return { connectMs, a: status[0], b: status[1], chatB: chat };
+}
+
+/** The call page at phone size, before joining. */
+async function phone(browser) {
+  const ctx = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
+  const page = await newPage(ctx);
+  await page.goto(`${base}/call?room=phone`);
+  await page.screenshot({ path: path.join(shots, 'call-phone.png'), fullPage: true });
+  await page.goto(`${base}/tester`);
+  await waitFor(page, '#servers tbody tr', 10000, 'tester-phone');
+  await page.screenshot({ path: path.join(shots, 'tester-phone.png'), fullPage: true });
+  await ctx.close();
+}
+
+(async () => {
+  fs.mkdirSync(shots, { recursive: true });
+  const started = Date.now();
+  const browser = await launch();
+  const out = { chromium: browser.version() };
+  try {
+    step('index'); out.index = await index(browser);
+    step('tester'); out.tester = await tester(browser);
+    step('tester, wrong password'); out.testerWrong = await testerWrongPassword(browser);
+    out.calls = {};
+    for (const t of TRANSPORTS) {
+      step(`call over ${t}`);
+      out.calls[t] = await call(browser, t, `call-${t}.png`);
+    }
+    step('phone'); await phone(browser);
+  } finally {
+    await browser.close();
+  }
+  out.ms = Date.now() - started;
+  process.stdout.write(`${JSON.stringify(out)}\n`);
+})().catch((e) => {
+  process.stdout.write(`${JSON.stringify({ error: String(e && e.stack ? e.stack : e) })}\n`);
+  process.exit(1);
+});

@@ -53,7 +53,10 @@ impl Engine {
         })
     }
 
-    pub(super) fn on_peer(
+    /// A datagram from `peer` on the relay socket bound at `relay`; the payload is
+    /// `buf[HEADROOM..HEADROOM + len]` and `buf` has [`TAILROOM`](super::TAILROOM) bytes
+    /// after it, so the ChannelData or Data-indication header is written in place.
+    pub fn handle_peer(
         &mut self,
         now: Instant,
         relay: SocketAddr,

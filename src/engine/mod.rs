@@ -287,19 +287,6 @@ impl Engine {
         }
     }
 
-    /// A datagram from `peer` on the relay socket bound at `relay`; the payload is
-    /// `buf[HEADROOM..HEADROOM + len]` and `buf` has [`TAILROOM`] bytes after it.
-    pub fn handle_peer(
-        &mut self,
-        now: Instant,
-        relay: SocketAddr,
-        peer: SocketAddr,
-        buf: &mut [u8],
-        len: usize,
-    ) -> Option<ToClient> {
-        self.on_peer(now, relay, peer, buf, len)
-    }
-
     pub fn has_allocation(&self, client: &ClientAddr) -> bool {
         self.allocations_by_client.contains_key(client)
     }

@@ -165,8 +165,8 @@ async fn udp_listener(shard: Rc<Shard>, local: SocketAddr, sock: Rc<UdpSocket>) 
             let mut buf = shard.buf.borrow_mut();
             let (n, remote) = match sock.try_recv_from(&mut buf[..MAX_DATAGRAM]) {
                 Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // ICMP-induced errors on unconnected sockets: nothing to do for this packet.
+                // WouldBlock: drained. Other errors (ICMP-induced on unconnected sockets)
+                // concern one packet; readiness stays set, so the next wake-up goes on.
                 Err(_) => break,
             };
             let from = ClientAddr {
@@ -196,7 +196,6 @@ async fn relay_reader(shard: Rc<Shard>, bound: SocketAddr, sock: Rc<UdpSocket>) 
             let mut buf = shard.buf.borrow_mut();
             let (n, peer) = match sock.try_recv_from(&mut buf[HEADROOM..HEADROOM + MAX_DATAGRAM]) {
                 Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => break,
             };
             let mut engine = shard.engine.borrow_mut();

@@ -448,6 +448,16 @@ impl Engine {
         if let Some(a) = self.allocations_by_client.get_mut(&from) {
             a.expires = now + lifetime;
             a.remember(req.tid.0, bytes.clone());
+            tracing::info!(
+                event = "allocation refreshed",
+                user = %crate::telemetry::redact_user(&a.user, self.cfg.redact),
+                client = %crate::telemetry::redact_addr(&from.remote, self.cfg.redact),
+                transport = from.transport.as_str(),
+                lifetime_s = lifetime.as_secs(),
+                bytes_to_peer = a.stats.bytes_to_peer,
+                bytes_to_client = a.stats.bytes_to_client,
+                "allocation refreshed"
+            );
             let next = a.next_deadline();
             self.schedule(from, next);
         }

@@ -1002,3 +1002,27 @@ fn even_port_with_r_bit_reserves_and_the_token_claims_the_next_port() {
         .raw(ATTR_REQUESTED_ADDRESS_FAMILY, &[1, 0, 0, 0]);
     assert_eq!(error_code(&t.authed(c4, &n4, bad)), Some(400));
 }
+
+#[test]
+fn external_mapping_advertises_the_public_address_and_relays_on_the_private_one() {
+    let mut t = engine();
+    t.e.cfg.external = vec![crate::config::ExternalMapping {
+        public: "203.0.113.77".parse().unwrap(),
+        private: "198.51.100.1".parse().unwrap(),
+    }];
+    let c = client(1);
+    let (advertised, n) = t.allocate(c);
+    assert_eq!(advertised.ip(), "203.0.113.77".parse::<IpAddr>().unwrap());
+    let Some(Command::BindRelays { .. }) = t.seen.first() else {
+        panic!("no bind")
+    };
+    let bound = SocketAddr::new("198.51.100.1".parse().unwrap(), advertised.port());
+    t.authed(c, &n, Req::new(METHOD_CREATE_PERMISSION).peer(peer(1)));
+    let out = t.send(c, &send_indication(peer(1), b"x")).unwrap();
+    assert_eq!(out.relay, bound, "sent from the bound (private) socket");
+    let (to, _) = from_peer(&mut t, bound, peer(1), b"y").unwrap();
+    assert_eq!(
+        to, c,
+        "peer data arriving on the private socket reaches the client"
+    );
+}

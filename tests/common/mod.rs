@@ -8,6 +8,9 @@
 //! - [`run_aioice`]: Python `aioice` allocating and relaying through `tests/interop/aioice_relay.py`.
 //! - [`Coturn`]: coturn's `turnserver` as a reference server, for the harness self-tests only.
 //! - [`rest_credentials`]: TURN REST credentials computed independently of turnd.
+//! - Streams: [`ClientTransport`] selects UDP, TCP or TLS for uclient ([`Uclient::transport`])
+//!   and aioice ([`AioiceOpts`]); [`TestCert`] is a certificate/key pair in PEM files for a
+//!   server and, as the only trust anchor, for a verifying client.
 //!
 //! Rules: loopback addresses only; a missing tool panics with an install hint (never a skip);
 //! every process started here is killed by PID on drop; every wait has a deadline.
@@ -234,6 +237,33 @@ pub fn stun_binding_answers(server: SocketAddr, timeout: Duration) -> bool {
     false
 }
 
+/// Whether a TCP connection to `addr` succeeds before `timeout` (a listener is up).
+pub fn tcp_accepts(addr: SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Like [`free_udp_port_pair`], and `p` is free for TCP on both addresses too.
+fn free_stream_port() -> u16 {
+    for _ in 0..100 {
+        let p = free_udp_port_pair();
+        let tcp = [
+            std::net::TcpListener::bind((V4, p)),
+            std::net::TcpListener::bind((V6, p)),
+        ];
+        if tcp.iter().all(Result::is_ok) {
+            return p;
+        }
+    }
+    panic!("no free UDP+TCP port on loopback after 100 tries");
+}
+
 /// A UDP port `p` such that `p` and `p + 1` are free on both 127.0.0.1 and ::1 right now.
 fn free_udp_port_pair() -> u16 {
     for _ in 0..100 {
@@ -367,8 +397,8 @@ impl Drop for EchoPeer {
 // turnutils_uclient
 // ---------------------------------------------------------------------------------------------
 
-/// Builder for one `turnutils_uclient` run (UDP to the server; always `-v`, whose lines we
-/// parse for relayed addresses).
+/// Builder for one `turnutils_uclient` run (UDP to the server unless [`Uclient::tcp`] or
+/// [`Uclient::tls`]; always `-v`, whose lines we parse for relayed addresses).
 #[derive(Debug, Clone)]
 pub struct Uclient {
     server: SocketAddr,
@@ -491,6 +521,29 @@ impl Uclient {
         self.flag(a)
     }
 
+    /// `-t`: TURN over TCP to the server (one TCP connection per allocation).
+    pub fn tcp(self) -> Self {
+        self.flag("-t")
+    }
+
+    /// `-t -S`: TURN over TLS to the server. coturn 4.6.1's uclient does not verify the server
+    /// certificate (even `-E cafile` lets a certificate from another CA through), so this
+    /// exercises turnd's TLS listener, not its certificate. uclient picks a TLS method at
+    /// random per connection (any version, TLS 1.0, 1.1 or 1.2 only) and reconnects when the
+    /// handshake fails; see [`UclientReport::assert_all_relayed_tls`].
+    pub fn tls(self) -> Self {
+        self.flag("-t").flag("-S")
+    }
+
+    /// The client leg's transport: nothing for UDP, [`Uclient::tcp`] or [`Uclient::tls`].
+    pub fn transport(self, t: ClientTransport) -> Self {
+        match t {
+            ClientTransport::Udp => self,
+            ClientTransport::Tcp => self.tcp(),
+            ClientTransport::Tls => self.tls(),
+        }
+    }
+
     /// Kill uclient after this long (default 45 s); the report then has `timed_out`.
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
@@ -570,6 +623,15 @@ pub struct UclientReport {
     /// Lines with ERROR or an "error NNN" response.
     pub errors: Vec<String>,
     pub output: String,
+    /// TLS only: the protocol version of every established session ("TLSv1.3", "TLSv1.2"),
+    /// from "tls_connect: client session connected with cipher …, method=…".
+    pub tls_sessions: Vec<String>,
+    /// TLS only: failed handshakes after which uclient reconnected with another method
+    /// ("tls_connect: cannot connect: rc=-1, ctx=N"), as uclient's method index N: 0 any
+    /// version, 1 TLS 1.0 only, 2 TLS 1.1 only, 3 TLS 1.2 only (coturn 4.6.1, with TCP). The
+    /// error line that follows each is in `tls_retry_errors` (and in `errors`).
+    pub tls_retries: Vec<u32>,
+    pub tls_retry_errors: Vec<String>,
 }
 
 impl UclientReport {
@@ -585,9 +647,23 @@ impl UclientReport {
             output: output.to_string(),
             ..Default::default()
         };
+        let mut after_tls_failure = false;
         for line in output.lines() {
             if line.contains("msz=") {
                 continue; // per-second progress line
+            }
+            if line.contains("tls_connect: cannot connect") {
+                r.tls_retries
+                    .push(num_after(line, "ctx=").map_or(u32::MAX, |n| n as u32));
+                after_tls_failure = true;
+            } else if after_tls_failure && line.contains("error:") {
+                r.tls_retry_errors.push(line.trim().to_string());
+                after_tls_failure = false;
+            } else if let Some(rest) = line.split("client session connected with cipher").nth(1) {
+                if let Some(method) = rest.split("method=").nth(1) {
+                    r.tls_sessions.push(method.trim().to_string());
+                }
+                after_tls_failure = false;
             }
             if line.contains("tot_send_msgs=") {
                 r.summary = true;
@@ -645,6 +721,37 @@ impl UclientReport {
             self.errors
         );
         assert_eq!(self.exit_code, Some(0), "uclient exit status\n{ctx}");
+    }
+
+    /// [`Self::assert_all_relayed`] for a TLS run: every established session is TLS 1.2 or 1.3,
+    /// and the only errors allowed are the handshakes uclient retried because it had picked
+    /// its TLS 1.0 or 1.1 method (`ctx=1`, `ctx=2`), which the server must refuse (turnd:
+    /// rustls, TLS 1.2 and 1.3 only; coturn: OpenSSL 3's default security level).
+    pub fn assert_all_relayed_tls(&self, expected_msgs: u64) {
+        let ctx = self.context();
+        assert!(!self.tls_sessions.is_empty(), "no TLS session\n{ctx}");
+        for v in &self.tls_sessions {
+            assert!(
+                v == "TLSv1.3" || v == "TLSv1.2",
+                "negotiated {v}, want TLS 1.2 or 1.3\n{ctx}"
+            );
+        }
+        assert_eq!(
+            self.tls_retry_errors.len(),
+            self.tls_retries.len(),
+            "every failed handshake has its error line\n{ctx}"
+        );
+        for m in &self.tls_retries {
+            assert!(
+                *m == 1 || *m == 2,
+                "a TLS handshake with uclient's method {m} (not TLS 1.0/1.1 only) failed: \
+                 {:?}\n{ctx}",
+                self.tls_retry_errors
+            );
+        }
+        let mut rest = self.clone();
+        rest.errors.retain(|e| !self.tls_retry_errors.contains(e));
+        rest.assert_all_relayed(expected_msgs);
     }
 
     /// The server refused: uclient gave up at Allocate and relayed nothing.
@@ -731,7 +838,153 @@ pub struct AioiceReport {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub max_size: u64,
+    /// The client's own address of its socket to the server (what XOR-MAPPED-ADDRESS should
+    /// be on loopback).
+    pub local: Option<SocketAddr>,
+    /// "udp", "tcp" or "tls".
+    pub transport: String,
+    /// TLS only: "TLSv1.3", "TLSv1.2"; and the ALPN protocol the server selected, if offered.
+    pub tls_version: String,
+    pub alpn: String,
     pub raw: String,
+}
+
+/// How the client reaches the server (the relay to peers is always UDP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientTransport {
+    #[default]
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl ClientTransport {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientTransport::Udp => "udp",
+            ClientTransport::Tcp => "tcp",
+            ClientTransport::Tls => "tls",
+        }
+    }
+}
+
+/// How aioice ends its allocation (script option `--close`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AioiceClose {
+    /// aioice's own close: Refresh(LIFETIME=0), then close the connection.
+    #[default]
+    Delete,
+    /// Close the TCP/TLS connection (TLS: close_notify) without any Refresh.
+    Close,
+    /// Drop the TCP/TLS connection at once (no Refresh, no close_notify).
+    Abort,
+}
+
+/// Options of [`run_aioice_with`]. Over TLS the script always verifies the server
+/// certificate, chain and name, against `ca_file` (required).
+#[derive(Debug, Clone, Default)]
+pub struct AioiceOpts {
+    pub transport: ClientTransport,
+    /// PEM trust anchors (TLS).
+    pub ca_file: Option<PathBuf>,
+    /// Name to verify the certificate against instead of the server's address literal.
+    pub server_hostname: Option<String>,
+    /// ALPN protocol to offer (e.g. "stun.turn").
+    pub alpn: Option<String>,
+    /// Offer at most TLS 1.2 (default: up to 1.3).
+    pub tls12_only: bool,
+    pub close: AioiceClose,
+}
+
+impl AioiceOpts {
+    pub fn tcp() -> AioiceOpts {
+        AioiceOpts {
+            transport: ClientTransport::Tcp,
+            ..AioiceOpts::default()
+        }
+    }
+
+    /// TLS, verifying against `ca_file`.
+    pub fn tls(ca_file: &Path) -> AioiceOpts {
+        AioiceOpts {
+            transport: ClientTransport::Tls,
+            ca_file: Some(ca_file.to_path_buf()),
+            ..AioiceOpts::default()
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        let mut v = vec!["--transport".to_string(), self.transport.name().into()];
+        if let Some(ca) = &self.ca_file {
+            v.extend(["--ca-file".into(), ca.display().to_string()]);
+        }
+        if let Some(name) = &self.server_hostname {
+            v.extend(["--server-hostname".into(), name.clone()]);
+        }
+        if let Some(alpn) = &self.alpn {
+            v.extend(["--alpn".into(), alpn.clone()]);
+        }
+        if self.tls12_only {
+            v.extend(["--tls-max".into(), "1.2".into()]);
+        }
+        let close = match self.close {
+            AioiceClose::Delete => "delete",
+            AioiceClose::Close => "close",
+            AioiceClose::Abort => "abort",
+        };
+        v.extend(["--close".into(), close.into()]);
+        v
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test certificates
+// ---------------------------------------------------------------------------------------------
+
+/// A self-signed certificate (rcgen, ECDSA P-256) and its key as PEM files in a scratch
+/// directory: the server's `cert`/`key`, and `cert` alone as a client's only trust anchor.
+pub struct TestCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    _dir: ScratchDir,
+}
+
+impl TestCert {
+    /// Subject alternative names: IP literals become IP SANs, anything else DNS names.
+    pub fn generate(names: &[&str]) -> TestCert {
+        let names: Vec<String> = names.iter().map(ToString::to_string).collect();
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(names).expect("generate a test certificate");
+        let dir = ScratchDir::new("cert");
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        fs::write(&cert_path, cert.pem()).expect("write cert.pem");
+        fs::write(&key_path, signing_key.serialize_pem()).expect("write key.pem");
+        TestCert {
+            cert: cert_path,
+            key: key_path,
+            _dir: dir,
+        }
+    }
+
+    /// For 127.0.0.1, ::1 and localhost.
+    pub fn loopback() -> TestCert {
+        Self::generate(&["127.0.0.1", "::1", "localhost"])
+    }
+}
+
+/// DER certificates as one PEM bundle (e.g. a server's served chain, to trust it).
+pub fn pem_certificates<'a>(ders: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut pem = String::new();
+    for der in ders {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        for chunk in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    pem
 }
 
 pub fn aioice_script() -> PathBuf {
@@ -760,6 +1013,50 @@ pub fn run_aioice_sizes(
     sizes: &[usize],
     count_per_size: u32,
 ) -> anyhow::Result<AioiceReport> {
+    run_aioice_script(
+        server,
+        port,
+        user,
+        password,
+        peer,
+        sizes,
+        count_per_size,
+        &[],
+    )
+}
+
+/// aioice over UDP, TCP or TLS (see [`AioiceOpts`]), 3 datagrams each of 100, 1200 and 4000
+/// bytes; `Err` as for [`run_aioice`] (a TLS verification failure is such an error).
+pub fn run_aioice_with(
+    server: SocketAddr,
+    user: &str,
+    password: &str,
+    peer: SocketAddr,
+    opts: &AioiceOpts,
+) -> anyhow::Result<AioiceReport> {
+    run_aioice_script(
+        server.ip(),
+        server.port(),
+        user,
+        password,
+        peer,
+        &[100, 1200, 4000],
+        3,
+        &opts.args(),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_aioice_script(
+    server: IpAddr,
+    port: u16,
+    user: &str,
+    password: &str,
+    peer: SocketAddr,
+    sizes: &[usize],
+    count_per_size: u32,
+    extra_args: &[String],
+) -> anyhow::Result<AioiceReport> {
     assert!(
         server.is_loopback() && peer.ip().is_loopback(),
         "loopback only"
@@ -772,7 +1069,7 @@ pub fn run_aioice_sizes(
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    let args = [
+    let mut args = vec![
         aioice_script().display().to_string(),
         "--server".into(),
         server.to_string(),
@@ -791,6 +1088,7 @@ pub fn run_aioice_sizes(
         "--timeout".into(),
         "5".into(),
     ];
+    args.extend(extra_args.iter().cloned());
     let mut child = ChildGuard::spawn(
         Command::new("python3")
             .args(&args)
@@ -831,6 +1129,10 @@ pub fn run_aioice_sizes(
         bytes_sent: num("bytes_sent"),
         bytes_received: num("bytes_received"),
         max_size: num("max_size"),
+        local: get("local").parse().ok(),
+        transport: get("transport"),
+        tls_version: get("tls_version"),
+        alpn: get("alpn"),
         raw: output,
     };
     if report.sent == 0 || report.received != report.sent {
@@ -899,10 +1201,13 @@ pub fn parse_flat_json(line: &str) -> HashMap<String, String> {
 // coturn's turnserver, the reference server for the harness self-tests
 // ---------------------------------------------------------------------------------------------
 
-/// coturn `turnserver` on 127.0.0.1 and ::1 (UDP only), equivalent to turnd's test profile:
-/// realm "turnd", loopback peers allowed, relays on 127.0.0.1 and ::1. Killed on drop.
+/// coturn `turnserver` on 127.0.0.1 and ::1 (UDP only; with [`Coturn::start_streams`] also
+/// TCP on `port` and TLS on `tls_port`), equivalent to turnd's test profile: realm "turnd",
+/// loopback peers allowed, relays on 127.0.0.1 and ::1. Killed on drop.
 pub struct Coturn {
     pub port: u16,
+    /// TLS listener port; 0 without [`Coturn::start_streams`].
+    pub tls_port: u16,
     child: ChildGuard,
     log: PathBuf,
     _dir: ScratchDir,
@@ -922,19 +1227,41 @@ impl Coturn {
         ])
     }
 
+    /// Static long-term user dev/devpass, listening on UDP and TCP at `port` and TLS (with
+    /// `cert`) at `tls_port`.
+    pub fn start_streams(cert: &TestCert) -> Coturn {
+        Self::start_inner(
+            &["--lt-cred-mech", &format!("--user={USER}:{PASSWORD}")],
+            Some(cert),
+        )
+    }
+
     fn start_with(auth: &[&str]) -> Coturn {
+        Self::start_inner(auth, None)
+    }
+
+    fn start_inner(auth: &[&str], streams: Option<&TestCert>) -> Coturn {
         require_tool("turnserver");
         for _attempt in 0..3 {
-            if let Some(c) = Self::try_start(auth) {
+            if let Some(c) = Self::try_start(auth, streams) {
                 return c;
             }
         }
         panic!("coturn did not start in 3 attempts (see the logs above)");
     }
 
-    fn try_start(auth: &[&str]) -> Option<Coturn> {
+    fn try_start(auth: &[&str], streams: Option<&TestCert>) -> Option<Coturn> {
         let dir = ScratchDir::new("coturn");
-        let port = free_udp_port_pair();
+        let port = if streams.is_some() {
+            free_stream_port()
+        } else {
+            free_udp_port_pair()
+        };
+        let tls_port = if streams.is_some() {
+            free_stream_port()
+        } else {
+            0
+        };
         let (log, out, err) = dir.output_file("turnserver.log");
         let d = dir.path().display();
         let mut args: Vec<String> = [
@@ -948,8 +1275,6 @@ impl Coturn {
             "--max-port=65535",
             &format!("--realm={REALM}"),
             "--allow-loopback-peers",
-            "--no-tcp",
-            "--no-tls",
             "--no-dtls",
             "--no-rfc5780",
             "--no-cli",
@@ -963,6 +1288,14 @@ impl Coturn {
         .iter()
         .map(ToString::to_string)
         .collect();
+        match streams {
+            None => args.extend(["--no-tcp".into(), "--no-tls".into()]),
+            Some(cert) => args.extend([
+                format!("--tls-listening-port={tls_port}"),
+                format!("--cert={}", cert.cert.display()),
+                format!("--pkey={}", cert.key.display()),
+            ]),
+        }
         args.extend(auth.iter().map(ToString::to_string));
         let mut child = ChildGuard::spawn(
             Command::new("turnserver")
@@ -984,8 +1317,25 @@ impl Coturn {
                 return None;
             }
         }
+        if streams.is_some() {
+            for addr in [port, tls_port]
+                .into_iter()
+                .flat_map(|p| [V4, V6].into_iter().map(move |ip| SocketAddr::new(ip, p)))
+            {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if !tcp_accepts(addr, left) {
+                    eprintln!(
+                        "coturn not accepting TCP on {addr} (exited: {:?}); log:\n{}",
+                        child.try_exited(),
+                        read_lossy(&log)
+                    );
+                    return None;
+                }
+            }
+        }
         Some(Coturn {
             port,
+            tls_port,
             child,
             log,
             _dir: dir,
@@ -1002,6 +1352,12 @@ impl Coturn {
 
     pub fn v6(&self) -> SocketAddr {
         self.addr(V6)
+    }
+
+    /// The TLS listener on `ip` (needs [`Coturn::start_streams`]).
+    pub fn tls_addr(&self, ip: IpAddr) -> SocketAddr {
+        assert_ne!(self.tls_port, 0, "coturn was started without TLS");
+        SocketAddr::new(ip, self.tls_port)
     }
 
     pub fn pid(&self) -> u32 {
@@ -1238,6 +1594,186 @@ pub fn aioice_relay(server: SocketAddr, peer_ip: IpAddr) -> AioiceReport {
         server.ip(),
         "XOR-MAPPED-ADDRESS is the client's loopback address"
     );
+    let s = peer.stats();
+    assert_eq!((s.datagrams, s.bytes), (9, 15_900), "at the peer: {s:?}");
+    assert_eq!(
+        s.sources,
+        vec![r.relayed],
+        "the peer must see only the relayed address"
+    );
+    r
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stream scenarios (TCP and TLS client legs; relays to peers are UDP)
+// ---------------------------------------------------------------------------------------------
+
+/// All relayed, over `t`: over TLS the retries of old TLS versions are allowed and there is
+/// one TLS session per allocation (uclient opens one connection per allocation); over TCP
+/// there is no TLS at all.
+pub fn assert_stream_run(r: &UclientReport, t: ClientTransport, expected_msgs: u64) {
+    let ctx = r.context();
+    match t {
+        ClientTransport::Tls => {
+            r.assert_all_relayed_tls(expected_msgs);
+            assert_eq!(
+                r.tls_sessions.len(),
+                r.relay_addrs.len(),
+                "one TLS connection per allocation\n{ctx}"
+            );
+        }
+        ClientTransport::Tcp | ClientTransport::Udp => {
+            r.assert_all_relayed(expected_msgs);
+            assert!(r.tls_sessions.is_empty(), "no TLS expected\n{ctx}");
+        }
+    }
+}
+
+/// [`uclient_channels`] over `t`: a probe allocation plus one client allocation, each on its
+/// own connection; 4 ChannelBind successes; ChannelData 200 bytes to the echo peer and back.
+pub fn uclient_stream_channels(
+    server: SocketAddr,
+    t: ClientTransport,
+    messages: u32,
+) -> UclientReport {
+    let peer = EchoPeer::start(server.ip());
+    let u = Uclient::new(server)
+        .transport(t)
+        .user(USER, PASSWORD)
+        .peer(peer.addr())
+        .no_rtcp()
+        .messages(messages)
+        .length(200);
+    let r = u.run();
+    assert_stream_run(&r, t, u.expected_messages());
+    assert_relays(&r, server.ip(), 2);
+    assert_eq!(
+        r.channels.len(),
+        4,
+        "ChannelBind successes\n{}",
+        r.context()
+    );
+    assert_peer_saw(&peer, u.expected_messages(), r.relay_addrs[1]);
+    r
+}
+
+/// [`uclient_send_indications`] over `t`: CreatePermission, Send indications out, Data
+/// indications back (300 bytes).
+pub fn uclient_stream_send_indications(server: SocketAddr, t: ClientTransport) -> UclientReport {
+    let peer = EchoPeer::start(server.ip());
+    let u = Uclient::new(server)
+        .transport(t)
+        .user(USER, PASSWORD)
+        .peer(peer.addr())
+        .no_rtcp()
+        .send_indications()
+        .messages(10)
+        .length(300);
+    let r = u.run();
+    assert_stream_run(&r, t, u.expected_messages());
+    assert_relays(&r, server.ip(), 2);
+    assert!(
+        r.channels.is_empty(),
+        "no ChannelBind with -s\n{}",
+        r.context()
+    );
+    assert_peer_saw(&peer, u.expected_messages(), r.relay_addrs[1]);
+    r
+}
+
+/// [`uclient_rest_secret`] over `t`: `-W secret -u dev`, channels.
+pub fn uclient_stream_rest_secret(server: SocketAddr, t: ClientTransport) -> UclientReport {
+    let peer = EchoPeer::start(server.ip());
+    let u = Uclient::new(server)
+        .transport(t)
+        .user_only(USER)
+        .rest_secret(SECRET)
+        .peer(peer.addr())
+        .no_rtcp()
+        .messages(5);
+    let r = u.run();
+    assert_stream_run(&r, t, u.expected_messages());
+    assert_relays(&r, server.ip(), 2);
+    assert_peer_saw(&peer, u.expected_messages(), r.relay_addrs[1]);
+    r
+}
+
+/// [`uclient_refused`] over `t`.
+pub fn uclient_stream_refused(
+    server: SocketAddr,
+    t: ClientTransport,
+    user: &str,
+    password: &str,
+) -> UclientReport {
+    let peer = EchoPeer::start(server.ip());
+    let r = Uclient::new(server)
+        .transport(t)
+        .user(user, password)
+        .peer(peer.addr())
+        .no_rtcp()
+        .messages(5)
+        .timeout(Duration::from_secs(20))
+        .run();
+    r.assert_refused();
+    if t == ClientTransport::Tls {
+        assert!(
+            !r.tls_sessions.is_empty(),
+            "refused at Allocate, not at the TLS handshake\n{}",
+            r.context()
+        );
+    }
+    assert_eq!(
+        peer.stats(),
+        EchoStats::default(),
+        "the peer must hear nothing"
+    );
+    r
+}
+
+/// [`aioice_relay`] over TCP or TLS (`opts`): 3 x {100, 1200, 4000} bytes to an IPv4 echo
+/// peer (aioice's relay is always IPv4) and back byte for byte; the peer sees only the
+/// advertised relayed address, and XOR-MAPPED-ADDRESS is the client's own end of the
+/// connection.
+pub fn aioice_stream_relay(server: SocketAddr, opts: &AioiceOpts) -> AioiceReport {
+    let peer = EchoPeer::start(V4);
+    let r = run_aioice_with(server, USER, PASSWORD, peer.addr(), opts)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(r.transport, opts.transport.name(), "{}", r.raw);
+    assert_eq!((r.sent, r.received), (9, 9), "datagrams\n{}", r.raw);
+    assert_eq!(
+        (r.bytes_sent, r.bytes_received),
+        (15_900, 15_900),
+        "bytes\n{}",
+        r.raw
+    );
+    assert_eq!(r.max_size, 4000, "largest echoed datagram\n{}", r.raw);
+    assert!(
+        r.relayed.ip().is_loopback() && r.relayed.is_ipv4(),
+        "{}",
+        r.raw
+    );
+    assert_eq!(
+        Some(r.mapped),
+        r.local,
+        "XOR-MAPPED-ADDRESS is the client's end of the connection\n{}",
+        r.raw
+    );
+    assert_eq!(r.mapped.ip(), server.ip(), "{}", r.raw);
+    if opts.transport == ClientTransport::Tls {
+        let want: &[&str] = if opts.tls12_only {
+            &["TLSv1.2"]
+        } else {
+            &["TLSv1.2", "TLSv1.3"]
+        };
+        assert!(
+            want.contains(&r.tls_version.as_str()),
+            "TLS version {:?}, want one of {want:?}\n{}",
+            r.tls_version,
+            r.raw
+        );
+    } else {
+        assert_eq!(r.tls_version, "", "{}", r.raw);
+    }
     let s = peer.stats();
     assert_eq!((s.datagrams, s.bytes), (9, 15_900), "at the peer: {s:?}");
     assert_eq!(

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Interop client: aioice (Python, aiortc's ICE stack) against a TURN server over UDP.
+"""Interop client: aioice (Python, aiortc's ICE stack) against a TURN server over UDP, TCP or TLS.
 
 Authenticates with long-term credentials, allocates a UDP relay, and sends datagrams of several
 sizes through it to an echo peer. Every echo must come back byte for byte, from the peer, through
@@ -9,9 +9,21 @@ address (it must be the advertised relayed address) is checked by the caller, wh
 Prints one line of flat JSON (strings, numbers, booleans only) and exits 0 on success, 1 on any
 failure (the JSON then has "ok": false and "error"). Every wait is bounded.
 
+Over TLS the server certificate is always verified (chain and host name) against --ca-file;
+there is no option to turn verification off. The report then also has the negotiated TLS version
+and ALPN protocol. "local" is the client's own address of its connection to the server, to be
+compared with the XOR-MAPPED-ADDRESS ("mapped").
+
+--close chooses how the client ends: "delete" (aioice's own close: Refresh LIFETIME=0, then close
+the connection), "close" (close the TCP/TLS connection without Refresh; TLS sends close_notify) or
+"abort" (drop the TCP/TLS connection at once: no Refresh, no close_notify). The last two check
+that the server frees an allocation bound to a stream when the stream goes away.
+
 Usage:
   aioice_relay.py --server 127.0.0.1 --port 3478 --user dev --password devpass \
-      --peer 127.0.0.1:40000 [--sizes 100,1200,4000] [--count 3] [--timeout 20]
+      --peer 127.0.0.1:40000 [--sizes 100,1200,4000] [--count 3] [--timeout 20] \
+      [--transport udp|tcp|tls] [--ca-file cert.pem] [--server-hostname NAME] \
+      [--alpn stun.turn] [--tls-max 1.2|1.3] [--close delete|close|abort]
 """
 
 import argparse
@@ -19,6 +31,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import ssl
 import sys
 
 import aioice
@@ -59,14 +72,56 @@ class Receiver(asyncio.DatagramProtocol):
         self.errors.append(repr(exc))
 
 
+def tls_context(args):
+    """A client context that verifies the server: chain against --ca-file, and host name."""
+    if not args.ca_file:
+        raise ValueError("--transport tls needs --ca-file (verification is always on)")
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=args.ca_file)
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    if args.alpn:
+        ctx.set_alpn_protocols([p for p in args.alpn.split(",") if p])
+    if args.tls_max == "1.2":
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def inner_protocol(transport):
+    """aioice's protocol under its TurnTransport (private in aioice 0.13; the test pins it)."""
+    return transport._TurnTransport__inner_protocol
+
+
 async def run(args, report):
     server = (args.server, args.port)
     peer = parse_hostport(args.peer)
     sizes = [int(s) for s in args.sizes.split(",") if s]
 
+    if args.transport == "udp":
+        extra = {}
+    elif args.transport == "tcp":
+        extra = {"transport": "tcp"}
+    else:
+        ctx = tls_context(args)
+        extra = {"transport": "tcp", "ssl": ctx}
+        if args.server_hostname:
+            # create_turn_endpoint passes host=server to create_connection, which then uses it
+            # as server_hostname; to check another name, wrap the loop's create_connection.
+            loop = asyncio.get_running_loop()
+            orig = loop.create_connection
+
+            def create_connection(*a, **kw):
+                kw["server_hostname"] = args.server_hostname
+                return orig(*a, **kw)
+
+            loop.create_connection = create_connection
+
     transport, receiver = await asyncio.wait_for(
         create_turn_endpoint(
-            Receiver, server_addr=server, username=args.user, password=args.password
+            Receiver,
+            server_addr=server,
+            username=args.user,
+            password=args.password,
+            **extra,
         ),
         timeout=args.timeout,
     )
@@ -75,6 +130,12 @@ async def run(args, report):
         mapped = transport.get_extra_info("related_address")
         report["relayed"] = fmt_addr(relayed)
         report["mapped"] = fmt_addr(mapped)
+        inner = inner_protocol(transport).transport
+        report["local"] = fmt_addr(inner.get_extra_info("sockname"))
+        ssl_object = inner.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            report["tls_version"] = ssl_object.version() or ""
+            report["alpn"] = ssl_object.selected_alpn_protocol() or ""
 
         seq = 0
         for size in sizes:
@@ -100,8 +161,19 @@ async def run(args, report):
         if receiver.errors:
             raise RuntimeError("send errors: " + "; ".join(receiver.errors))
     finally:
-        # Sends Refresh(LIFETIME=0) so the server frees the allocation; connection_lost follows.
-        transport.close()
+        if args.close == "delete":
+            # Sends Refresh(LIFETIME=0) so the server frees the allocation; connection_lost
+            # follows.
+            transport.close()
+        else:
+            # No Refresh: only the end of the TCP/TLS connection can free the allocation.
+            protocol = inner_protocol(transport)
+            if protocol.refresh_task is not None:
+                protocol.refresh_task.cancel()
+            if args.close == "close":
+                protocol.transport.close()
+            else:
+                protocol.transport.abort()
         try:
             await asyncio.wait_for(asyncio.shield(receiver.closed), timeout=3)
         except asyncio.TimeoutError:
@@ -118,7 +190,17 @@ def main():
     parser.add_argument("--sizes", default="100,1200,4000")
     parser.add_argument("--count", type=int, default=3, help="datagrams per size")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per wait")
+    parser.add_argument("--transport", choices=["udp", "tcp", "tls"], default="udp")
+    parser.add_argument("--ca-file", help="PEM trust anchors for TLS (required with tls)")
+    parser.add_argument(
+        "--server-hostname", help="name to verify the TLS certificate against (default: --server)"
+    )
+    parser.add_argument("--alpn", help="ALPN protocols to offer over TLS, comma-separated")
+    parser.add_argument("--tls-max", choices=["1.2", "1.3"], default="1.3")
+    parser.add_argument("--close", choices=["delete", "close", "abort"], default="delete")
     args = parser.parse_args()
+    if args.close != "delete" and args.transport == "udp":
+        parser.error("--close close|abort needs a stream transport (tcp or tls)")
 
     report = {
         "ok": False,
@@ -126,8 +208,13 @@ def main():
         "server": fmt_addr((args.server, args.port)),
         "peer": args.peer,
         "sizes": args.sizes,
+        "transport": args.transport,
+        "close": args.close,
         "relayed": "",
         "mapped": "",
+        "local": "",
+        "tls_version": "",
+        "alpn": "",
         "sent": 0,
         "received": 0,
         "bytes_sent": 0,

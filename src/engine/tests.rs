@@ -1026,3 +1026,87 @@ fn external_mapping_advertises_the_public_address_and_relays_on_the_private_one(
         "peer data arriving on the private socket reaches the client"
     );
 }
+
+/// Deterministic xorshift for the mutation test (no dependency, reproducible failures).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[test]
+fn mutated_and_random_packets_after_allocate_never_panic_or_grow_state() {
+    let mut t = engine();
+    let c = client(1);
+    let (relay, n) = t.allocate(c);
+    t.authed(
+        c,
+        &n,
+        Req::new(METHOD_CHANNEL_BIND).channel(0x4000).peer(peer(1)),
+    );
+    let seeds: Vec<Vec<u8>> = vec![
+        Req::new(METHOD_REFRESH)
+            .lifetime(600)
+            .creds("alice", "secret", &n)
+            .bytes(),
+        Req::new(METHOD_CREATE_PERMISSION)
+            .peer(peer(2))
+            .creds("alice", "secret", &n)
+            .bytes(),
+        Req::new(METHOD_CHANNEL_BIND)
+            .channel(0x4001)
+            .peer(peer(3))
+            .creds("alice", "secret", &n)
+            .bytes(),
+        Req::new(METHOD_ALLOCATE)
+            .transport_udp()
+            .creds("alice", "secret", &n)
+            .fingerprint()
+            .bytes(),
+        send_indication(peer(1), b"payload"),
+        channel_data(0x4000, b"payload"),
+        Req::new(METHOD_BINDING).fingerprint().bytes(),
+    ];
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for i in 0..200_000 {
+        let mut p = seeds[rng.below(seeds.len())].clone();
+        match rng.below(4) {
+            0 => {
+                let k = rng.below(p.len());
+                p[k] ^= 1 << rng.below(8);
+            }
+            1 => p.truncate(rng.below(p.len() + 1)),
+            2 => {
+                let k = rng.below(p.len());
+                p[k] = rng.next() as u8;
+                if p.len() > 4 {
+                    // Lengths are where parsers go wrong.
+                    p[2] = rng.next() as u8;
+                }
+            }
+            _ => p = (0..rng.below(80)).map(|_| rng.next() as u8).collect(),
+        }
+        let _ = t.e.handle_client(t.now, c, &p);
+        t.serve_commands(true);
+        while t.e.poll_transmit().is_some() {}
+        if i % 1000 == 0 {
+            let mut buf = vec![0u8; HEADROOM + 64 + TAILROOM];
+            let len = rng.below(64);
+            let _ =
+                t.e.handle_peer(t.now, relay, peer(rng.below(3) as u16 + 1), &mut buf, len);
+        }
+    }
+    let s = t.e.stats();
+    assert!(
+        s.allocations <= 1 && s.permissions <= 4 && s.channels <= 4,
+        "{s:?}"
+    );
+    assert_eq!(s.pending_allocations, 0);
+}

@@ -402,7 +402,7 @@ impl Engine {
             "allocation created"
         );
         let deadline = a.expires;
-        self.allocations_by_client.insert(client, a);
+        self.allocations_by_client.insert(client, Box::new(a));
         self.timers.insert((now, client));
         self.schedule(client, deadline);
         self.transmits.push_back(Transmit { to: client, bytes });

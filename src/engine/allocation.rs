@@ -1,8 +1,10 @@
 //! One allocation: its relay sockets, permissions, channels, counters and recent responses.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
+
+use crate::auth::Key;
 
 /// How many recent responses an allocation keeps for retransmitted requests.
 const RECENT_RESPONSES: usize = 8;
@@ -36,7 +38,7 @@ pub struct Allocation {
     pub id: u64,
     pub user: String,
     /// The long-term key the allocation was created with; later requests must match it.
-    pub key: Vec<u8>,
+    pub key: Key,
     pub relays: Vec<Relay>,
     pub created: Instant,
     pub expires: Instant,
@@ -46,8 +48,9 @@ pub struct Allocation {
     pub channels_by_number: HashMap<u16, Channel>,
     pub channels_by_peer: HashMap<SocketAddr, u16>,
     pub stats: Counters,
-    /// (transaction id, response) of recent requests, newest last.
-    pub recent: VecDeque<([u8; 12], Vec<u8>)>,
+    /// (transaction id, response) of recent requests, newest last; grown one slot at a time
+    /// (most allocations only ever hold their Allocate response).
+    pub recent: Vec<([u8; 12], Box<[u8]>)>,
 }
 
 impl Allocation {
@@ -65,18 +68,19 @@ impl Allocation {
         self.permissions.get(ip).is_some_and(|e| *e > now)
     }
 
-    pub fn remember(&mut self, tid: [u8; 12], response: Vec<u8>) {
+    pub fn remember(&mut self, tid: [u8; 12], response: &[u8]) {
         if self.recent.len() == RECENT_RESPONSES {
-            self.recent.pop_front();
+            self.recent.remove(0);
         }
-        self.recent.push_back((tid, response));
+        self.recent.reserve_exact(1);
+        self.recent.push((tid, response.into()));
     }
 
     pub fn recalled(&self, tid: &[u8; 12]) -> Option<&[u8]> {
         self.recent
             .iter()
             .find(|(t, _)| t == tid)
-            .map(|(_, r)| r.as_slice())
+            .map(|(_, r)| &r[..])
     }
 
     /// Drop expired permissions and channels.

@@ -11,7 +11,7 @@ use super::allocation::{Allocation, Channel, Counters, Relay};
 use super::metrics::AuthFailure;
 use super::wire::{decode_xor_addr, Parsed, Reply, ATTR_ADDITIONAL_ADDRESS_FAMILY};
 use super::{ClientAddr, Command, Engine, Family, PendingAllocate, PortChoice, Transmit};
-use crate::auth::{Lookup, NonceCheck};
+use crate::auth::{Key, Lookup, NonceCheck};
 
 /// First and last channel number. RFC 8656 §12 narrowed the range to 0x4000-0x4FFF, but
 /// RFC 5766 clients (coturn's own `turnutils_uclient` among them) pick from 0x4000-0x7FFF,
@@ -43,7 +43,7 @@ const KNOWN: &[AttrType] = &[
 /// Who sent an authenticated request.
 struct Authed {
     user: String,
-    key: Vec<u8>,
+    key: Key,
 }
 
 impl Engine {
@@ -159,7 +159,7 @@ impl Engine {
         match keys.iter().find(|k| req.integrity_matches(&k[..])) {
             Some(k) => Some(Authed {
                 user: user.to_string(),
-                key: k.to_vec(),
+                key: *k,
             }),
             None => {
                 self.challenge(now, from, req, 401, AuthFailure::BadPassword);
@@ -388,10 +388,7 @@ impl Engine {
             stats: Counters::default(),
             recent: Default::default(),
         };
-        a.remember(p.tid, bytes.clone());
-        for r in &a.relays {
-            self.clients_by_relay.insert(r.bound, client);
-        }
+        a.remember(p.tid, &bytes);
         tracing::info!(
             event = "allocation created",
             user = %crate::telemetry::redact_user(&a.user, self.cfg.redact),
@@ -447,7 +444,7 @@ impl Engine {
         let bytes = r.sign(&key).finish(self.cfg.software.as_deref());
         if let Some(a) = self.allocations_by_client.get_mut(&from) {
             a.expires = now + lifetime;
-            a.remember(req.tid.0, bytes.clone());
+            a.remember(req.tid.0, &bytes);
             tracing::info!(
                 event = "allocation refreshed",
                 user = %crate::telemetry::redact_user(&a.user, self.cfg.redact),

@@ -53,21 +53,22 @@ impl Engine {
         })
     }
 
-    /// A datagram from `peer` on the relay socket bound at `relay`; the payload is
+    /// A datagram from `peer` on the relay socket bound at `relay`, which belongs to
+    /// `client`'s allocation (the I/O layer knows: it bound the socket for it). The payload is
     /// `buf[HEADROOM..HEADROOM + len]` and `buf` has [`TAILROOM`](super::TAILROOM) bytes
     /// after it, so the ChannelData or Data-indication header is written in place.
     pub fn handle_peer(
         &mut self,
         now: Instant,
+        client: ClientAddr,
         relay: SocketAddr,
         peer: SocketAddr,
         buf: &mut [u8],
         len: usize,
     ) -> Option<ToClient> {
-        let client = *self.clients_by_relay.get(&relay)?;
         let tid = self.next_tid();
         let a = self.allocations_by_client.get_mut(&client)?;
-        if !a.permitted(&peer.ip(), now) {
+        if !a.relays.iter().any(|r| r.bound == relay) || !a.permitted(&peer.ip(), now) {
             return None;
         }
         let end = HEADROOM + len;

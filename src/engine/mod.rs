@@ -188,7 +188,7 @@ pub struct EngineStats {
 /// An Allocate waiting for its relay sockets.
 struct PendingAllocate {
     user: String,
-    key: Vec<u8>,
+    key: crate::auth::Key,
     tid: [u8; 12],
     lifetime: Duration,
     families: Vec<Family>,
@@ -205,7 +205,6 @@ pub struct Engine {
     /// Boxed: the table rounds up to a power of two, and empty slots should cost a pointer,
     /// not a whole allocation (about 1 KB per allocation saved at 10k idle allocations).
     allocations_by_client: HashMap<ClientAddr, Box<Allocation>>,
-    clients_by_relay: HashMap<SocketAddr, ClientAddr>,
     pending_by_client: HashMap<ClientAddr, PendingAllocate>,
     /// (deadline, allocation): each allocation has at most one entry, at its next deadline.
     timers: BTreeSet<(Instant, ClientAddr)>,
@@ -227,7 +226,6 @@ impl Engine {
             cfg,
             shared,
             allocations_by_client: HashMap::new(),
-            clients_by_relay: HashMap::new(),
             pending_by_client: HashMap::new(),
             timers: BTreeSet::new(),
             transmits: VecDeque::new(),
@@ -379,7 +377,6 @@ impl Engine {
         };
         self.timers.remove(&(a.wake_at, client));
         for r in &a.relays {
-            self.clients_by_relay.remove(&r.bound);
             self.commands.push_back(Command::ReleaseRelay(r.bound));
         }
         self.shared.quotas.release(&a.user);

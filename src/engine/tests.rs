@@ -264,13 +264,15 @@ fn send_indication(p: SocketAddr, payload: &[u8]) -> Vec<u8> {
 /// Run a peer datagram through the engine and return what goes to the client.
 fn from_peer(
     t: &mut T,
+    c: ClientAddr,
     relay: SocketAddr,
     p: SocketAddr,
     payload: &[u8],
 ) -> Option<(ClientAddr, Vec<u8>)> {
     let mut buf = vec![0xAAu8; HEADROOM + payload.len() + TAILROOM];
     buf[HEADROOM..HEADROOM + payload.len()].copy_from_slice(payload);
-    let out = t.e.handle_peer(t.now, relay, p, &mut buf, payload.len())?;
+    let out =
+        t.e.handle_peer(t.now, c, relay, p, &mut buf, payload.len())?;
     Some((out.client, buf[out.range].to_vec()))
 }
 
@@ -299,7 +301,7 @@ fn full_allocation_life_cycle() {
     assert_eq!(t.e.stats().allocations, 1);
     // No permission yet: data is dropped both ways.
     assert!(t.send(c, &send_indication(peer(1), b"x")).is_none());
-    assert!(from_peer(&mut t, relay, peer(1), b"x").is_none());
+    assert!(from_peer(&mut t, c, relay, peer(1), b"x").is_none());
 
     let r = t.authed(c, &nonce, Req::new(METHOD_CREATE_PERMISSION).peer(peer(1)));
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
@@ -315,7 +317,7 @@ fn full_allocation_life_cycle() {
     assert_eq!(&si[out.range], b"hello");
 
     // Peer to client without a channel: a Data indication.
-    let (to, bytes) = from_peer(&mut t, relay, peer(1), b"world").unwrap();
+    let (to, bytes) = from_peer(&mut t, c, relay, peer(1), b"world").unwrap();
     assert_eq!(to, c);
     let m = decode(&bytes);
     assert_eq!(m.typ, MessageType::new(METHOD_DATA, CLASS_INDICATION));
@@ -334,7 +336,7 @@ fn full_allocation_life_cycle() {
     let cd = channel_data(0x4000, b"abc");
     let out = t.send(c, &cd).expect("relayed");
     assert_eq!((out.peer, &cd[out.range.clone()]), (peer(2), &b"abc"[..]));
-    let (_, bytes) = from_peer(&mut t, relay, peer(2), b"defgh").unwrap();
+    let (_, bytes) = from_peer(&mut t, c, relay, peer(2), b"defgh").unwrap();
     assert_eq!(bytes, channel_data(0x4000, b"defgh"), "no padding over UDP");
 
     // Refresh, then Refresh(0) frees the relay at once.
@@ -358,7 +360,7 @@ fn channel_data_is_padded_on_streams() {
         &nonce,
         Req::new(METHOD_CHANNEL_BIND).channel(0x4001).peer(peer(1)),
     );
-    let (_, bytes) = from_peer(&mut t, relay, peer(1), b"defgh").unwrap();
+    let (_, bytes) = from_peer(&mut t, c, relay, peer(1), b"defgh").unwrap();
     assert_eq!(bytes.len(), 12);
     assert_eq!(&bytes[..9], &channel_data(0x4001, b"defgh")[..]);
     assert_eq!(&bytes[9..], &[0, 0, 0]);
@@ -378,12 +380,12 @@ fn large_datagrams_are_relayed_whole() {
     let cd = channel_data(0x4000, &payload);
     let out = t.send(c, &cd).unwrap();
     assert_eq!(out.range.len(), 60000);
-    let (_, bytes) = from_peer(&mut t, relay, peer(1), &payload).unwrap();
+    let (_, bytes) = from_peer(&mut t, c, relay, peer(1), &payload).unwrap();
     assert_eq!(bytes.len(), 60004);
     // Data indication for a 65000-byte datagram from a permitted peer without channel.
     t.authed(c, &nonce, Req::new(METHOD_CREATE_PERMISSION).peer(peer(5)));
     let big = vec![1u8; 65000];
-    let (_, bytes) = from_peer(&mut t, relay, peer(5), &big).unwrap();
+    let (_, bytes) = from_peer(&mut t, c, relay, peer(5), &big).unwrap();
     assert_eq!(decode(&bytes).get(ATTR_DATA).unwrap().len(), 65000);
 }
 
@@ -784,9 +786,9 @@ fn allocations_permissions_and_channels_expire() {
         (0, 1),
         "permission of peer 1 and 2 expired"
     );
-    assert!(from_peer(&mut t, relay, peer(1), b"x").is_none());
+    assert!(from_peer(&mut t, c, relay, peer(1), b"x").is_none());
     // The channel lives on but its permission expired: peer data is dropped.
-    assert!(from_peer(&mut t, relay, peer(2), b"x").is_none());
+    assert!(from_peer(&mut t, c, relay, peer(2), b"x").is_none());
     t.authed(c, &n, Req::new(METHOD_REFRESH).lifetime(1200));
     t.advance(Duration::from_secs(300));
     assert_eq!(t.e.stats().channels, 0, "channels live 600 s");
@@ -1020,7 +1022,7 @@ fn external_mapping_advertises_the_public_address_and_relays_on_the_private_one(
     t.authed(c, &n, Req::new(METHOD_CREATE_PERMISSION).peer(peer(1)));
     let out = t.send(c, &send_indication(peer(1), b"x")).unwrap();
     assert_eq!(out.relay, bound, "sent from the bound (private) socket");
-    let (to, _) = from_peer(&mut t, bound, peer(1), b"y").unwrap();
+    let (to, _) = from_peer(&mut t, c, bound, peer(1), b"y").unwrap();
     assert_eq!(
         to, c,
         "peer data arriving on the private socket reaches the client"
@@ -1099,8 +1101,14 @@ fn mutated_and_random_packets_after_allocate_never_panic_or_grow_state() {
         if i % 1000 == 0 {
             let mut buf = vec![0u8; HEADROOM + 64 + TAILROOM];
             let len = rng.below(64);
-            let _ =
-                t.e.handle_peer(t.now, relay, peer(rng.below(3) as u16 + 1), &mut buf, len);
+            let _ = t.e.handle_peer(
+                t.now,
+                c,
+                relay,
+                peer(rng.below(3) as u16 + 1),
+                &mut buf,
+                len,
+            );
         }
     }
     let s = t.e.stats();
@@ -1109,4 +1117,22 @@ fn mutated_and_random_packets_after_allocate_never_panic_or_grow_state() {
         "{s:?}"
     );
     assert_eq!(s.pending_allocations, 0);
+}
+
+#[test]
+fn peer_data_on_a_relay_of_another_allocation_is_dropped() {
+    let mut t = engine();
+    let (c1, c2) = (client(1), client(2));
+    let (r1, n1) = t.allocate(c1);
+    let (r2, _) = t.allocate(c2);
+    t.authed(c1, &n1, Req::new(METHOD_CREATE_PERMISSION).peer(peer(1)));
+    assert!(from_peer(&mut t, c1, r1, peer(1), b"ok").is_some());
+    assert!(
+        from_peer(&mut t, c1, r2, peer(1), b"x").is_none(),
+        "r2 is not c1's relay"
+    );
+    assert!(
+        from_peer(&mut t, c2, r2, peer(1), b"x").is_none(),
+        "no permission on c2"
+    );
 }

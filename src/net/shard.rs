@@ -186,7 +186,13 @@ async fn udp_listener(shard: Rc<Shard>, local: SocketAddr, sock: Rc<UdpSocket>) 
     }
 }
 
-async fn relay_reader(shard: Rc<Shard>, bound: SocketAddr, sock: Rc<UdpSocket>) {
+/// Datagrams from peers on one relay socket of `client`'s allocation.
+async fn relay_reader(
+    shard: Rc<Shard>,
+    client: ClientAddr,
+    bound: SocketAddr,
+    sock: Rc<UdpSocket>,
+) {
     loop {
         if sock.readable().await.is_err() {
             return;
@@ -199,7 +205,7 @@ async fn relay_reader(shard: Rc<Shard>, bound: SocketAddr, sock: Rc<UdpSocket>) 
                 Err(_) => break,
             };
             let mut engine = shard.engine.borrow_mut();
-            if let Some(out) = engine.handle_peer(now, bound, peer, &mut buf, n) {
+            if let Some(out) = engine.handle_peer(now, client, bound, peer, &mut buf, n) {
                 shard.send_to_client(out.client, &buf[out.range]);
             }
         }
@@ -297,7 +303,7 @@ impl Shard {
             } => {
                 let bound = families
                     .iter()
-                    .map(|f| match self.open_relay(*f, port, now) {
+                    .map(|f| match self.open_relay(client, *f, port, now) {
                         Ok(a) => Some(a),
                         Err(e) => {
                             tracing::warn!(error = %e, family = ?f, "cannot bind a relay socket");
@@ -322,6 +328,7 @@ impl Shard {
 
     fn open_relay(
         self: &Rc<Self>,
+        client: ClientAddr,
         family: Family,
         port: PortChoice,
         now: Instant,
@@ -347,7 +354,8 @@ impl Shard {
         };
         let bound = std_sock.local_addr()?;
         let socket = Rc::new(UdpSocket::from_std(std_sock)?);
-        let task = tokio::task::spawn_local(relay_reader(self.clone(), bound, socket.clone()));
+        let task =
+            tokio::task::spawn_local(relay_reader(self.clone(), client, bound, socket.clone()));
         self.relays
             .borrow_mut()
             .insert(bound, RelaySocket { socket, task });

@@ -280,7 +280,7 @@ impl Config {
                 rest_separator: ':',
                 rest_max_skew: Duration::from_secs(60),
                 nonce_lifetime: Duration::from_secs(600),
-                failure_budget_per_sec: 50,
+                failure_budget_per_sec: 200,
             },
             policy: Policy {
                 allow_peers: vec![],

@@ -108,6 +108,24 @@ impl Authenticator for Credentials {
         }
         self.lookup_rest(username, unix_now)
     }
+
+    fn principal<'a>(&self, username: &'a str) -> &'a str {
+        if self.keys_by_user.contains_key(username) {
+            return username;
+        }
+        rest_user(username, self.rest_separator).unwrap_or(username)
+    }
+}
+
+/// The user part of a TURN REST username (`expiry<sep>user` or `user<sep>expiry`); `None` for
+/// a bare `expiry`, an empty user part, or a name that is not a REST username.
+fn rest_user(username: &str, sep: char) -> Option<&str> {
+    let (first, rest) = username.split_once(sep)?;
+    if parse_decimal(first).is_some() {
+        return (!rest.is_empty()).then_some(rest);
+    }
+    let (user, last) = username.rsplit_once(sep)?;
+    (parse_decimal(last).is_some() && !user.is_empty()).then_some(user)
 }
 
 impl fmt::Debug for Credentials {
@@ -380,6 +398,38 @@ mod tests {
         assert!(
             !shown.contains("hunter2") && !shown.contains("topsecret"),
             "{shown}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod principal_tests {
+    use super::*;
+    use crate::config::{Config, Credential, StaticUser};
+
+    #[test]
+    fn rest_usernames_share_their_user_part_as_principal() {
+        let mut auth = Config::secure_default().auth;
+        auth.secrets = vec!["s".into()];
+        auth.users = vec![StaticUser {
+            name: "1700:odd".into(),
+            credential: Credential::Password("p".into()),
+        }];
+        let c = Credentials::from_config(&auth, "turnd");
+        assert_eq!(c.principal("1795303745:alice"), "alice");
+        assert_eq!(
+            c.principal("1795309999:alice"),
+            "alice",
+            "another expiry, same user"
+        );
+        assert_eq!(c.principal("alice:1795303745"), "alice", "user<sep>expiry");
+        assert_eq!(c.principal("1795303745"), "1795303745", "bare expiry");
+        assert_eq!(c.principal("1795303745:"), "1795303745:", "empty user part");
+        assert_eq!(c.principal("bob"), "bob");
+        assert_eq!(
+            c.principal("1700:odd"),
+            "1700:odd",
+            "a static user is itself"
         );
     }
 }

@@ -28,6 +28,13 @@ pub enum Lookup {
 pub trait Authenticator: Send + Sync {
     /// `unix_now` is the wall-clock time in seconds, passed in so tests can inject it.
     fn lookup(&self, username: &str, realm: &str, unix_now: u64) -> Lookup;
+
+    /// Who `username` is for quotas, the 441 check, logs and the session API: the user part
+    /// of a TURN REST username (every expiry makes a new username for the same user), the
+    /// username itself otherwise.
+    fn principal<'a>(&self, username: &'a str) -> &'a str {
+        username
+    }
 }
 
 /// Result of checking a nonce.

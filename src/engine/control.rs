@@ -158,7 +158,7 @@ impl Engine {
         };
         match keys.iter().find(|k| req.integrity_matches(&k[..])) {
             Some(k) => Some(Authed {
-                user: user.to_string(),
+                user: self.shared.auth.principal(user).to_string(),
                 key: *k,
             }),
             None => {

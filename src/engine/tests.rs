@@ -31,8 +31,15 @@ impl Authenticator for TestAuth {
             "alice" => Lookup::Keys(vec![key("alice", "secret").try_into().unwrap()]),
             "bob" => Lookup::Keys(vec![key("bob", "hunter2").try_into().unwrap()]),
             "old" => Lookup::Expired,
+            "1:carol" | "2:carol" => Lookup::Keys(vec![key(username, "pw").try_into().unwrap()]),
             _ => Lookup::Unknown,
         }
+    }
+    fn principal<'a>(&self, username: &'a str) -> &'a str {
+        username
+            .strip_prefix("1:")
+            .or(username.strip_prefix("2:"))
+            .unwrap_or(username)
     }
 }
 
@@ -1135,4 +1142,32 @@ fn peer_data_on_a_relay_of_another_allocation_is_dropped() {
         from_peer(&mut t, c2, r2, peer(1), b"x").is_none(),
         "no permission on c2"
     );
+}
+
+#[test]
+fn rest_usernames_of_one_user_share_the_per_user_quota_and_the_allocation() {
+    let mut t = engine_with(100, 1);
+    let c = client(1);
+    let n = t.nonce(c);
+    let r = t.ask(
+        c,
+        &Req::new(METHOD_ALLOCATE)
+            .transport_udp()
+            .creds("1:carol", "pw", &n),
+    );
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    // A fresh REST credential of the same user refreshes the same allocation (no 441).
+    let r = t.ask(c, &Req::new(METHOD_REFRESH).creds("2:carol", "pw", &n));
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "{:?}", error_code(&r));
+    // ...but cannot dodge the per-user quota from another 5-tuple.
+    let c2 = client(2);
+    let n2 = t.nonce(c2);
+    let r = t.ask(
+        c2,
+        &Req::new(METHOD_ALLOCATE)
+            .transport_udp()
+            .creds("2:carol", "pw", &n2),
+    );
+    assert_eq!(error_code(&r), Some(486));
+    assert_eq!(t.e.sessions(t.now, Some("carol")).len(), 1);
 }

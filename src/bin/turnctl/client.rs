@@ -581,21 +581,9 @@ fn reason_or_default(code: u16, reason: String) -> String {
     if !reason.is_empty() {
         return reason;
     }
-    match code {
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        420 => "Unknown Attribute",
-        437 => "Allocation Mismatch",
-        438 => "Stale Nonce",
-        440 => "Address Family not Supported",
-        441 => "Wrong Credentials",
-        442 => "Unsupported Transport Protocol",
-        443 => "Peer Address Family Mismatch",
-        486 => "Allocation Quota Reached",
-        500 => "Server Error",
-        508 => "Insufficient Capacity",
-        _ => "Error",
+    match turnd::engine::wire::reason(code) {
+        "" => "Error",
+        known => known,
     }
     .to_string()
 }

@@ -134,6 +134,22 @@ pub struct Overrides {
     #[arg(long, env = "TURND_REDACT", value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub redact: Option<bool>,
+
+    /// Overrides `signaling.listen` in the file: ADDR:PORT or "none".
+    #[arg(long, env = "TURND_SIGNALING_LISTEN", value_name = "ADDR:PORT|none", value_parser = parse::optional_listener)]
+    pub signaling_listen: Option<parse::MaybeNone<SocketAddr>>,
+
+    /// Overrides `admin.listen` in the file: ADDR:PORT or "none".
+    #[arg(long, env = "TURND_ADMIN_LISTEN", value_name = "ADDR:PORT|none", value_parser = parse::optional_listener)]
+    pub admin_listen: Option<parse::MaybeNone<SocketAddr>>,
+
+    /// Overrides `admin.token` in the file with the one line of FILE.
+    #[arg(long, env = "TURND_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Overrides `server.drain_timeout` in the file, e.g. 30s.
+    #[arg(long, env = "TURND_DRAIN_TIMEOUT", value_name = "DURATION", value_parser = parse::duration)]
+    pub drain_timeout: Option<std::time::Duration>,
 }
 
 /// A command-line value that must not be printed (`{:?}` shows `Secret(..)`).
@@ -254,6 +270,28 @@ pub fn apply_overrides(o: &Overrides, c: &mut Config) -> Result<Vec<&'static str
     over!("log.level", c.log.level, o.log_level.clone());
     over!("log.format", c.log.format, o.log_format);
     over!("log.redact", c.log.redact, o.redact);
+    over!(
+        "signaling.listen",
+        c.signaling.listen,
+        o.signaling_listen.map(|v| v.0)
+    );
+    over!("admin.listen", c.admin.listen, o.admin_listen.map(|v| v.0));
+    if let Some(path) = &o.admin_token_file {
+        keys.push("admin.token");
+        match config::read_secret_file(path) {
+            Ok(mut lines) if lines.len() == 1 => c.admin.token = lines.pop(),
+            Ok(_) => problems.push(Problem::new(
+                "--admin-token-file",
+                "must hold exactly one line, the token",
+            )),
+            Err(m) => problems.push(Problem::new("--admin-token-file", m)),
+        }
+    }
+    over!(
+        "server.drain_timeout",
+        c.server.drain_timeout,
+        o.drain_timeout
+    );
     if problems.is_empty() {
         Ok(keys)
     } else {

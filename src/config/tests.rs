@@ -733,3 +733,27 @@ fn admin_off_loopback_needs_a_token_and_tokens_are_never_echoed() {
         "{e}"
     );
 }
+
+#[test]
+fn http_listener_flags_and_the_development_profile_stays_on_loopback() {
+    use clap::Parser;
+    let cli = crate::cli::Cli::try_parse_from([
+        "turnd",
+        "--admin-listen",
+        "none",
+        "--signaling-listen",
+        "127.0.0.1:8090",
+        "--drain-timeout",
+        "30s",
+    ])
+    .unwrap();
+    let c = crate::cli::resolve(&cli).unwrap();
+    assert_eq!(c.admin.listen, None);
+    assert_eq!(c.signaling.listen, Some("127.0.0.1:8090".parse().unwrap()));
+    assert_eq!(c.server.drain_timeout, Duration::from_secs(30));
+    // The development profile would hand its public credentials to the network.
+    let cli =
+        crate::cli::Cli::try_parse_from(["turnd", "--signaling-listen", "0.0.0.0:8080"]).unwrap();
+    let e = format!("{:#}", crate::cli::resolve(&cli).unwrap_err());
+    assert!(e.contains("0.0.0.0:8080 is not a loopback address"), "{e}");
+}

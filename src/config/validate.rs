@@ -120,7 +120,8 @@ impl Config {
             }
         }
         if self.profile == Profile::Development {
-            let all = l.udp.iter().chain(&l.tcp).chain(&l.tls);
+            let http = self.signaling.listen.iter().chain(self.admin.listen.iter());
+            let all = l.udp.iter().chain(&l.tcp).chain(&l.tls).chain(http);
             if let Some(a) = all.into_iter().find(|a| !a.ip().is_loopback()) {
                 p.push(Problem::new(
                     "listen",

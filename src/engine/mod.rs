@@ -248,10 +248,6 @@ impl Engine {
         self.draining = on;
     }
 
-    pub fn allocation_count(&self) -> usize {
-        self.allocations_by_client.len()
-    }
-
     /// Swap credentials and policy (reload). Existing allocations keep their keys.
     pub fn set_shared(&mut self, shared: Shared) {
         self.shared = shared;

@@ -125,10 +125,6 @@ impl Control {
         self.tell_all(|| ShardRequest::Stop);
     }
 
-    pub fn certificate(&self) -> Option<&Arc<ReloadableCert>> {
-        self.certificate.as_ref()
-    }
-
     /// Apply a new configuration without dropping allocations: users, REST secrets, peer
     /// policy, quotas and the TLS certificate. On any error nothing changes.
     pub fn reload(&self, new: Config) -> anyhow::Result<ReloadReport> {

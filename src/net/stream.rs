@@ -109,10 +109,6 @@ impl ConnLimits {
             ip,
         })
     }
-
-    pub fn open(&self) -> usize {
-        self.total.load(Ordering::Relaxed)
-    }
 }
 
 impl Drop for ConnSlot {

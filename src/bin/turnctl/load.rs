@@ -7,7 +7,6 @@
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,7 +14,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::json;
 
-use crate::client::TlsTarget;
 use crate::creds::AuthArgs;
 use crate::flow::Mode;
 use crate::server::{parse_duration, ServerUrl, Transport};
@@ -64,12 +62,8 @@ pub struct LoadArgs {
     /// Ask for IPv6 relays (echo peers then bind ::1).
     #[arg(long)]
     pub ipv6: bool,
-    /// CA certificate (PEM) for turns:.
-    #[arg(long, value_name = "FILE")]
-    pub ca: Option<PathBuf>,
-    /// Do not verify the server certificate (turns:).
-    #[arg(long)]
-    pub insecure: bool,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
     /// Per-transaction timeout.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -256,13 +250,7 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<bool> {
     validate(args)?;
     let server = args.server.resolve()?;
     let transport = args.transport.unwrap_or(args.server.transport);
-    let tls = match transport {
-        Transport::Tls => Some(TlsTarget {
-            connector: crate::tls::connector(args.ca.as_deref(), args.insecure)?,
-            name: crate::tls::server_name(&args.server.host)?,
-        }),
-        _ => None,
-    };
+    let tls = args.tls.target(transport, &args.server.host)?;
     let rate = match (args.saturate, args.rate) {
         (true, _) => None,
         (false, r) => Some(r.unwrap_or(50.0)),

@@ -7,7 +7,6 @@
 //! when every step passed. `--stun-only` stops after Binding: the container HEALTHCHECK.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -35,12 +34,8 @@ pub struct ProbeArgs {
     /// Ask for an IPv6 relay.
     #[arg(long)]
     pub ipv6: bool,
-    /// CA certificate (PEM) to verify a turns: server with (default: the system bundle).
-    #[arg(long, value_name = "FILE")]
-    pub ca: Option<PathBuf>,
-    /// Do not verify the turns: server's certificate.
-    #[arg(long)]
-    pub insecure: bool,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
     /// Time allowed for each step.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -99,13 +94,7 @@ impl Probe {
 /// Run the probe; Ok(true) when every step passed.
 pub fn run(args: &ProbeArgs) -> anyhow::Result<bool> {
     let server = args.server.resolve()?;
-    let tls = match args.server.transport {
-        Transport::Tls => Some(TlsTarget {
-            connector: crate::tls::connector(args.ca.as_deref(), args.insecure)?,
-            name: crate::tls::server_name(&args.server.host)?,
-        }),
-        _ => None,
-    };
+    let tls = args.tls.target(args.server.transport, &args.server.host)?;
     let creds = args.auth.credentials()?;
     if !args.json {
         println!("probe {} ({server})", args.server);

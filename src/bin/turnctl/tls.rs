@@ -1,7 +1,7 @@
 //! TLS client configuration for `turns:` servers: trust the system CA bundle, a `--ca` file,
 //! or (with `--insecure`) anything, through a verifier whose name says it is dangerous.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
@@ -17,6 +17,34 @@ const SYSTEM_BUNDLES: &[&str] = &[
     "/etc/ssl/cert.pem",
     "/etc/ssl/ca-bundle.pem",
 ];
+
+/// `--ca` / `--insecure`, shared by the subcommands that can talk to `turns:` servers.
+#[derive(clap::Args, Debug)]
+pub struct TlsArgs {
+    /// CA certificate (PEM) to verify a turns: server with (default: the system bundle).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Do not verify the turns: server's certificate.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl TlsArgs {
+    /// What a `turns:` connection to `host` needs; `None` for the other transports.
+    pub fn target(
+        &self,
+        transport: crate::server::Transport,
+        host: &str,
+    ) -> anyhow::Result<Option<crate::client::TlsTarget>> {
+        if transport != crate::server::Transport::Tls {
+            return Ok(None);
+        }
+        Ok(Some(crate::client::TlsTarget {
+            connector: connector(self.ca.as_deref(), self.insecure)?,
+            name: server_name(host)?,
+        }))
+    }
+}
 
 /// A connector that verifies the server against `ca` (or the system bundle), or verifies
 /// nothing when `insecure`.

@@ -336,3 +336,167 @@ async fn certificate_reload_serves_new_connections_and_keeps_old_ones() {
     ask(&mut again, &request(METHOD_BINDING, &[], None)).await;
     srv.stop();
 }
+
+/// A TCP connection to `to` from the local address `from` (port chosen by the kernel).
+async fn connect_from(from: std::net::IpAddr, to: SocketAddr) -> TcpStream {
+    let sock = if from.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .unwrap();
+    sock.bind(SocketAddr::new(from, 0))
+        .unwrap_or_else(|e| panic!("bind {from}: {e}"));
+    sock.connect(to).await.unwrap()
+}
+
+/// Whether the server served this connection: a Binding request is answered (true), or the
+/// connection is closed without a byte (false, refused by a cap).
+async fn served(s: &mut TcpStream) -> bool {
+    let m = request(METHOD_BINDING, &[], None);
+    // A refused connection may already be closed: the write can fail, the read tells.
+    let _ = s.write_all(&m.raw).await;
+    let mut b = [0u8; 4];
+    match tokio::time::timeout(Duration::from_secs(3), s.read(&mut b)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => false,
+        Ok(Ok(_)) => true,
+        Err(_) => panic!("neither answered nor closed within 3 s"),
+    }
+}
+
+fn connections_refused(srv: &turnd::Running) -> u64 {
+    srv.control
+        .metrics()
+        .iter()
+        .map(|m| m.connections_refused)
+        .sum()
+}
+
+#[tokio::test]
+async fn per_ip_cap_counts_each_ipv4_address_exactly() {
+    let mut c = config();
+    c.streams.max_connections_per_ip = 2;
+    let srv = turnd::start(c).unwrap();
+    let addr = srv.tcp[0];
+    assert!(addr.is_ipv4());
+    let a: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut held = vec![];
+    for _ in 0..2 {
+        let mut s = connect_from(a, addr).await;
+        assert!(served(&mut s).await);
+        held.push(s);
+    }
+    let mut third = connect_from(a, addr).await;
+    assert!(
+        !served(&mut third).await,
+        "a third connection from 127.0.0.2"
+    );
+    assert_eq!(connections_refused(&srv), 1);
+    // Another IPv4 address, even the next one, is another client.
+    let mut other = connect_from("127.0.0.3".parse().unwrap(), addr).await;
+    assert!(served(&mut other).await, "127.0.0.3 has its own cap");
+    srv.stop();
+}
+
+/// The addresses the /64 test binds its clients to: 32 of fd00:1::/64 and one of fd00:2::/64.
+fn slash64_test_addrs() -> Vec<String> {
+    let mut v: Vec<String> = (1..=32).map(|i| format!("fd00:1::{i:x}")).collect();
+    v.push("fd00:2::1".into());
+    v
+}
+
+/// Runs [`netns_per_64_cap`] inside a network namespace of its own, whose loopback carries
+/// the addresses of [`slash64_test_addrs`] (the host's interfaces are never touched).
+#[test]
+fn per_ip_cap_counts_an_ipv6_slash64_as_one_client() {
+    let ns = format!("turnd-streams-{}", std::process::id());
+    let ip = |args: &[&str]| {
+        let st = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .expect("this test needs iproute2's `ip` (apt-get install iproute2)");
+        assert!(st.success(), "ip {args:?} failed (this test needs root)");
+    };
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    ip(&["netns", "add", &ns]);
+    let _guard = Netns(ns.clone());
+    ip(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
+    for a in slash64_test_addrs() {
+        let a = format!("{a}/128");
+        ip(&[
+            "netns", "exec", &ns, "ip", "-6", "addr", "add", &a, "dev", "lo", "nodad",
+        ]);
+    }
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .arg(std::env::current_exe().unwrap())
+        .args(["netns_per_64_cap", "--exact", "--ignored", "--nocapture"])
+        .env("TURND_TEST_NETNS", &ns)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the test in the namespace failed:\n{stdout}\n{stderr}"
+    );
+}
+
+/// The body of [`per_ip_cap_counts_an_ipv6_slash64_as_one_client`]; only meaningful inside
+/// its namespace, so ignored unless run from there.
+#[tokio::test]
+#[ignore = "run inside a network namespace by per_ip_cap_counts_an_ipv6_slash64_as_one_client"]
+async fn netns_per_64_cap() {
+    assert!(
+        std::env::var_os("TURND_TEST_NETNS").is_some(),
+        "run by per_ip_cap_counts_an_ipv6_slash64_as_one_client"
+    );
+    let mut c = config();
+    c.streams.max_connections_per_ip = 8;
+    let srv = turnd::start(c).unwrap();
+    let addr = *srv.tcp.iter().find(|a| a.is_ipv6()).unwrap();
+    let addrs: Vec<std::net::IpAddr> = slash64_test_addrs()
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let (same64, other64) = (&addrs[..32], addrs[32]);
+    // Eight connections from eight addresses of fd00:1::/64 fill its cap...
+    let mut held = vec![];
+    for a in &same64[..8] {
+        let mut s = connect_from(*a, addr).await;
+        assert!(served(&mut s).await, "{a} within the cap");
+        held.push(s);
+    }
+    // ...and each of the other 24 addresses of the same /64 is refused.
+    let mut refused = 0;
+    for a in &same64[8..] {
+        let mut s = connect_from(*a, addr).await;
+        if !served(&mut s).await {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 24, "connections beyond the cap of one /64");
+    assert_eq!(connections_refused(&srv), 24);
+    // Another /64 is another client.
+    let mut s = connect_from(other64, addr).await;
+    assert!(served(&mut s).await, "fd00:2::/64 has its own cap");
+    // A closed connection gives its place back to the /64.
+    drop(held.pop());
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = connect_from(same64[31], addr).await;
+        if served(&mut s).await {
+            break;
+        }
+        assert!(Instant::now() < end, "the freed place was not given back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    srv.stop();
+}

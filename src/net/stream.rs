@@ -72,7 +72,24 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, Closed> {
     }
 }
 
-/// Connection caps shared by all shards, touched only on accept and close.
+/// The key the per-IP connection cap counts by: an IPv4 address (v4-mapped IPv6 unwrapped)
+/// as it is, an IPv6 address by its /64, since one subscriber usually holds a whole /64 (as
+/// the auth failure budget and the signaling limits count).
+pub fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+            }
+        },
+    }
+}
+
+/// Connection caps shared by all shards, touched only on accept and close. The per-IP cap
+/// counts by [`ip_key`].
 pub struct ConnLimits {
     max_total: usize,
     max_per_ip: usize,
@@ -83,7 +100,7 @@ pub struct ConnLimits {
 /// Holds one connection's place under the caps; gives it back when dropped.
 pub struct ConnSlot {
     limits: Arc<ConnLimits>,
-    ip: IpAddr,
+    key: IpAddr,
 }
 
 impl ConnLimits {
@@ -97,16 +114,17 @@ impl ConnLimits {
     }
 
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ConnSlot> {
+        let key = ip_key(ip);
         let mut by_ip = self.by_ip.lock().unwrap_or_else(|e| e.into_inner());
-        let n = by_ip.get(&ip).copied().unwrap_or(0);
+        let n = by_ip.get(&key).copied().unwrap_or(0);
         if n >= self.max_per_ip || self.total.load(Ordering::Relaxed) >= self.max_total {
             return None;
         }
-        by_ip.insert(ip, n + 1);
+        by_ip.insert(key, n + 1);
         self.total.fetch_add(1, Ordering::Relaxed);
         Some(ConnSlot {
             limits: self.clone(),
-            ip,
+            key,
         })
     }
 }
@@ -114,10 +132,10 @@ impl ConnLimits {
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         let mut by_ip = self.limits.by_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = by_ip.get_mut(&self.ip) {
+        if let Some(n) = by_ip.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                by_ip.remove(&self.ip);
+                by_ip.remove(&self.key);
             }
         }
         self.limits.total.fetch_sub(1, Ordering::Relaxed);
@@ -424,6 +442,29 @@ mod tests {
         assert!(l.acquire("192.0.2.3".parse().unwrap()).is_none(), "total");
         drop(a);
         assert!(l.acquire("192.0.2.3".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn per_ip_cap_counts_ipv6_by_slash64_and_mapped_ipv4_as_ipv4() {
+        let l = ConnLimits::new(100, 2);
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let _a = l.acquire(ip("2001:db8:1:2::1")).unwrap();
+        let b = l.acquire(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")).unwrap();
+        assert!(l.acquire(ip("2001:db8:1:2:aaaa::3")).is_none(), "same /64");
+        assert!(l.acquire(ip("2001:db8:1:3::1")).is_some(), "next /64");
+        drop(b);
+        assert!(
+            l.acquire(ip("2001:db8:1:2::9")).is_some(),
+            "place given back"
+        );
+        let _v4 = l.acquire(ip("192.0.2.7")).unwrap();
+        let _mapped = l.acquire(ip("::ffff:192.0.2.7")).unwrap();
+        assert!(
+            l.acquire(ip("192.0.2.7")).is_none(),
+            "v4-mapped is the same IPv4"
+        );
+        assert!(l.acquire(ip("192.0.2.8")).is_some(), "IPv4: exact address");
+        assert!(l.by_ip.lock().unwrap().len() <= 4);
     }
 
     #[test]

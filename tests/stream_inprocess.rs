@@ -500,3 +500,86 @@ async fn netns_per_64_cap() {
     }
     srv.stop();
 }
+
+fn tcp_connections_open(srv: &turnd::Running) -> u64 {
+    srv.control
+        .metrics()
+        .iter()
+        .map(|m| m.streams_open[0])
+        .sum()
+}
+
+/// A TCP client with a 4 KiB receive buffer that allocates and binds a channel to a fresh
+/// UDP peer; returns (stream, relayed address, peer).
+async fn stalled_client(srv: &turnd::Running) -> (TcpStream, SocketAddr, UdpSocket) {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(srv.tcp[0]).await.unwrap();
+    let (relay, nonce) = allocate(&mut s, srv.tcp[0]).await;
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    channel_to(&mut s, &nonce, peer.local_addr().unwrap()).await;
+    (s, relay, peer)
+}
+
+/// Send 1400-byte datagrams from `peer` to `relay` (at most `max` of them, in bursts of 10,
+/// small enough for the server to move each into the socket buffers until they are full)
+/// until the server holds no allocation; returns how long that took, or None.
+async fn flood_until_freed(
+    srv: &turnd::Running,
+    peer: &UdpSocket,
+    relay: SocketAddr,
+    max: usize,
+    within: Duration,
+) -> Option<Duration> {
+    let payload = vec![0x55u8; 1400];
+    let t0 = Instant::now();
+    let mut sent = 0;
+    while t0.elapsed() < within {
+        if srv.stats().allocations == 0 {
+            return Some(t0.elapsed());
+        }
+        if sent < max {
+            for _ in 0..10 {
+                let _ = peer.send_to(&payload, relay).await;
+            }
+            sent += 10;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_when_its_queue_fills_without_reading() {
+    let mut c = config();
+    // Only the full queue can close it here.
+    c.streams.write_queue_bytes = 64 * 1024;
+    let srv = turnd::start(c).unwrap();
+    let (mut s, relay, peer) = stalled_client(&srv).await;
+    assert_eq!(srv.stats().allocations, 1);
+    // At most 16,000 x 1400 bytes: far beyond the queue and every socket buffer.
+    let freed = flood_until_freed(&srv, &peer, relay, 16_000, Duration::from_secs(10)).await;
+    let freed = freed.expect("the allocation of a client that stopped reading is still held");
+    eprintln!("queue full: allocation freed {freed:?} after the flood began");
+    wait_until("connection closed", || tcp_connections_open(&srv) == 0).await;
+    // The client, reading at last, finds the connection closed.
+    assert!(closed_by_server(&mut s, Duration::from_secs(3)).await);
+    srv.stop();
+}
+
+#[tokio::test]
+async fn a_write_that_makes_no_progress_closes_the_connection_after_write_timeout() {
+    let mut c = config();
+    // The queue never fills here (at most 11 MB are sent): only the write timeout can act.
+    c.streams.write_queue_bytes = 64 << 20;
+    c.streams.write_timeout = Duration::from_secs(1);
+    let srv = turnd::start(c).unwrap();
+    let (mut s, relay, peer) = stalled_client(&srv).await;
+    let freed = flood_until_freed(&srv, &peer, relay, 8_000, Duration::from_secs(15)).await;
+    let freed = freed.expect("a write stuck for longer than write_timeout did not close");
+    eprintln!("write timeout: allocation freed {freed:?} after the flood began");
+    assert!(freed >= Duration::from_secs(1), "closed after {freed:?}");
+    wait_until("connection closed", || tcp_connections_open(&srv) == 0).await;
+    assert!(closed_by_server(&mut s, Duration::from_secs(3)).await);
+    srv.stop();
+}

@@ -374,6 +374,7 @@ fn apply(raw: RawConfig, c: &mut Config, base: &Path, problems: &mut Vec<Problem
         set(&mut st.max_connections, s.max_connections);
         set(&mut st.max_connections_per_ip, s.max_connections_per_ip);
         set(&mut st.write_queue_bytes, s.write_queue_bytes);
+        set(&mut st.write_timeout, s.write_timeout.map(|d| d.0));
     }
     if let Some(sg) = raw.signaling {
         let c = &mut c.signaling;

@@ -119,6 +119,8 @@ pub struct Streams {
     pub max_connections_per_ip: usize,
     /// Bytes queued for a client that is not reading; more close the connection.
     pub write_queue_bytes: usize,
+    /// A write to a client that makes no progress for this long closes the connection.
+    pub write_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -303,6 +305,7 @@ impl Config {
                 max_connections: 10_000,
                 max_connections_per_ip: 64,
                 write_queue_bytes: 256 * 1024,
+                write_timeout: Duration::from_secs(10),
             },
             signaling: Signaling {
                 listen: None,

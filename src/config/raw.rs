@@ -223,6 +223,7 @@ pub struct RawStreams {
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
     pub write_queue_bytes: Option<usize>,
+    pub write_timeout: Option<Dur>,
 }
 
 #[derive(Debug, Default, Deserialize)]

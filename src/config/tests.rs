@@ -96,6 +96,7 @@ idle_timeout = "2m"
 max_connections = 100
 max_connections_per_ip = 4
 write_queue_bytes = 65536
+write_timeout = "4s"
 
 [log]
 level = "warn,turnd::engine=debug"
@@ -185,6 +186,7 @@ fn every_key_parses() {
     assert_eq!(c.streams.max_connections, 100);
     assert_eq!(c.streams.max_connections_per_ip, 4);
     assert_eq!(c.streams.write_queue_bytes, 65536);
+    assert_eq!(c.streams.write_timeout, Duration::from_secs(4));
     assert_eq!(c.log.level, "warn,turnd::engine=debug");
     assert_eq!(c.log.format, LogFormat::Json);
     assert!(c.log.redact);

@@ -254,6 +254,7 @@ impl Config {
             ("streams.handshake_timeout", s.handshake_timeout),
             ("streams.first_frame_timeout", s.first_frame_timeout),
             ("streams.idle_timeout", s.idle_timeout),
+            ("streams.write_timeout", s.write_timeout),
         ] {
             if value.is_zero() {
                 p.push(Problem::new(key, "must be longer than 0s"));

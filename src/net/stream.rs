@@ -3,7 +3,9 @@
 //!
 //! A connection's allocation belongs to it: when the connection ends, for whatever reason,
 //! the engine frees the allocation and its relay port at once. A client that stops reading
-//! fills only its own queue and is disconnected when the queue is full; nobody else waits.
+//! fills only its own queue and is disconnected, at once, when the queue is full or when a
+//! write has made no progress for `write_timeout`; nobody else waits, and the connection is
+//! aborted (RST) so the kernel drops what it still held for it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -12,11 +14,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 
@@ -38,6 +40,7 @@ pub enum Closed {
     FirstFrameTimeout,
     Idle,
     WriteQueueFull,
+    WriteTimeout,
     Io,
     ByServer,
 }
@@ -148,6 +151,8 @@ pub struct StreamConn {
     limit: usize,
     ready: Notify,
     closed: Cell<Option<Closed>>,
+    /// Woken when the queue overflows: the connection ends even while a write is stuck.
+    overflow: Notify,
 }
 
 impl StreamConn {
@@ -157,6 +162,17 @@ impl StreamConn {
             limit,
             ready: Notify::new(),
             closed: Cell::new(None),
+            overflow: Notify::new(),
+        }
+    }
+
+    /// Resolves once the write queue has overflowed.
+    async fn overflowed(&self) -> Closed {
+        loop {
+            if self.closed.get() == Some(Closed::WriteQueueFull) {
+                return Closed::WriteQueueFull;
+            }
+            self.overflow.notified().await;
         }
     }
 
@@ -168,6 +184,7 @@ impl StreamConn {
         let mut q = self.queue.borrow_mut();
         if q.len() + bytes.len() > self.limit {
             self.close(Closed::WriteQueueFull);
+            self.overflow.notify_one();
             return;
         }
         q.extend_from_slice(bytes);
@@ -252,27 +269,56 @@ pub async fn accept_loop(
     }
 }
 
+/// The TCP socket under a stream (plain or TLS), to abort it.
+trait TcpOf {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl TcpOf for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl TcpOf for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
 /// Serve one established stream until it closes, then free its allocation.
 async fn serve<S>(shard: Rc<Shard>, client: ClientAddr, io: S)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + TcpOf,
 {
-    let conn = Rc::new(StreamConn::new(shard.streams_cfg.write_queue_bytes));
+    let cfg = &shard.streams_cfg;
+    let conn = Rc::new(StreamConn::new(cfg.write_queue_bytes));
     shard.streams.borrow_mut().insert(client, conn.clone());
-    let (rd, mut wr) = tokio::io::split(io);
+    let (mut rd, mut wr) = tokio::io::split(io);
     let why = tokio::select! {
-        why = read_loop(&shard, client, rd) => why,
-        why = write_loop(&conn, &mut wr) => why,
+        why = read_loop(&shard, client, &mut rd) => why,
+        why = write_loop(&conn, &mut wr, cfg.write_timeout) => why,
+        why = conn.overflowed() => why,
     };
-    // Answers queued before a protocol error (e.g. the error response) still go out.
-    if !matches!(why, Closed::WriteQueueFull | Closed::Io) {
-        let rest = conn.queue.borrow_mut().split();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-            let _ = wr.write_all(&rest).await;
-            let _ = wr.shutdown().await;
-        })
-        .await;
+    let mut io = rd.unsplit(wr);
+    match why {
+        // The client stopped reading: abort (RST) so that the kernel frees what it still
+        // holds for it now, not after minutes of zero-window probes.
+        Closed::WriteQueueFull | Closed::WriteTimeout => {
+            let _ = socket2::SockRef::from(io.tcp()).set_linger(Some(Duration::ZERO));
+        }
+        Closed::Io => {}
+        // Answers queued before a protocol error (e.g. the error response) still go out.
+        _ => {
+            let rest = conn.queue.borrow_mut().split();
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let _ = io.write_all(&rest).await;
+                let _ = io.shutdown().await;
+            })
+            .await;
+        }
     }
+    drop(io);
     shard.streams.borrow_mut().remove(&client);
     {
         let mut engine = shard.engine.borrow_mut();
@@ -330,7 +376,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(conn: &StreamConn, wr: &mut W) -> Closed {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    conn: &StreamConn,
+    wr: &mut W,
+    timeout: Duration,
+) -> Closed {
     loop {
         conn.ready.notified().await;
         loop {
@@ -341,14 +391,39 @@ async fn write_loop<W: AsyncWrite + Unpin>(conn: &StreamConn, wr: &mut W) -> Clo
             if chunk.is_empty() {
                 break;
             }
-            if let Err(e) = wr.write_all(&chunk).await {
-                return if e.kind() == io::ErrorKind::WriteZero {
-                    Closed::ByPeer
-                } else {
-                    Closed::Io
-                };
+            if let Err(why) = write_chunk(wr, &chunk, timeout).await {
+                return why;
             }
         }
+    }
+}
+
+/// Write all of `chunk` and flush; every single write (and the flush) must make progress
+/// within `timeout`, or the client is taken to have stopped reading.
+async fn write_chunk<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    mut chunk: &[u8],
+    timeout: Duration,
+) -> Result<(), Closed> {
+    let failed = |e: io::Error| {
+        if e.kind() == io::ErrorKind::WriteZero {
+            Closed::ByPeer
+        } else {
+            Closed::Io
+        }
+    };
+    while !chunk.is_empty() {
+        match tokio::time::timeout(timeout, wr.write(chunk)).await {
+            Err(_) => return Err(Closed::WriteTimeout),
+            Ok(Ok(0)) => return Err(Closed::ByPeer),
+            Ok(Ok(n)) => chunk = chunk.get(n..).unwrap_or_default(),
+            Ok(Err(e)) => return Err(failed(e)),
+        }
+    }
+    match tokio::time::timeout(timeout, wr.flush()).await {
+        Err(_) => Err(Closed::WriteTimeout),
+        Ok(Err(e)) => Err(failed(e)),
+        Ok(Ok(())) => Ok(()),
     }
 }
 

@@ -583,3 +583,195 @@ async fn a_write_that_makes_no_progress_closes_the_connection_after_write_timeou
     assert!(closed_by_server(&mut s, Duration::from_secs(3)).await);
     srv.stop();
 }
+
+/// The built `turnd` binary with a config file, killed on drop; its JSON log lines (stderr)
+/// are collected as they come.
+struct Binary {
+    child: std::process::Child,
+    lines: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Binary {
+    fn start(config: &std::path::Path) -> Binary {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_turnd"))
+            .arg("--config")
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .env_remove("RUST_LOG")
+            .spawn()
+            .expect("turnd runs");
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(std::sync::Mutex::new(vec![]));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let v = serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
+                sink.lock().unwrap().push(v);
+            }
+        });
+        Binary { child, lines }
+    }
+
+    /// The lines logged so far with this message.
+    fn logged(&self, message: &str) -> Vec<serde_json::Value> {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter(|v| v["message"] == message)
+            .cloned()
+            .collect()
+    }
+
+    /// Wait (up to 10 s) for a line with this message and these field values.
+    async fn wait_for(&mut self, message: &str, fields: &[(&str, &str)]) -> serde_json::Value {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self
+                .logged(message)
+                .into_iter()
+                .find(|v| fields.iter().all(|(k, want)| v[*k] == *want));
+            if let Some(v) = found {
+                return v;
+            }
+            let exited = self.child.try_wait().unwrap();
+            assert!(
+                Instant::now() < end && exited.is_none(),
+                "no log line {message:?} {fields:?} (exit: {exited:?}); saw {:#?}",
+                self.lines.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Tier 4 (the built binary, its stderr captured): 500 failed TLS handshakes of three kinds
+/// are all counted, by reason, and logged at most once per reason per interval.
+#[tokio::test]
+async fn failed_tls_handshakes_are_counted_by_reason_and_logged_once_per_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cert(dir.path());
+    let config = dir.path().join("turnd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"realm = "turnd"
+workers = 2
+[listen]
+tls = ["127.0.0.1:0"]
+[tls]
+cert = "{cert}"
+key = "{key}"
+[relay]
+ipv4 = "127.0.0.1"
+ipv6 = "none"
+[auth]
+users = ["u:p"]
+[streams]
+handshake_timeout = "1s"
+max_connections_per_ip = 1000
+[admin]
+listen = "127.0.0.1:0"
+token = "streams-test-token-0123456789"
+[log]
+format = "json"
+level = "info"
+"#,
+            cert = dir.path().join("cert.pem").display(),
+            key = dir.path().join("key.pem").display(),
+        ),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let mut bin = Binary::start(&config);
+    let tls: SocketAddr = bin.wait_for("listening", &[("transport", "tls")]).await["addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let admin: SocketAddr = bin.wait_for("admin API listening", &[]).await["addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // 300 clients speak plain STUN to the TLS port (not TLS: "protocol").
+    let binding = request(METHOD_BINDING, &[], None);
+    for _ in 0..300 {
+        let mut s = TcpStream::connect(tls).await.unwrap();
+        let _ = s.write_all(&binding.raw).await;
+        assert!(closed_by_server(&mut s, Duration::from_secs(3)).await);
+    }
+    // 190 connect and hang up before saying anything ("closed").
+    for _ in 0..190 {
+        drop(TcpStream::connect(tls).await.unwrap());
+    }
+    // 10 say nothing and keep the connection open past handshake_timeout ("timeout").
+    let mut silent = vec![];
+    for _ in 0..10 {
+        silent.push(TcpStream::connect(tls).await.unwrap());
+    }
+    for s in &mut silent {
+        assert!(closed_by_server(s, Duration::from_secs(5)).await);
+    }
+
+    let metric = "turnd_tls_handshake_failures_total";
+    let token = Some("streams-test-token-0123456789");
+    let end = Instant::now() + Duration::from_secs(5);
+    let m = loop {
+        let (status, body) = http("GET", admin, "/metrics", token).await;
+        assert_eq!(status, 200);
+        let m = prometheus(&body);
+        let total: f64 = m
+            .iter()
+            .filter(|(k, _)| k.starts_with(metric))
+            .map(|(_, v)| v)
+            .sum();
+        if total >= 500.0 || Instant::now() > end {
+            assert_eq!(total, 500.0, "failed handshakes counted");
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let elapsed = t0.elapsed();
+
+    let lines = bin.logged("TLS handshake failed");
+    // One line per reason per 10 s interval, at most.
+    let per_reason = 1 + elapsed.as_secs() as usize / 10;
+    assert!(
+        lines.len() <= 3 * per_reason,
+        "{} log lines for 500 failed handshakes in {elapsed:?}",
+        lines.len()
+    );
+    for reason in ["protocol", "closed", "timeout"] {
+        let n = m
+            .get(&format!("{metric}{{reason=\"{reason}\"}}"))
+            .copied()
+            .unwrap_or_default();
+        let want = match reason {
+            "protocol" => 300.0,
+            "closed" => 190.0,
+            _ => 10.0,
+        };
+        assert_eq!(n, want, "{metric} {reason}");
+        let logged = lines.iter().filter(|v| v["reason"] == reason).count();
+        assert!(
+            (1..=per_reason).contains(&logged),
+            "{logged} lines for {reason}"
+        );
+    }
+    // Secrets stay out of the log.
+    let all = format!("{:?}", bin.lines.lock().unwrap());
+    assert!(!all.contains("streams-test-token"));
+}

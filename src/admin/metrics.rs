@@ -240,13 +240,13 @@ pub fn render(shards: &[ShardMetrics]) -> String {
         o,
         TLS_HANDSHAKE_FAILURES_TOTAL,
         "counter",
-        "TLS handshakes that failed or timed out.",
+        "TLS handshakes that failed or timed out, by reason.",
     );
-    let _ = writeln!(
-        o,
-        "{TLS_HANDSHAKE_FAILURES_TOTAL} {}",
-        sum(&|s| s.handshake_failures)
-    );
+    for why in crate::net::tls::HandshakeFailure::ALL {
+        let n = sum(&|s| s.handshake_failures[why.index()]);
+        let r = why.as_str();
+        let _ = writeln!(o, "{TLS_HANDSHAKE_FAILURES_TOTAL}{{reason=\"{r}\"}} {n}");
+    }
 
     describe(
         o,

@@ -26,6 +26,7 @@ use crate::engine::{
 
 use super::relay::{bind_pair, bind_relay, Reservations};
 use super::stream::{accept_loop, Closed, ConnLimits, StreamConn};
+use super::tls::HandshakeFailure;
 
 /// Largest datagram we receive: a UDP payload is at most 65535 bytes.
 const MAX_DATAGRAM: usize = 65535;
@@ -50,7 +51,8 @@ pub struct ShardMetrics {
     pub engine: MetricsSnapshot,
     /// Open stream connections: [tcp, tls].
     pub streams_open: [u64; 2],
-    pub handshake_failures: u64,
+    /// Failed TLS handshakes by reason (`HandshakeFailure::ALL` order).
+    pub handshake_failures: [u64; HandshakeFailure::COUNT],
     pub connections_refused: u64,
 }
 
@@ -69,7 +71,7 @@ pub struct Shard {
     pub(super) conn_limits: Arc<ConnLimits>,
     reservations: Arc<Reservations>,
     pub(super) redact: bool,
-    pub(super) handshake_failures: Cell<u64>,
+    pub(super) handshake_failures: [Cell<u64>; HandshakeFailure::COUNT],
     pub(super) connections_refused: Cell<u64>,
     buf: RefCell<Box<[u8]>>,
     timer_changed: Notify,
@@ -114,7 +116,7 @@ pub fn run(
             conn_limits: setup.conn_limits,
             reservations: setup.reservations,
             redact: setup.redact,
-            handshake_failures: Cell::new(0),
+            handshake_failures: Default::default(),
             connections_refused: Cell::new(0),
             buf: RefCell::new(vec![0u8; HEADROOM + MAX_DATAGRAM + TAILROOM].into_boxed_slice()),
             timer_changed: Notify::new(),
@@ -247,7 +249,7 @@ impl Shard {
                 let _ = reply.send(ShardMetrics {
                     engine: self.engine.borrow().metrics_snapshot(),
                     streams_open: [count(Transport::Tcp), count(Transport::Tls)],
-                    handshake_failures: self.handshake_failures.get(),
+                    handshake_failures: self.handshake_failures.each_ref().map(Cell::get),
                     connections_refused: self.connections_refused.get(),
                 });
             }

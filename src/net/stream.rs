@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 
 use super::shard::Shard;
+use super::tls::{log_handshake_failure, HandshakeFailure};
 use crate::engine::{ClientAddr, Transport};
 
 /// The largest STUN message a client may send on a stream other than a Send indication.
@@ -239,34 +240,25 @@ pub async fn accept_loop(
             let _slot = slot;
             match tls {
                 None => serve(shard, client, tcp).await,
-                Some(acceptor) => {
-                    let timeout = shard.streams_cfg.handshake_timeout;
-                    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => serve(shard, client, stream).await,
-                        Ok(Err(e)) => {
-                            shard
-                                .handshake_failures
-                                .set(shard.handshake_failures.get() + 1);
-                            tracing::info!(
-                            client = %crate::telemetry::redact_addr(&remote, shard.redact),
-                            reason = %e,
-                            "TLS handshake failed"
-                            )
-                        }
-                        Err(_) => {
-                            shard
-                                .handshake_failures
-                                .set(shard.handshake_failures.get() + 1);
-                            tracing::info!(
-                                client = %crate::telemetry::redact_addr(&remote, shard.redact),
-                                "TLS handshake timed out"
-                            )
-                        }
-                    }
-                }
+                Some(acceptor) => serve_tls(shard, client, tcp, acceptor).await,
             }
         });
     }
+}
+
+/// Run the TLS handshake (within `handshake_timeout`), then serve; a failure is counted by
+/// reason and logged at most once per interval and reason.
+async fn serve_tls(shard: Rc<Shard>, client: ClientAddr, tcp: TcpStream, acceptor: TlsAcceptor) {
+    let timeout = shard.streams_cfg.handshake_timeout;
+    let (why, error) = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => return serve(shard, client, stream).await,
+        Ok(Err(e)) => (HandshakeFailure::of(&e), Some(e)),
+        Err(_) => (HandshakeFailure::Timeout, None),
+    };
+    let n = &shard.handshake_failures[why.index()];
+    n.set(n.get() + 1);
+    let who = crate::telemetry::Redactor::new(shard.redact).addr(&client.remote);
+    log_handshake_failure(why, &who, error.as_ref());
 }
 
 /// The TCP socket under a stream (plain or TLS), to abort it.

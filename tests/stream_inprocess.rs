@@ -775,3 +775,98 @@ level = "info"
     let all = format!("{:?}", bin.lines.lock().unwrap());
     assert!(!all.contains("streams-test-token"));
 }
+
+/// ChannelData padded to 4 bytes, as streams carry it.
+fn padded_channel_data(number: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = channel_data(number, payload);
+    v.resize((v.len() + 3) & !3, 0);
+    v
+}
+
+/// A Send indication to `peer` carrying `data`.
+fn send_indication(peer: SocketAddr, data: &[u8]) -> Message {
+    let mut m = Message::new();
+    m.typ = MessageType::new(METHOD_SEND, CLASS_INDICATION);
+    m.new_transaction_id().unwrap();
+    m.write_header();
+    PeerAttr(peer).add_to(&mut m).unwrap();
+    m.add(ATTR_DATA, data);
+    m
+}
+
+async fn nothing_arrives(sock: &UdpSocket, within: Duration) -> bool {
+    let mut b = vec![0u8; 65_536];
+    tokio::time::timeout(within, sock.recv_from(&mut b))
+        .await
+        .is_err()
+}
+
+/// Issue 9 over a real TCP connection: at the limits of the 16-bit STUN and ChannelData
+/// lengths, a frame is relayed whole or dropped whole, never truncated, and the stream stays
+/// in step (the next frame is read where it begins).
+#[tokio::test]
+async fn stream_frames_at_the_length_limits_are_whole_or_dropped_never_truncated() {
+    let srv = turnd::start(config()).unwrap();
+    let addr = *srv.tcp.iter().find(|a| a.is_ipv6()).unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let (relay, nonce) = allocate(&mut s, addr).await;
+    assert!(relay.is_ipv6());
+    let perm_peer = UdpSocket::bind("[::1]:0").await.unwrap();
+    let chan_peer = UdpSocket::bind("[::1]:0").await.unwrap();
+    let m = request(
+        METHOD_CREATE_PERMISSION,
+        &[&PeerAttr(perm_peer.local_addr().unwrap())],
+        creds(&nonce),
+    );
+    assert_eq!(ask(&mut s, &m).await.typ.class, CLASS_SUCCESS_RESPONSE);
+    channel_to(&mut s, &nonce, chan_peer.local_addr().unwrap()).await;
+    // The largest UDP payload over IPv6.
+    let big: Vec<u8> = (0..65_527u32).map(|i| (i % 251) as u8).collect();
+
+    // Peer to client without a channel: as a Data indication (20 + 24 + 4 + 65,528 bytes)
+    // its STUN length cannot be written in 16 bits: dropped whole; what follows arrives intact.
+    perm_peer.send_to(&big, relay).await.unwrap();
+    perm_peer.send_to(b"after", relay).await.unwrap();
+    let r = parse(&read_frame(&mut s).await);
+    assert_eq!(r.typ, MessageType::new(METHOD_DATA, CLASS_INDICATION));
+    assert_eq!(r.get(ATTR_DATA).unwrap(), b"after");
+
+    // Through the channel it fits (ChannelData length 65,527, padded to 65,528): whole.
+    chan_peer.send_to(&big, relay).await.unwrap();
+    let f = read_frame(&mut s).await;
+    assert_eq!(f.len(), 4 + 65_528);
+    assert_eq!(&f[..4], &[0x40, 0x00, 0xFF, 0xF7]);
+    assert_eq!(&f[4..4 + big.len()], &big[..]);
+
+    // Client to peer: the largest ChannelData payload a stream takes reaches the peer whole.
+    let mut b = vec![0u8; 65_536];
+    s.write_all(&padded_channel_data(0x4000, &big[..65_507]))
+        .await
+        .unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(3), chan_peer.recv_from(&mut b))
+        .await
+        .expect("the largest ChannelData reaches the peer")
+        .unwrap();
+    assert_eq!(&b[..n], &big[..65_507]);
+
+    // A Send indication whose DATA attribute claims more bytes than its message holds:
+    // dropped (nothing reaches the peer), and the stream stays in step.
+    let peer = perm_peer.local_addr().unwrap();
+    let mut lying = send_indication(peer, &[7u8; 100]).raw;
+    // XOR-PEER-ADDRESS (IPv6) takes 4 + 20 bytes; DATA's length field follows its type.
+    assert_eq!(&lying[44..46], &ATTR_DATA.value().to_be_bytes());
+    lying[46..48].copy_from_slice(&1000u16.to_be_bytes());
+    s.write_all(&lying).await.unwrap();
+    ask(&mut s, &request(METHOD_BINDING, &[], None)).await;
+    assert!(nothing_arrives(&perm_peer, Duration::from_millis(300)).await);
+    // A large, well-formed Send right after it arrives whole.
+    let send = send_indication(peer, &big[..60_000]);
+    s.write_all(&send.raw).await.unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(3), perm_peer.recv_from(&mut b))
+        .await
+        .expect("the Send after the dropped one")
+        .unwrap();
+    assert_eq!(&b[..n], &big[..60_000]);
+    assert_eq!(srv.stats().allocations, 1, "the connection is still up");
+    srv.stop();
+}

@@ -870,3 +870,34 @@ async fn stream_frames_at_the_length_limits_are_whole_or_dropped_never_truncated
     assert_eq!(srv.stats().allocations, 1, "the connection is still up");
     srv.stop();
 }
+
+#[tokio::test]
+async fn a_tls_client_that_stops_reading_is_closed_after_write_timeout() {
+    let mut c = config();
+    // As over TCP: the queue never fills here, only the write timeout can act.
+    c.streams.write_queue_bytes = 64 << 20;
+    c.streams.write_timeout = Duration::from_secs(1);
+    let srv = turnd::start(c).unwrap();
+    let addr = srv.tls[0];
+    let chain = srv.certificate.clone().unwrap().chain();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let tcp = sock.connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let mut s = tls_client(&chain).connect(name, tcp).await.unwrap();
+    let (relay, nonce) = allocate(&mut s, addr).await;
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    channel_to(&mut s, &nonce, peer.local_addr().unwrap()).await;
+    let freed = flood_until_freed(&srv, &peer, relay, 8_000, Duration::from_secs(15)).await;
+    let freed = freed.expect("a TLS client that stopped reading is still served");
+    eprintln!("TLS write timeout: allocation freed {freed:?} after the flood began");
+    let tls_open = |srv: &turnd::Running| -> u64 {
+        srv.control
+            .metrics()
+            .iter()
+            .map(|m| m.streams_open[1])
+            .sum()
+    };
+    wait_until("TLS connection closed", || tls_open(&srv) == 0).await;
+    srv.stop();
+}

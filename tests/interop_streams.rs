@@ -461,3 +461,97 @@ mod harness_parsers_streams {
         assert!(std::panic::catch_unwind(|| r.assert_all_relayed_tls(10)).is_err());
     }
 }
+
+/// Failed TLS handshakes of clients we did not write, counted by reason
+/// (`turnd_tls_handshake_failures_total{reason}`): per reason, summed over shards.
+fn handshake_failures(turnd: &Turnd) -> Vec<(&'static str, u64)> {
+    let metrics = turnd.running().control.metrics();
+    turnd::net::tls::HandshakeFailure::ALL
+        .iter()
+        .map(|r| {
+            let n = metrics
+                .iter()
+                .map(|m| m.handshake_failures[r.index()])
+                .sum();
+            (r.as_str(), n)
+        })
+        .collect()
+}
+
+/// Wait (up to 5 s) until the failed handshakes are exactly `want` (reasons not named: 0).
+fn expect_handshake_failures(turnd: &Turnd, want: &[(&str, u64)], what: &str) {
+    let expected: Vec<(&str, u64)> = handshake_failures(turnd)
+        .iter()
+        .map(|(r, _)| (*r, want.iter().find(|(w, _)| w == r).map_or(0, |(_, n)| *n)))
+        .collect();
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = handshake_failures(turnd);
+        if got == expected {
+            return;
+        }
+        assert!(Instant::now() < end, "{what}: {got:?}, want {expected:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `openssl s_client` against `addr` with `args`, stdin closed; its exit status (bounded).
+fn s_client(addr: SocketAddr, args: &[&str]) -> std::process::ExitStatus {
+    let mut child = ChildGuard::spawn(
+        std::process::Command::new("openssl")
+            .arg("s_client")
+            .arg("-connect")
+            .arg(addr.to_string())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+        "openssl",
+    );
+    child
+        .wait_timeout(Duration::from_secs(10))
+        .expect("openssl s_client finishes within 10 s")
+}
+
+/// aioice refusing turnd's certificate (another CA) hangs up without an alert (asyncio closes
+/// the transport): reason "closed". OpenSSL's s_client sends `unknown_ca`: reason "alert";
+/// offering only cipher suites rustls does not implement: "incompatible"; a good handshake
+/// counts nothing.
+#[test]
+fn tls_handshake_failures_of_foreign_clients_are_counted_by_reason() {
+    let other = TestCert::loopback();
+    let turnd = Turnd::start();
+    let peer = EchoPeer::start(V4);
+    let addr = turnd.addr(Tls, V4);
+    run_aioice_with(
+        addr,
+        USER,
+        PASSWORD,
+        peer.addr(),
+        &AioiceOpts::tls(&other.cert),
+    )
+    .expect_err("the TLS handshake must fail");
+    expect_handshake_failures(&turnd, &[("closed", 1)], "aioice, another CA");
+
+    let ca = turnd.ca_file().to_str().unwrap().to_string();
+    let other_ca = other.cert.to_str().unwrap();
+    let ok = s_client(addr, &["-CAfile", &ca, "-verify_return_error"]);
+    assert!(ok.success(), "s_client with the right CA: {ok:?}");
+    expect_handshake_failures(&turnd, &[("closed", 1)], "a good handshake");
+    let refused = s_client(addr, &["-CAfile", other_ca, "-verify_return_error"]);
+    assert!(!refused.success(), "s_client must refuse another CA");
+    expect_handshake_failures(
+        &turnd,
+        &[("closed", 1), ("alert", 1)],
+        "s_client, another CA",
+    );
+    let weak = s_client(addr, &["-tls1_2", "-cipher", "AES128-SHA"]);
+    assert!(!weak.success(), "no common cipher suite");
+    expect_handshake_failures(
+        &turnd,
+        &[("closed", 1), ("alert", 1), ("incompatible", 1)],
+        "s_client, RSA key exchange only",
+    );
+    assert_eq!(peer.stats(), EchoStats::default());
+    turnd.assert_all_freed("clients that never got through TLS hold nothing");
+}

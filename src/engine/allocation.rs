@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use crate::auth::Key;
+use crate::policy::PeerPolicy;
 
 /// How many recent responses an allocation keeps for retransmitted requests.
 const RECENT_RESPONSES: usize = 8;
@@ -94,6 +95,26 @@ impl Allocation {
             }
             keep
         });
+    }
+
+    /// Remove the permissions and channels `policy` forbids (after a reload); returns how
+    /// many (permissions, channels). A channel goes when its peer is forbidden or its
+    /// peer's permission went.
+    pub fn retain_allowed(&mut self, policy: &dyn PeerPolicy) -> (usize, usize) {
+        let before = (self.permissions.len(), self.channels_by_number.len());
+        self.permissions.retain(|ip, _| policy.permits_ip(*ip));
+        let (perms, peers) = (&self.permissions, &mut self.channels_by_peer);
+        self.channels_by_number.retain(|_, c| {
+            let keep = policy.permits(c.peer) && perms.contains_key(&c.peer.ip());
+            if !keep {
+                peers.remove(&c.peer);
+            }
+            keep
+        });
+        (
+            before.0 - self.permissions.len(),
+            before.1 - self.channels_by_number.len(),
+        )
     }
 
     /// The earliest instant something in this allocation expires.

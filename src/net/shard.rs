@@ -380,7 +380,7 @@ impl Shard {
                         shard = self.index,
                         input = what,
                         at = at.as_deref().unwrap_or("?"),
-                        message = panic_message(&*payload),
+                        panic = panic_message(&*payload),
                         suppressed,
                         "a panic while handling one input: dropped it, the shard goes on"
                     );

@@ -142,18 +142,15 @@ async fn reservation_token_gives_the_next_port() {
 async fn full_range_allocate_fails_fast() {
     const MIN: u16 = 22000;
     const MAX: u16 = 29999;
-    // Every port of the range taken by someone else (this test) on the relay address.
+    // Every port of the range taken on the relay address: by this test, or (a port it could
+    // not bind) by another process, which makes it just as unavailable to the server.
     let mut held = Vec::new();
     for p in MIN..=MAX {
         if let Ok(s) = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, p)) {
             held.push(s);
         }
     }
-    assert!(
-        held.len() > 7900,
-        "could take only {} ports of the range",
-        held.len()
-    );
+    assert!(!held.is_empty());
     let s = turnd::start(config((MIN, MAX))).unwrap();
     let mut client = UdpTurn::new(s.udp[0]).await;
     let (transport, even) = (udp_transport(), even_port_r());

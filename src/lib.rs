@@ -17,3 +17,7 @@ pub mod telemetry;
 
 pub use config::Config;
 pub use net::{start, Running};
+
+// Panic containment in the shards (ARCHITECTURE.md) catches unwinding panics.
+#[cfg(panic = "abort")]
+compile_error!("turnd needs panic = \"unwind\": shards contain panics with catch_unwind");

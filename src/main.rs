@@ -6,6 +6,8 @@
 //! - SIGTERM / SIGINT: refuse new allocations, wait up to `[server] drain_timeout` for the
 //!   live ones to end, then stop and exit 0.
 //! - systemd: READY=1 once every listener is bound, STOPPING=1, watchdog pings.
+//! - A shard thread or listener task that ends unexpectedly: log, stop, exit 70
+//!   ([`turnd::net::EXIT_SHARD_GONE`]) so that systemd (`Restart=on-failure`) restarts us.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -19,7 +21,7 @@ use turnd::systemd;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("turnd: {e:#}");
             ExitCode::FAILURE
@@ -27,11 +29,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli) -> anyhow::Result<()> {
+fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let config = cli::resolve(cli)?;
     if cli.check_config {
         println!("config OK: {}", cli::origin(&config));
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     turnd::telemetry::init(&config.log)?;
     if config.profile == Profile::Development {
@@ -45,13 +47,23 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     // `start` returns once every listener is bound; it logs each address.
     let running = turnd::start(config).context("cannot start")?;
     notify("READY=1\nSTATUS=serving");
-    let signal = signals.serve(cli, &running);
+    let Some(signal) = signals.serve(cli, &running) else {
+        // A shard is gone: the server is not whole, and a restart is the repair.
+        let gone = running.control.health().gone();
+        tracing::error!(
+            ?gone,
+            "a shard is gone; exiting so that the service is restarted"
+        );
+        notify("STOPPING=1\nSTATUS=a shard is gone");
+        running.stop();
+        return Ok(ExitCode::from(turnd::net::EXIT_SHARD_GONE));
+    };
     tracing::info!(signal, "shutting down");
     notify("STOPPING=1");
     drain(&running, drain_timeout);
     running.stop();
     tracing::info!("stopped");
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn notify(state: &str) {
@@ -138,17 +150,23 @@ impl Signals {
         Ok(Signals { rt, int, term, hup })
     }
 
-    /// Serve SIGHUP (reload) and watchdog pings until SIGINT or SIGTERM; return its name.
-    fn serve(&mut self, cli: &Cli, running: &turnd::Running) -> &'static str {
+    /// Serve SIGHUP (reload) and watchdog pings until SIGINT or SIGTERM (its name) or until
+    /// a shard is gone (`None`).
+    fn serve(&mut self, cli: &Cli, running: &turnd::Running) -> Option<&'static str> {
         let watchdog = systemd::watchdog_interval();
+        let health = running.control.health().clone();
         self.rt.block_on(async {
             let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+            let failed = health.failed();
+            tokio::pin!(failed);
             loop {
                 tokio::select! {
-                    _ = self.int.recv() => return "SIGINT",
-                    _ = self.term.recv() => return "SIGTERM",
+                    _ = self.int.recv() => return Some("SIGINT"),
+                    _ = self.term.recv() => return Some("SIGTERM"),
                     _ = self.hup.recv() => reload(cli, running),
-                    _ = ping.tick(), if watchdog.is_some() => notify("WATCHDOG=1"),
+                    _ = &mut failed => return None,
+                    // No watchdog ping once a shard is gone: systemd may restart us too.
+                    _ = ping.tick(), if watchdog.is_some() && health.is_whole() => notify("WATCHDOG=1"),
                 }
             }
         })

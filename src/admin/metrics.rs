@@ -22,6 +22,8 @@ pub const CHANNELS_ACTIVE: &str = "turnd_channels_active";
 pub const CONNECTIONS_ACTIVE: &str = "turnd_connections_active";
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "turnd_connections_refused_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "turnd_tls_handshake_failures_total";
+pub const ENGINE_PANICS_TOTAL: &str = "turnd_engine_panics_total";
+pub const RESERVATIONS_HELD: &str = "turnd_reservations_held";
 pub const SHARD_ALLOCATIONS: &str = "turnd_shard_allocations";
 pub const SHARD_RELAYED_PACKETS_TOTAL: &str = "turnd_shard_relayed_packets_total";
 
@@ -247,6 +249,26 @@ pub fn render(shards: &[ShardMetrics]) -> String {
         let r = why.as_str();
         let _ = writeln!(o, "{TLS_HANDSHAKE_FAILURES_TOTAL}{{reason=\"{r}\"}} {n}");
     }
+    describe(
+        o,
+        ENGINE_PANICS_TOTAL,
+        "counter",
+        "Inputs dropped because handling them panicked (the shard went on).",
+    );
+    let _ = writeln!(o, "{ENGINE_PANICS_TOTAL} {}", sum(&|s| s.engine_panics));
+    describe(
+        o,
+        RESERVATIONS_HELD,
+        "gauge",
+        "Relay ports held by EVEN-PORT reservations.",
+    );
+    // The table is shared: every shard reports the same number.
+    let held = shards
+        .iter()
+        .map(|s| s.reservations_held)
+        .max()
+        .unwrap_or(0);
+    let _ = writeln!(o, "{RESERVATIONS_HELD} {held}");
 
     describe(
         o,

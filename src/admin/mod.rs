@@ -1,7 +1,8 @@
 //! The operators' HTTP API (axum), bound to loopback by default:
 //!
 //! - `GET /metrics`: Prometheus text format ([`metrics`]).
-//! - `GET /healthz`: the process is alive. `GET /readyz`: listeners bound and not draining.
+//! - `GET /healthz`: 200 while every shard runs, 503 naming a shard whose thread or listener
+//!   task ended. `GET /readyz`: every shard runs and the server is not draining.
 //! - `GET /api/sessions[?user=U]`, `DELETE /api/sessions/{id}`,
 //!   `DELETE /api/users/{user}/sessions`: need `Authorization: Bearer <token>`; without a
 //!   configured token the session API is off.
@@ -49,7 +50,7 @@ pub async fn serve(
     };
     let app = Router::new()
         .route("/metrics", get(get_metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(get_health))
         .route("/readyz", get(get_ready))
         .route("/api/sessions", get(list_sessions))
         .route("/api/sessions/{id}", delete(kill_session))
@@ -113,8 +114,23 @@ async fn get_metrics(State(s): State<AdminState>, headers: HeaderMap) -> Respons
     }
 }
 
+/// 200 "ok" while every shard runs; 503 naming the shards that are gone.
+async fn get_health(State(s): State<AdminState>) -> Response {
+    let gone = s.control.health().gone();
+    if gone.is_empty() {
+        return "ok\n".into_response();
+    }
+    let mut text = String::new();
+    for (shard, what) in gone {
+        text.push_str(&format!("shard {shard} gone: {what}\n"));
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, text).into_response()
+}
+
 async fn get_ready(State(s): State<AdminState>) -> Response {
-    if s.control.is_draining() {
+    if !s.control.health().is_whole() {
+        (StatusCode::SERVICE_UNAVAILABLE, "a shard is gone\n").into_response()
+    } else if s.control.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
     } else {
         "ready\n".into_response()

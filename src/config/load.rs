@@ -352,6 +352,10 @@ fn apply(raw: RawConfig, c: &mut Config, base: &Path, problems: &mut Vec<Problem
             &mut pol.max_channels_per_allocation,
             p.max_channels_per_allocation,
         );
+        set(
+            &mut pol.max_reservations_per_user,
+            p.max_reservations_per_user,
+        );
     }
     if let Some(l) = raw.lifetimes {
         let lt = &mut c.lifetimes;
@@ -362,6 +366,7 @@ fn apply(raw: RawConfig, c: &mut Config, base: &Path, problems: &mut Vec<Problem
         set(&mut lt.allocation_max, l.allocation_max.map(|d| d.0));
         set(&mut lt.permission, l.permission.map(|d| d.0));
         set(&mut lt.channel, l.channel.map(|d| d.0));
+        set(&mut lt.reservation, l.reservation.map(|d| d.0));
     }
     if let Some(s) = raw.streams {
         let st = &mut c.streams;

@@ -223,6 +223,9 @@ pub struct Policy {
     pub max_allocations_per_user: usize,
     pub max_permissions_per_allocation: usize,
     pub max_channels_per_allocation: usize,
+    /// Ports held by EVEN-PORT's R bit per user (each also counts as an allocation of the
+    /// user's quota); 0 refuses R with 508.
+    pub max_reservations_per_user: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -231,6 +234,8 @@ pub struct Lifetimes {
     pub allocation_max: Duration,
     pub permission: Duration,
     pub channel: Duration,
+    /// How long a port reserved with EVEN-PORT's R bit is held (RFC 8656 §7.2: 30 s).
+    pub reservation: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,12 +296,14 @@ impl Config {
                 max_allocations_per_user: 100,
                 max_permissions_per_allocation: 64,
                 max_channels_per_allocation: 64,
+                max_reservations_per_user: 2,
             },
             lifetimes: Lifetimes {
                 allocation_default: Duration::from_secs(600),
                 allocation_max: Duration::from_secs(3600),
                 permission: Duration::from_secs(300),
                 channel: Duration::from_secs(600),
+                reservation: Duration::from_secs(30),
             },
             streams: Streams {
                 handshake_timeout: Duration::from_secs(10),

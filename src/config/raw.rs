@@ -202,6 +202,7 @@ pub struct RawPolicy {
     pub max_allocations_per_user: Option<usize>,
     pub max_permissions_per_allocation: Option<usize>,
     pub max_channels_per_allocation: Option<usize>,
+    pub max_reservations_per_user: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -211,6 +212,7 @@ pub struct RawLifetimes {
     pub allocation_max: Option<Dur>,
     pub permission: Option<Dur>,
     pub channel: Option<Dur>,
+    pub reservation: Option<Dur>,
 }
 
 /// Limits of TCP and TLS client connections.

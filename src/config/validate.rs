@@ -228,6 +228,7 @@ impl Config {
             ("lifetimes.allocation_max", l.allocation_max),
             ("lifetimes.permission", l.permission),
             ("lifetimes.channel", l.channel),
+            ("lifetimes.reservation", l.reservation),
         ] {
             if value.as_secs() == 0 {
                 p.push(Problem::new(

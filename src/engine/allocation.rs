@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use crate::auth::Key;
+use crate::policy::PeerPolicy;
 
 /// How many recent responses an allocation keeps for retransmitted requests.
 const RECENT_RESPONSES: usize = 8;
@@ -96,6 +97,26 @@ impl Allocation {
         });
     }
 
+    /// Remove the permissions and channels `policy` forbids (after a reload); returns how
+    /// many (permissions, channels). A channel goes when its peer is forbidden or its
+    /// peer's permission went.
+    pub fn retain_allowed(&mut self, policy: &dyn PeerPolicy) -> (usize, usize) {
+        let before = (self.permissions.len(), self.channels_by_number.len());
+        self.permissions.retain(|ip, _| policy.permits_ip(*ip));
+        let (perms, peers) = (&self.permissions, &mut self.channels_by_peer);
+        self.channels_by_number.retain(|_, c| {
+            let keep = policy.permits(c.peer) && perms.contains_key(&c.peer.ip());
+            if !keep {
+                peers.remove(&c.peer);
+            }
+            keep
+        });
+        (
+            before.0 - self.permissions.len(),
+            before.1 - self.channels_by_number.len(),
+        )
+    }
+
     /// The earliest instant something in this allocation expires.
     pub fn next_deadline(&self) -> Instant {
         let mut t = self.expires;
@@ -106,5 +127,68 @@ impl Allocation {
             t = t.min(c.expires);
         }
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Denies 10.0.0.0/8 and port 9.
+    struct Tight;
+    impl PeerPolicy for Tight {
+        fn permits(&self, peer: SocketAddr) -> bool {
+            peer.port() != 9 && self.permits_ip(peer.ip())
+        }
+        fn permits_ip(&self, ip: IpAddr) -> bool {
+            !matches!(ip, IpAddr::V4(v4) if v4.octets()[0] == 10)
+        }
+    }
+
+    #[test]
+    fn retain_allowed_removes_forbidden_permissions_and_their_channels() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(300);
+        let mut a = Allocation {
+            id: 1,
+            user: "u".into(),
+            key: [0; 16],
+            relays: vec![],
+            created: now,
+            expires: later,
+            wake_at: now,
+            permissions: Default::default(),
+            channels_by_number: Default::default(),
+            channels_by_peer: Default::default(),
+            stats: Counters::default(),
+            recent: vec![],
+        };
+        let peers: [SocketAddr; 3] = [
+            "10.1.2.3:5000".parse().unwrap(), // denied address
+            "198.18.0.1:9".parse().unwrap(),  // allowed address, denied port
+            "198.18.0.2:5000".parse().unwrap(),
+        ];
+        for (i, p) in peers.iter().enumerate() {
+            a.permissions.insert(p.ip(), later);
+            let n = 0x4000 + i as u16;
+            a.channels_by_number.insert(
+                n,
+                Channel {
+                    peer: *p,
+                    expires: later,
+                },
+            );
+            a.channels_by_peer.insert(*p, n);
+        }
+        assert_eq!(a.retain_allowed(&Tight), (1, 2));
+        assert!(!a.permitted(&peers[0].ip(), now));
+        assert!(
+            a.permitted(&peers[1].ip(), now),
+            "the address is still allowed"
+        );
+        assert_eq!(a.channels_by_number.len(), 1);
+        assert_eq!(a.channels_by_peer.get(&peers[2]), Some(&0x4002));
+        assert_eq!(a.retain_allowed(&Tight), (0, 0));
     }
 }

@@ -38,6 +38,24 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
+/// Injected faults for the containment tests; compiled only with the `fault-injection`
+/// feature, which only the test build enables (see Cargo.toml). Never in a release binary.
+#[cfg(feature = "fault-injection")]
+pub mod fault {
+    /// A client datagram starting with this makes the engine panic while handling it.
+    pub const PANIC: &[u8] = b"TURND-FAULT:engine-panic";
+    /// A client datagram starting with this ends the UDP listener task that read it.
+    pub const END_LISTENER: &[u8] = b"TURND-FAULT:end-listener";
+    /// A client datagram starting with this ends the shard thread that read it.
+    pub const END_SHARD: &[u8] = b"TURND-FAULT:end-shard";
+
+    pub(super) fn check(buf: &[u8]) {
+        if buf.starts_with(PANIC) {
+            panic!("injected engine fault");
+        }
+    }
+}
+
 pub use allocation::Allocation;
 pub use control::{CHANNEL_MAX, CHANNEL_MIN};
 pub use metrics::{EngineMetrics, MetricsSnapshot, SessionInfo};
@@ -248,9 +266,30 @@ impl Engine {
         self.draining = on;
     }
 
-    /// Swap credentials and policy (reload). Existing allocations keep their keys.
-    pub fn set_shared(&mut self, shared: Shared) {
+    /// Swap credentials and policy (reload). Existing allocations keep their keys; their
+    /// permissions and channels that the new peer policy forbids are removed, so that
+    /// ChannelData, Send and peer data all follow the new policy. Returns how many
+    /// (permissions, channels) were removed.
+    pub fn set_shared(&mut self, shared: Shared) -> (usize, usize) {
         self.shared = shared;
+        let policy = self.shared.policy.clone();
+        let (mut perms, mut chans) = (0, 0);
+        for a in self.allocations_by_client.values_mut() {
+            let (p, c) = a.retain_allowed(&*policy);
+            perms += p;
+            chans += c;
+        }
+        (perms, chans)
+    }
+
+    /// The user of `client`'s Allocate that waits for its relay sockets.
+    pub fn pending_user(&self, client: &ClientAddr) -> Option<&str> {
+        self.pending_by_client.get(client).map(|p| p.user.as_str())
+    }
+
+    /// The allocation quotas this engine counts against (shared by all shards).
+    pub fn quotas(&self) -> &Arc<Quotas> {
+        &self.shared.quotas
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -269,6 +308,8 @@ impl Engine {
 
     /// A datagram or framed message from a client. Returns where to relay data-path packets.
     pub fn handle_client(&mut self, now: Instant, from: ClientAddr, buf: &[u8]) -> Option<ToPeer> {
+        #[cfg(feature = "fault-injection")]
+        fault::check(buf);
         match buf.first()? >> 6 {
             0 => {
                 if buf.len() >= 20 && buf[0..2] == [0x00, 0x16] {

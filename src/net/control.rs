@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::health::Health;
+use super::relay::Reservations;
 use super::shard::{ShardMetrics, ShardRequest};
 use super::tls::ReloadableCert;
 use super::Stats;
@@ -33,6 +35,8 @@ pub struct Control {
     certificate: Option<Arc<ReloadableCert>>,
     current: Mutex<(Config, Shared)>,
     draining: AtomicBool,
+    reservations: Arc<Reservations>,
+    health: Arc<Health>,
 }
 
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
@@ -44,6 +48,8 @@ impl Control {
         certificate: Option<Arc<ReloadableCert>>,
         config: Config,
         shared: Shared,
+        reservations: Arc<Reservations>,
+        health: Arc<Health>,
     ) -> Self {
         Control {
             shards,
@@ -51,7 +57,14 @@ impl Control {
             certificate,
             current: Mutex::new((config, shared)),
             draining: AtomicBool::new(false),
+            reservations,
+            health,
         }
+    }
+
+    /// Which shards are gone (a thread or a listener task ended).
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 
     /// Ask every shard; shards that do not answer in time are left out.
@@ -126,7 +139,8 @@ impl Control {
     }
 
     /// Apply a new configuration without dropping allocations: users, REST secrets, peer
-    /// policy, quotas and the TLS certificate. On any error nothing changes.
+    /// policy, quotas and the TLS certificate. On any error nothing changes. Permissions
+    /// and channels the new peer policy forbids are removed (each shard logs how many).
     pub fn reload(&self, new: Config) -> anyhow::Result<ReloadReport> {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let (old, old_shared) = &*current;
@@ -152,6 +166,8 @@ impl Control {
             new.policy.max_allocations,
             new.policy.max_allocations_per_user,
         );
+        self.reservations
+            .set_per_user(new.policy.max_reservations_per_user);
         let shared = Shared {
             auth: Arc::new(Credentials::from_config(&new.auth, &old.realm)),
             policy: Arc::new(PeerFilter::new(&new.policy, self.own.clone())),

@@ -19,12 +19,14 @@ use crate::engine::{Engine, EngineConfig, Quotas, Shared, Transport};
 use crate::policy::PeerFilter;
 
 mod control;
+pub mod health;
 pub mod relay;
 mod shard;
 pub mod stream;
 pub mod tls;
 
 pub use control::{Control, ReloadReport};
+pub use health::{Health, EXIT_SHARD_GONE};
 pub use shard::ShardMetrics;
 use shard::ShardSetup;
 use stream::ConnLimits;
@@ -72,6 +74,7 @@ impl Running {
 
     /// Stop every shard and HTTP server, free every socket, and wait for the threads to end.
     pub fn stop(self) {
+        self.control.health().set_stopping();
         self.control.stop();
         self.http_shutdown.cancel();
         for handle in self.threads {
@@ -253,7 +256,14 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         config.streams.max_connections,
         config.streams.max_connections_per_ip,
     );
-    let reservations = Arc::new(relay::Reservations::new(config.policy.max_allocations));
+    let reservations = Arc::new(relay::Reservations::new(
+        config.policy.max_allocations,
+        config.policy.max_reservations_per_user,
+        config.lifetimes.reservation,
+        shared.quotas.clone(),
+    ));
+    let health = Health::new(workers);
+    health::install_panic_hook();
     let mut senders = Vec::new();
     let mut threads = Vec::new();
     for (i, (udp, tcp)) in udp.into_iter().zip(tcp).enumerate() {
@@ -268,10 +278,15 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             udp,
             tcp,
             tls: acceptor.clone(),
+            index: i,
+            health: health.clone(),
         };
+        let guard = health.guard(i, "shard thread");
         let handle = std::thread::Builder::new()
-            .name(format!("turnd-shard-{i}"))
+            .name(format!("{}{i}", health::SHARD_THREAD_PREFIX))
             .spawn(move || {
+                // Dropped when the thread ends, by return or by panic.
+                let _guard = guard;
                 if let Err(e) = shard::run(setup, rx) {
                     tracing::error!(shard = i, error = %e, "shard failed");
                 }
@@ -331,6 +346,8 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         certificate.clone(),
         config,
         shared,
+        reservations,
+        health,
     ));
     let http_shutdown = tokio_util::sync::CancellationToken::new();
     if let Some(listener) = admin {

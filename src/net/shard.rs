@@ -10,9 +10,10 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, Notify};
@@ -24,12 +25,23 @@ use crate::engine::{
     Shared, Transport, HEADROOM, TAILROOM,
 };
 
+use super::health::{panic_message, take_panic_location, Health, LogLimit};
 use super::relay::{bind_pair, bind_relay, Reservations};
 use super::stream::{accept_loop, Closed, ConnLimits, StreamConn};
 use super::tls::HandshakeFailure;
 
 /// Largest datagram we receive: a UDP payload is at most 65535 bytes.
 const MAX_DATAGRAM: usize = 65535;
+
+/// Datagrams one socket task handles per readiness wake-up before it yields, so that one
+/// flooded socket cannot starve the shard's other sockets, its timer and stop requests.
+pub const RECV_BATCH: usize = 64;
+
+/// At most one WARN line per this interval per shard and kind (panics, refused relays).
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How often the shared reservation table is swept for expired entries.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Requests from other threads (stats, admin, reload, stop).
 pub enum ShardRequest {
@@ -54,6 +66,10 @@ pub struct ShardMetrics {
     /// Failed TLS handshakes by reason (`HandshakeFailure::ALL` order).
     pub handshake_failures: [u64; HandshakeFailure::COUNT],
     pub connections_refused: u64,
+    /// Engine inputs dropped because handling them panicked.
+    pub engine_panics: u64,
+    /// Ports held by EVEN-PORT reservations (server-wide, the same in every shard).
+    pub reservations_held: u64,
 }
 
 struct RelaySocket {
@@ -75,6 +91,13 @@ pub struct Shard {
     pub(super) connections_refused: Cell<u64>,
     buf: RefCell<Box<[u8]>>,
     timer_changed: Notify,
+    index: usize,
+    health: Arc<Health>,
+    engine_panics: Cell<u64>,
+    panic_log: LogLimit,
+    refused_log: LogLimit,
+    #[cfg(feature = "fault-injection")]
+    fault_end_shard: Notify,
 }
 
 /// Everything a shard is started with; sockets are bound before the thread starts.
@@ -89,6 +112,8 @@ pub struct ShardSetup {
     /// TCP listener sockets with the transport they carry (TCP or TLS).
     pub tcp: Vec<(std::net::TcpListener, Transport)>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub index: usize,
+    pub health: Arc<Health>,
 }
 
 /// Run a shard on the current thread until it is asked to stop.
@@ -120,9 +145,23 @@ pub fn run(
             connections_refused: Cell::new(0),
             buf: RefCell::new(vec![0u8; HEADROOM + MAX_DATAGRAM + TAILROOM].into_boxed_slice()),
             timer_changed: Notify::new(),
+            index: setup.index,
+            health: setup.health,
+            engine_panics: Cell::new(0),
+            panic_log: LogLimit::new(LOG_INTERVAL),
+            refused_log: LogLimit::new(LOG_INTERVAL),
+            #[cfg(feature = "fault-injection")]
+            fault_end_shard: Notify::new(),
         });
+        // Each long-lived task holds a guard: if it ends while the server is not stopping,
+        // the shard is reported gone (readyz/healthz 503, the binary exits).
         for (addr, sock) in &shard.udp_listeners {
-            tokio::task::spawn_local(udp_listener(shard.clone(), *addr, sock.clone()));
+            let guard = shard.health.guard(shard.index, "UDP listener");
+            let task = udp_listener(shard.clone(), *addr, sock.clone());
+            tokio::task::spawn_local(async move {
+                let _guard = guard;
+                task.await
+            });
         }
         for (listener, transport) in setup.tcp {
             let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -131,11 +170,32 @@ pub fn run(
             } else {
                 None
             };
-            tokio::task::spawn_local(accept_loop(shard.clone(), listener, transport, tls));
+            let guard = shard.health.guard(shard.index, "stream accept loop");
+            let task = accept_loop(shard.clone(), listener, transport, tls);
+            tokio::task::spawn_local(async move {
+                let _guard = guard;
+                task.await
+            });
         }
-        tokio::task::spawn_local(timer(shard.clone()));
-        while let Some(req) = requests.recv().await {
-            if !shard.answer(req) {
+        for (what, task) in [
+            (
+                "timer",
+                Box::pin(timer(shard.clone()))
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+            ),
+            ("reservation sweeper", Box::pin(sweeper(shard.clone()))),
+        ] {
+            let guard = shard.health.guard(shard.index, what);
+            tokio::task::spawn_local(async move {
+                let _guard = guard;
+                task.await
+            });
+        }
+        while let Some(req) = next_request(&shard, &mut requests).await {
+            if !shard
+                .guarded("control request", || shard.answer(req))
+                .unwrap_or(true)
+            {
                 break;
             }
         }
@@ -157,13 +217,48 @@ fn send_now(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
     let _ = socket2::SockRef::from(sock).send_to(bytes, &to.into());
 }
 
+/// The next request from another thread. (With fault injection, an injected fault can end
+/// the shard thread here, outside any containment.)
+async fn next_request(
+    shard: &Rc<Shard>,
+    requests: &mut mpsc::UnboundedReceiver<ShardRequest>,
+) -> Option<ShardRequest> {
+    #[cfg(feature = "fault-injection")]
+    {
+        tokio::select! {
+            r = requests.recv() => r,
+            _ = shard.fault_end_shard.notified() => panic!("injected shard-thread fault"),
+        }
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        let _ = shard;
+        requests.recv().await
+    }
+}
+
+/// What a client datagram is, for the panic log: never its content.
+fn kind_of(buf: &[u8]) -> &'static str {
+    match buf {
+        [b0, ..] if b0 >> 6 == 1 => "ChannelData",
+        [0x00, 0x01, ..] => "Binding request",
+        [0x00, 0x03, ..] => "Allocate request",
+        [0x00, 0x04, ..] => "Refresh request",
+        [0x00, 0x08, ..] => "CreatePermission request",
+        [0x00, 0x09, ..] => "ChannelBind request",
+        [0x00, 0x16, ..] => "Send indication",
+        [b0, ..] if b0 >> 6 == 0 => "other STUN message",
+        _ => "other datagram",
+    }
+}
+
 async fn udp_listener(shard: Rc<Shard>, local: SocketAddr, sock: Rc<UdpSocket>) {
     loop {
         if sock.readable().await.is_err() {
             return;
         }
         let now = Instant::now();
-        loop {
+        for _ in 0..RECV_BATCH {
             let mut buf = shard.buf.borrow_mut();
             let (n, remote) = match sock.try_recv_from(&mut buf[..MAX_DATAGRAM]) {
                 Ok(r) => r,
@@ -171,20 +266,34 @@ async fn udp_listener(shard: Rc<Shard>, local: SocketAddr, sock: Rc<UdpSocket>) 
                 // concern one packet; readiness stays set, so the next wake-up goes on.
                 Err(_) => break,
             };
+            #[cfg(feature = "fault-injection")]
+            {
+                use crate::engine::fault;
+                if buf[..n].starts_with(fault::END_LISTENER) {
+                    return;
+                }
+                if buf[..n].starts_with(fault::END_SHARD) {
+                    shard.fault_end_shard.notify_one();
+                }
+            }
             let from = ClientAddr {
                 transport: Transport::Udp,
                 remote,
                 local,
             };
-            let mut engine = shard.engine.borrow_mut();
-            if let Some(out) = engine.handle_client(now, from, &buf[..n]) {
-                if let Some(r) = shard.relays.borrow().get(&out.relay) {
-                    send_now(&r.socket, &buf[out.range], out.peer);
+            let packet = &buf[..n];
+            shard.guarded(kind_of(packet), || {
+                let mut engine = shard.engine.borrow_mut();
+                if let Some(out) = engine.handle_client(now, from, packet) {
+                    if let Some(r) = shard.relays.borrow().get(&out.relay) {
+                        send_now(&r.socket, &packet[out.range], out.peer);
+                    }
                 }
-            }
-            drop(buf);
-            shard.drain(&mut engine, now);
+                shard.drain(&mut engine, now);
+            });
         }
+        // Let the shard's other sockets, its timer and its requests run.
+        tokio::task::yield_now().await;
     }
 }
 
@@ -200,16 +309,32 @@ async fn relay_reader(
             return;
         }
         let now = Instant::now();
-        loop {
+        for _ in 0..RECV_BATCH {
             let mut buf = shard.buf.borrow_mut();
             let (n, peer) = match sock.try_recv_from(&mut buf[HEADROOM..HEADROOM + MAX_DATAGRAM]) {
                 Ok(r) => r,
                 Err(_) => break,
             };
-            let mut engine = shard.engine.borrow_mut();
-            if let Some(out) = engine.handle_peer(now, client, bound, peer, &mut buf, n) {
-                shard.send_to_client(out.client, &buf[out.range]);
-            }
+            shard.guarded("peer datagram", || {
+                let mut engine = shard.engine.borrow_mut();
+                if let Some(out) = engine.handle_peer(now, client, bound, peer, &mut buf, n) {
+                    shard.send_to_client(out.client, &buf[out.range]);
+                }
+            });
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Drop expired EVEN-PORT reservations (shared by all shards; any shard's sweep frees them).
+async fn sweeper(shard: Rc<Shard>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let n = shard.reservations.sweep(Instant::now());
+        if n > 0 {
+            tracing::debug!(expired = n, "port reservations expired");
         }
     }
 }
@@ -226,9 +351,15 @@ async fn timer(shard: Rc<Shard>) {
         tokio::select! {
             _ = sleep => {
                 let now = Instant::now();
-                let mut engine = shard.engine.borrow_mut();
-                engine.handle_timeout(now);
-                shard.drain(&mut engine, now);
+                let done = shard.guarded("timer", || {
+                    let mut engine = shard.engine.borrow_mut();
+                    engine.handle_timeout(now);
+                    shard.drain(&mut engine, now);
+                });
+                if done.is_none() {
+                    // A deadline whose handling panics may still be due: never spin on it.
+                    tokio::task::yield_now().await;
+                }
             }
             _ = shard.timer_changed.notified() => {}
         }
@@ -236,6 +367,35 @@ async fn timer(shard: Rc<Shard>) {
 }
 
 impl Shard {
+    /// Run one engine step, containing a panic: the input is dropped, counted
+    /// (`turnd_engine_panics_total`) and logged at most once per interval with `what` it
+    /// was and where it panicked, never its content. `None` when it panicked.
+    ///
+    /// The engine stays usable: a `RefCell` is released by unwinding, not poisoned. What
+    /// the panicking step had half done stays half done (e.g. a quota slot taken for an
+    /// Allocate that never completes, a timer entry for an allocation already gone, queued
+    /// answers not sent); other allocations are untouched.
+    pub(super) fn guarded<T>(&self, what: &'static str, step: impl FnOnce() -> T) -> Option<T> {
+        match catch_unwind(AssertUnwindSafe(step)) {
+            Ok(v) => Some(v),
+            Err(payload) => {
+                self.engine_panics.set(self.engine_panics.get() + 1);
+                let at = take_panic_location();
+                if let Some(suppressed) = self.panic_log.allow(Instant::now()) {
+                    tracing::error!(
+                        shard = self.index,
+                        input = what,
+                        at = at.as_deref().unwrap_or("?"),
+                        panic = panic_message(&*payload),
+                        suppressed,
+                        "a panic while handling one input: dropped it, the shard goes on"
+                    );
+                }
+                None
+            }
+        }
+    }
+
     /// Serve one request from another thread; false means: stop.
     fn answer(self: &Rc<Self>, req: ShardRequest) -> bool {
         let now = Instant::now();
@@ -251,6 +411,8 @@ impl Shard {
                     streams_open: [count(Transport::Tcp), count(Transport::Tls)],
                     handshake_failures: self.handshake_failures.each_ref().map(Cell::get),
                     connections_refused: self.connections_refused.get(),
+                    engine_panics: self.engine_panics.get(),
+                    reservations_held: self.reservations.len() as u64,
                 });
             }
             ShardRequest::Sessions(user, reply) => {
@@ -266,7 +428,17 @@ impl Shard {
                 let _ = reply.send(engine.kill_user(now, &user));
                 self.drain(&mut engine, now);
             }
-            ShardRequest::Reload(shared) => self.engine.borrow_mut().set_shared(shared),
+            ShardRequest::Reload(shared) => {
+                let (permissions, channels) = self.engine.borrow_mut().set_shared(shared);
+                if permissions + channels > 0 {
+                    tracing::info!(
+                        shard = self.index,
+                        permissions,
+                        channels,
+                        "reload: removed permissions and channels the new peer policy forbids"
+                    );
+                }
+            }
             ShardRequest::Drain => self.engine.borrow_mut().set_draining(true),
             ShardRequest::Stop => return false,
         }
@@ -305,10 +477,18 @@ impl Shard {
             } => {
                 let bound = families
                     .iter()
-                    .map(|f| match self.open_relay(client, *f, port, now) {
+                    .map(|f| match self.open_relay(engine, client, *f, port, now) {
                         Ok(a) => Some(a),
                         Err(e) => {
-                            tracing::warn!(error = %e, family = ?f, "cannot bind a relay socket");
+                            // An attacker can make every Allocate fail: one line per interval.
+                            if let Some(suppressed) = self.refused_log.allow(now) {
+                                tracing::warn!(
+                                    error = %e,
+                                    family = ?f,
+                                    suppressed,
+                                    "cannot bind a relay socket (508)"
+                                );
+                            }
                             None
                         }
                     })
@@ -330,6 +510,7 @@ impl Shard {
 
     fn open_relay(
         self: &Rc<Self>,
+        engine: &Engine,
         client: ClientAddr,
         family: Family,
         port: PortChoice,
@@ -339,10 +520,15 @@ impl Shard {
             PortChoice::Any => bind_relay(&self.relay_cfg, family, false)?,
             PortChoice::Even => bind_relay(&self.relay_cfg, family, true)?,
             PortChoice::EvenReserveNext(token) => {
+                let user = engine
+                    .pending_user(&client)
+                    .ok_or_else(|| io::Error::other("no pending Allocate"))?;
+                // Refuse before binding anything: a user at the cap costs no bind calls.
+                self.reservations.admits(user).map_err(io::Error::other)?;
                 let (even, odd) = bind_pair(&self.relay_cfg, family)?;
-                if !self.reservations.hold(token, odd, now) {
-                    return Err(io::Error::other("too many port reservations"));
-                }
+                self.reservations
+                    .hold(token, odd, user, now)
+                    .map_err(io::Error::other)?;
                 even
             }
             PortChoice::Reserved(token) => {
@@ -382,12 +568,14 @@ impl Shard {
     /// One complete frame from a stream client.
     pub(super) fn on_client_frame(self: &Rc<Self>, client: ClientAddr, frame: &[u8]) {
         let now = Instant::now();
-        let mut engine = self.engine.borrow_mut();
-        if let Some(out) = engine.handle_client(now, client, frame) {
-            if let Some(r) = self.relays.borrow().get(&out.relay) {
-                send_now(&r.socket, &frame[out.range], out.peer);
+        self.guarded(kind_of(frame), || {
+            let mut engine = self.engine.borrow_mut();
+            if let Some(out) = engine.handle_client(now, client, frame) {
+                if let Some(r) = self.relays.borrow().get(&out.relay) {
+                    send_now(&r.socket, &frame[out.range], out.peer);
+                }
             }
-        }
-        self.drain(&mut engine, now);
+            self.drain(&mut engine, now);
+        });
     }
 }

@@ -31,7 +31,8 @@ pub mod metrics;
 struct AdminState {
     control: Arc<Control>,
     token: Option<Arc<str>>,
-    /// Off-loopback listeners require the token for every route but `/healthz`.
+    /// Off-loopback listeners require the token for every route but the probes (`/healthz`,
+    /// `/readyz`: up or down only, for load balancers and kubelets).
     token_for_all: bool,
 }
 

@@ -24,44 +24,87 @@ pub trait PeerPolicy: Send + Sync {
     fn permits_ip(&self, ip: IpAddr) -> bool;
 }
 
-/// The special-purpose networks denied by default. IPv4-mapped, IPv4-compatible, NAT64
-/// (64:ff9b::/96), 6to4 and Teredo forms are not listed: [`canonical`] maps them to IPv4 first.
-const DEFAULT_DENY: [&str; 22] = [
-    "0.0.0.0/8",       // "this network", includes 0.0.0.0 (CVE-2020-26262)
-    "127.0.0.0/8",     // loopback
-    "10.0.0.0/8",      // RFC 1918
-    "100.64.0.0/10",   // shared address space (CGNAT), RFC 6598
-    "169.254.0.0/16",  // link local, cloud metadata (169.254.169.254)
-    "172.16.0.0/12",   // RFC 1918
-    "192.0.0.0/24",    // IETF protocol assignments, RFC 6890
-    "192.0.2.0/24",    // TEST-NET-1, RFC 5737
-    "192.168.0.0/16",  // RFC 1918
-    "198.18.0.0/15",   // benchmarking, RFC 2544
-    "198.51.100.0/24", // TEST-NET-2
-    "203.0.113.0/24",  // TEST-NET-3
-    "224.0.0.0/4",     // multicast
-    "240.0.0.0/4",     // reserved, includes 255.255.255.255
-    "::/128",          // unspecified (CVE-2020-26262)
-    "::1/128",         // loopback
-    "fe80::/10",       // link local
-    "fc00::/7",        // unique local, includes fd00:ec2::254 (AWS metadata)
-    "fec0::/10",       // deprecated site local
-    "ff00::/8",        // multicast
-    "2001:db8::/32",   // documentation, RFC 3849
-    "64:ff9b:1::/48",  // local-use NAT64, RFC 8215
+/// One entry of the built-in deny list: the network, the RFC that reserves it, and why it is
+/// not a peer a relay should reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reserved {
+    pub net: &'static str,
+    pub rfc: &'static str,
+    pub note: &'static str,
+}
+
+const fn r(net: &'static str, rfc: &'static str, note: &'static str) -> Reserved {
+    Reserved { net, rfc, note }
+}
+
+/// The special-purpose networks denied by default (the IANA IPv4 and IPv6 special-purpose
+/// registries, less the globally reachable entries), one table with the RFC of each.
+/// IPv4-mapped, IPv4-compatible, SIIT, NAT64 (64:ff9b::/96), 6to4 and Teredo forms are not
+/// listed: [`canonical`] maps them to IPv4 first.
+pub const DEFAULT_DENY: &[Reserved] = &[
+    r(
+        "0.0.0.0/8",
+        "RFC 791",
+        "\"this network\", includes 0.0.0.0 (CVE-2020-26262)",
+    ),
+    r("10.0.0.0/8", "RFC 1918", "private"),
+    r("100.64.0.0/10", "RFC 6598", "shared address space (CGNAT)"),
+    r("127.0.0.0/8", "RFC 1122", "loopback"),
+    r(
+        "169.254.0.0/16",
+        "RFC 3927",
+        "link local, cloud metadata (169.254.169.254)",
+    ),
+    r("172.16.0.0/12", "RFC 1918", "private"),
+    r("192.0.0.0/24", "RFC 6890", "IETF protocol assignments"),
+    r("192.0.2.0/24", "RFC 5737", "TEST-NET-1"),
+    r(
+        "192.88.99.0/24",
+        "RFC 7526",
+        "deprecated 6to4 relay anycast",
+    ),
+    r("192.168.0.0/16", "RFC 1918", "private"),
+    r("198.18.0.0/15", "RFC 2544", "benchmarking"),
+    r("198.51.100.0/24", "RFC 5737", "TEST-NET-2"),
+    r("203.0.113.0/24", "RFC 5737", "TEST-NET-3"),
+    r("224.0.0.0/4", "RFC 5771", "multicast"),
+    r(
+        "240.0.0.0/4",
+        "RFC 1112",
+        "reserved, includes 255.255.255.255 (RFC 919)",
+    ),
+    r("::/128", "RFC 4291", "unspecified (CVE-2020-26262)"),
+    r("::1/128", "RFC 4291", "loopback"),
+    r("64:ff9b:1::/48", "RFC 8215", "local-use NAT64"),
+    r("100::/64", "RFC 6666", "discard-only"),
+    r("2001:2::/48", "RFC 5180", "benchmarking"),
+    r("2001:10::/28", "RFC 4843", "ORCHID (deprecated)"),
+    r("2001:20::/28", "RFC 7343", "ORCHIDv2"),
+    r("2001:db8::/32", "RFC 3849", "documentation"),
+    r("3fff::/20", "RFC 9637", "documentation"),
+    r("5f00::/16", "RFC 9602", "SRv6 SIDs"),
+    r(
+        "fc00::/7",
+        "RFC 4193",
+        "unique local, includes fd00:ec2::254 (AWS metadata)",
+    ),
+    r("fe80::/10", "RFC 4291", "link local"),
+    r("fec0::/10", "RFC 3879", "deprecated site local"),
+    r("ff00::/8", "RFC 4291", "multicast"),
 ];
 
-/// The built-in special-purpose deny list (SECURITY.md).
+/// The built-in special-purpose deny list (SECURITY.md), in [`DEFAULT_DENY`] order.
 pub fn default_deny_list() -> Vec<IpNet> {
     DEFAULT_DENY
         .iter()
-        // Invariant: the constants above are valid CIDR (checked by a unit test).
-        .map(|net| net.parse().expect("built-in deny list is valid CIDR"))
+        // Invariant: the table holds valid CIDR (checked by a unit test).
+        .map(|e| e.net.parse().expect("built-in deny list is valid CIDR"))
         .collect()
 }
 
-/// Map IPv4-mapped, IPv4-compatible, NAT64 (64:ff9b::/96), 6to4 (2002::/16) and Teredo
-/// (2001::/32) forms to the IPv4 address they carry; other addresses are returned unchanged.
+/// Map IPv4-mapped, IPv4-compatible, SIIT (::ffff:0:0/96), NAT64 (64:ff9b::/96), 6to4
+/// (2002::/16) and Teredo (2001::/32) forms to the IPv4 address they carry; other addresses
+/// are returned unchanged.
 pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
@@ -81,6 +124,10 @@ fn embedded_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     if o[..12] == [0; 12] {
         // ::a.b.c.d, deprecated IPv4-compatible (RFC 4291 §2.5.5.1); :: and ::1 are themselves.
         return (u32::from(low32) > 1).then_some(low32);
+    }
+    if seg[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        // ::ffff:0:a.b.c.d, SIIT's IPv4-translated form (RFC 2765 §2.1)
+        return Some(low32);
     }
     if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         // NAT64 well-known prefix (RFC 6052 §2.1)

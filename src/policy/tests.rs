@@ -36,8 +36,19 @@ fn samples(net: IpNet) -> [IpAddr; 3] {
 }
 
 #[test]
-fn default_deny_list_is_the_documented_list() {
-    let expected = [
+fn default_deny_table_is_valid_and_cites_an_rfc_per_entry() {
+    let nets = default_deny_list();
+    assert_eq!(nets.len(), DEFAULT_DENY.len());
+    for (e, net) in DEFAULT_DENY.iter().zip(&nets) {
+        assert_eq!(net.to_string(), e.net, "{} is written canonically", e.net);
+        assert_eq!(net.trunc(), *net, "{} is prefix-aligned", e.net);
+        assert!(
+            e.rfc.starts_with("RFC ") && e.rfc[4..].parse::<u32>().is_ok(),
+            "{e:?}"
+        );
+        assert!(!e.note.is_empty(), "{e:?}");
+    }
+    for documented in [
         "0.0.0.0/8",
         "127.0.0.0/8",
         "10.0.0.0/8",
@@ -46,6 +57,7 @@ fn default_deny_list_is_the_documented_list() {
         "172.16.0.0/12",
         "192.0.0.0/24",
         "192.0.2.0/24",
+        "192.88.99.0/24",
         "192.168.0.0/16",
         "198.18.0.0/15",
         "198.51.100.0/24",
@@ -60,9 +72,16 @@ fn default_deny_list_is_the_documented_list() {
         "ff00::/8",
         "2001:db8::/32",
         "64:ff9b:1::/48",
-    ];
-    let expected: Vec<IpNet> = expected.iter().map(|n| n.parse().unwrap()).collect();
-    assert_eq!(default_deny_list(), expected);
+        "3fff::/20",
+        "2001:2::/48",
+        "100::/64",
+        "2001:10::/28",
+        "2001:20::/28",
+        "5f00::/16",
+    ] {
+        let net: IpNet = documented.parse().unwrap();
+        assert!(nets.contains(&net), "{documented} missing from the table");
+    }
 }
 
 #[test]
@@ -311,4 +330,57 @@ fn permits_ip_applies_allow_and_deny_lists_only() {
             assert_eq!(f.permits_ip(addr), allowed, "{addr} in {net}");
         }
     }
+}
+
+/// Issue 10 item 14: special-purpose ranges the default list missed, one sample each.
+#[test]
+fn special_purpose_ranges_added_in_issue_10_are_denied() {
+    let f = filter(&[], &[], &[]);
+    for peer in [
+        "[3fff::1]:5000",            // documentation, RFC 9637
+        "[3fff:fff:ffff::1]:5000",   // the end of 3fff::/20
+        "[2001:2::1]:5000",          // benchmarking, RFC 5180
+        "[2001:2:0:ffff::1]:5000",   // the end of 2001:2::/48
+        "[100::1]:5000",             // discard-only, RFC 6666
+        "[2001:10::1]:5000",         // ORCHID, RFC 4843
+        "[2001:1f:ffff::1]:5000",    // the end of 2001:10::/28
+        "[2001:20::1]:5000",         // ORCHIDv2, RFC 7343
+        "[2001:2f:ffff::1]:5000",    // the end of 2001:20::/28
+        "[5f00::1]:5000",            // SRv6 SIDs, RFC 9602
+        "192.88.99.1:5000",          // 6to4 relay anycast, RFC 7526
+        "[::ffff:192.88.99.1]:5000", // the same, IPv4-mapped
+    ] {
+        assert!(!f.permits(sa(peer)), "{peer}");
+        assert!(!f.permits_ip(sa(peer).ip()), "{peer}");
+    }
+    // Neighbours of the new ranges stay reachable.
+    for peer in [
+        "[3fff:1000::1]:5000",
+        "[2001:3::1]:5000",
+        "[100:0:0:1::1]:5000",
+        "[2001:30::1]:5000",
+        "[5f01::1]:5000",
+        "192.88.100.1:5000",
+    ] {
+        assert!(f.permits(sa(peer)), "{peer}");
+    }
+}
+
+/// SIIT's IPv4-translated form `::ffff:0:a.b.c.d` (RFC 2765 §2.1) carries an IPv4 address too.
+#[test]
+fn siit_translated_form_is_canonicalised() {
+    assert_eq!(canonical(ip("::ffff:0:a9fe:a9fe")), ip("169.254.169.254"));
+    assert_eq!(canonical(ip("::ffff:0:7f00:1")), ip("127.0.0.1"));
+    assert_eq!(canonical(ip("::ffff:0:808:808")), ip("8.8.8.8"));
+    let f = filter(&[], &[], &[]);
+    for peer in [
+        "[::ffff:0:a9fe:a9fe]:80",
+        "[::ffff:0:7f00:1]:5000",
+        "[::ffff:0:a01:203]:5000",
+        "[::ffff:0:0:0]:5000",
+    ] {
+        assert!(!f.permits(sa(peer)), "{peer}");
+        assert!(!f.permits_ip(sa(peer).ip()), "{peer}");
+    }
+    assert!(f.permits(sa("[::ffff:0:808:808]:53")));
 }

@@ -475,7 +475,10 @@ impl Engine {
         if peers.iter().any(|p| !a.has_family_of(p)) {
             return Err(443);
         }
-        if peers.iter().any(|p| !self.shared.policy.permits_ip(p.ip())) {
+        if peers
+            .iter()
+            .any(|p| !self.shared.policy.permits_permission(*p))
+        {
             return Err(403);
         }
         Ok(peers)

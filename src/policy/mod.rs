@@ -5,12 +5,13 @@
 //! lists and the server's own addresses.
 //!
 //! CONTRACT (used by the engine; keep these signatures): [`PeerPolicy::permits`] is called on
-//! ChannelBind and Send, and on data from peers; [`PeerPolicy::permits_ip`] on
-//! CreatePermission, whose peer port is meaningless. `permits_ip` applies only the allow and
-//! deny lists; the per-port checks (port 0, the server's own addresses) happen in `permits`,
-//! on every datagram. Neither allocates: the lists are split by family, aggregated and checked
+//! ChannelBind and Send, and on data from peers; [`PeerPolicy::permits_permission`] on
+//! CreatePermission, whose peer port only matters for the server's own IPs.
+//! [`PeerPolicy::permits_ip`] applies only the allow and deny lists; the per-port checks
+//! (port 0, the server's own addresses) happen in `permits`, on every datagram. Neither allocates: the lists are split by family, aggregated and checked
 //! with a short linear scan.
 
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -22,6 +23,12 @@ pub trait PeerPolicy: Send + Sync {
     fn permits(&self, peer: SocketAddr) -> bool;
     /// May a permission be installed for `ip` (CreatePermission has no meaningful port)?
     fn permits_ip(&self, ip: IpAddr) -> bool;
+    /// May CreatePermission install a permission for `peer`? The permission is for the IP;
+    /// the port is looked at only to refuse the server's own IPs outside the relay range
+    /// (datagrams are checked per port by [`PeerPolicy::permits`] anyway).
+    fn permits_permission(&self, peer: SocketAddr) -> bool {
+        self.permits_ip(peer.ip())
+    }
 }
 
 /// One entry of the built-in deny list: the network, the RFC that reserves it, and why it is
@@ -185,18 +192,25 @@ fn mapped_ipv4_net(net: Ipv6Net) -> Option<Ipv4Net> {
     Ipv4Net::new(v4, prefix).ok()
 }
 
-/// Allow list > deny list (built-in + configured) > allowed. The server's own listener
-/// addresses are always denied (no relay loops), and peer port 0 is refused.
+/// Allow list > deny list (built-in + configured) > allowed, with two rules on top that the
+/// allow list does not lift: the server's listener addresses are always denied (no relay
+/// loops) and peer port 0 is refused. The server's own IPs (interfaces, relay and external
+/// addresses, see [`PeerFilter::for_server`]) are denied on every port outside the relay
+/// port range, so relay-to-relay calls keep working; only an allow-list entry naming that
+/// very address (/32 or /128) lifts this.
 #[derive(Debug, Clone)]
 pub struct PeerFilter {
     allow: NetSet,
     deny: NetSet,
+    /// Host entries (/32, /128) of the allow list, canonicalised: they lift the own-IP rule.
+    allow_hosts: Vec<IpAddr>,
     /// Own addresses with a concrete IP, canonicalised.
     own: Vec<SocketAddr>,
     /// Ports of own addresses bound to 0.0.0.0 or [::]: denied on every IP.
     own_wildcard_ports: Vec<u16>,
-    /// Relay IPs (canonicalised) with the relay port range: every port in it is denied.
-    own_relays: Vec<(IpAddr, config::PortRange)>,
+    /// The server's own IPs (canonicalised, no loopback): denied outside `relay_ports`.
+    own_ips: Vec<IpAddr>,
+    relay_ports: Option<config::PortRange>,
 }
 
 impl PeerFilter {
@@ -214,6 +228,14 @@ impl PeerFilter {
         own.dedup();
         own_wildcard_ports.sort_unstable();
         own_wildcard_ports.dedup();
+        let mut allow_hosts: Vec<IpAddr> = policy
+            .allow_peers
+            .iter()
+            .filter(|n| n.prefix_len() == n.max_prefix_len())
+            .map(|n| canonical(n.addr()))
+            .collect();
+        allow_hosts.sort_unstable();
+        allow_hosts.dedup();
         PeerFilter {
             allow: NetSet::new(policy.allow_peers.iter().copied()),
             deny: NetSet::new(
@@ -221,42 +243,79 @@ impl PeerFilter {
                     .into_iter()
                     .chain(policy.deny_peers.iter().copied()),
             ),
+            allow_hosts,
             own,
             own_wildcard_ports,
-            own_relays: Vec::new(),
+            own_ips: Vec::new(),
+            relay_ports: None,
         }
     }
 
-    /// Also deny every port of `ports` on each of `relay_ips` (the addresses relays are bound
-    /// to or advertised as), so one allocation cannot relay into another. An unspecified IP
-    /// is skipped: it cannot name the server from outside (pass the advertised addresses), and
-    /// matching it against every IP would refuse most peers. Loopback and private relay
-    /// addresses are denied by the default list anyway.
-    pub fn with_relay_ports(mut self, relay_ips: &[IpAddr], ports: config::PortRange) -> Self {
-        for ip in relay_ips.iter().filter(|ip| !ip.is_unspecified()) {
-            self.own_relays.push((canonical(*ip), ports));
+    /// The filter a server uses: the configured policy, its bound `listeners`, and as own
+    /// IPs every local interface address, the relay addresses and both sides of every
+    /// `relay.external` mapping. Called at start and on every reload, so addresses added
+    /// since are picked up. Fails when the interfaces cannot be listed (closed, not open).
+    pub fn for_server(config: &config::Config, listeners: &[SocketAddr]) -> io::Result<Self> {
+        let mut ips = interface_addresses()?;
+        ips.extend(config.relay.ipv4.map(IpAddr::V4));
+        ips.extend(config.relay.ipv6.map(IpAddr::V6));
+        for m in &config.relay.external {
+            ips.extend([m.public, m.private]);
         }
+        ips.extend(listeners.iter().map(SocketAddr::ip));
+        Ok(PeerFilter::new(&config.policy, listeners.to_vec())
+            .with_own_ips(ips, config.relay.ports))
+    }
+
+    /// Deny `ips` on every port outside `relay_ports` (relay to relay stays possible).
+    /// Unspecified addresses are skipped (they cannot name the server from outside; the
+    /// interfaces do), and so is loopback: it is in the default deny list, and allowing it
+    /// (as the development profile does) is an explicit choice to reach local services.
+    pub fn with_own_ips(
+        mut self,
+        ips: impl IntoIterator<Item = IpAddr>,
+        relay_ports: config::PortRange,
+    ) -> Self {
+        for ip in ips {
+            let ip = canonical(ip);
+            if !ip.is_unspecified() && !ip.is_loopback() && !self.own_ips.contains(&ip) {
+                self.own_ips.push(ip);
+            }
+        }
+        self.own_ips.sort_unstable();
+        self.relay_ports = Some(relay_ports);
         self
     }
 
-    /// Is `ip:port` (ip canonical) one of the server's own addresses?
-    fn is_own(&self, ip: IpAddr, port: u16) -> bool {
+    /// The server's own IPs this filter knows (canonical), for logs and tests.
+    pub fn own_ips(&self) -> &[IpAddr] {
+        &self.own_ips
+    }
+
+    /// Is `ip:port` (ip canonical) one of the server's listener addresses?
+    fn is_listener(&self, ip: IpAddr, port: u16) -> bool {
         self.own_wildcard_ports.contains(&port)
             || self
                 .own
                 .iter()
                 .any(|own| own.ip() == ip && own.port() == port)
-            || self
-                .own_relays
-                .iter()
-                .any(|(own, ports)| *own == ip && ports.contains(port))
+    }
+
+    /// Is `ip:port` (ip canonical) a port of one of the server's own IPs that is not a relay
+    /// port, and not lifted by an allow-list host entry?
+    fn is_own_service(&self, ip: IpAddr, port: u16) -> bool {
+        self.own_ips.contains(&ip)
+            && !self.relay_ports.is_some_and(|r| r.contains(port))
+            && !self.allow_hosts.contains(&ip)
     }
 }
 
 impl PeerPolicy for PeerFilter {
     fn permits(&self, peer: SocketAddr) -> bool {
+        let ip = canonical(peer.ip());
         peer.port() != 0
-            && !self.is_own(canonical(peer.ip()), peer.port())
+            && !self.is_listener(ip, peer.port())
+            && !self.is_own_service(ip, peer.port())
             && self.permits_ip(peer.ip())
     }
 
@@ -267,6 +326,25 @@ impl PeerPolicy for PeerFilter {
         }
         !(self.deny.contains(ip) || self.deny.contains(raw))
     }
+
+    fn permits_permission(&self, peer: SocketAddr) -> bool {
+        !self.is_own_service(canonical(peer.ip()), peer.port()) && self.permits_ip(peer.ip())
+    }
+}
+
+/// Every address of every local interface (getifaddrs), as the kernel reports them now.
+pub fn interface_addresses() -> io::Result<Vec<IpAddr>> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
+    Ok(addrs
+        .filter_map(|a| a.address)
+        .filter_map(|a| {
+            if let Some(v4) = a.as_sockaddr_in() {
+                Some(IpAddr::V4(Ipv4Addr::from(v4.ip())))
+            } else {
+                a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -243,18 +243,93 @@ fn own_mapped_listener_matches_ipv4_peer() {
     assert!(!f.permits(sa("8.8.4.4:3478")));
 }
 
+const RELAY_PORTS: PortRange = PortRange {
+    min: 49152,
+    max: 65535,
+};
+
 #[test]
-fn relay_ports_denied_on_relay_ips() {
-    let ports = PortRange {
-        min: 49152,
-        max: 65535,
-    };
-    let f = filter(&[], &[], &[]).with_relay_ports(&[ip("8.8.4.4"), ip("0.0.0.0")], ports);
-    assert!(!f.permits(sa("8.8.4.4:49152")));
-    assert!(!f.permits(sa("[::ffff:8.8.4.4]:65535")));
-    assert!(f.permits(sa("8.8.4.4:49151")));
-    // The unspecified relay IP is skipped rather than matching every peer.
-    assert!(f.permits(sa("8.8.8.8:50000")));
+fn own_ips_denied_on_every_port_but_the_relay_range() {
+    let f = filter(&[], &[], &["0.0.0.0:3478"]).with_own_ips(
+        [ip("8.8.4.4"), ip("2606:4700::1"), ip("0.0.0.0"), ip("::")],
+        RELAY_PORTS,
+    );
+    for peer in [
+        "8.8.4.4:5353",
+        "8.8.4.4:22",
+        "8.8.4.4:49151",
+        "[::ffff:8.8.4.4]:53",
+        "[::ffff:0:808:404]:53",
+        "[64:ff9b::808:404]:53",
+        "[2002:808:404::1]:53",
+        "[2606:4700::1]:443",
+        "8.8.4.4:3478",
+    ] {
+        assert!(!f.permits(sa(peer)), "{peer}");
+        assert!(!f.permits_permission(sa(peer)), "{peer}");
+    }
+    // Relay to relay: the relay port range stays reachable.
+    for peer in ["8.8.4.4:49152", "8.8.4.4:65535", "[2606:4700::1]:50000"] {
+        assert!(f.permits(sa(peer)), "{peer}");
+        assert!(f.permits_permission(sa(peer)), "{peer}");
+    }
+    // The unspecified addresses are skipped rather than matching every peer.
+    assert!(f.permits(sa("8.8.8.8:5353")));
+    assert!(f.permits(sa("[2606:4700:4700::1111]:53")));
+    // permits_ip is the lists only: the own-IP rule needs a port.
+    assert!(f.permits_ip(ip("8.8.4.4")));
+}
+
+#[test]
+fn allow_list_host_entry_lifts_the_own_ip_rule_but_a_range_does_not() {
+    let own = [ip("8.8.4.4"), ip("1.1.1.1")];
+    let f = filter(&["8.8.4.4/32", "1.1.1.0/24"], &[], &["8.8.4.4:3478"])
+        .with_own_ips(own, RELAY_PORTS);
+    assert!(f.permits(sa("8.8.4.4:5353")));
+    assert!(f.permits_permission(sa("8.8.4.4:5353")));
+    assert!(!f.permits(sa("8.8.4.4:3478")), "listeners stay denied");
+    assert!(!f.permits(sa("1.1.1.1:5353")), "a range does not lift it");
+    assert!(!f.permits_permission(sa("1.1.1.1:5353")));
+}
+
+#[test]
+fn loopback_own_ips_are_left_to_the_lists() {
+    // The development profile allows loopback peers; its loopback relays are not "own IPs".
+    let c = Config::development();
+    let f = PeerFilter::new(&c.policy, c.listen.udp.clone())
+        .with_own_ips([ip("127.0.0.1"), ip("::1")], c.relay.ports);
+    assert!(f.permits(sa("127.0.0.1:5000")));
+    assert!(f.permits(sa("[::1]:5000")));
+    assert!(!f.permits(sa("127.0.0.1:3478")));
+    assert!(f.own_ips().is_empty());
+}
+
+#[test]
+fn for_server_collects_interfaces_relays_and_both_sides_of_external() {
+    let mut c = Config::secure_default();
+    c.relay.ipv4 = Some("8.8.4.4".parse().unwrap());
+    c.relay.ipv6 = Some("2606:4700::1".parse().unwrap());
+    c.relay.external = vec![config::ExternalMapping {
+        public: ip("1.0.0.1"),
+        private: ip("8.8.4.4"),
+    }];
+    let f = PeerFilter::for_server(&c, &[sa("9.9.9.9:3478"), sa("0.0.0.0:3478")]).unwrap();
+    for own in ["8.8.4.4", "2606:4700::1", "1.0.0.1", "9.9.9.9"] {
+        assert!(f.own_ips().contains(&ip(own)), "{own}: {:?}", f.own_ips());
+        assert!(!f.permits(SocketAddr::new(ip(own), 5353)), "{own}");
+        assert!(f.permits(SocketAddr::new(ip(own), 50000)), "{own}");
+    }
+    // Every interface address (whatever this machine has) is in, loopback aside.
+    for a in interface_addresses().unwrap() {
+        let a = canonical(a);
+        assert_eq!(
+            f.own_ips().contains(&a),
+            !a.is_loopback() && !a.is_unspecified(),
+            "{a}"
+        );
+    }
+    assert!(!f.permits(sa("9.9.9.9:3478")));
+    assert!(f.permits(sa("8.8.8.8:5353")));
 }
 
 #[test]

@@ -136,6 +136,10 @@ impl Control {
             ..new.clone()
         };
         let policy = PeerFilter::for_server(&relay_in_effect, &self.own)?;
+        let budget_rates = (
+            new.auth.challenge_budget_per_sec,
+            new.auth.failure_budget_per_sec,
+        );
         if let (Some(cert), Some(files)) = (&self.certificate, &new.tls) {
             cert.reload(&files.cert, &files.key)?;
         }
@@ -163,11 +167,12 @@ impl Control {
             policy: Arc::new(policy),
             // The same nonce key: nonces handed out before the reload stay valid.
             nonces: old_shared.nonces.clone(),
-            budget: if old.auth.failure_budget_per_sec == new.auth.failure_budget_per_sec {
+            budget: if old_shared.budget.rates() == budget_rates {
                 old_shared.budget.clone()
             } else {
-                Arc::new(crate::auth::FailureBudget::new(
-                    new.auth.failure_budget_per_sec,
+                Arc::new(crate::auth::FailureBudget::split(
+                    budget_rates.0,
+                    budget_rates.1,
                 ))
             },
             quotas: old_shared.quotas.clone(),

@@ -229,7 +229,10 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         auth: Arc::new(Credentials::from_config(&config.auth, &config.realm)),
         policy: Arc::new(policy),
         nonces: Arc::new(NonceMint::new(rand::random())),
-        budget: Arc::new(FailureBudget::new(config.auth.failure_budget_per_sec)),
+        budget: Arc::new(FailureBudget::split(
+            config.auth.challenge_budget_per_sec,
+            config.auth.failure_budget_per_sec,
+        )),
         quotas: Arc::new(Quotas::new(
             config.policy.max_allocations,
             config.policy.max_allocations_per_user,

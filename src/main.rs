@@ -30,10 +30,16 @@ fn main() -> ExitCode {
 fn run(cli: &Cli) -> anyhow::Result<()> {
     let config = cli::resolve(cli)?;
     if cli.check_config {
+        for w in cli::warnings(&config) {
+            eprintln!("turnd: warning: {w}");
+        }
         println!("config OK: {}", cli::origin(&config));
         return Ok(());
     }
     turnd::telemetry::init(&config.log)?;
+    for w in cli::warnings(&config) {
+        tracing::warn!("{w}");
+    }
     if config.profile == Profile::Development {
         for line in cli::development_banner(&config) {
             tracing::warn!("{line}");

@@ -63,6 +63,31 @@ impl Config {
         }
     }
 
+    /// Settings that are valid but almost certainly not what the operator wants; `turnd
+    /// --check-config` prints them and turnd logs them at start.
+    pub fn warnings(&self) -> Vec<Problem> {
+        let mut w = Vec::new();
+        let r = &self.relay;
+        let mapped = |ip: std::net::IpAddr| r.external.iter().any(|m| m.private == ip);
+        for (key, ip) in [
+            ("relay.ipv4", r.ipv4.map(std::net::IpAddr::V4)),
+            ("relay.ipv6", r.ipv6.map(std::net::IpAddr::V6)),
+        ] {
+            if let Some(ip) = ip.filter(|ip| ip.is_unspecified() && !mapped(*ip)) {
+                w.push(Problem::new(
+                    key,
+                    format!(
+                        "relays bind {ip} and no relay.external mapping names it, so clients \
+                         are told {ip}:port as their relayed address, which nobody can reach: \
+                         set {key} to this host's address, or relay.external = \
+                         [\"PUBLIC={ip}\"]"
+                    ),
+                ));
+            }
+        }
+        w
+    }
+
     fn check_server(&self, p: &mut Vec<Problem>) {
         if self.realm.is_empty() {
             p.push(Problem::new(

@@ -223,7 +223,10 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         .copied()
         .collect();
     let policy = PeerFilter::for_server(&config, &own).context("cannot list own addresses")?;
-    tracing::info!(own_ips = ?policy.own_ips(), "own addresses denied as peers outside the relay ports");
+    tracing::info!(
+        own_ips = ?policy.own_ips(),
+        "own addresses: denied as peers outside the relay ports"
+    );
     let own_for_reload = own;
     let shared = Shared {
         auth: Arc::new(Credentials::from_config(&config.auth, &config.realm)),

@@ -169,6 +169,17 @@ impl FromStr for Secret {
     }
 }
 
+/// [`Config::warnings`] as lines naming the file and the key, for `--check-config` (stderr)
+/// and the start-up log.
+pub fn warnings(config: &Config) -> Vec<String> {
+    let origin = origin(config);
+    config
+        .warnings()
+        .into_iter()
+        .map(|w| format!("{origin}: {w}"))
+        .collect()
+}
+
 /// Where the merged configuration came from, for messages.
 pub fn origin(config: &Config) -> String {
     match &config.source {

@@ -32,10 +32,16 @@ fn main() -> ExitCode {
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let config = cli::resolve(cli)?;
     if cli.check_config {
+        for w in cli::warnings(&config) {
+            eprintln!("turnd: warning: {w}");
+        }
         println!("config OK: {}", cli::origin(&config));
         return Ok(ExitCode::SUCCESS);
     }
     turnd::telemetry::init(&config.log)?;
+    for w in cli::warnings(&config) {
+        tracing::warn!("{w}");
+    }
     if config.profile == Profile::Development {
         for line in cli::development_banner(&config) {
             tracing::warn!("{line}");

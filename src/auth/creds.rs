@@ -181,6 +181,7 @@ mod tests {
             rest_separator: ':',
             rest_max_skew: Duration::from_secs(60),
             nonce_lifetime: Duration::from_secs(600),
+            challenge_budget_per_sec: 50,
             failure_budget_per_sec: 50,
         }
     }

@@ -7,7 +7,8 @@
 //! CONTRACT (used by the engine; keep these signatures):
 //! - [`Authenticator::lookup`] returns the candidate integrity keys for a username.
 //! - [`NonceMint`] issues and checks stateless nonces bound to the client address.
-//! - [`FailureBudget`] rate-limits 401/438 answers per source IP (port ignored), fixed memory.
+//! - [`FailureBudget`] rate-limits answers to requests that did not authenticate per source
+//!   IP (port ignored), fixed memory: plain challenges and failed MESSAGE-INTEGRITY apart.
 
 /// The long-term key: MD5(username ":" realm ":" password).
 pub type Key = [u8; 16];

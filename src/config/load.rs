@@ -483,6 +483,10 @@ fn apply_auth(a: RawAuth, c: &mut Config, base: &Path, problems: &mut Vec<Proble
     set(&mut c.auth.rest_separator, a.rest_separator.map(|v| v.0));
     set(&mut c.auth.rest_max_skew, a.rest_max_skew.map(|v| v.0));
     set(&mut c.auth.nonce_lifetime, a.nonce_lifetime.map(|v| v.0));
+    set(
+        &mut c.auth.challenge_budget_per_sec,
+        a.challenge_budget_per_sec,
+    );
     set(&mut c.auth.failure_budget_per_sec, a.failure_budget_per_sec);
 }
 

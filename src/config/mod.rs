@@ -209,7 +209,11 @@ pub struct Auth {
     pub rest_max_skew: Duration,
     /// How long a nonce stays valid before 438.
     pub nonce_lifetime: Duration,
-    /// 401/438 responses allowed per source IP per second (burst: twice that); more are dropped.
+    /// Answers to requests without MESSAGE-INTEGRITY (the first 401, unauthenticated 400/420)
+    /// allowed per source IP per second (burst: twice that); more are dropped.
+    pub challenge_budget_per_sec: u32,
+    /// Answers to requests whose MESSAGE-INTEGRITY, nonce or user failed (401, 438, 400)
+    /// allowed per source IP per second (burst: twice that); more are dropped.
     pub failure_budget_per_sec: u32,
 }
 
@@ -287,6 +291,7 @@ impl Config {
                 rest_separator: ':',
                 rest_max_skew: Duration::from_secs(60),
                 nonce_lifetime: Duration::from_secs(600),
+                challenge_budget_per_sec: 200,
                 failure_budget_per_sec: 200,
             },
             policy: Policy {
@@ -359,6 +364,7 @@ impl Config {
             credential: Credential::Password(DEV_PASSWORD.into()),
         }];
         c.auth.secrets = vec![DEV_SECRET.into()];
+        c.auth.challenge_budget_per_sec = 1000;
         c.auth.failure_budget_per_sec = 1000;
         c.policy.allow_peers = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
         c.signaling.listen = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)));

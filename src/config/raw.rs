@@ -179,6 +179,7 @@ pub struct RawAuth {
     pub rest_separator: Option<Separator>,
     pub rest_max_skew: Option<Dur>,
     pub nonce_lifetime: Option<Dur>,
+    pub challenge_budget_per_sec: Option<u32>,
     pub failure_budget_per_sec: Option<u32>,
 }
 

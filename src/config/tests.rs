@@ -65,6 +65,7 @@ secrets = ["one", "two"]
 rest_separator = "-"
 rest_max_skew = "90s"
 nonce_lifetime = "5m"
+challenge_budget_per_sec = 30
 failure_budget_per_sec = 20
 
 [[auth.user]]
@@ -163,6 +164,7 @@ fn every_key_parses() {
     assert_eq!(c.auth.rest_separator, '-');
     assert_eq!(c.auth.rest_max_skew, Duration::from_secs(90));
     assert_eq!(c.auth.nonce_lifetime, Duration::from_secs(300));
+    assert_eq!(c.auth.challenge_budget_per_sec, 30);
     assert_eq!(c.auth.failure_budget_per_sec, 20);
     assert_eq!(c.policy.allow_peers, vec!["127.0.0.0/8".parse().unwrap()]);
     assert_eq!(
@@ -422,6 +424,18 @@ fn rules_between_keys_name_line_and_key() {
             "2: listen.tls: TLS listeners need [tls]",
         ),
         ("realm = \"\"\n", "1: realm: is empty"),
+        (
+            "realm = \"turn.example.org.\"\n",
+            "1: realm: is 17 bytes, longer than 16: every 401 carries it",
+        ),
+        (
+            "\nsoftware = \"ééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééé\"\n",
+            "2: software: is 130 bytes, longer than 127",
+        ),
+        (
+            "[auth]\nusers = [\"a:b\"]\nchallenge_budget_per_sec = 0\n",
+            "3: auth.challenge_budget_per_sec: must be at least 1",
+        ),
         (
             "[streams]\nidle_timeout = \"0s\"\n",
             "2: streams.idle_timeout: must be longer than 0s",

@@ -34,8 +34,15 @@ impl fmt::Display for Problem {
     }
 }
 
-/// RFC 8489 §14.9 and §14.14: REALM and SOFTWARE hold fewer than 128 characters.
-const MAX_TEXT_ATTRIBUTE_CHARS: usize = 127;
+/// SOFTWARE: RFC 8489 §14.14 allows fewer than 128 characters; we count bytes. It is only
+/// sent on answers to authenticated requests (`engine::control::reply`).
+const MAX_SOFTWARE_BYTES: usize = 127;
+
+/// REALM is in every 401, and a 401 must stay under 3x the request (amplification, issue 10
+/// item 9) for the smallest real first Allocate: 28 bytes (header and REQUESTED-TRANSPORT).
+/// The 401 is 20 (header) + 8 (ERROR-CODE, no reason) + 4 + REALM padded to 4 + 4 + 28
+/// (NONCE, 27 characters padded) = 64 + REALM bytes, which is under 84 for up to 16 bytes.
+pub const MAX_REALM_BYTES: usize = 16;
 
 impl Config {
     /// Every rule this configuration breaks; empty when it is usable.
@@ -56,26 +63,58 @@ impl Config {
         }
     }
 
+    /// Settings that are valid but almost certainly not what the operator wants; `turnd
+    /// --check-config` prints them and turnd logs them at start.
+    pub fn warnings(&self) -> Vec<Problem> {
+        let mut w = Vec::new();
+        let r = &self.relay;
+        let mapped = |ip: std::net::IpAddr| r.external.iter().any(|m| m.private == ip);
+        for (key, ip) in [
+            ("relay.ipv4", r.ipv4.map(std::net::IpAddr::V4)),
+            ("relay.ipv6", r.ipv6.map(std::net::IpAddr::V6)),
+        ] {
+            if let Some(ip) = ip.filter(|ip| ip.is_unspecified() && !mapped(*ip)) {
+                w.push(Problem::new(
+                    key,
+                    format!(
+                        "relays bind {ip} and no relay.external mapping names it, so clients \
+                         are told {ip}:port as their relayed address, which nobody can reach: \
+                         set {key} to this host's address, or relay.external = \
+                         [\"PUBLIC={ip}\"]"
+                    ),
+                ));
+            }
+        }
+        w
+    }
+
     fn check_server(&self, p: &mut Vec<Problem>) {
         if self.realm.is_empty() {
             p.push(Problem::new(
                 "realm",
                 "is empty; clients need a realm to compute keys",
             ));
-        } else if self.realm.chars().count() > MAX_TEXT_ATTRIBUTE_CHARS {
+        } else if self.realm.len() > MAX_REALM_BYTES {
             p.push(Problem::new(
                 "realm",
-                "is longer than 127 characters (RFC 8489 §14.9)",
+                format!(
+                    "is {} bytes, longer than {MAX_REALM_BYTES}: every 401 carries it, and a 401 \
+                     must stay under 3 times the smallest first Allocate (amplification)",
+                    self.realm.len()
+                ),
             ));
         }
         if self.workers == 0 {
             p.push(Problem::new("workers", "must be at least 1"));
         }
         if let Some(s) = &self.software {
-            if s.chars().count() > MAX_TEXT_ATTRIBUTE_CHARS {
+            if s.len() > MAX_SOFTWARE_BYTES {
                 p.push(Problem::new(
                     "software",
-                    "is longer than 127 characters (RFC 8489 §14.14)",
+                    format!(
+                        "is {} bytes, longer than {MAX_SOFTWARE_BYTES} (RFC 8489 §14.14)",
+                        s.len()
+                    ),
                 ));
             }
         }
@@ -194,10 +233,16 @@ impl Config {
                 "must be longer than 0s",
             ));
         }
+        if a.challenge_budget_per_sec == 0 {
+            p.push(Problem::new(
+                "auth.challenge_budget_per_sec",
+                "must be at least 1: with 0 no client ever gets the 401 that starts authentication",
+            ));
+        }
         if a.failure_budget_per_sec == 0 {
             p.push(Problem::new(
                 "auth.failure_budget_per_sec",
-                "must be at least 1: with 0 no client ever gets the 401 that starts authentication",
+                "must be at least 1: with 0 a stale nonce (438) could never be renewed",
             ));
         }
     }

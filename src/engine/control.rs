@@ -19,6 +19,10 @@ use crate::auth::{Key, Lookup, NonceCheck};
 pub const CHANNEL_MIN: u16 = 0x4000;
 pub const CHANNEL_MAX: u16 = 0x7FFF;
 const PROTO_UDP: u8 = 17;
+/// Answers to requests that did not authenticate are smaller than this many times the
+/// request (UDP; issue 10 item 9). `config::validate` bounds the realm so that the smallest
+/// real first Allocate (REQUESTED-TRANSPORT only, 28 bytes) still gets its 401.
+pub const MAX_AMPLIFICATION: usize = 3;
 
 /// Attributes understood in requests; other comprehension-required ones get 420.
 const KNOWN: &[AttrType] = &[
@@ -54,29 +58,74 @@ impl Engine {
             return;
         }
         match req.method {
-            msg::METHOD_BINDING => self.on_binding(from, &req),
+            msg::METHOD_BINDING => self.on_binding(now, from, &req),
             msg::METHOD_ALLOCATE => self.authed(now, from, &req, Self::on_allocate),
             msg::METHOD_REFRESH => self.authed(now, from, &req, Self::on_refresh),
             msg::METHOD_CREATE_PERMISSION => {
                 self.authed(now, from, &req, Self::on_create_permission)
             }
             msg::METHOD_CHANNEL_BIND => self.authed(now, from, &req, Self::on_channel_bind),
-            _ => self.reply(from, Reply::error(&req, 400)),
+            // Unknown methods: dropped silently; a 400 would only serve reflection.
+            _ => {}
         }
     }
 
+    /// Queue an answer. SOFTWARE goes only on answers to authenticated (signed) requests:
+    /// answers to anyone else stay small.
     fn reply(&mut self, to: ClientAddr, r: Reply) {
         self.metrics.count_response(r.method_name(), r.code);
-        let bytes = r.finish(self.cfg.software.as_deref());
+        let software = if r.is_signed() {
+            self.cfg.software.as_deref()
+        } else {
+            None
+        };
+        let bytes = r.finish(software);
         self.transmits.push_back(Transmit { to, bytes });
     }
 
-    fn on_binding(&mut self, from: ClientAddr, req: &Parsed<'_>) {
+    /// Answer a request that did not authenticate (an error, unsigned), or drop it: over
+    /// UDP, where the source may be spoofed, an answer must be under [`MAX_AMPLIFICATION`]
+    /// times the request; and it spends the source IP's budget, the failure budget when the
+    /// request carried MESSAGE-INTEGRITY (`guessing`), the challenge budget otherwise.
+    /// Returns whether the answer was queued.
+    fn answer_unauthenticated(
+        &mut self,
+        now: Instant,
+        from: ClientAddr,
+        req: &Parsed<'_>,
+        r: Reply,
+        guessing: bool,
+    ) -> bool {
+        let (method, code) = (r.method_name(), r.code);
+        let bytes = r.finish(None);
+        if from.transport == super::Transport::Udp
+            && bytes.len() >= MAX_AMPLIFICATION * req.raw.len()
+        {
+            // Too small a request to be a real client's: no answer, no budget spent.
+            return false;
+        }
+        let (ip, ms) = (from.remote.ip(), self.clock_ms(now));
+        let within = if guessing {
+            self.shared.budget.try_failure(ip, ms)
+        } else {
+            self.shared.budget.try_challenge(ip, ms)
+        };
+        if !within {
+            self.metrics.count_auth_failure(AuthFailure::Budget);
+            return false;
+        }
+        self.metrics.count_response(method, code);
+        self.transmits.push_back(Transmit { to: from, bytes });
+        true
+    }
+
+    fn on_binding(&mut self, now: Instant, from: ClientAddr, req: &Parsed<'_>) {
         let unknown = req.unknown_required(KNOWN);
         if !unknown.is_empty() {
-            let mut r = Reply::error(req, 420);
+            let mut r = Reply::bare_error(req, 420);
             r.unknown_attributes(&unknown);
-            return self.reply(from, r);
+            self.answer_unauthenticated(now, from, req, r, false);
+            return;
         }
         let mut r = Reply::success(req);
         r.xor_addr(ATTR_XORMAPPED_ADDRESS, from.remote);
@@ -129,7 +178,7 @@ impl Engine {
             req.text(ATTR_REALM),
             req.get(ATTR_NONCE),
         ) else {
-            self.reply(from, Reply::error(req, 400));
+            self.answer_unauthenticated(now, from, req, Reply::error(req, 400), true);
             return None;
         };
         let check = self.shared.nonces.check(
@@ -168,7 +217,9 @@ impl Engine {
         }
     }
 
-    /// 401 or 438 with REALM and a fresh NONCE, within the per-IP budget.
+    /// 401 or 438 with REALM and a fresh NONCE, within the per-IP budget of its kind: a
+    /// plain challenge (no MESSAGE-INTEGRITY) is small (no reason phrase, no SOFTWARE) and
+    /// spends the challenge budget; an answer to failed credentials spends the failure budget.
     fn challenge(
         &mut self,
         now: Instant,
@@ -177,20 +228,18 @@ impl Engine {
         code: u16,
         why: AuthFailure,
     ) {
-        if !self
-            .shared
-            .budget
-            .try_spend(from.remote.ip(), self.clock_ms(now))
-        {
-            self.metrics.count_auth_failure(AuthFailure::Budget);
-            return;
-        }
-        self.metrics.count_auth_failure(why);
+        let guessing = req.integrity_at.is_some();
         let nonce = self.shared.nonces.issue(from.remote, self.clock_secs(now));
-        let mut r = Reply::error(req, code);
+        let mut r = if guessing {
+            Reply::error(req, code)
+        } else {
+            Reply::bare_error(req, code)
+        };
         r.text(ATTR_REALM, &self.cfg.realm);
         r.text(ATTR_NONCE, &nonce);
-        self.reply(from, r);
+        if self.answer_unauthenticated(now, from, req, r, guessing) {
+            self.metrics.count_auth_failure(why);
+        }
     }
 
     fn requested_lifetime(&self, req: &Parsed<'_>) -> Result<Option<Duration>, ()> {
@@ -475,7 +524,10 @@ impl Engine {
         if peers.iter().any(|p| !a.has_family_of(p)) {
             return Err(443);
         }
-        if peers.iter().any(|p| !self.shared.policy.permits_ip(p.ip())) {
+        if peers
+            .iter()
+            .any(|p| !self.shared.policy.permits_permission(*p))
+        {
             return Err(403);
         }
         Ok(peers)

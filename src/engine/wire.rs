@@ -291,6 +291,24 @@ impl Reply {
         r
     }
 
+    /// An error answer with an empty reason phrase, for requests that did not authenticate:
+    /// answers to them stay small (the reason is for diagnostics only, RFC 8489 §14.8).
+    pub fn bare_error(req: &Parsed<'_>, code: u16) -> Self {
+        let mut r = Self::new(req, stun::message::CLASS_ERROR_RESPONSE);
+        let a = ErrorCodeAttribute {
+            code: ErrorCode(code),
+            reason: Vec::new(),
+        };
+        let _ = a.add_to(&mut r.msg);
+        r.code = code;
+        r
+    }
+
+    /// Will the answer carry MESSAGE-INTEGRITY (does it answer an authenticated request)?
+    pub fn is_signed(&self) -> bool {
+        self.key.is_some()
+    }
+
     fn error_code(&mut self, code: u16) {
         let reason = reason(code).as_bytes().to_vec();
         let a = ErrorCodeAttribute {

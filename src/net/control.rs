@@ -144,6 +144,16 @@ impl Control {
     pub fn reload(&self, new: Config) -> anyhow::Result<ReloadReport> {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let (old, old_shared) = &*current;
+        // Interfaces listed again; the relay addresses in effect are the old ones (restart).
+        let relay_in_effect = Config {
+            relay: old.relay.clone(),
+            ..new.clone()
+        };
+        let policy = PeerFilter::for_server(&relay_in_effect, &self.own)?;
+        let budget_rates = (
+            new.auth.challenge_budget_per_sec,
+            new.auth.failure_budget_per_sec,
+        );
         if let (Some(cert), Some(files)) = (&self.certificate, &new.tls) {
             cert.reload(&files.cert, &files.key)?;
         }
@@ -170,14 +180,15 @@ impl Control {
             .set_per_user(new.policy.max_reservations_per_user);
         let shared = Shared {
             auth: Arc::new(Credentials::from_config(&new.auth, &old.realm)),
-            policy: Arc::new(PeerFilter::new(&new.policy, self.own.clone())),
+            policy: Arc::new(policy),
             // The same nonce key: nonces handed out before the reload stay valid.
             nonces: old_shared.nonces.clone(),
-            budget: if old.auth.failure_budget_per_sec == new.auth.failure_budget_per_sec {
+            budget: if old_shared.budget.rates() == budget_rates {
                 old_shared.budget.clone()
             } else {
-                Arc::new(crate::auth::FailureBudget::new(
-                    new.auth.failure_budget_per_sec,
+                Arc::new(crate::auth::FailureBudget::split(
+                    budget_rates.0,
+                    budget_rates.1,
                 ))
             },
             quotas: old_shared.quotas.clone(),

@@ -225,12 +225,20 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         .chain(&tls_addrs)
         .copied()
         .collect();
-    let own_for_reload = own.clone();
+    let policy = PeerFilter::for_server(&config, &own).context("cannot list own addresses")?;
+    tracing::info!(
+        own_ips = ?policy.own_ips(),
+        "own addresses: denied as peers outside the relay ports"
+    );
+    let own_for_reload = own;
     let shared = Shared {
         auth: Arc::new(Credentials::from_config(&config.auth, &config.realm)),
-        policy: Arc::new(PeerFilter::new(&config.policy, own)),
+        policy: Arc::new(policy),
         nonces: Arc::new(NonceMint::new(rand::random())),
-        budget: Arc::new(FailureBudget::new(config.auth.failure_budget_per_sec)),
+        budget: Arc::new(FailureBudget::split(
+            config.auth.challenge_budget_per_sec,
+            config.auth.failure_budget_per_sec,
+        )),
         quotas: Arc::new(Quotas::new(
             config.policy.max_allocations,
             config.policy.max_allocations_per_user,

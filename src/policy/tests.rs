@@ -36,8 +36,19 @@ fn samples(net: IpNet) -> [IpAddr; 3] {
 }
 
 #[test]
-fn default_deny_list_is_the_documented_list() {
-    let expected = [
+fn default_deny_table_is_valid_and_cites_an_rfc_per_entry() {
+    let nets = default_deny_list();
+    assert_eq!(nets.len(), DEFAULT_DENY.len());
+    for (e, net) in DEFAULT_DENY.iter().zip(&nets) {
+        assert_eq!(net.to_string(), e.net, "{} is written canonically", e.net);
+        assert_eq!(net.trunc(), *net, "{} is prefix-aligned", e.net);
+        assert!(
+            e.rfc.starts_with("RFC ") && e.rfc[4..].parse::<u32>().is_ok(),
+            "{e:?}"
+        );
+        assert!(!e.note.is_empty(), "{e:?}");
+    }
+    for documented in [
         "0.0.0.0/8",
         "127.0.0.0/8",
         "10.0.0.0/8",
@@ -46,6 +57,7 @@ fn default_deny_list_is_the_documented_list() {
         "172.16.0.0/12",
         "192.0.0.0/24",
         "192.0.2.0/24",
+        "192.88.99.0/24",
         "192.168.0.0/16",
         "198.18.0.0/15",
         "198.51.100.0/24",
@@ -60,9 +72,16 @@ fn default_deny_list_is_the_documented_list() {
         "ff00::/8",
         "2001:db8::/32",
         "64:ff9b:1::/48",
-    ];
-    let expected: Vec<IpNet> = expected.iter().map(|n| n.parse().unwrap()).collect();
-    assert_eq!(default_deny_list(), expected);
+        "3fff::/20",
+        "2001:2::/48",
+        "100::/64",
+        "2001:10::/28",
+        "2001:20::/28",
+        "5f00::/16",
+    ] {
+        let net: IpNet = documented.parse().unwrap();
+        assert!(nets.contains(&net), "{documented} missing from the table");
+    }
 }
 
 #[test]
@@ -224,18 +243,93 @@ fn own_mapped_listener_matches_ipv4_peer() {
     assert!(!f.permits(sa("8.8.4.4:3478")));
 }
 
+const RELAY_PORTS: PortRange = PortRange {
+    min: 49152,
+    max: 65535,
+};
+
 #[test]
-fn relay_ports_denied_on_relay_ips() {
-    let ports = PortRange {
-        min: 49152,
-        max: 65535,
-    };
-    let f = filter(&[], &[], &[]).with_relay_ports(&[ip("8.8.4.4"), ip("0.0.0.0")], ports);
-    assert!(!f.permits(sa("8.8.4.4:49152")));
-    assert!(!f.permits(sa("[::ffff:8.8.4.4]:65535")));
-    assert!(f.permits(sa("8.8.4.4:49151")));
-    // The unspecified relay IP is skipped rather than matching every peer.
-    assert!(f.permits(sa("8.8.8.8:50000")));
+fn own_ips_denied_on_every_port_but_the_relay_range() {
+    let f = filter(&[], &[], &["0.0.0.0:3478"]).with_own_ips(
+        [ip("8.8.4.4"), ip("2606:4700::1"), ip("0.0.0.0"), ip("::")],
+        RELAY_PORTS,
+    );
+    for peer in [
+        "8.8.4.4:5353",
+        "8.8.4.4:22",
+        "8.8.4.4:49151",
+        "[::ffff:8.8.4.4]:53",
+        "[::ffff:0:808:404]:53",
+        "[64:ff9b::808:404]:53",
+        "[2002:808:404::1]:53",
+        "[2606:4700::1]:443",
+        "8.8.4.4:3478",
+    ] {
+        assert!(!f.permits(sa(peer)), "{peer}");
+        assert!(!f.permits_permission(sa(peer)), "{peer}");
+    }
+    // Relay to relay: the relay port range stays reachable.
+    for peer in ["8.8.4.4:49152", "8.8.4.4:65535", "[2606:4700::1]:50000"] {
+        assert!(f.permits(sa(peer)), "{peer}");
+        assert!(f.permits_permission(sa(peer)), "{peer}");
+    }
+    // The unspecified addresses are skipped rather than matching every peer.
+    assert!(f.permits(sa("8.8.8.8:5353")));
+    assert!(f.permits(sa("[2606:4700:4700::1111]:53")));
+    // permits_ip is the lists only: the own-IP rule needs a port.
+    assert!(f.permits_ip(ip("8.8.4.4")));
+}
+
+#[test]
+fn allow_list_host_entry_lifts_the_own_ip_rule_but_a_range_does_not() {
+    let own = [ip("8.8.4.4"), ip("1.1.1.1")];
+    let f = filter(&["8.8.4.4/32", "1.1.1.0/24"], &[], &["8.8.4.4:3478"])
+        .with_own_ips(own, RELAY_PORTS);
+    assert!(f.permits(sa("8.8.4.4:5353")));
+    assert!(f.permits_permission(sa("8.8.4.4:5353")));
+    assert!(!f.permits(sa("8.8.4.4:3478")), "listeners stay denied");
+    assert!(!f.permits(sa("1.1.1.1:5353")), "a range does not lift it");
+    assert!(!f.permits_permission(sa("1.1.1.1:5353")));
+}
+
+#[test]
+fn loopback_own_ips_are_left_to_the_lists() {
+    // The development profile allows loopback peers; its loopback relays are not "own IPs".
+    let c = Config::development();
+    let f = PeerFilter::new(&c.policy, c.listen.udp.clone())
+        .with_own_ips([ip("127.0.0.1"), ip("::1")], c.relay.ports);
+    assert!(f.permits(sa("127.0.0.1:5000")));
+    assert!(f.permits(sa("[::1]:5000")));
+    assert!(!f.permits(sa("127.0.0.1:3478")));
+    assert!(f.own_ips().is_empty());
+}
+
+#[test]
+fn for_server_collects_interfaces_relays_and_both_sides_of_external() {
+    let mut c = Config::secure_default();
+    c.relay.ipv4 = Some("8.8.4.4".parse().unwrap());
+    c.relay.ipv6 = Some("2606:4700::1".parse().unwrap());
+    c.relay.external = vec![config::ExternalMapping {
+        public: ip("1.0.0.1"),
+        private: ip("8.8.4.4"),
+    }];
+    let f = PeerFilter::for_server(&c, &[sa("9.9.9.9:3478"), sa("0.0.0.0:3478")]).unwrap();
+    for own in ["8.8.4.4", "2606:4700::1", "1.0.0.1", "9.9.9.9"] {
+        assert!(f.own_ips().contains(&ip(own)), "{own}: {:?}", f.own_ips());
+        assert!(!f.permits(SocketAddr::new(ip(own), 5353)), "{own}");
+        assert!(f.permits(SocketAddr::new(ip(own), 50000)), "{own}");
+    }
+    // Every interface address (whatever this machine has) is in, loopback aside.
+    for a in interface_addresses().unwrap() {
+        let a = canonical(a);
+        assert_eq!(
+            f.own_ips().contains(&a),
+            !a.is_loopback() && !a.is_unspecified(),
+            "{a}"
+        );
+    }
+    assert!(!f.permits(sa("9.9.9.9:3478")));
+    assert!(f.permits(sa("8.8.8.8:5353")));
 }
 
 #[test]
@@ -311,4 +405,57 @@ fn permits_ip_applies_allow_and_deny_lists_only() {
             assert_eq!(f.permits_ip(addr), allowed, "{addr} in {net}");
         }
     }
+}
+
+/// Issue 10 item 14: special-purpose ranges the default list missed, one sample each.
+#[test]
+fn special_purpose_ranges_added_in_issue_10_are_denied() {
+    let f = filter(&[], &[], &[]);
+    for peer in [
+        "[3fff::1]:5000",            // documentation, RFC 9637
+        "[3fff:fff:ffff::1]:5000",   // the end of 3fff::/20
+        "[2001:2::1]:5000",          // benchmarking, RFC 5180
+        "[2001:2:0:ffff::1]:5000",   // the end of 2001:2::/48
+        "[100::1]:5000",             // discard-only, RFC 6666
+        "[2001:10::1]:5000",         // ORCHID, RFC 4843
+        "[2001:1f:ffff::1]:5000",    // the end of 2001:10::/28
+        "[2001:20::1]:5000",         // ORCHIDv2, RFC 7343
+        "[2001:2f:ffff::1]:5000",    // the end of 2001:20::/28
+        "[5f00::1]:5000",            // SRv6 SIDs, RFC 9602
+        "192.88.99.1:5000",          // 6to4 relay anycast, RFC 7526
+        "[::ffff:192.88.99.1]:5000", // the same, IPv4-mapped
+    ] {
+        assert!(!f.permits(sa(peer)), "{peer}");
+        assert!(!f.permits_ip(sa(peer).ip()), "{peer}");
+    }
+    // Neighbours of the new ranges stay reachable.
+    for peer in [
+        "[3fff:1000::1]:5000",
+        "[2001:3::1]:5000",
+        "[100:0:0:1::1]:5000",
+        "[2001:30::1]:5000",
+        "[5f01::1]:5000",
+        "192.88.100.1:5000",
+    ] {
+        assert!(f.permits(sa(peer)), "{peer}");
+    }
+}
+
+/// SIIT's IPv4-translated form `::ffff:0:a.b.c.d` (RFC 2765 §2.1) carries an IPv4 address too.
+#[test]
+fn siit_translated_form_is_canonicalised() {
+    assert_eq!(canonical(ip("::ffff:0:a9fe:a9fe")), ip("169.254.169.254"));
+    assert_eq!(canonical(ip("::ffff:0:7f00:1")), ip("127.0.0.1"));
+    assert_eq!(canonical(ip("::ffff:0:808:808")), ip("8.8.8.8"));
+    let f = filter(&[], &[], &[]);
+    for peer in [
+        "[::ffff:0:a9fe:a9fe]:80",
+        "[::ffff:0:7f00:1]:5000",
+        "[::ffff:0:a01:203]:5000",
+        "[::ffff:0:0:0]:5000",
+    ] {
+        assert!(!f.permits(sa(peer)), "{peer}");
+        assert!(!f.permits_ip(sa(peer).ip()), "{peer}");
+    }
+    assert!(f.permits(sa("[::ffff:0:808:808]:53")));
 }

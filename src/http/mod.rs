@@ -31,14 +31,11 @@ pub mod signaling;
 /// How long open HTTP connections may take to finish after shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-/// What the HTTP listener needs from the rest of turnd. Its `Debug` output leaves the secret
-/// out.
+/// What the HTTP listener needs from the rest of turnd (secrets in `cfg` print redacted).
 #[derive(Clone)]
 pub struct HttpSetup {
     pub cfg: config::Signaling,
     pub realm: String,
-    /// The first `[auth]` secret; `None`: `/api/ice-servers` answers 503.
-    pub secret: Option<String>,
     pub rest_separator: char,
     /// Bound TURN listeners (port 0 resolved), in config order.
     pub udp: Vec<SocketAddr>,
@@ -53,7 +50,6 @@ impl std::fmt::Debug for HttpSetup {
         f.debug_struct("HttpSetup")
             .field("cfg", &self.cfg)
             .field("realm", &self.realm)
-            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("rest_separator", &self.rest_separator)
             .field("udp", &self.udp)
             .field("tcp", &self.tcp)

@@ -259,6 +259,23 @@ impl Signaling {
     }
 }
 
+impl Signaling {
+    /// Whether the request's `Origin` may use this server (`/ws` and `/api/ice-servers`): no
+    /// Origin passes (not a browser), one that is not visible ASCII never does, others per
+    /// [`origin_allowed`]. The Host header it is compared with has been checked against
+    /// `public_host` by the caller ([`super::ice::request_host`]).
+    pub(crate) fn origin_ok(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return true;
+        };
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        origin_allowed(&self.allowed_origins, Some(origin), host)
+    }
+}
+
 /// Whether a WebSocket request with this `Origin` may connect. `allowed` is lower-case
 /// without trailing slashes; empty means same origin as `host`.
 pub fn origin_allowed(allowed: &[String], origin: Option<&str>, host: Option<&str>) -> bool {
@@ -285,16 +302,14 @@ pub(crate) async fn handler(
     ws: WebSocketUpgrade,
 ) -> Response {
     let sig = &app.signaling;
-    let text = |h| {
-        headers
-            .get(h)
-            .and_then(|v: &axum::http::HeaderValue| v.to_str().ok())
-    };
-    if !origin_allowed(
-        &sig.allowed_origins,
-        text(header::ORIGIN),
-        text(header::HOST),
-    ) {
+    if app.ice.host_for(&headers).is_none() {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "bad-host",
+            "the Host header is not this server's name: set [signaling] public_host",
+        );
+    }
+    if !sig.origin_ok(&headers) {
         return json_error(
             StatusCode::FORBIDDEN,
             "bad-origin",

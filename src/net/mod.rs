@@ -224,7 +224,11 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         .collect();
     let own_for_reload = own.clone();
     let shared = Shared {
-        auth: Arc::new(Credentials::from_config(&config.auth, &config.realm)),
+        auth: Arc::new(
+            Credentials::from_config(&config.auth, &config.realm).with_mint_secret(
+                crate::auth::mint_secret(config.signaling.mint_secret.as_ref()),
+            ),
+        ),
         policy: Arc::new(PeerFilter::new(&config.policy, own)),
         nonces: Arc::new(NonceMint::new(rand::random())),
         budget: Arc::new(FailureBudget::new(config.auth.failure_budget_per_sec)),
@@ -308,7 +312,6 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             let setup = crate::http::HttpSetup {
                 cfg: config.signaling.clone(),
                 realm: config.realm.clone(),
-                secret: config.auth.secrets.first().cloned(),
                 rest_separator: config.auth.rest_separator,
                 udp: udp_addrs.clone(),
                 tcp: tcp_addrs.clone(),

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::connect_info::Connected;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -23,6 +22,7 @@ use crate::config;
 use crate::net::tls::ReloadableCert;
 
 pub mod ice;
+pub mod limits;
 pub mod listen;
 mod pages;
 pub mod rooms;
@@ -79,21 +79,10 @@ pub(crate) struct App {
     pub signaling: signaling::Signaling,
 }
 
-/// The client's address, as accepted (plain or TLS).
+/// The client's address, as accepted (plain or TLS); a request extension set by
+/// [`limits::serve`], read with `ConnectInfo<Remote>`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Remote(pub SocketAddr);
-
-impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for Remote {
-    fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Remote(*s.remote_addr())
-    }
-}
-
-impl Connected<axum::serve::IncomingStream<'_, listen::TlsListener>> for Remote {
-    fn connect_info(s: axum::serve::IncomingStream<'_, listen::TlsListener>) -> Self {
-        Remote(*s.remote_addr())
-    }
-}
 
 /// The key per-IP limits count by: IPv4 addresses (v4-mapped IPv6 unwrapped) as they are,
 /// IPv6 addresses by their /64, since one subscriber usually holds a whole /64.
@@ -169,33 +158,25 @@ pub async fn serve(
         ice: ice::IceServers::new(&setup),
         signaling: signaling::Signaling::new(&setup.cfg, shutdown.clone()),
     });
-    let service = router(app).into_make_service_with_connect_info::<Remote>();
-    let stopped = shutdown.clone().cancelled_owned();
-    let grace = {
-        let s = shutdown.clone();
-        async move {
-            s.cancelled().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        }
+    let tls = match (https, tls_cert) {
+        (false, _) => None,
+        (true, Some(cert)) => Some(listen::http_tls_config(cert)?),
+        (true, None) => anyhow::bail!("[signaling] tls needs the TLS listeners' certificate"),
     };
-    let server = async move {
-        if https {
-            let cert = tls_cert.context("[signaling] tls needs the TLS listeners' certificate")?;
-            let tls = listen::TlsListener::new(listener, listen::http_tls_config(cert)?, &shutdown);
-            tracing::info!(addr = %local, "listening (signaling, https)");
-            axum::serve(tls, service)
-                .with_graceful_shutdown(stopped)
-                .await
-        } else {
-            tracing::info!(addr = %local, "listening (signaling, http)");
-            axum::serve(listener, service)
-                .with_graceful_shutdown(stopped)
-                .await
-        }
-        .context("HTTP server")
+    let limits = limits::Limits::signaling(&setup.cfg);
+    tracing::info!(
+        addr = %local,
+        https,
+        max_connections = limits.max_connections,
+        "listening (signaling)"
+    );
+    let server = limits::serve(listener, tls, router(app), limits, shutdown.clone());
+    let grace = async move {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {
-        r = server => r,
+        () = server => Ok(()),
         () = grace => Ok(()),
     }
 }

@@ -27,7 +27,8 @@
 //!   open.
 //!
 //! Limits: a message over `[signaling] max_message_bytes` closes the socket with 1009; at
-//! most `max_connections_per_ip` sockets per client IP (IPv6: per /64), more get HTTP 429;
+//! most `max_connections_per_ip` sockets per client IP (IPv6: per /64) and `max_websockets`
+//! in total, more get HTTP 429; buffers start small (an idle socket costs a few KiB);
 //! the `Origin` header must be in `allowed_origins`, or when that is empty match the Host
 //! header (same origin), else HTTP 403 (clients that send no Origin, i.e. not browsers, are
 //! let in). The server pings every 20 s and, at a ping, closes a socket that has been silent
@@ -58,8 +59,9 @@ const DEAD_AFTER: Duration = Duration::from_secs(45);
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Relayed messages queued for one client; a client that falls this far behind is closed.
 const OUTBOX_LEN: usize = 64;
-/// WebSockets open at once in total, whatever their source.
-const MAX_CONNECTIONS: usize = 10_000;
+/// Initial read buffer of a socket (tungstenite's default is 128 KiB, allocated per socket
+/// whether used or not); it grows up to the message limit when a large message arrives.
+const READ_BUFFER: usize = 4 * 1024;
 
 /// WebSocket close codes (RFC 6455 §7.4.1).
 mod close {
@@ -196,6 +198,7 @@ pub struct Signaling {
     sockets_by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
     allowed_origins: Vec<String>,
     max_per_ip: usize,
+    max_total: usize,
     max_message_bytes: usize,
     shutdown: CancellationToken,
 }
@@ -230,6 +233,7 @@ impl Signaling {
                 .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
                 .collect(),
             max_per_ip: cfg.max_connections_per_ip,
+            max_total: cfg.max_websockets,
             max_message_bytes: cfg.max_message_bytes,
             shutdown,
         }
@@ -245,7 +249,7 @@ impl Signaling {
         let mut m = self.sockets_by_ip.lock().unwrap_or_else(|e| e.into_inner());
         let total: usize = m.values().sum();
         let n = m.entry(key).or_insert(0);
-        if *n >= self.max_per_ip || total >= MAX_CONNECTIONS {
+        if *n >= self.max_per_ip || total >= self.max_total {
             if *n == 0 {
                 m.remove(&key);
             }
@@ -324,8 +328,13 @@ pub(crate) async fn handler(
         );
     };
     let max = sig.max_message_bytes;
+    // Frames go out as they are sent (no 128 KiB write buffer per socket); a socket whose
+    // peer does not read may hold one message beyond that before it counts as broken.
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(READ_BUFFER.min(max))
+        .write_buffer_size(0)
+        .max_write_buffer_size(2 * max + READ_BUFFER)
         .on_upgrade(move |socket| async move {
             let _slot = slot;
             run(app, socket).await;
@@ -574,5 +583,15 @@ mod tests {
         assert!(s.acquire("192.0.2.2".parse().unwrap()).is_some());
         drop(a);
         assert!(s.acquire(ip).is_some());
+    }
+
+    #[test]
+    fn sockets_are_capped_in_total() {
+        let mut cfg = crate::config::Config::for_tests().signaling;
+        cfg.max_websockets = 2;
+        let s = Signaling::new(&cfg, CancellationToken::new());
+        let _a = s.acquire("192.0.2.1".parse().unwrap()).unwrap();
+        let _b = s.acquire("192.0.2.2".parse().unwrap()).unwrap();
+        assert!(s.acquire("192.0.2.3".parse().unwrap()).is_none());
     }
 }

@@ -596,3 +596,57 @@ async fn stalled_or_plain_clients_do_not_block_https() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     running.stop();
 }
+
+/// Issue 10 #15: a second participant's fast join/leave loop overflowed the waiter's outbox
+/// and disconnected it with 1008. Presence events now coalesce and joins are rate-limited
+/// per socket.
+#[tokio::test]
+async fn a_join_leave_loop_does_not_disconnect_a_lone_waiter() {
+    let running = start(|_| {});
+    let http = running.http.unwrap();
+    let mut waiter = connect(http).await;
+    join(&mut waiter, "lobby").await;
+    let mut looper = connect(http).await;
+    // 300 join/leave pairs in one burst, without waiting for answers.
+    let join_msg = json!({ "type": "join", "room": "lobby" }).to_string();
+    let leave_msg = json!({ "type": "leave" }).to_string();
+    for _ in 0..300 {
+        looper.feed(Message::text(join_msg.clone())).await.unwrap();
+        looper.feed(Message::text(leave_msg.clone())).await.unwrap();
+    }
+    // A marker: its answer says every message before it has been handled.
+    looper
+        .feed(Message::text(json!({ "type": "dance" }).to_string()))
+        .await
+        .unwrap();
+    looper.flush().await.unwrap();
+    let mut answers = 0;
+    loop {
+        let m = recv(&mut looper).await;
+        answers += 1;
+        if m["code"] == "bad-message" {
+            break;
+        }
+        assert!(answers <= 601, "looper: {m}");
+    }
+    // The waiter is still connected, saw a consistent end state (nobody there), and works.
+    let mut last_presence = None;
+    send(&mut waiter, json!({ "type": "dance" })).await;
+    loop {
+        let m = recv(&mut waiter).await;
+        match m["type"].as_str() {
+            Some("peer-joined") | Some("peer-left") => last_presence = Some(m["type"].clone()),
+            Some("error") => {
+                assert_eq!(m["code"], "bad-message");
+                break;
+            }
+            other => panic!("waiter got {other:?}"),
+        }
+    }
+    assert_ne!(last_presence, Some(json!("peer-joined")), "ends alone");
+    // A real newcomer is announced.
+    let mut newcomer = connect(http).await;
+    assert_eq!(join(&mut newcomer, "lobby").await["initiator"], true);
+    assert_eq!(recv(&mut waiter).await["type"], "peer-joined");
+    running.stop();
+}

@@ -37,9 +37,27 @@ async fn get(addr: SocketAddr, path: &str, host: &str, extra: &str) -> (u16, Str
 }
 
 async fn mint(http: SocketAddr) -> (String, String) {
-    let (status, body) = get(http, "/api/ice-servers", "127.0.0.1", "").await;
+    mint_from("127.0.0.1".parse().unwrap(), http).await
+}
+
+/// Mint with the HTTP request coming from `src` (another loopback /24 is another network).
+async fn mint_from(src: std::net::IpAddr, http: SocketAddr) -> (String, String) {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(src, 0)).unwrap();
+    let mut s = sock.connect(http).await.unwrap();
+    s.write_all(b"GET /api/ice-servers HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
+        .await
+        .expect("HTTP response in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
     assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
+    let v: Value = serde_json::from_str(body).unwrap();
     let turn = &v["iceServers"][1];
     (
         turn["username"].as_str().unwrap().into(),
@@ -236,5 +254,46 @@ async fn minting_has_a_global_rate_cap() {
     let (status, body) = get(http, "/api/ice-servers", "127.0.0.1", "").await;
     assert_eq!(status, 429, "{body}");
     assert!(body.contains("mint-busy"), "{body}");
+    running.stop();
+}
+
+/// Minted principals have their own quota per network and in total, whatever
+/// `max_allocations_per_user` allows, and never touch the operator's users' room.
+#[tokio::test]
+async fn minted_allocations_have_their_own_caps() {
+    let running = start(|c| {
+        c.signaling.mint_allocations_per_client = 2;
+        c.signaling.mint_allocations = 3;
+    });
+    let http = running.http.unwrap();
+    let udp = running.udp[0];
+    let mut kept = Vec::new();
+    let mut count = |c: Option<Client>| match c {
+        Some(c) => {
+            kept.push(c);
+            1
+        }
+        None => 0,
+    };
+    let (a_user, a_pass) = mint_from("127.0.0.1".parse().unwrap(), http).await;
+    let (b_user, b_pass) = mint_from("127.0.1.1".parse().unwrap(), http).await;
+    assert!(b_user.ends_with(":web:127.0.1.0/24"), "{b_user}");
+    let mut a = 0;
+    for _ in 0..3 {
+        a += count(allocate(udp, &a_user, &a_pass).await);
+    }
+    assert_eq!(a, 2, "per network");
+    let mut b = 0;
+    for _ in 0..3 {
+        b += count(allocate(udp, &b_user, &b_pass).await);
+    }
+    assert_eq!(b, 1, "in total");
+    // The operator's own users are not counted against minted credentials.
+    let dev = allocate(udp, turnd::config::DEV_USER, turnd::config::DEV_PASSWORD).await;
+    assert!(dev.is_some());
+    kept.extend(dev);
+    for c in kept {
+        c.close().await.unwrap();
+    }
     running.stop();
 }

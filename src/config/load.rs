@@ -415,6 +415,11 @@ fn apply(raw: RawConfig, c: &mut Config, base: &Path, problems: &mut Vec<Problem
             }
         }
         set(&mut c.mint_per_minute, sg.mint_per_minute);
+        set(
+            &mut c.mint_allocations_per_client,
+            sg.mint_allocations_per_client,
+        );
+        set(&mut c.mint_allocations, sg.mint_allocations);
         set(&mut c.max_websockets, sg.max_websockets);
         set(&mut c.max_http_connections, sg.max_http_connections);
         set(

@@ -113,6 +113,10 @@ pub struct Signaling {
     pub mint_secret: Option<Redacted>,
     /// Credentials minted per minute in total, whatever their source.
     pub mint_per_minute: u32,
+    /// Allocations with minted credentials: per client network (never above
+    /// `policy.max_allocations_per_user`) and in total.
+    pub mint_allocations_per_client: usize,
+    pub mint_allocations: usize,
     /// WebSockets open at once in total.
     pub max_websockets: usize,
     /// HTTP connections (WebSockets included) open at once, in total and per client IP
@@ -361,6 +365,8 @@ impl Config {
                 mint_token: None,
                 mint_secret: None,
                 mint_per_minute: 600,
+                mint_allocations_per_client: 10,
+                mint_allocations: 1000,
                 max_websockets: 4096,
                 max_http_connections: 8192,
                 max_http_connections_per_ip: 64,

@@ -125,6 +125,8 @@ pub struct RawSignaling {
     pub mint_token_file: Option<PathBuf>,
     pub mint_secret_file: Option<PathBuf>,
     pub mint_per_minute: Option<u32>,
+    pub mint_allocations_per_client: Option<usize>,
+    pub mint_allocations: Option<usize>,
     pub max_websockets: Option<usize>,
     pub max_http_connections: Option<usize>,
     pub max_http_connections_per_ip: Option<usize>,

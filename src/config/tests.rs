@@ -765,6 +765,13 @@ fn signaling_mint_and_http_limits() {
     assert_eq!(d.signaling.mint, Mint::Off);
     assert_eq!(Config::development().signaling.mint, Mint::Open);
     assert_eq!(d.signaling.max_websockets, 4096);
+    assert_eq!(
+        (
+            d.signaling.mint_allocations_per_client,
+            d.signaling.mint_allocations
+        ),
+        (10, 1000)
+    );
     assert_eq!(d.signaling.header_timeout, Duration::from_secs(10));
 
     let token = temp_file("mint-token", "a-mint-token-of-some-length\n");
@@ -773,7 +780,8 @@ fn signaling_mint_and_http_limits() {
         "{MINIMAL}[signaling]\nmint = \"token\"\nmint_token_file = {:?}\n\
          mint_secret_file = {:?}\nmint_per_minute = 7\nmax_websockets = 9\n\
          max_http_connections = 10\nmax_http_connections_per_ip = 3\nheader_timeout = \"2s\"\n\
-         idle_timeout = \"30s\"\nfd_reserve = 64\n",
+         idle_timeout = \"30s\"\nfd_reserve = 64\nmint_allocations_per_client = 4\n\
+         mint_allocations = 40\n",
         token.display(),
         secret.display()
     ))
@@ -794,6 +802,7 @@ fn signaling_mint_and_http_limits() {
         (7, 9, 10)
     );
     assert_eq!(s.max_http_connections_per_ip, 3);
+    assert_eq!((s.mint_allocations_per_client, s.mint_allocations), (4, 40));
     assert_eq!(
         (s.header_timeout, s.idle_timeout, s.fd_reserve),
         (Duration::from_secs(2), Duration::from_secs(30), 64)

@@ -307,6 +307,11 @@ impl Config {
                 s.max_http_connections_per_ip,
             ),
             ("signaling.mint_per_minute", s.mint_per_minute as usize),
+            (
+                "signaling.mint_allocations_per_client",
+                s.mint_allocations_per_client,
+            ),
+            ("signaling.mint_allocations", s.mint_allocations),
         ] {
             if value == 0 {
                 p.push(Problem::new(key, "must be at least 1"));

@@ -237,6 +237,10 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             config.policy.max_allocations_per_user,
         )),
     };
+    shared.quotas.set_minted_limits(
+        config.signaling.mint_allocations_per_client,
+        config.signaling.mint_allocations,
+    );
     let engine_cfg = EngineConfig {
         realm: config.realm.clone(),
         software: config.software.clone(),

@@ -406,3 +406,56 @@ async fn http_connections_are_capped_per_ip() {
     assert!(ok, "slots released");
     running.stop();
 }
+
+/// A client that stops reading its responses (pipelined requests, a full socket buffer) is
+/// closed after `idle_timeout`: no bytes move, and the header timeout does not run while a
+/// response is being written.
+#[tokio::test]
+async fn clients_that_stop_reading_are_closed_when_idle() {
+    let running = start(|c| {
+        c.signaling.header_timeout = Duration::from_secs(30);
+        c.signaling.idle_timeout = Duration::from_secs(1);
+    });
+    let http = running.http.unwrap();
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(http).await.unwrap();
+    const REQUESTS: usize = 2000;
+    let one = b"GET /tester.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let all: Vec<u8> = one
+        .iter()
+        .copied()
+        .cycle()
+        .take(one.len() * REQUESTS)
+        .collect();
+    // The server stops reading once its writes block; what it has not read stays with us.
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.write_all(&all)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Err(_) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => total += n,
+        }
+    };
+    let page = get_len(http, "/tester.js").await;
+    println!("read {total} bytes of {} before the close", page * REQUESTS);
+    assert!(closed, "the stalled connection is closed");
+    assert!(
+        total < page * REQUESTS / 2,
+        "closed while stalled, not after serving all"
+    );
+    running.stop();
+}
+
+/// The length of one response to `GET path` (headers included).
+async fn get_len(http: SocketAddr, path: &str) -> usize {
+    let mut s = TcpStream::connect(http).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    raw.len()
+}

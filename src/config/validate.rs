@@ -308,6 +308,10 @@ impl Config {
             ),
             ("signaling.mint_per_minute", s.mint_per_minute as usize),
             (
+                "signaling.ice_requests_per_minute",
+                s.ice_requests_per_minute as usize,
+            ),
+            (
                 "signaling.mint_allocations_per_client",
                 s.mint_allocations_per_client,
             ),

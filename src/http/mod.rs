@@ -3,7 +3,8 @@
 //! signaling endpoint `/ws` (protocol in [`signaling`], room state in [`rooms`]).
 //!
 //! [`serve`] runs on a tokio runtime of its own (the caller's thread), plain HTTP or, with
-//! `[signaling] tls`, HTTPS with the TLS listeners' reloadable certificate ([`listen`]). It
+//! `[signaling] tls`, HTTPS with the TLS listeners' reloadable certificate ([`listen`]), in
+//! the connection-capped accept loop of [`limits`] (shared with the admin listener). It
 //! returns when the shutdown token is cancelled: open WebSockets are closed with 1001, the
 //! remaining HTTP connections get a short grace period.
 
@@ -170,6 +171,13 @@ pub async fn serve(
         max_connections = limits.max_connections,
         "listening (signaling)"
     );
+    if setup.cfg.mint == config::Mint::Open && !local.ip().is_loopback() {
+        tracing::warn!(
+            addr = %local,
+            "[signaling] mint = \"open\": anyone who can reach this listener gets TURN \
+             credentials and can relay through this server"
+        );
+    }
     let server = limits::serve(listener, tls, router(app), limits, shutdown.clone());
     let grace = async move {
         shutdown.cancelled().await;

@@ -822,6 +822,8 @@ fn signaling_mint_and_http_limits() {
     ));
     assert!(e.contains("must differ from every [auth] secret"), "{e}");
     assert!(!e.contains("s3cret-but"), "{e}");
+    let e = error("[[auth.user]]\nname = \"web:x\"\npassword = \"password\"\n");
+    assert!(e.contains("reserved for minted credentials"), "{e}");
     let e = error(&format!("{MINIMAL}[signaling]\nheader_timeout = \"0s\"\n"));
     assert!(e.contains("signaling.header_timeout"), "{e}");
 }

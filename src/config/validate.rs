@@ -364,6 +364,13 @@ impl Config {
             )),
             _ => {}
         }
+        let prefix = crate::auth::MINTED_USER_PREFIX;
+        if self.auth.users.iter().any(|u| u.name.starts_with(prefix)) {
+            p.push(Problem::new(
+                "auth.users",
+                format!("names starting with {prefix:?} are reserved for minted credentials"),
+            ));
+        }
         if let Some(m) = &s.mint_secret {
             if m.0.len() < 16 {
                 p.push(Problem::new(

@@ -37,6 +37,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HANDSHAKES: usize = 256;
 /// How often `/proc/self/fd` is counted at most.
 const FD_COUNT_EVERY: Duration = Duration::from_millis(250);
+/// How long open connections may take to finish after shutdown is requested.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Accept failures (EMFILE, ENFILE) are logged at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -254,8 +256,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 }
 
 /// Serve `router` on `listener` (HTTPS when `tls` is given) until `shutdown` is cancelled;
-/// then open connections are asked to finish and this returns when they have (the caller
-/// bounds how long it waits).
+/// then open connections are asked to finish and this returns when they have, or after
+/// [`SHUTDOWN_GRACE`].
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -321,10 +323,13 @@ pub async fn serve(
         }
     }
     drop(listener);
-    // Connections were told to finish (WebSockets close with 1001): wait for them.
-    while gate.open() > 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Connections were told to finish (WebSockets close with 1001): wait for them, a while.
+    let drained = async {
+        while gate.open() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, drained).await;
 }
 
 /// What serving one connection needs.

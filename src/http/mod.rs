@@ -10,7 +10,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -28,9 +27,6 @@ pub mod listen;
 mod pages;
 pub mod rooms;
 pub mod signaling;
-
-/// How long open HTTP connections may take to finish after shutdown is requested.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// What the HTTP listener needs from the rest of turnd (secrets in `cfg` print redacted).
 #[derive(Clone)]
@@ -178,13 +174,6 @@ pub async fn serve(
              credentials and can relay through this server"
         );
     }
-    let server = limits::serve(listener, tls, router(app), limits, shutdown.clone());
-    let grace = async move {
-        shutdown.cancelled().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        () = server => Ok(()),
-        () = grace => Ok(()),
-    }
+    limits::serve(listener, tls, router(app), limits, shutdown).await;
+    Ok(())
 }

@@ -26,9 +26,15 @@ const turnd = (() => {
     return 'unknown';
   }
 
-  /** GET /api/ice-servers: `{iceServers, ttl}`; throws with the server's message. */
+  /**
+   * GET /api/ice-servers: `{iceServers, ttl}`; throws with the server's message. A mint token
+   * in the URL fragment (`#token=...`, never sent to the server as part of the URL) goes in
+   * an `Authorization: Bearer` header (`[signaling] mint = "token"`).
+   */
   async function fetchIceServers() {
-    const res = await fetch('/api/ice-servers', { cache: 'no-store' });
+    const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+    const headers = m ? { Authorization: `Bearer ${decodeURIComponent(m[1])}` } : {};
+    const res = await fetch('/api/ice-servers', { cache: 'no-store', headers });
     const body = await res.json().catch(() => ({}));
     if (!res.ok) {
       throw new Error(`/api/ice-servers: ${res.status} ${body.message || body.error || ''}`);

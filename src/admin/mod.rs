@@ -59,9 +59,8 @@ pub async fn serve(
         .with_state(state);
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    let limits = crate::http::limits::Limits::ADMIN;
+    crate::http::limits::serve(listener, None, app, limits, shutdown).await;
     Ok(())
 }
 

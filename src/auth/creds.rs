@@ -46,6 +46,21 @@ pub fn rest_username(expiry_unix: u64, user: &str, sep: char) -> String {
     }
 }
 
+/// The user part of every credential `/api/ice-servers` mints starts with this
+/// (`<expiry><sep>web:<client prefix>`). Only the mint secret signs such names, and the mint
+/// secret signs nothing else, so a minted credential never counts as an operator's user.
+pub const MINTED_USER_PREFIX: &str = "web:";
+
+/// The secret minted credentials are signed with: `[signaling] mint_secret_file` when set,
+/// else one random secret per process (the same for every caller, across reloads).
+pub fn mint_secret(configured: Option<&config::Redacted>) -> Vec<u8> {
+    static EPHEMERAL: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    match configured {
+        Some(s) => s.0.as_bytes().to_vec(),
+        None => EPHEMERAL.get_or_init(rand::random).to_vec(),
+    }
+}
+
 /// The authenticator built from `[auth]`.
 pub struct Credentials {
     realm: String,
@@ -54,6 +69,8 @@ pub struct Credentials {
     secrets: Vec<Vec<u8>>,
     rest_separator: char,
     rest_max_skew_secs: u64,
+    /// Signs minted (`web:`) usernames only; see [`MINTED_USER_PREFIX`].
+    mint_secret: Vec<u8>,
 }
 
 impl Credentials {
@@ -75,12 +92,26 @@ impl Credentials {
             secrets: auth.secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
             rest_separator: auth.rest_separator,
             rest_max_skew_secs: auth.rest_max_skew.as_secs(),
+            mint_secret: Vec::new(),
         }
+    }
+
+    /// Accept credentials minted by `/api/ice-servers` with `secret` (see [`mint_secret`]).
+    pub fn with_mint_secret(mut self, secret: Vec<u8>) -> Self {
+        self.mint_secret = secret;
+        self
     }
 
     /// The REST path: Unknown unless secrets are configured and the username carries an expiry.
     fn lookup_rest(&self, username: &str, unix_now: u64) -> Lookup {
-        if self.secrets.is_empty() {
+        let minted = rest_user(username, self.rest_separator)
+            .is_some_and(|u| u.starts_with(MINTED_USER_PREFIX));
+        let secrets = if minted {
+            std::slice::from_ref(&self.mint_secret)
+        } else {
+            &self.secrets[..]
+        };
+        if secrets.iter().all(Vec::is_empty) {
             return Lookup::Unknown;
         }
         let Some(expiry) = rest_expiry(username, self.rest_separator) else {
@@ -89,8 +120,7 @@ impl Credentials {
         if expiry.saturating_add(self.rest_max_skew_secs) < unix_now {
             return Lookup::Expired;
         }
-        let keys = self
-            .secrets
+        let keys = secrets
             .iter()
             .map(|secret| long_term_key(username, &self.realm, &rest_password(secret, username)))
             .collect();
@@ -136,6 +166,7 @@ impl fmt::Debug for Credentials {
             .field("rest_secrets", &self.secrets.len())
             .field("rest_separator", &self.rest_separator)
             .field("rest_max_skew_secs", &self.rest_max_skew_secs)
+            .field("mint_secret", &!self.mint_secret.is_empty())
             .finish()
     }
 }

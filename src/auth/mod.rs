@@ -53,5 +53,7 @@ mod creds;
 mod nonce;
 
 pub use budget::FailureBudget;
-pub use creds::{long_term_key, rest_password, rest_username, Credentials};
+pub use creds::{
+    long_term_key, mint_secret, rest_password, rest_username, Credentials, MINTED_USER_PREFIX,
+};
 pub use nonce::NonceMint;

@@ -17,9 +17,9 @@ use std::path::Path;
 use toml_edit::ImDocument;
 
 use super::locate::{guess_path, line_at, path_at, span_of};
-use super::raw::{RawAuth, RawConfig, RawUser};
+use super::raw::{MintMode, RawAuth, RawConfig, RawUser};
 use super::validate::Problem;
-use super::{Config, Credential, Profile, StaticUser, TlsFiles};
+use super::{Config, Credential, Mint, Profile, Redacted, StaticUser, TlsFiles};
 
 /// One problem and where it is: `file:line: key: message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -393,6 +393,48 @@ fn apply(raw: RawConfig, c: &mut Config, base: &Path, problems: &mut Vec<Problem
         set(&mut c.max_connections_per_ip, sg.max_connections_per_ip);
         set(&mut c.max_message_bytes, sg.max_message_bytes);
         set(&mut c.ice_requests_per_minute, sg.ice_requests_per_minute);
+        set(
+            &mut c.mint,
+            sg.mint.map(|m| match m {
+                MintMode::Open => Mint::Open,
+                MintMode::Token => Mint::Token,
+                MintMode::Off => Mint::Off,
+            }),
+        );
+        for (key, file, slot) in [
+            (
+                "signaling.mint_token_file",
+                sg.mint_token_file,
+                &mut c.mint_token,
+            ),
+            (
+                "signaling.mint_secret_file",
+                sg.mint_secret_file,
+                &mut c.mint_secret,
+            ),
+        ] {
+            let Some(f) = file else { continue };
+            match read_secret_file(&base.join(f)) {
+                Ok(mut lines) if lines.len() == 1 => *slot = lines.pop().map(Redacted),
+                Ok(_) => problems.push(Problem::new(key, "must hold exactly one line")),
+                Err(m) => problems.push(Problem::new(key, m)),
+            }
+        }
+        set(&mut c.mint_per_minute, sg.mint_per_minute);
+        set(
+            &mut c.mint_allocations_per_client,
+            sg.mint_allocations_per_client,
+        );
+        set(&mut c.mint_allocations, sg.mint_allocations);
+        set(&mut c.max_websockets, sg.max_websockets);
+        set(&mut c.max_http_connections, sg.max_http_connections);
+        set(
+            &mut c.max_http_connections_per_ip,
+            sg.max_http_connections_per_ip,
+        );
+        set(&mut c.header_timeout, sg.header_timeout.map(|d| d.0));
+        set(&mut c.idle_timeout, sg.idle_timeout.map(|d| d.0));
+        set(&mut c.fd_reserve, sg.fd_reserve);
     }
     if let Some(a) = raw.admin {
         set(&mut c.admin.listen, a.listen.map(|l| l.0 .0));

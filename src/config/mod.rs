@@ -102,8 +102,56 @@ pub struct Signaling {
     pub max_connections_per_ip: usize,
     /// Largest WebSocket message accepted; larger ones close the socket.
     pub max_message_bytes: usize,
-    /// `/api/ice-servers` requests allowed per IP per minute.
+    /// `/api/ice-servers` requests allowed per client (IPv4 /24, IPv6 /64) per minute.
     pub ice_requests_per_minute: u32,
+    /// Who may get credentials from `/api/ice-servers`.
+    pub mint: Mint,
+    /// The bearer token `mint = "token"` asks for (from `mint_token_file`).
+    pub mint_token: Option<Redacted>,
+    /// The secret minted credentials are signed with (from `mint_secret_file`); `None`: a
+    /// random one per process. Never one of the `[auth]` secrets.
+    pub mint_secret: Option<Redacted>,
+    /// Credentials minted per minute in total, whatever their source.
+    pub mint_per_minute: u32,
+    /// Allocations with minted credentials: per client network (never above
+    /// `policy.max_allocations_per_user`) and in total.
+    pub mint_allocations_per_client: usize,
+    pub mint_allocations: usize,
+    /// WebSockets open at once in total.
+    pub max_websockets: usize,
+    /// HTTP connections (WebSockets included) open at once, in total and per client IP
+    /// (IPv6: per /64).
+    pub max_http_connections: usize,
+    pub max_http_connections_per_ip: usize,
+    /// A request's headers must arrive within this (also the keep-alive idle limit).
+    pub header_timeout: Duration,
+    /// An HTTP connection (not yet a WebSocket) with no bytes either way for this long is
+    /// closed.
+    pub idle_timeout: Duration,
+    /// HTTP connections are refused while fewer than this many descriptors are left under
+    /// RLIMIT_NOFILE (capped at half the limit), so relays and TURN connections keep theirs.
+    pub fd_reserve: usize,
+}
+
+/// `[signaling] mint`: who may get TURN credentials from `/api/ice-servers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mint {
+    /// Anyone who can reach the listener (the development profile).
+    Open,
+    /// Requests with `Authorization: Bearer <mint_token>`.
+    Token,
+    /// Nobody: `/api/ice-servers` answers 403 (the default of config files).
+    Off,
+}
+
+/// A secret string whose `Debug` output is `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// Limits of TCP and TLS client connections.
@@ -328,6 +376,18 @@ impl Config {
                 max_connections_per_ip: 16,
                 max_message_bytes: 64 * 1024,
                 ice_requests_per_minute: 60,
+                mint: Mint::Off,
+                mint_token: None,
+                mint_secret: None,
+                mint_per_minute: 600,
+                mint_allocations_per_client: 10,
+                mint_allocations: 1000,
+                max_websockets: 4096,
+                max_http_connections: 8192,
+                max_http_connections_per_ip: 64,
+                header_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(60),
+                fd_reserve: 1024,
             },
             admin: Admin {
                 listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9641))),
@@ -368,6 +428,7 @@ impl Config {
         c.auth.failure_budget_per_sec = 1000;
         c.policy.allow_peers = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
         c.signaling.listen = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)));
+        c.signaling.mint = Mint::Open;
         c
     }
 

@@ -121,6 +121,27 @@ pub struct RawSignaling {
     pub max_connections_per_ip: Option<usize>,
     pub max_message_bytes: Option<usize>,
     pub ice_requests_per_minute: Option<u32>,
+    pub mint: Option<MintMode>,
+    pub mint_token_file: Option<PathBuf>,
+    pub mint_secret_file: Option<PathBuf>,
+    pub mint_per_minute: Option<u32>,
+    pub mint_allocations_per_client: Option<usize>,
+    pub mint_allocations: Option<usize>,
+    pub max_websockets: Option<usize>,
+    pub max_http_connections: Option<usize>,
+    pub max_http_connections_per_ip: Option<usize>,
+    pub header_timeout: Option<Dur>,
+    pub idle_timeout: Option<Dur>,
+    pub fd_reserve: Option<usize>,
+}
+
+/// `[signaling] mint`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MintMode {
+    Open,
+    Token,
+    Off,
 }
 
 /// The admin listener: metrics, health, sessions.

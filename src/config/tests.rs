@@ -773,3 +773,73 @@ fn http_listener_flags_and_the_development_profile_stays_on_loopback() {
     let e = format!("{:#}", crate::cli::resolve(&cli).unwrap_err());
     assert!(e.contains("0.0.0.0:8080 is not a loopback address"), "{e}");
 }
+
+#[test]
+fn signaling_mint_and_http_limits() {
+    // Files default to no minting; the development profile mints for anyone.
+    let d = load(MINIMAL).unwrap();
+    assert_eq!(d.signaling.mint, Mint::Off);
+    assert_eq!(Config::development().signaling.mint, Mint::Open);
+    assert_eq!(d.signaling.max_websockets, 4096);
+    assert_eq!(
+        (
+            d.signaling.mint_allocations_per_client,
+            d.signaling.mint_allocations
+        ),
+        (10, 1000)
+    );
+    assert_eq!(d.signaling.header_timeout, Duration::from_secs(10));
+
+    let token = temp_file("mint-token", "a-mint-token-of-some-length\n");
+    let secret = temp_file("mint-secret", "mint-secret-0123456789\n");
+    let c = load(&format!(
+        "{MINIMAL}[signaling]\nmint = \"token\"\nmint_token_file = {:?}\n\
+         mint_secret_file = {:?}\nmint_per_minute = 7\nmax_websockets = 9\n\
+         max_http_connections = 10\nmax_http_connections_per_ip = 3\nheader_timeout = \"2s\"\n\
+         idle_timeout = \"30s\"\nfd_reserve = 64\nmint_allocations_per_client = 4\n\
+         mint_allocations = 40\n",
+        token.display(),
+        secret.display()
+    ))
+    .unwrap();
+    let s = &c.signaling;
+    assert_eq!(s.mint, Mint::Token);
+    assert_eq!(
+        s.mint_token.as_ref().unwrap().0,
+        "a-mint-token-of-some-length"
+    );
+    assert_eq!(s.mint_secret.as_ref().unwrap().0, "mint-secret-0123456789");
+    assert!(
+        !format!("{c:?}").contains("a-mint-token"),
+        "secrets print redacted"
+    );
+    assert_eq!(
+        (s.mint_per_minute, s.max_websockets, s.max_http_connections),
+        (7, 9, 10)
+    );
+    assert_eq!(s.max_http_connections_per_ip, 3);
+    assert_eq!((s.mint_allocations_per_client, s.mint_allocations), (4, 40));
+    assert_eq!(
+        (s.header_timeout, s.idle_timeout, s.fd_reserve),
+        (Duration::from_secs(2), Duration::from_secs(30), 64)
+    );
+
+    let e = error(&format!("{MINIMAL}[signaling]\nmint = \"token\"\n"));
+    assert!(
+        e.contains("signaling.mint_token_file: mint = \"token\" needs"),
+        "{e}"
+    );
+    let e = error(&format!("{MINIMAL}[signaling]\nmint = \"maybe\"\n"));
+    assert!(e.contains("signaling.mint"), "{e}");
+    let same = temp_file("mint-same", "s3cret-but-longer-than-16\n");
+    let e = error(&format!(
+        "[auth]\nsecrets = [\"s3cret-but-longer-than-16\"]\n[signaling]\nmint_secret_file = {:?}\n",
+        same.display()
+    ));
+    assert!(e.contains("must differ from every [auth] secret"), "{e}");
+    assert!(!e.contains("s3cret-but"), "{e}");
+    let e = error("[[auth.user]]\nname = \"web:x\"\npassword = \"password\"\n");
+    assert!(e.contains("reserved for minted credentials"), "{e}");
+    let e = error(&format!("{MINIMAL}[signaling]\nheader_timeout = \"0s\"\n"));
+    assert!(e.contains("signaling.header_timeout"), "{e}");
+}

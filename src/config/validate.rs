@@ -347,9 +347,34 @@ impl Config {
         for (key, value) in [
             ("signaling.max_connections_per_ip", s.max_connections_per_ip),
             ("signaling.max_message_bytes", s.max_message_bytes),
+            ("signaling.max_websockets", s.max_websockets),
+            ("signaling.max_http_connections", s.max_http_connections),
+            (
+                "signaling.max_http_connections_per_ip",
+                s.max_http_connections_per_ip,
+            ),
+            ("signaling.mint_per_minute", s.mint_per_minute as usize),
+            (
+                "signaling.ice_requests_per_minute",
+                s.ice_requests_per_minute as usize,
+            ),
+            (
+                "signaling.mint_allocations_per_client",
+                s.mint_allocations_per_client,
+            ),
+            ("signaling.mint_allocations", s.mint_allocations),
         ] {
             if value == 0 {
                 p.push(Problem::new(key, "must be at least 1"));
+            }
+        }
+        self.validate_mint(p);
+        for (key, d) in [
+            ("signaling.header_timeout", s.header_timeout),
+            ("signaling.idle_timeout", s.idle_timeout),
+        ] {
+            if d.is_zero() {
+                p.push(Problem::new(key, "must be longer than 0s"));
             }
         }
         if s.credential_ttl.is_zero() {
@@ -367,6 +392,45 @@ fn duplicates(addrs: &[SocketAddr], key: &str, p: &mut Vec<Problem>) {
     for a in addrs {
         if a.port() != 0 && !seen.insert(a) {
             p.push(Problem::new(key, format!("{a} is listed twice")));
+        }
+    }
+}
+
+impl Config {
+    /// `[signaling] mint`: a token gate needs a usable token; the mint secret is its own.
+    fn validate_mint(&self, p: &mut Vec<Problem>) {
+        let s = &self.signaling;
+        match (&s.mint, &s.mint_token) {
+            (super::Mint::Token, None) => p.push(Problem::new(
+                "signaling.mint_token_file",
+                "mint = \"token\" needs a token file",
+            )),
+            (_, Some(t)) if t.0.len() < 16 => p.push(Problem::new(
+                "signaling.mint_token_file",
+                "the token must be at least 16 characters",
+            )),
+            _ => {}
+        }
+        let prefix = crate::auth::MINTED_USER_PREFIX;
+        if self.auth.users.iter().any(|u| u.name.starts_with(prefix)) {
+            p.push(Problem::new(
+                "auth.users",
+                format!("names starting with {prefix:?} are reserved for minted credentials"),
+            ));
+        }
+        if let Some(m) = &s.mint_secret {
+            if m.0.len() < 16 {
+                p.push(Problem::new(
+                    "signaling.mint_secret_file",
+                    "the secret must be at least 16 characters",
+                ));
+            }
+            if self.auth.secrets.contains(&m.0) {
+                p.push(Problem::new(
+                    "signaling.mint_secret_file",
+                    "must differ from every [auth] secret",
+                ));
+            }
         }
     }
 }

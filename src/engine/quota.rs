@@ -1,4 +1,6 @@
-//! Allocation quotas shared by all shards: total and per user (486 when exceeded).
+//! Allocation quotas shared by all shards: total and per user (486 when exceeded), and for
+//! credentials minted by `/api/ice-servers` (principals `web:<network>`) their own caps per
+//! client network and in total, so browsers can never take the whole server.
 //!
 //! Touched only when an allocation is created or deleted, never per packet.
 
@@ -11,6 +13,10 @@ pub struct Quotas {
     max_per_user: AtomicUsize,
     total: AtomicUsize,
     by_user: Mutex<HashMap<String, usize>>,
+    /// Per minted principal (never above `max_per_user`) and for all minted ones together.
+    max_per_minted: AtomicUsize,
+    max_minted_total: AtomicUsize,
+    minted_total: AtomicUsize,
 }
 
 impl Quotas {
@@ -20,7 +26,20 @@ impl Quotas {
             max_per_user: AtomicUsize::new(max_per_user),
             total: AtomicUsize::new(0),
             by_user: Mutex::new(HashMap::new()),
+            max_per_minted: AtomicUsize::new(usize::MAX),
+            max_minted_total: AtomicUsize::new(usize::MAX),
+            minted_total: AtomicUsize::new(0),
         }
+    }
+
+    /// Caps of minted principals: per client network and in total.
+    pub fn set_minted_limits(&self, per_client: usize, total: usize) {
+        self.max_per_minted.store(per_client, Ordering::Relaxed);
+        self.max_minted_total.store(total, Ordering::Relaxed);
+    }
+
+    fn is_minted(user: &str) -> bool {
+        user.starts_with(crate::auth::MINTED_USER_PREFIX)
     }
 
     /// New limits (reload); allocations over them are kept, new ones refused.
@@ -35,12 +54,24 @@ impl Quotas {
         if self.total.load(Ordering::Relaxed) >= self.max_total.load(Ordering::Relaxed) {
             return false;
         }
+        let minted = Self::is_minted(user);
+        let mut max_per_user = self.max_per_user.load(Ordering::Relaxed);
+        if minted {
+            let max = self.max_minted_total.load(Ordering::Relaxed);
+            if self.minted_total.load(Ordering::Relaxed) >= max {
+                return false;
+            }
+            max_per_user = max_per_user.min(self.max_per_minted.load(Ordering::Relaxed));
+        }
         let n = by_user.get(user).copied().unwrap_or(0);
-        if n >= self.max_per_user.load(Ordering::Relaxed) {
+        if n >= max_per_user {
             return false;
         }
         by_user.insert(user.to_string(), n + 1);
         self.total.fetch_add(1, Ordering::Relaxed);
+        if minted {
+            self.minted_total.fetch_add(1, Ordering::Relaxed);
+        }
         true
     }
 
@@ -52,10 +83,41 @@ impl Quotas {
                 by_user.remove(user);
             }
             self.total.fetch_sub(1, Ordering::Relaxed);
+            if Self::is_minted(user) {
+                self.minted_total.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 
     pub fn total(&self) -> usize {
         self.total.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_principals_have_their_own_caps() {
+        let q = Quotas::new(100, 5);
+        q.set_minted_limits(2, 3);
+        assert!(q.acquire("web:192.0.2.0/24"));
+        assert!(q.acquire("web:192.0.2.0/24"));
+        assert!(!q.acquire("web:192.0.2.0/24"), "per network");
+        assert!(q.acquire("web:198.51.100.0/24"));
+        assert!(!q.acquire("web:203.0.113.0/24"), "in total");
+        assert!(
+            (0..5).all(|_| q.acquire("alice")),
+            "others keep max_per_user"
+        );
+        q.release("web:192.0.2.0/24");
+        assert!(q.acquire("web:203.0.113.0/24"));
+        // Never above max_per_user.
+        q.set_minted_limits(50, 50);
+        let q2 = Quotas::new(100, 1);
+        q2.set_minted_limits(50, 50);
+        assert!(q2.acquire("web:x") && !q2.acquire("web:x"));
+        assert_eq!(q.total(), 8);
     }
 }

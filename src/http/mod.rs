@@ -3,16 +3,15 @@
 //! signaling endpoint `/ws` (protocol in [`signaling`], room state in [`rooms`]).
 //!
 //! [`serve`] runs on a tokio runtime of its own (the caller's thread), plain HTTP or, with
-//! `[signaling] tls`, HTTPS with the TLS listeners' reloadable certificate ([`listen`]). It
+//! `[signaling] tls`, HTTPS with the TLS listeners' reloadable certificate ([`listen`]), in
+//! the connection-capped accept loop of [`limits`] (shared with the admin listener). It
 //! returns when the shutdown token is cancelled: open WebSockets are closed with 1001, the
 //! remaining HTTP connections get a short grace period.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::connect_info::Connected;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -23,22 +22,17 @@ use crate::config;
 use crate::net::tls::ReloadableCert;
 
 pub mod ice;
+pub mod limits;
 pub mod listen;
 mod pages;
 pub mod rooms;
 pub mod signaling;
 
-/// How long open HTTP connections may take to finish after shutdown is requested.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-
-/// What the HTTP listener needs from the rest of turnd. Its `Debug` output leaves the secret
-/// out.
+/// What the HTTP listener needs from the rest of turnd (secrets in `cfg` print redacted).
 #[derive(Clone)]
 pub struct HttpSetup {
     pub cfg: config::Signaling,
     pub realm: String,
-    /// The first `[auth]` secret; `None`: `/api/ice-servers` answers 503.
-    pub secret: Option<String>,
     pub rest_separator: char,
     /// Bound TURN listeners (port 0 resolved), in config order.
     pub udp: Vec<SocketAddr>,
@@ -53,7 +47,6 @@ impl std::fmt::Debug for HttpSetup {
         f.debug_struct("HttpSetup")
             .field("cfg", &self.cfg)
             .field("realm", &self.realm)
-            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("rest_separator", &self.rest_separator)
             .field("udp", &self.udp)
             .field("tcp", &self.tcp)
@@ -83,21 +76,10 @@ pub(crate) struct App {
     pub signaling: signaling::Signaling,
 }
 
-/// The client's address, as accepted (plain or TLS).
+/// The client's address, as accepted (plain or TLS); a request extension set by
+/// [`limits::serve`], read with `ConnectInfo<Remote>`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Remote(pub SocketAddr);
-
-impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for Remote {
-    fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Remote(*s.remote_addr())
-    }
-}
-
-impl Connected<axum::serve::IncomingStream<'_, listen::TlsListener>> for Remote {
-    fn connect_info(s: axum::serve::IncomingStream<'_, listen::TlsListener>) -> Self {
-        Remote(*s.remote_addr())
-    }
-}
 
 /// The key per-IP limits count by: IPv4 addresses (v4-mapped IPv6 unwrapped) as they are,
 /// IPv6 addresses by their /64, since one subscriber usually holds a whole /64.
@@ -173,33 +155,25 @@ pub async fn serve(
         ice: ice::IceServers::new(&setup),
         signaling: signaling::Signaling::new(&setup.cfg, shutdown.clone()),
     });
-    let service = router(app).into_make_service_with_connect_info::<Remote>();
-    let stopped = shutdown.clone().cancelled_owned();
-    let grace = {
-        let s = shutdown.clone();
-        async move {
-            s.cancelled().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        }
+    let tls = match (https, tls_cert) {
+        (false, _) => None,
+        (true, Some(cert)) => Some(listen::http_tls_config(cert)?),
+        (true, None) => anyhow::bail!("[signaling] tls needs the TLS listeners' certificate"),
     };
-    let server = async move {
-        if https {
-            let cert = tls_cert.context("[signaling] tls needs the TLS listeners' certificate")?;
-            let tls = listen::TlsListener::new(listener, listen::http_tls_config(cert)?, &shutdown);
-            tracing::info!(addr = %local, "listening (signaling, https)");
-            axum::serve(tls, service)
-                .with_graceful_shutdown(stopped)
-                .await
-        } else {
-            tracing::info!(addr = %local, "listening (signaling, http)");
-            axum::serve(listener, service)
-                .with_graceful_shutdown(stopped)
-                .await
-        }
-        .context("HTTP server")
-    };
-    tokio::select! {
-        r = server => r,
-        () = grace => Ok(()),
+    let limits = limits::Limits::signaling(&setup.cfg);
+    tracing::info!(
+        addr = %local,
+        https,
+        max_connections = limits.max_connections,
+        "listening (signaling)"
+    );
+    if setup.cfg.mint == config::Mint::Open && !local.ip().is_loopback() {
+        tracing::warn!(
+            addr = %local,
+            "[signaling] mint = \"open\": anyone who can reach this listener gets TURN \
+             credentials and can relay through this server"
+        );
     }
+    limits::serve(listener, tls, router(app), limits, shutdown).await;
+    Ok(())
 }

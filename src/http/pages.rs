@@ -51,15 +51,14 @@ fn page(kind: &'static str, body: &'static str) -> Response {
 /// `GET /api/info`: the URLs this server offers (no credentials) and whether it can hand
 /// out credentials; not rate-limited since it mints nothing.
 async fn info(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let host_header = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let host = super::ice::url_host(app.ice.public_host(), host_header);
+    let host = app.ice.host_for(&headers);
     let (stun, turn) = host.as_deref().map(|h| app.ice.urls(h)).unwrap_or_default();
     Json(serde_json::json!({
         "software": concat!("turnd ", env!("CARGO_PKG_VERSION")),
         "realm": app.realm,
         "stun": stun,
         "turn": turn,
-        "credentials": app.ice.has_secret(),
+        "credentials": app.ice.mints(),
         "ttl": app.ice.ttl().as_secs(),
     }))
     .into_response()

@@ -23,17 +23,22 @@
 //! - `{"type":"error","code":C,"message":"..."}` with `C` one of `room-full` (two are in it
 //!   already), `bad-room` (invalid room code), `bad-message` (not JSON, no or unknown
 //!   `type`, binary frame, or `join` while already in a room), `not-in-room` (relay or leave
-//!   before `join`), `too-large` (see below). Errors other than `too-large` keep the socket
-//!   open.
+//!   before `join`), `rate-limited` (more than 5 joins in a burst, then one per 2 s, per
+//!   socket), `too-large` (see below). Errors other than `too-large` keep the socket open.
+//!
+//! Presence events coalesce: a `peer-joined` not yet sent is cancelled by the `peer-left`
+//! after it, so another participant's join/leave loop cannot fill a waiter's queue.
 //!
 //! Limits: a message over `[signaling] max_message_bytes` closes the socket with 1009; at
-//! most `max_connections_per_ip` sockets per client IP (IPv6: per /64), more get HTTP 429;
-//! the `Origin` header must be in `allowed_origins`, or when that is empty match the Host
-//! header (same origin), else HTTP 403 (clients that send no Origin, i.e. not browsers, are
-//! let in). The server pings every 20 s and, at a ping, closes a socket that has been silent
+//! most `max_connections_per_ip` sockets per client IP (IPv6: per /64) and `max_websockets`
+//! in total, more get HTTP 429; buffers start small (an idle socket costs a few KiB);
+//! the Host header must pass [`super::ice::request_host`] (it must name `public_host` when
+//! that is set: no DNS rebinding), else HTTP 400; the `Origin` header must be visible ASCII
+//! and in `allowed_origins`, or when that is empty match the Host header (same origin), else
+//! HTTP 403 (clients that send no Origin, i.e. not browsers, are let in). The server pings every 20 s and, at a ping, closes a socket that has been silent
 //! for over 45 s. On shutdown sockets are closed with 1001.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,7 +48,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -56,10 +61,16 @@ const PING_INTERVAL: Duration = Duration::from_secs(20);
 const DEAD_AFTER: Duration = Duration::from_secs(45);
 /// A send to a client that does not read for this long closes its socket.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Relayed messages queued for one client; a client that falls this far behind is closed.
+/// Messages queued for one client; a client that falls this far behind is closed. Presence
+/// events coalesce (a `peer-joined` still queued is cancelled by the `peer-left` after it),
+/// so another participant's join/leave loop cannot fill it.
 const OUTBOX_LEN: usize = 64;
-/// WebSockets open at once in total, whatever their source.
-const MAX_CONNECTIONS: usize = 10_000;
+/// Joins one socket may make: bursts of [`JOIN_BURST`], then one per [`JOIN_EVERY`].
+const JOIN_BURST: u32 = 5;
+const JOIN_EVERY: Duration = Duration::from_secs(2);
+/// Initial read buffer of a socket (tungstenite's default is 128 KiB, allocated per socket
+/// whether used or not); it grows up to the message limit when a large message arrives.
+const READ_BUFFER: usize = 4 * 1024;
 
 /// WebSocket close codes (RFC 6455 §7.4.1).
 mod close {
@@ -86,8 +97,21 @@ fn typed(t: &str) -> String {
     serde_json::json!({ "type": t }).to_string()
 }
 
+const PEER_JOINED: &str = r#"{"type":"peer-joined"}"#;
+const PEER_LEFT: &str = r#"{"type":"peer-left"}"#;
+
 /// Apply one text message from `conn` to `rooms`.
 pub fn dispatch(rooms: &mut Rooms, conn: ConnId, text: &str) -> Actions {
+    dispatch_limited(rooms, conn, text, || true)
+}
+
+/// [`dispatch`], asking `may_join` before each join (false: `rate-limited`, nothing changes).
+pub fn dispatch_limited(
+    rooms: &mut Rooms,
+    conn: ConnId,
+    text: &str,
+    may_join: impl FnOnce() -> bool,
+) -> Actions {
     let reply = |m: String| Actions {
         reply: Some(m),
         deliver: Vec::new(),
@@ -102,6 +126,10 @@ pub fn dispatch(rooms: &mut Rooms, conn: ConnId, text: &str) -> Actions {
         ));
     };
     match kind {
+        "join" if !may_join() => reply(error_message(
+            "rate-limited",
+            "too many joins from this socket; wait a moment",
+        )),
         "join" => join(rooms, conn, msg.get("room").and_then(|r| r.as_str())),
         "offer" | "answer" | "candidate" => match rooms.others(conn) {
             None => reply(error_message("not-in-room", "join a room first")),
@@ -161,9 +189,10 @@ pub fn left(rooms: &mut Rooms, conn: ConnId) -> Vec<(ConnId, String)> {
         .collect()
 }
 
-/// How the server reaches one connection's task.
+/// How the server reaches one connection's task: a bounded queue under the hub's lock.
 struct Outbox {
-    tx: mpsc::Sender<String>,
+    queue: VecDeque<String>,
+    wake: Arc<Notify>,
     /// Cancelled to close a connection that fell behind.
     kick: CancellationToken,
 }
@@ -178,14 +207,29 @@ struct Hub {
 
 impl Hub {
     /// Queue `deliver`; a connection whose outbox is full is kicked.
-    fn deliver(&self, deliver: Vec<(ConnId, String)>) {
+    fn deliver(&mut self, deliver: Vec<(ConnId, String)>) {
         for (to, text) in deliver {
-            if let Some(out) = self.outbox_by_conn.get(&to) {
-                if out.tx.try_send(text).is_err() {
-                    out.kick.cancel();
-                }
+            let Some(out) = self.outbox_by_conn.get_mut(&to) else {
+                continue;
+            };
+            // A join the client has not been told of yet, undone: tell it nothing. (With two
+            // seats per room, both refer to the same participant.)
+            if text == PEER_LEFT && out.queue.back().is_some_and(|b| b == PEER_JOINED) {
+                out.queue.pop_back();
+                continue;
             }
+            if out.queue.len() >= OUTBOX_LEN {
+                out.kick.cancel();
+                continue;
+            }
+            out.queue.push_back(text);
+            out.wake.notify_one();
         }
+    }
+
+    /// The next message queued for `conn`.
+    fn next_for(&mut self, conn: ConnId) -> Option<String> {
+        self.outbox_by_conn.get_mut(&conn)?.queue.pop_front()
     }
 }
 
@@ -196,6 +240,7 @@ pub struct Signaling {
     sockets_by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
     allowed_origins: Vec<String>,
     max_per_ip: usize,
+    max_total: usize,
     max_message_bytes: usize,
     shutdown: CancellationToken,
 }
@@ -230,6 +275,7 @@ impl Signaling {
                 .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
                 .collect(),
             max_per_ip: cfg.max_connections_per_ip,
+            max_total: cfg.max_websockets,
             max_message_bytes: cfg.max_message_bytes,
             shutdown,
         }
@@ -245,7 +291,7 @@ impl Signaling {
         let mut m = self.sockets_by_ip.lock().unwrap_or_else(|e| e.into_inner());
         let total: usize = m.values().sum();
         let n = m.entry(key).or_insert(0);
-        if *n >= self.max_per_ip || total >= MAX_CONNECTIONS {
+        if *n >= self.max_per_ip || total >= self.max_total {
             if *n == 0 {
                 m.remove(&key);
             }
@@ -256,6 +302,23 @@ impl Signaling {
             ip: key,
             sockets_by_ip: self.sockets_by_ip.clone(),
         })
+    }
+}
+
+impl Signaling {
+    /// Whether the request's `Origin` may use this server (`/ws` and `/api/ice-servers`): no
+    /// Origin passes (not a browser), one that is not visible ASCII never does, others per
+    /// [`origin_allowed`]. The Host header it is compared with has been checked against
+    /// `public_host` by the caller ([`super::ice::request_host`]).
+    pub(crate) fn origin_ok(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return true;
+        };
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        origin_allowed(&self.allowed_origins, Some(origin), host)
     }
 }
 
@@ -285,16 +348,14 @@ pub(crate) async fn handler(
     ws: WebSocketUpgrade,
 ) -> Response {
     let sig = &app.signaling;
-    let text = |h| {
-        headers
-            .get(h)
-            .and_then(|v: &axum::http::HeaderValue| v.to_str().ok())
-    };
-    if !origin_allowed(
-        &sig.allowed_origins,
-        text(header::ORIGIN),
-        text(header::HOST),
-    ) {
+    if app.ice.host_for(&headers).is_none() {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "bad-host",
+            "the Host header is not this server's name: set [signaling] public_host",
+        );
+    }
+    if !sig.origin_ok(&headers) {
         return json_error(
             StatusCode::FORBIDDEN,
             "bad-origin",
@@ -309,8 +370,13 @@ pub(crate) async fn handler(
         );
     };
     let max = sig.max_message_bytes;
+    // Frames go out as they are sent (no 128 KiB write buffer per socket); a socket whose
+    // peer does not read may hold one message beyond that before it counts as broken.
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(READ_BUFFER.min(max))
+        .write_buffer_size(0)
+        .max_write_buffer_size(2 * max + READ_BUFFER)
         .on_upgrade(move |socket| async move {
             let _slot = slot;
             run(app, socket).await;
@@ -328,16 +394,17 @@ enum End {
 async fn run(app: Arc<App>, mut socket: WebSocket) {
     let sig = &app.signaling;
     let id = ConnId(sig.next_id.fetch_add(1, Ordering::Relaxed));
-    let (tx, mut outbox) = mpsc::channel(OUTBOX_LEN);
+    let wake = Arc::new(Notify::new());
     let kick = CancellationToken::new();
     sig.hub().outbox_by_conn.insert(
         id,
         Outbox {
-            tx,
+            queue: VecDeque::new(),
+            wake: wake.clone(),
             kick: kick.clone(),
         },
     );
-    let end = serve_socket(sig, id, &mut socket, &mut outbox, &kick).await;
+    let end = serve_socket(sig, id, &mut socket, &wake, &kick).await;
     {
         let mut hub = sig.hub();
         hub.outbox_by_conn.remove(&id);
@@ -371,11 +438,12 @@ async fn serve_socket(
     sig: &Signaling,
     id: ConnId,
     socket: &mut WebSocket,
-    outbox: &mut mpsc::Receiver<String>,
+    wake: &Notify,
     kick: &CancellationToken,
 ) -> End {
     let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
     let mut last_heard = Instant::now();
+    let mut joins = JoinBudget::new(Instant::now());
     loop {
         let step = tokio::select! {
             () = sig.shutdown.cancelled() => Err(End::Close(close::GOING_AWAY, "server stopping")),
@@ -387,13 +455,10 @@ async fn serve_socket(
                     send_frame(socket, Message::Ping(Default::default())).await
                 }
             }
-            out = outbox.recv() => match out {
-                Some(text) => send(socket, text).await,
-                None => Err(End::Gone),
-            },
+            () = wake.notified() => flush(sig, id, socket).await,
             inbound = socket.recv() => {
                 last_heard = Instant::now();
-                on_inbound(sig, id, socket, inbound).await
+                on_inbound(sig, id, socket, inbound, &mut joins).await
             }
         };
         if let Err(end) = step {
@@ -402,11 +467,45 @@ async fn serve_socket(
     }
 }
 
+/// Send everything queued for `id` (the lock is not held across a send).
+async fn flush(sig: &Signaling, id: ConnId, socket: &mut WebSocket) -> Result<(), End> {
+    loop {
+        let next = sig.hub().next_for(id);
+        match next {
+            Some(text) => send(socket, text).await?,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// A socket's join allowance (GCRA): bursts of [`JOIN_BURST`], one per [`JOIN_EVERY`].
+pub struct JoinBudget {
+    /// When the allowance is back to full.
+    full_at: Instant,
+}
+
+impl JoinBudget {
+    pub fn new(now: Instant) -> Self {
+        JoinBudget { full_at: now }
+    }
+
+    /// Spend one join at `now`; false when none is left.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let next = self.full_at.max(now) + JOIN_EVERY;
+        if next.duration_since(now) > JOIN_EVERY * JOIN_BURST {
+            return false;
+        }
+        self.full_at = next;
+        true
+    }
+}
+
 async fn on_inbound(
     sig: &Signaling,
     id: ConnId,
     socket: &mut WebSocket,
     inbound: Option<Result<Message, axum::Error>>,
+    joins: &mut JoinBudget,
 ) -> Result<(), End> {
     match inbound {
         None | Some(Ok(Message::Close(_))) => Err(End::Gone),
@@ -422,7 +521,8 @@ async fn on_inbound(
         Some(Ok(Message::Text(text))) => {
             let actions = {
                 let mut hub = sig.hub();
-                let actions = dispatch(&mut hub.rooms, id, text.as_str());
+                let may_join = || joins.take(Instant::now());
+                let actions = dispatch_limited(&mut hub.rooms, id, text.as_str(), may_join);
                 hub.deliver(actions.deliver);
                 actions.reply
             };
@@ -559,5 +659,66 @@ mod tests {
         assert!(s.acquire("192.0.2.2".parse().unwrap()).is_some());
         drop(a);
         assert!(s.acquire(ip).is_some());
+    }
+
+    #[test]
+    fn joins_are_rate_limited_per_socket() {
+        let t0 = Instant::now();
+        let mut b = JoinBudget::new(t0);
+        assert!((0..JOIN_BURST).all(|_| b.take(t0)));
+        assert!(!b.take(t0));
+        assert!(b.take(t0 + JOIN_EVERY));
+        assert!(!b.take(t0 + JOIN_EVERY));
+        let mut r = Rooms::new();
+        let a = dispatch_limited(&mut r, ConnId(1), r#"{"type":"join","room":"x"}"#, || false);
+        assert_eq!(reply_code(&a), "rate-limited");
+        assert_eq!(r.room_count(), 0);
+    }
+
+    fn hub_with(conn: ConnId) -> Hub {
+        let mut hub = Hub::default();
+        hub.outbox_by_conn.insert(
+            conn,
+            Outbox {
+                queue: VecDeque::new(),
+                wake: Arc::new(Notify::new()),
+                kick: CancellationToken::new(),
+            },
+        );
+        hub
+    }
+
+    #[test]
+    fn presence_events_coalesce() {
+        let a = ConnId(1);
+        let mut hub = hub_with(a);
+        for _ in 0..1000 {
+            hub.deliver(vec![(a, PEER_JOINED.into())]);
+            hub.deliver(vec![(a, PEER_LEFT.into())]);
+        }
+        assert!(hub.outbox_by_conn[&a].queue.is_empty());
+        assert!(!hub.outbox_by_conn[&a].kick.is_cancelled());
+        // A leave then a join is a change of peer: both are told.
+        hub.deliver(vec![(a, PEER_LEFT.into()), (a, PEER_JOINED.into())]);
+        assert_eq!(hub.next_for(a).as_deref(), Some(PEER_LEFT));
+        assert_eq!(hub.next_for(a).as_deref(), Some(PEER_JOINED));
+        assert_eq!(hub.next_for(a), None);
+        // Relayed messages are never dropped silently: a full outbox kicks.
+        for i in 0..=OUTBOX_LEN {
+            hub.deliver(vec![(a, format!("{{\"n\":{i}}}"))]);
+        }
+        assert!(hub.outbox_by_conn[&a].kick.is_cancelled());
+        assert_eq!(typed("peer-joined"), PEER_JOINED);
+        assert_eq!(typed("peer-left"), PEER_LEFT);
+    }
+
+    #[test]
+    fn sockets_are_capped_in_total() {
+        let mut cfg = crate::config::Config::for_tests().signaling;
+        cfg.max_websockets = 2;
+        let s = Signaling::new(&cfg, CancellationToken::new());
+        let _a = s.acquire("192.0.2.1".parse().unwrap()).unwrap();
+        let _b = s.acquire("192.0.2.2".parse().unwrap()).unwrap();
+        assert!(s.acquire("192.0.2.3".parse().unwrap()).is_none());
     }
 }

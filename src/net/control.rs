@@ -179,7 +179,11 @@ impl Control {
         self.reservations
             .set_per_user(new.policy.max_reservations_per_user);
         let shared = Shared {
-            auth: Arc::new(Credentials::from_config(&new.auth, &old.realm)),
+            // The HTTP listener keeps the mint secret it started with: so does auth.
+            auth: Arc::new(
+                Credentials::from_config(&new.auth, &old.realm)
+                    .with_mint_secret(crate::auth::mint_secret(old.signaling.mint_secret.as_ref())),
+            ),
             policy: Arc::new(policy),
             // The same nonce key: nonces handed out before the reload stay valid.
             nonces: old_shared.nonces.clone(),

@@ -232,7 +232,11 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     );
     let own_for_reload = own;
     let shared = Shared {
-        auth: Arc::new(Credentials::from_config(&config.auth, &config.realm)),
+        auth: Arc::new(
+            Credentials::from_config(&config.auth, &config.realm).with_mint_secret(
+                crate::auth::mint_secret(config.signaling.mint_secret.as_ref()),
+            ),
+        ),
         policy: Arc::new(policy),
         nonces: Arc::new(NonceMint::new(rand::random())),
         budget: Arc::new(FailureBudget::split(
@@ -244,6 +248,10 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             config.policy.max_allocations_per_user,
         )),
     };
+    shared.quotas.set_minted_limits(
+        config.signaling.mint_allocations_per_client,
+        config.signaling.mint_allocations,
+    );
     let engine_cfg = EngineConfig {
         realm: config.realm.clone(),
         software: config.software.clone(),
@@ -331,7 +339,6 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             let setup = crate::http::HttpSetup {
                 cfg: config.signaling.clone(),
                 realm: config.realm.clone(),
-                secret: config.auth.secrets.first().cloned(),
                 rest_separator: config.auth.rest_separator,
                 udp: udp_addrs.clone(),
                 tcp: tcp_addrs.clone(),

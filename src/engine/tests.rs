@@ -1264,3 +1264,5 @@ fn stream_closed_while_the_relay_is_being_bound_frees_the_quota_and_the_socket()
     // The only slot is free again for another client.
     t.allocate(client(2));
 }
+
+mod advisories;

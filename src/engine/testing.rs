@@ -358,7 +358,7 @@ impl Harness {
                     push_attr(&mut msg, t, &v);
                 }
                 let nonce_for = match signing {
-                    Signing::ForeignNonce => Self::client(*client + 1).remote,
+                    Signing::ForeignNonce => Self::client(client.wrapping_add(1)).remote,
                     _ => c.remote,
                 };
                 let secs = self.now.saturating_duration_since(self.epoch).as_secs();

@@ -6,6 +6,8 @@
 //! Secrets and passwords live only in this module; nothing here logs, and the `Debug` impl of
 //! [`Credentials`] prints counts, never key material.
 
+#![deny(clippy::indexing_slicing)]
+
 use std::collections::HashMap;
 use std::fmt;
 
@@ -192,6 +194,7 @@ fn parse_decimal(s: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use std::time::Duration;
 

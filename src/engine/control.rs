@@ -1,5 +1,10 @@
 //! Control plane: Binding, Allocate, Refresh, CreatePermission, ChannelBind (RFC 8489,
 //! RFC 8656, RFC 6156), long-term authentication, and the answers to them.
+//!
+//! Attribute values come from the network: indexing is denied here, values are matched with
+//! slice patterns (`Some(&[1, 0, 0, 0])`) or read with `get(..)`.
+
+#![deny(clippy::indexing_slicing)]
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -245,11 +250,9 @@ impl Engine {
     fn requested_lifetime(&self, req: &Parsed<'_>) -> Result<Option<Duration>, ()> {
         match req.get(ATTR_LIFETIME) {
             None => Ok(None),
-            Some(v) if v.len() == 4 => {
-                Ok(Some(Duration::from_secs(u64::from(u32::from_be_bytes([
-                    v[0], v[1], v[2], v[3],
-                ])))))
-            }
+            Some(&[a, b, c, d]) => Ok(Some(Duration::from_secs(u64::from(u32::from_be_bytes([
+                a, b, c, d,
+            ]))))),
             Some(_) => Err(()),
         }
     }
@@ -267,10 +270,9 @@ impl Engine {
         }
         let err = |e: &mut Self, code| e.reply(from, Reply::error(req, code).sign(&au.key));
         match req.get(ATTR_REQUESTED_TRANSPORT) {
-            None => return err(self, 400),
-            Some(v) if v.len() != 4 => return err(self, 400),
-            Some(v) if v[0] != PROTO_UDP => return err(self, 442),
-            Some(_) => {}
+            Some(&[PROTO_UDP, _, _, _]) => {}
+            Some(&[_, _, _, _]) => return err(self, 442),
+            _ => return err(self, 400),
         }
         let requested = req.get(ATTR_REQUESTED_ADDRESS_FAMILY);
         let additional = req.get(ATTR_ADDITIONAL_ADDRESS_FAMILY);
@@ -296,10 +298,10 @@ impl Engine {
             }
             port = PortChoice::Reserved(token);
         }
-        let family = |v: &[u8]| match (v.len(), v[0]) {
-            (4, 1) => Ok(Family::V4),
-            (4, 2) => Ok(Family::V6),
-            (4, _) => Err(440),
+        let family = |v: &[u8]| match *v {
+            [1, _, _, _] => Ok(Family::V4),
+            [2, _, _, _] => Ok(Family::V6),
+            [_, _, _, _] => Err(440),
             _ => Err(400),
         };
         let (mut families, mut refused_v6) = (Vec::with_capacity(2), false);
@@ -469,9 +471,9 @@ impl Engine {
             return self.reply(from, Reply::error(req, 437).sign(&key));
         };
         if let Some(v) = req.get(ATTR_REQUESTED_ADDRESS_FAMILY) {
-            let v6 = match (v.len(), v[0]) {
-                (4, 1) => false,
-                (4, 2) => true,
+            let v6 = match *v {
+                [1, _, _, _] => false,
+                [2, _, _, _] => true,
                 _ => return self.reply(from, Reply::error(req, 400).sign(&key)),
             };
             if !a.relays.iter().any(|r| r.bound.is_ipv6() == v6) {
@@ -567,16 +569,16 @@ impl Engine {
     fn on_channel_bind(&mut self, now: Instant, from: ClientAddr, req: &Parsed<'_>, au: Authed) {
         let bad = |e: &mut Self, code| e.reply(from, Reply::error(req, code).sign(&au.key));
         let number = match req.get(ATTR_CHANNEL_NUMBER) {
-            Some(v) if v.len() == 4 => u16::from_be_bytes([v[0], v[1]]),
+            Some(&[a, b, _, _]) => u16::from_be_bytes([a, b]),
             _ => return bad(self, 400),
         };
         if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&number) {
             return bad(self, 400);
         }
-        let peer = match self.checked_peers(&from, req) {
-            Ok(p) if p.len() == 1 => p[0],
+        let peer = match self.checked_peers(&from, req).as_deref() {
+            Ok(&[p]) => p,
             Ok(_) => return bad(self, 400),
-            Err(code) => return bad(self, code),
+            Err(&code) => return bad(self, code),
         };
         if !self.shared.policy.permits(peer) {
             return bad(self, 403);

@@ -2,6 +2,11 @@
 //!
 //! Nothing here allocates or copies the payload: the result names a byte range of the
 //! caller's buffer. Per-packet events are not logged.
+//!
+//! Indexing is denied here: lengths come from the network and the caller's buffer is only
+//! written through `get_mut(..)`, so a buffer without the promised headroom drops the packet.
+
+#![deny(clippy::indexing_slicing)]
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -29,11 +34,11 @@ impl Engine {
         from: ClientAddr,
         buf: &[u8],
     ) -> Option<ToPeer> {
-        if buf.len() < 4 {
+        let &[n0, n1, l0, l1, ..] = buf else {
             return None;
-        }
-        let number = u16::from_be_bytes([buf[0], buf[1]]);
-        let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+        };
+        let number = u16::from_be_bytes([n0, n1]);
+        let len = usize::from(u16::from_be_bytes([l0, l1]));
         if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&number) || 4 + len > buf.len() {
             return None;
         }
@@ -71,7 +76,7 @@ impl Engine {
         if !a.relays.iter().any(|r| r.bound == relay) || !a.permitted(&peer.ip(), now) {
             return None;
         }
-        let end = HEADROOM + len;
+        let len16 = u16::try_from(len).ok()?;
         let range = match a.channels_by_peer.get(&peer) {
             Some(&number)
                 if a.channels_by_number
@@ -79,37 +84,46 @@ impl Engine {
                     .is_some_and(|c| c.expires > now) =>
             {
                 let start = HEADROOM - 4;
-                buf[start..start + 2].copy_from_slice(&number.to_be_bytes());
-                buf[start + 2..HEADROOM].copy_from_slice(&(len as u16).to_be_bytes());
                 let padded = if client.transport.is_stream() {
                     (len + 3) & !3
                 } else {
                     len
                 };
-                buf[end..HEADROOM + padded].fill(0);
+                let out = buf.get_mut(start..HEADROOM + padded)?;
+                let (h, rest) = out.split_first_chunk_mut::<4>()?;
+                let ([n0, n1], [l0, l1]) = (number.to_be_bytes(), len16.to_be_bytes());
+                *h = [n0, n1, l0, l1];
+                rest.get_mut(len..)?.fill(0);
                 start..HEADROOM + padded
             }
             _ => {
                 // Data indication: header, XOR-PEER-ADDRESS, DATA.
                 let peer_attr = if peer.is_ipv4() { 12 } else { 24 };
                 let padded = (len + 3) & !3;
-                let body = peer_attr + 4 + padded;
-                if body > usize::from(u16::MAX) || len > usize::from(u16::MAX) {
+                let body = u16::try_from(peer_attr + 4 + padded).ok()?;
+                let start = HEADROOM - 4 - peer_attr - 20;
+                let out = buf.get_mut(start..HEADROOM + padded)?;
+                let (h, rest) = out.split_at_mut_checked(HEADROOM - start)?;
+                let (hdr, attrs) = h.split_first_chunk_mut::<20>()?;
+                let ([b0, b1], [c0, c1, c2, c3]) = (
+                    body.to_be_bytes(),
+                    stun::message::MAGIC_COOKIE.to_be_bytes(),
+                );
+                let [t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11] = tid;
+                *hdr = [
+                    0x00, 0x17, b0, b1, c0, c1, c2, c3, t0, t1, t2, t3, t4, t5, t6, t7, t8, t9,
+                    t10, t11,
+                ];
+                let (pa, data_hdr) = attrs.split_at_mut_checked(peer_attr)?;
+                let (pa_hdr, pa_val) = pa.split_first_chunk_mut::<4>()?;
+                *pa_hdr = [0x00, 0x12, 0, (peer_attr - 4) as u8];
+                if encode_xor_addr(peer, &tid, pa_val) != peer_attr - 4 {
                     return None;
                 }
-                let start = HEADROOM - 4 - peer_attr - 20;
-                let h = &mut buf[start..HEADROOM];
-                h[0..2].copy_from_slice(&0x0017u16.to_be_bytes());
-                h[2..4].copy_from_slice(&(body as u16).to_be_bytes());
-                h[4..8].copy_from_slice(&stun::message::MAGIC_COOKIE.to_be_bytes());
-                h[8..20].copy_from_slice(&tid);
-                h[20..22].copy_from_slice(&0x0012u16.to_be_bytes());
-                h[22..24].copy_from_slice(&((peer_attr - 4) as u16).to_be_bytes());
-                encode_xor_addr(peer, &tid, &mut h[24..24 + peer_attr - 4]);
-                let d = 20 + peer_attr;
-                h[d..d + 2].copy_from_slice(&0x0013u16.to_be_bytes());
-                h[d + 2..d + 4].copy_from_slice(&(len as u16).to_be_bytes());
-                buf[end..HEADROOM + padded].fill(0);
+                let [l0, l1] = len16.to_be_bytes();
+                let d: &mut [u8; 4] = data_hdr.try_into().ok()?;
+                *d = [0x00, 0x13, l0, l1];
+                rest.get_mut(len..)?.fill(0);
                 start..HEADROOM + padded
             }
         };

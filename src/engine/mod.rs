@@ -36,6 +36,10 @@ mod quota;
 pub mod wire;
 
 #[cfg(test)]
+mod props;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod testing;
+#[cfg(test)]
 mod tests;
 
 /// Injected faults for the containment tests; compiled only with the `fault-injection`
@@ -312,7 +316,7 @@ impl Engine {
         fault::check(buf);
         match buf.first()? >> 6 {
             0 => {
-                if buf.len() >= 20 && buf[0..2] == [0x00, 0x16] {
+                if buf.len() >= 20 && buf.starts_with(&[0x00, 0x16]) {
                     // Send indication: the hot path.
                     return self.on_send(now, from, buf);
                 }
@@ -330,7 +334,10 @@ impl Engine {
 
     /// The stream connection of `client` closed: free its allocation now.
     pub fn client_closed(&mut self, now: Instant, client: ClientAddr) {
-        self.pending_by_client.remove(&client);
+        if let Some(p) = self.pending_by_client.remove(&client) {
+            // Its relay sockets come back through relay_bound and are released there.
+            self.shared.quotas.release(&p.user);
+        }
         self.delete_allocation(now, client, "connection closed");
     }
 

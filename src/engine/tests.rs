@@ -1171,3 +1171,98 @@ fn rest_usernames_of_one_user_share_the_per_user_quota_and_the_allocation() {
     assert_eq!(error_code(&r), Some(486));
     assert_eq!(t.e.sessions(t.now, Some("carol")).len(), 1);
 }
+
+#[test]
+fn signed_requests_with_empty_or_short_attributes_get_400_not_a_panic() {
+    // Issue 9: REQUESTED-ADDRESS-FAMILY of length 0 indexed v[0] after authentication.
+    let mut t = engine();
+    let c = client(1);
+    let n = t.nonce(c);
+    for (attr, v) in [
+        (ATTR_REQUESTED_ADDRESS_FAMILY, &[][..]),
+        (wire::ATTR_ADDITIONAL_ADDRESS_FAMILY, &[][..]),
+        (ATTR_REQUESTED_ADDRESS_FAMILY, &[1][..]),
+        (ATTR_EVEN_PORT, &[][..]),
+        (ATTR_LIFETIME, &[][..]),
+        (ATTR_LIFETIME, &[0, 0][..]),
+    ] {
+        let r = t.authed(
+            c,
+            &n,
+            Req::new(METHOD_ALLOCATE).transport_udp().raw(attr, v),
+        );
+        assert_eq!(error_code(&r), Some(400), "{attr:?} {v:?}");
+    }
+    for v in [&[][..], &[17][..], &[17, 0][..]] {
+        let r = t.authed(
+            c,
+            &n,
+            Req::new(METHOD_ALLOCATE).raw(ATTR_REQUESTED_TRANSPORT, v),
+        );
+        assert_eq!(error_code(&r), Some(400), "REQUESTED-TRANSPORT {v:?}");
+    }
+    t.allocate(c);
+    for v in [&[][..], &[2][..], &[1, 0][..]] {
+        let r = t.authed(
+            c,
+            &n,
+            Req::new(METHOD_REFRESH).raw(ATTR_REQUESTED_ADDRESS_FAMILY, v),
+        );
+        assert_eq!(error_code(&r), Some(400), "Refresh family {v:?}");
+    }
+    for v in [&[][..], &[0x40][..], &[0x40, 0, 0][..]] {
+        let r = t.authed(
+            c,
+            &n,
+            Req::new(METHOD_CHANNEL_BIND)
+                .raw(ATTR_CHANNEL_NUMBER, v)
+                .peer(peer(1)),
+        );
+        assert_eq!(error_code(&r), Some(400), "CHANNEL-NUMBER {v:?}");
+    }
+    for v in [
+        &[][..],
+        &[0][..],
+        &[0, 1, 0][..],
+        &[0, 1, 0, 0, 1, 2, 3][..],
+    ] {
+        let r = t.authed(
+            c,
+            &n,
+            Req::new(METHOD_CREATE_PERMISSION).raw(ATTR_XOR_PEER_ADDRESS, v),
+        );
+        assert_eq!(error_code(&r), Some(400), "XOR-PEER-ADDRESS {v:?}");
+    }
+    assert_eq!(t.e.stats().allocations, 1);
+}
+
+#[test]
+fn stream_closed_while_the_relay_is_being_bound_frees_the_quota_and_the_socket() {
+    // Found by the post-auth property test: client_closed dropped the pending Allocate
+    // without giving its quota slot back.
+    let mut t = engine_with(1, 1);
+    let c = ClientAddr {
+        transport: Transport::Tcp,
+        ..client(1)
+    };
+    let n = t.nonce(c);
+    let req = Req::new(METHOD_ALLOCATE)
+        .transport_udp()
+        .creds("alice", "secret", &n);
+    assert!(t.send(c, &req.bytes()).is_none());
+    let Some(Command::BindRelays {
+        client: bound_for, ..
+    }) = t.e.poll_command()
+    else {
+        panic!("no bind")
+    };
+    t.e.client_closed(t.now, c);
+    let relay = SocketAddr::from(([198, 51, 100, 1], 50002));
+    t.e.relay_bound(t.now, bound_for, vec![Some(relay)]);
+    assert_eq!(t.e.poll_command(), Some(Command::ReleaseRelay(relay)));
+    assert_eq!(t.e.shared.quotas.total(), 0, "quota slot leaked");
+    // The only slot is free again for another client.
+    t.allocate(client(2));
+}
+
+mod advisories;

@@ -5,6 +5,11 @@
 //! not overrun. Duplicate attributes: the first counts. Attributes after MESSAGE-INTEGRITY
 //! (other than FINGERPRINT) are ignored. A FINGERPRINT that is not last or does not match
 //! makes the message invalid. Responses are built with the `stun` crate's setters.
+//!
+//! Every length and offset here comes from the network: indexing is denied in this module and
+//! values are read with slice patterns and `get(..)` only.
+
+#![deny(clippy::indexing_slicing)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
@@ -32,11 +37,13 @@ pub const ATTR_ICMP: AttrType = AttrType(0x8004);
 const MAX_ATTRS: usize = 32;
 const MI_LEN: usize = 20;
 
-/// One attribute: its type and where its value lies in the message.
+/// One attribute: its type and where its value lies in the message. Offsets are `usize`: a
+/// Send indication framed on a stream can be 20 + 65,535 bytes, so its DATA may start past
+/// offset 65,535 (issue 10, item 12).
 #[derive(Debug, Clone, Copy)]
 pub struct Attr {
     pub typ: u16,
-    pub value: (u16, u16),
+    pub value: (usize, usize),
 }
 
 /// A parsed STUN message borrowing the datagram.
@@ -63,22 +70,36 @@ pub enum Malformed {
     Fingerprint,
 }
 
+/// The big-endian `u16` at `off`, if the buffer holds it.
+pub fn be16(buf: &[u8], off: usize) -> Option<u16> {
+    match buf.get(off..off.checked_add(2)?)? {
+        &[a, b] => Some(u16::from_be_bytes([a, b])),
+        _ => None,
+    }
+}
+
+/// The big-endian `u32` at `off`, if the buffer holds it.
+pub fn be32(buf: &[u8], off: usize) -> Option<u32> {
+    let b: [u8; 4] = buf.get(off..off.checked_add(4)?)?.try_into().ok()?;
+    Some(u32::from_be_bytes(b))
+}
+
 impl<'a> Parsed<'a> {
     pub fn parse(raw: &'a [u8]) -> Result<Self, Malformed> {
-        if raw.len() < MESSAGE_HEADER_SIZE || raw[0] & 0xC0 != 0 {
+        let Some((hdr, _)) = raw.split_first_chunk::<MESSAGE_HEADER_SIZE>() else {
+            return Err(Malformed::Header);
+        };
+        let [t0, t1, l0, l1, c0, c1, c2, c3, tid_bytes @ ..] = *hdr;
+        if t0 & 0xC0 != 0 || u32::from_be_bytes([c0, c1, c2, c3]) != MAGIC_COOKIE {
             return Err(Malformed::Header);
         }
-        if u32::from_be_bytes([raw[4], raw[5], raw[6], raw[7]]) != MAGIC_COOKIE {
-            return Err(Malformed::Header);
-        }
-        let len = usize::from(u16::from_be_bytes([raw[2], raw[3]]));
+        let len = usize::from(u16::from_be_bytes([l0, l1]));
         if len % 4 != 0 || MESSAGE_HEADER_SIZE + len != raw.len() {
             return Err(Malformed::Length);
         }
         let mut typ = MessageType::default();
-        typ.read_value(u16::from_be_bytes([raw[0], raw[1]]));
-        let mut tid = TransactionId::default();
-        tid.0.copy_from_slice(&raw[8..20]);
+        typ.read_value(u16::from_be_bytes([t0, t1]));
+        let tid = TransactionId(tid_bytes);
         let mut p = Parsed {
             raw,
             method: typ.method,
@@ -94,11 +115,10 @@ impl<'a> Parsed<'a> {
         };
         let mut off = MESSAGE_HEADER_SIZE;
         while off < raw.len() {
-            if raw.len() - off < 4 {
+            let (Some(t), Some(l)) = (be16(raw, off), be16(raw, off + 2)) else {
                 return Err(Malformed::Attribute);
-            }
-            let t = u16::from_be_bytes([raw[off], raw[off + 1]]);
-            let l = usize::from(u16::from_be_bytes([raw[off + 2], raw[off + 3]]));
+            };
+            let l = usize::from(l);
             let start = off + 4;
             let padded = (l + 3) & !3;
             if raw.len() - start < padded {
@@ -109,27 +129,18 @@ impl<'a> Parsed<'a> {
                 return Err(Malformed::Fingerprint);
             }
             if t == ATTR_FINGERPRINT.0 {
-                if l != 4 {
-                    return Err(Malformed::Fingerprint);
-                }
-                let got = u32::from_be_bytes([
-                    raw[start],
-                    raw[start + 1],
-                    raw[start + 2],
-                    raw[start + 3],
-                ]);
-                if got != fingerprint_value(&raw[..off]) {
+                let covered = raw.get(..off).ok_or(Malformed::Fingerprint)?;
+                if l != 4 || be32(raw, start) != Some(fingerprint_value(covered)) {
                     return Err(Malformed::Fingerprint);
                 }
                 p.has_fingerprint = true;
             } else if p.integrity_at.is_none() {
-                if p.n_attrs == MAX_ATTRS {
+                let Some(slot) = p.attrs.get_mut(p.n_attrs) else {
                     return Err(Malformed::Attribute);
-                }
-                // Lengths fit in u16: the whole message is at most 20 + 65535 bytes.
-                p.attrs[p.n_attrs] = Attr {
+                };
+                *slot = Attr {
                     typ: t,
-                    value: (start as u16, l as u16),
+                    value: (start, l),
                 };
                 p.n_attrs += 1;
                 if t == ATTR_MESSAGE_INTEGRITY.0 {
@@ -145,12 +156,13 @@ impl<'a> Parsed<'a> {
     }
 
     pub fn attrs(&self) -> &[Attr] {
-        &self.attrs[..self.n_attrs]
+        self.attrs.get(..self.n_attrs).unwrap_or_default()
     }
 
+    /// The value of `a` (parse checked it lies inside the message; `get` keeps that local).
     fn value_of(&self, a: &Attr) -> &'a [u8] {
-        let (s, l) = (usize::from(a.value.0), usize::from(a.value.1));
-        &self.raw[s..s + l]
+        let (s, l) = a.value;
+        self.raw.get(s..s + l).unwrap_or_default()
     }
 
     /// The first attribute of type `t` (duplicates: the first counts).
@@ -197,64 +209,83 @@ impl<'a> Parsed<'a> {
             return false;
         };
         // The length field counts up to and including MESSAGE-INTEGRITY.
-        let covered_len = (at + 4 + MI_LEN - MESSAGE_HEADER_SIZE) as u16;
-        mac.update(&self.raw[..2]);
+        let Ok(covered_len) = u16::try_from(at + 4 + MI_LEN - MESSAGE_HEADER_SIZE) else {
+            return false;
+        };
+        let (Some(typ), Some(body), Some(tag)) = (
+            self.raw.get(..2),
+            self.raw.get(4..at),
+            self.raw.get(at + 4..at + 4 + MI_LEN),
+        ) else {
+            return false;
+        };
+        mac.update(typ);
         mac.update(&covered_len.to_be_bytes());
-        mac.update(&self.raw[4..at]);
-        mac.verify_slice(&self.raw[at + 4..at + 4 + MI_LEN]).is_ok()
+        mac.update(body);
+        mac.verify_slice(tag).is_ok()
     }
 }
 
 /// Decode an XOR-*-ADDRESS value (strict lengths: 8 bytes for IPv4, 20 for IPv6).
 pub fn decode_xor_addr(v: &[u8], tid: &[u8; 12]) -> Option<SocketAddr> {
-    if v.len() < 4 || v[0] != 0 {
-        return None;
-    }
-    let port = u16::from_be_bytes([v[2], v[3]]) ^ (MAGIC_COOKIE >> 16) as u16;
     let cookie = MAGIC_COOKIE.to_be_bytes();
-    match (v[1], v.len()) {
-        (1, 8) => {
+    let xport = |p0: u8, p1: u8| u16::from_be_bytes([p0, p1]) ^ (MAGIC_COOKIE >> 16) as u16;
+    match *v {
+        [0, 1, p0, p1, ref x @ ..] if x.len() == 4 => {
             let mut o = [0u8; 4];
-            for i in 0..4 {
-                o[i] = v[4 + i] ^ cookie[i];
+            for ((o, x), k) in o.iter_mut().zip(x).zip(cookie) {
+                *o = x ^ k;
             }
-            Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(o)), port))
+            Some(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::from(o)),
+                xport(p0, p1),
+            ))
         }
-        (2, 20) => {
+        [0, 2, p0, p1, ref x @ ..] if x.len() == 16 => {
             let mut o = [0u8; 16];
-            for i in 0..16 {
-                let k = if i < 4 { cookie[i] } else { tid[i - 4] };
-                o[i] = v[4 + i] ^ k;
+            for ((o, x), k) in o.iter_mut().zip(x).zip(cookie.iter().chain(tid)) {
+                *o = x ^ k;
             }
-            Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(o)), port))
+            Some(SocketAddr::new(
+                IpAddr::V6(Ipv6Addr::from(o)),
+                xport(p0, p1),
+            ))
         }
         _ => None,
     }
 }
 
-/// Encode an XOR-*-ADDRESS value into `out`; returns its length (8 or 20).
+/// Encode an XOR-*-ADDRESS value into `out`; returns its length (8 or 20), or 0 when `out`
+/// is too short for it.
 pub fn encode_xor_addr(addr: SocketAddr, tid: &[u8; 12], out: &mut [u8]) -> usize {
     let cookie = MAGIC_COOKIE.to_be_bytes();
-    out[0] = 0;
-    let port = addr.port() ^ (MAGIC_COOKIE >> 16) as u16;
-    out[2..4].copy_from_slice(&port.to_be_bytes());
-    match addr.ip() {
+    let port = (addr.port() ^ (MAGIC_COOKIE >> 16) as u16).to_be_bytes();
+    let (family, n, key): (u8, usize, [u8; 16]) = match addr.ip() {
         IpAddr::V4(ip) => {
-            out[1] = 1;
-            for (i, b) in ip.octets().iter().enumerate() {
-                out[4 + i] = b ^ cookie[i];
+            let mut k = [0u8; 16];
+            for ((k, b), c) in k.iter_mut().zip(ip.octets()).zip(cookie) {
+                *k = b ^ c;
             }
-            8
+            (1, 4, k)
         }
         IpAddr::V6(ip) => {
-            out[1] = 2;
-            for (i, b) in ip.octets().iter().enumerate() {
-                let k = if i < 4 { cookie[i] } else { tid[i - 4] };
-                out[4 + i] = b ^ k;
+            let mut k = [0u8; 16];
+            for ((k, b), c) in k.iter_mut().zip(ip.octets()).zip(cookie.iter().chain(tid)) {
+                *k = b ^ c;
             }
-            20
+            (2, 16, k)
         }
-    }
+    };
+    let (Some(dst), Some(x)) = (out.get_mut(..4 + n), key.get(..n)) else {
+        return 0;
+    };
+    let Some((head, rest)) = dst.split_first_chunk_mut::<4>() else {
+        return 0;
+    };
+    let [p0, p1] = port;
+    *head = [0, family, p0, p1];
+    rest.copy_from_slice(x);
+    4 + n
 }
 
 /// A response under construction. `key` set means: add MESSAGE-INTEGRITY.
@@ -428,7 +459,7 @@ pub fn parse_send(raw: &[u8]) -> Option<(SocketAddr, Range<usize>)> {
     }
     let peer = decode_xor_addr(p.get(ATTR_XOR_PEER_ADDRESS)?, &p.tid.0)?;
     let a = p.attrs().iter().find(|a| a.typ == ATTR_DATA.0)?;
-    let (s, l) = (usize::from(a.value.0), usize::from(a.value.1));
+    let (s, l) = a.value;
     Some((peer, s..s + l))
 }
 

@@ -47,18 +47,22 @@ pub enum Closed {
 }
 
 /// The length of the complete frame at the start of `buf`, `Ok(None)` if more bytes are
-/// needed, or why the stream must be closed.
+/// needed, or why the stream must be closed. A length that does not fit the framing (not a
+/// multiple of 4, over the caps) closes the stream: it is never resynchronised or truncated.
+#[deny(clippy::indexing_slicing)]
 pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, Closed> {
-    if buf.len() < 4 {
+    let &[b0, b1, l0, l1, ref rest @ ..] = buf else {
         return Ok(None);
-    }
-    let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
-    match buf[0] >> 6 {
+    };
+    let len = usize::from(u16::from_be_bytes([l0, l1]));
+    match b0 >> 6 {
         0 => {
-            if buf.len() >= 8 && buf[4..8] != stun::message::MAGIC_COOKIE.to_be_bytes() {
-                return Err(Closed::Garbage);
+            if let Some(cookie) = rest.get(..4) {
+                if cookie != stun::message::MAGIC_COOKIE.to_be_bytes() {
+                    return Err(Closed::Garbage);
+                }
             }
-            let is_send = buf[0..2] == [0x00, 0x16];
+            let is_send = [b0, b1] == [0x00, 0x16];
             if len % 4 != 0 || (!is_send && 20 + len > MAX_STUN_REQUEST) || len > MAX_PAYLOAD + 48 {
                 return Err(Closed::Oversized);
             }
@@ -496,6 +500,63 @@ mod tests {
         let mut bad = stun(8, 1);
         bad[4] = 0;
         assert_eq!(frame_len(&bad), Err(Closed::Garbage), "wrong cookie");
+    }
+
+    #[test]
+    fn lengths_that_do_not_fit_the_framing_close_and_the_largest_send_frames_whole() {
+        // Not a multiple of 4: closed, even before the cookie arrived.
+        assert_eq!(frame_len(&[0x00, 0x01, 0x00, 0x05]), Err(Closed::Oversized));
+        assert_eq!(frame_len(&stun(6, 0x0001)), Err(Closed::Oversized));
+        // A request longer than the cap: closed at its header, never a partial frame.
+        assert_eq!(frame_len(&stun(8192, 0x0003)), Err(Closed::Oversized));
+        // The largest Send indication (20 + 65,532 bytes) is one whole frame.
+        let big = stun(65_532, 0x0016);
+        assert_eq!(frame_len(&big[..big.len() - 1]), Ok(None));
+        assert_eq!(frame_len(&big), Ok(Some(20 + 65_532)));
+        // ChannelData over the relay limit: closed.
+        assert_eq!(
+            frame_len(&[0x40, 0x00, 0xFF, 0xE4]),
+            Err(Closed::Oversized),
+            "65,508 > 65,507"
+        );
+    }
+
+    proptest::proptest! {
+        /// Any sequence of valid frames, delivered in arbitrary chunks, is split back into
+        /// exactly those frames: no desynchronisation, no truncation.
+        #[test]
+        fn frames_in_arbitrary_chunks_split_back_exactly(
+            frames in proptest::collection::vec((0u8..3, 0u16..3000), 1..20),
+            chunks in proptest::collection::vec(1usize..5000, 1..40),
+        ) {
+            let frames: Vec<Vec<u8>> = frames
+                .into_iter()
+                .map(|(kind, n)| match kind {
+                    0 => stun(n & !3 & 0x1FFF, 0x0001),
+                    1 => stun(n & !3, 0x0016),
+                    _ => {
+                        let mut v = vec![0x40, 0x01];
+                        v.extend_from_slice(&n.to_be_bytes());
+                        v.resize(4 + ((usize::from(n) + 3) & !3), 7);
+                        v
+                    }
+                })
+                .filter(|f| f.len() <= 20 + 8192 || f[..2] != [0x00, 0x01])
+                .collect();
+            let stream: Vec<u8> = frames.concat();
+            let (mut buf, mut got, mut at, mut i) = (Vec::new(), Vec::new(), 0, 0);
+            while at < stream.len() {
+                let n = chunks[i % chunks.len()].min(stream.len() - at);
+                buf.extend_from_slice(&stream[at..at + n]);
+                at += n;
+                i += 1;
+                while let Some(len) = frame_len(&buf).unwrap() {
+                    got.push(buf.drain(..len).collect::<Vec<u8>>());
+                }
+            }
+            proptest::prop_assert!(buf.is_empty());
+            proptest::prop_assert_eq!(got, frames);
+        }
     }
 
     #[test]

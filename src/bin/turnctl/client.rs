@@ -465,7 +465,10 @@ impl TurnClient {
                 .min(deadline);
             match tokio::time::timeout_at(wait, self.conn.recv()).await {
                 Ok(Ok(bytes)) => {
-                    if bytes.len() < 20 || bytes[0] >> 6 != 0 || bytes[8..20] != req.raw[8..20] {
+                    let ours = matches!(bytes.first(), Some(b) if b >> 6 == 0)
+                        && bytes.get(8..20).is_some()
+                        && bytes.get(8..20) == req.raw.get(8..20);
+                    if !ours {
                         continue; // not ours: a Data indication, ChannelData or a late answer
                     }
                     let mut m = Message::new();

@@ -1,6 +1,11 @@
 //! The data-path encodings turnctl writes and reads without allocating: ChannelData
 //! (RFC 8656 §12.4), Send and Data indications (§11), and the framing of STUN and
 //! ChannelData on TCP/TLS streams (§12.5). Control-plane messages use the `stun` crate.
+//!
+//! The parsers read server bytes with slice patterns and `get(..)` only (indexing denied);
+//! the writers index buffers the caller sized (documented on each) and say so.
+
+#![deny(clippy::indexing_slicing)]
 
 use std::net::SocketAddr;
 
@@ -18,19 +23,21 @@ pub const CHANNEL_HEADER: usize = 4;
 /// there: STUN is 20 + length, ChannelData 4 + length padded to 4 (streams pad it).
 /// `Err` when the bytes are neither (the stream is out of sync).
 pub fn stream_frame_len(head: &[u8]) -> Result<Option<usize>, u8> {
-    if head.len() < 4 {
+    let &[b0, _, l0, l1, ..] = head else {
         return Ok(None);
-    }
-    let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
-    match head[0] >> 6 {
+    };
+    let len = usize::from(u16::from_be_bytes([l0, l1]));
+    match b0 >> 6 {
         0 => Ok(Some(20 + len)),
         1 => Ok(Some(CHANNEL_HEADER + ((len + 3) & !3))),
-        _ => Err(head[0]),
+        _ => Err(b0),
     }
 }
 
 /// Write a ChannelData header for `len` payload bytes; returns the frame length on a
 /// stream (padded) or on a datagram transport (not padded).
+// `buf` holds the header and the padded payload: the caller sized it.
+#[allow(clippy::indexing_slicing)]
 pub fn write_channel_header(buf: &mut [u8], number: u16, len: usize, stream: bool) -> usize {
     buf[0..2].copy_from_slice(&number.to_be_bytes());
     buf[2..4].copy_from_slice(&(len as u16).to_be_bytes());
@@ -59,6 +66,7 @@ fn xor_addr_len(peer: &SocketAddr) -> usize {
 /// Write a Send indication header for `len` payload bytes to `peer` into `buf` (which must
 /// hold [`send_header_len`] + `len` + 3 bytes) and pad the payload; returns the message
 /// length. The payload itself goes at `send_header_len(peer)`.
+#[allow(clippy::indexing_slicing)] // sized by the caller, see above
 pub fn write_send_header(buf: &mut [u8], tid: &[u8; 12], peer: &SocketAddr, len: usize) -> usize {
     let a = xor_addr_len(peer);
     let padded = (len + 3) & !3;
@@ -78,6 +86,8 @@ pub fn write_send_header(buf: &mut [u8], tid: &[u8; 12], peer: &SocketAddr, len:
     20 + body
 }
 
+// `out` is exactly `xor_addr_len(peer)` bytes (write_send_header slices it so).
+#[allow(clippy::indexing_slicing)]
 fn write_xor_addr(out: &mut [u8], tid: &[u8; 12], peer: &SocketAddr) {
     let cookie = MAGIC_COOKIE.to_be_bytes();
     out[0] = 0;
@@ -102,20 +112,20 @@ fn write_xor_addr(out: &mut [u8], tid: &[u8; 12], peer: &SocketAddr) {
 /// The application payload of a message from the server: ChannelData (any channel) or a
 /// Data indication's DATA attribute. `None` for anything else (responses, garbage).
 pub fn relayed_payload(msg: &[u8]) -> Option<&[u8]> {
-    if msg.len() < 4 {
+    let &[b0, b1, l0, l1, ..] = msg else {
         return None;
-    }
-    let len = usize::from(u16::from_be_bytes([msg[2], msg[3]]));
-    if msg[0] >> 6 == 1 {
+    };
+    let len = usize::from(u16::from_be_bytes([l0, l1]));
+    if b0 >> 6 == 1 {
         return msg.get(CHANNEL_HEADER..CHANNEL_HEADER + len);
     }
-    if msg.len() < 20 || u16::from_be_bytes([msg[0], msg[1]]) != DATA_INDICATION {
+    if msg.len() < 20 || u16::from_be_bytes([b0, b1]) != DATA_INDICATION {
         return None;
     }
     let mut attrs = msg.get(20..20 + len)?;
-    while attrs.len() >= 4 {
-        let t = u16::from_be_bytes([attrs[0], attrs[1]]);
-        let l = usize::from(u16::from_be_bytes([attrs[2], attrs[3]]));
+    while let &[t0, t1, a0, a1, ..] = attrs {
+        let t = u16::from_be_bytes([t0, t1]);
+        let l = usize::from(u16::from_be_bytes([a0, a1]));
         let value = attrs.get(4..4 + l)?;
         if t == ATTR_DATA {
             return Some(value);
@@ -126,6 +136,7 @@ pub fn relayed_payload(msg: &[u8]) -> Option<&[u8]> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use stun::message::Message;
@@ -163,5 +174,27 @@ mod tests {
         assert_eq!(write_channel_header(&mut buf, 0x4000, 3, false), 7);
         assert_eq!(stream_frame_len(&[0xc0, 0, 0, 0]), Err(0xc0));
         assert_eq!(stream_frame_len(&[0x01, 0x01, 0, 8]), Ok(Some(28)));
+    }
+
+    #[test]
+    fn hostile_server_bytes_never_panic_the_parsers() {
+        // A Data indication with DATA, then every truncation and a lying length of each part.
+        let mut m = vec![0x00, 0x17, 0x00, 0x0C, 0x21, 0x12, 0xA4, 0x42];
+        m.extend_from_slice(&[0; 12]);
+        m.extend_from_slice(&[0x00, 0x13, 0x00, 0x05, 1, 2, 3, 4, 5, 0, 0, 0]);
+        assert_eq!(relayed_payload(&m), Some(&[1, 2, 3, 4, 5][..]));
+        for cut in 0..m.len() {
+            let _ = relayed_payload(&m[..cut]);
+            let _ = stream_frame_len(&m[..cut]);
+            for lie in [0u8, 3, 0xFF] {
+                let mut bad = m[..cut].to_vec();
+                if let Some(b) = bad.get_mut(cut.saturating_sub(1)) {
+                    *b = lie;
+                }
+                let _ = relayed_payload(&bad);
+            }
+        }
+        assert_eq!(relayed_payload(&[0x40, 0x00, 0xFF, 0xFF, 1]), None);
+        assert_eq!(relayed_payload(&[0x40]), None);
     }
 }

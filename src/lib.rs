@@ -12,6 +12,7 @@ pub mod engine;
 pub mod http;
 pub mod net;
 pub mod policy;
+pub mod probe;
 pub mod systemd;
 pub mod telemetry;
 

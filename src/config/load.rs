@@ -396,6 +396,11 @@ fn apply(raw: RawConfig, c: &mut Config, base: &Path, problems: &mut Vec<Problem
     }
     if let Some(a) = raw.admin {
         set(&mut c.admin.listen, a.listen.map(|l| l.0 .0));
+        set(&mut c.admin.ready_probe, a.ready_probe);
+        set(
+            &mut c.admin.ready_probe_interval,
+            a.ready_probe_interval.map(|d| d.0),
+        );
         match (a.token, a.token_file) {
             (Some(_), Some(_)) => problems.push(Problem::new(
                 "admin.token_file".to_string(),

@@ -74,6 +74,11 @@ pub struct Admin {
     /// Bearer token for the session API (from `token` or `token_file`); `None`: session API
     /// off. A listener off loopback requires a token, for `/metrics` too.
     pub token: Option<String>,
+    /// `/readyz` also requires the relay path to work: every `ready_probe_interval` the
+    /// server allocates through its own first UDP listener and relays a datagram to a
+    /// loopback echo and back (see `crate::probe`). Default: off.
+    pub ready_probe: bool,
+    pub ready_probe_interval: Duration,
 }
 
 /// Process-level behaviour.
@@ -327,6 +332,8 @@ impl Config {
             admin: Admin {
                 listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9641))),
                 token: None,
+                ready_probe: false,
+                ready_probe_interval: Duration::from_secs(10),
             },
             server: Server {
                 drain_timeout: Duration::ZERO,

@@ -131,6 +131,8 @@ pub struct RawAdmin {
     /// Secret.
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
+    pub ready_probe: Option<bool>,
+    pub ready_probe_interval: Option<Dur>,
 }
 
 /// Process-level settings.

@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use super::{Config, Profile};
 
@@ -280,6 +281,27 @@ impl Config {
                 p.push(Problem::new(
                     "admin.listen",
                     format!("{a} is not on loopback: set admin.token (or admin.token_file)"),
+                ));
+            }
+        }
+        if self.admin.ready_probe {
+            if self.listen.udp.is_empty() {
+                p.push(Problem::new(
+                    "admin.ready_probe",
+                    "needs a UDP listener (listen.udp): the probe allocates through it",
+                ));
+            }
+            if self.relay.ipv4.is_none() && self.relay.ipv6.is_none() {
+                p.push(Problem::new(
+                    "admin.ready_probe",
+                    "needs a relay address (relay.ipv4 or relay.ipv6)",
+                ));
+            }
+            let i = self.admin.ready_probe_interval;
+            if i < Duration::from_secs(1) || i > Duration::from_secs(3600) {
+                p.push(Problem::new(
+                    "admin.ready_probe_interval",
+                    "must be between 1s and 1h",
                 ));
             }
         }

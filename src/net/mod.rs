@@ -226,6 +226,11 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         .copied()
         .collect();
     let own_for_reload = own.clone();
+    let probe = if config.admin.ready_probe {
+        Some(crate::probe::Probe::new(&config)?)
+    } else {
+        None
+    };
     let shared = Shared {
         auth: Arc::new(Credentials::from_config(&config.auth, &config.realm)),
         policy: Arc::new(PeerFilter::new(&config.policy, own)),
@@ -235,6 +240,10 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             config.policy.max_allocations,
             config.policy.max_allocations_per_user,
         )),
+    };
+    let shared = match &probe {
+        Some(p) => p.wrap(shared),
+        None => shared,
     };
     let engine_cfg = EngineConfig {
         realm: config.realm.clone(),
@@ -340,16 +349,25 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         .map(|(l, _)| l.local_addr())
         .transpose()?;
     let admin_token = config.admin.token.clone();
-    let control = Arc::new(Control::new(
-        senders,
-        own_for_reload,
-        certificate.clone(),
-        config,
-        shared,
-        reservations,
-        health,
-    ));
+    let control = Arc::new(
+        Control::new(
+            senders,
+            own_for_reload,
+            certificate.clone(),
+            config,
+            shared,
+            reservations,
+            health,
+        )
+        .with_probe(probe.clone()),
+    );
     let http_shutdown = tokio_util::sync::CancellationToken::new();
+    if let Some(c) = &certificate {
+        threads.push(tls::watch_expiry(c.clone(), http_shutdown.clone())?);
+    }
+    if let (Some(p), Some(first)) = (&probe, udp_addrs.first()) {
+        threads.push(p.spawn(*first, http_shutdown.clone())?);
+    }
     if let Some(listener) = admin {
         let (control, shutdown) = (control.clone(), http_shutdown.clone());
         tracing::info!(addr = %listener.local_addr()?, "admin API listening");

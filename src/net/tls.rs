@@ -47,6 +47,7 @@ impl ReloadableCert {
     pub fn reload(&self, cert: &Path, key: &Path) -> anyhow::Result<()> {
         let k = load_pem(cert, key)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(k);
+        self.warn_if_expiring(unix_now());
         Ok(())
     }
 
@@ -70,6 +71,91 @@ impl ReloadableCert {
         let end_entity = k.cert.first()?;
         spki_hash_of(end_entity)
     }
+}
+
+/// One certificate of the served chain: its position (0: end entity), subject and expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expiry {
+    pub index: usize,
+    pub subject: String,
+    /// notAfter, Unix seconds.
+    pub not_after: i64,
+}
+
+/// Warn this long before a served certificate expires.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+impl ReloadableCert {
+    /// Expiry of every certificate in the served chain (unparseable ones are left out).
+    pub fn expiry(&self) -> Vec<Expiry> {
+        expiry_of(&self.chain())
+    }
+
+    /// Log a warning for each served certificate that expires within [`EXPIRY_WARNING`] of
+    /// `now_unix` (or has expired). Returns how many were warned about.
+    pub fn warn_if_expiring(&self, now_unix: i64) -> usize {
+        let mut n = 0;
+        for e in self.expiry() {
+            let left = e.not_after.saturating_sub(now_unix);
+            if left < EXPIRY_WARNING.as_secs() as i64 {
+                n += 1;
+                tracing::warn!(
+                    subject = %e.subject,
+                    index = e.index,
+                    not_after = e.not_after,
+                    days_left = left / 86_400,
+                    "TLS certificate expires soon (or has expired): renew it and reload"
+                );
+            }
+        }
+        n
+    }
+}
+
+fn expiry_of(chain: &[CertificateDer<'_>]) -> Vec<Expiry> {
+    chain
+        .iter()
+        .enumerate()
+        .filter_map(|(index, der)| {
+            let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+            Some(Expiry {
+                index,
+                subject: cert.subject().to_string(),
+                not_after: cert.validity().not_after.timestamp(),
+            })
+        })
+        .collect()
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// How often a running server looks at the expiry of its certificate.
+const EXPIRY_CHECK_EVERY: Duration = Duration::from_secs(12 * 3600);
+
+/// A thread that warns (at start, then every 12 h, and after each reload through
+/// [`ReloadableCert::reload`]) about a certificate expiring within 14 days; it ends when
+/// `shutdown` is cancelled.
+pub fn watch_expiry(
+    cert: Arc<ReloadableCert>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("turnd-cert-expiry".into())
+        .spawn(move || {
+            let mut next = Instant::now();
+            while !shutdown.is_cancelled() {
+                if Instant::now() >= next {
+                    cert.warn_if_expiring(unix_now());
+                    next = Instant::now() + EXPIRY_CHECK_EVERY;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .context("cannot start the certificate expiry thread")
 }
 
 fn spki_hash_of(cert: &CertificateDer<'_>) -> Option<String> {
@@ -400,6 +486,29 @@ mod tests {
         let expected = base64::engine::general_purpose::STANDARD
             .encode(Sha256::digest(signing_key.subject_public_key_info()));
         assert_eq!(spki_hash_of(cert.der()).unwrap(), expected);
+    }
+
+    #[test]
+    fn expiry_is_the_not_after_of_each_certificate_and_warns_within_14_days() {
+        let mut params = rcgen::CertificateParams::new(vec!["expiring.test".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "expiring.test");
+        params.not_after = rcgen::date_time_ymd(2030, 3, 17);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let der = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let r = ReloadableCert::new(certified(vec![cert.der().clone()], der).unwrap());
+        let e = r.expiry();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].index, 0);
+        assert_eq!(e[0].subject, "CN=expiring.test");
+        // 2030-03-17T00:00:00Z
+        assert_eq!(e[0].not_after, 1_899_936_000);
+        let day = 86_400;
+        assert_eq!(r.warn_if_expiring(1_899_936_000 - 15 * day), 0);
+        assert_eq!(r.warn_if_expiring(1_899_936_000 - 13 * day), 1);
+        assert_eq!(r.warn_if_expiring(1_899_936_000 + day), 1, "expired");
     }
 
     #[test]

@@ -22,6 +22,15 @@ pub trait PeerPolicy: Send + Sync {
     fn permits(&self, peer: SocketAddr) -> bool;
     /// May a permission be installed for `ip` (CreatePermission has no meaningful port)?
     fn permits_ip(&self, ip: IpAddr) -> bool;
+    /// [`Self::permits`] for an allocation of `user` (its principal). The default ignores the
+    /// user; `crate::probe` uses it to let only the ready probe reach its loopback echo.
+    fn permits_for(&self, _user: &str, peer: SocketAddr) -> bool {
+        self.permits(peer)
+    }
+    /// [`Self::permits_ip`] for an allocation of `user` (its principal).
+    fn permits_ip_for(&self, _user: &str, ip: IpAddr) -> bool {
+        self.permits_ip(ip)
+    }
 }
 
 /// The special-purpose networks denied by default. IPv4-mapped, IPv4-compatible, NAT64

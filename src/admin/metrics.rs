@@ -30,6 +30,7 @@ pub const TLS_CERTIFICATE_EXPIRY: &str = "turnd_tls_certificate_expiry_seconds";
 pub const READY_PROBE_SUCCESS: &str = "turnd_ready_probe_success";
 pub const READY_PROBE_FAILURES_TOTAL: &str = "turnd_ready_probe_failures_total";
 pub const UDP_KERNEL_DROPS_TOTAL: &str = "turnd_udp_kernel_drops_total";
+pub const ALLOCATIONS_LIMIT: &str = "turnd_allocations_limit";
 
 /// A Prometheus label value with `\`, `"` and newlines escaped.
 fn label(v: &str) -> String {
@@ -41,6 +42,13 @@ fn label(v: &str) -> String {
 /// The metrics that are not per shard: certificate expiry, the ready probe, kernel drops.
 pub fn render_process(out: &mut String, control: &crate::net::Control) {
     let o = out;
+    describe(
+        o,
+        ALLOCATIONS_LIMIT,
+        "gauge",
+        "The configured cap on allocations in total (policy.max_allocations).",
+    );
+    let _ = writeln!(o, "{ALLOCATIONS_LIMIT} {}", control.max_allocations());
     describe(
         o,
         TLS_CERTIFICATE_EXPIRY,

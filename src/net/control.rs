@@ -75,6 +75,12 @@ impl Control {
         self.probe.as_ref()
     }
 
+    /// The configured cap on allocations in total (`policy.max_allocations`, as reloaded).
+    pub fn max_allocations(&self) -> usize {
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        current.0.policy.max_allocations
+    }
+
     /// The certificate TLS listeners serve, when there are any.
     pub fn certificate(&self) -> Option<&Arc<ReloadableCert>> {
         self.certificate.as_ref()

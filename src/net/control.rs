@@ -172,8 +172,9 @@ impl Control {
             cert.reload(&files.cert, &files.key)?;
         }
         let mut report = ReloadReport::default();
-        let checks: [(&'static str, bool); 8] = [
+        let checks: [(&'static str, bool); 9] = [
             ("admin", old.admin != new.admin),
+            ("tls.acme", old.acme != new.acme),
             ("listen", old.listen != new.listen),
             ("relay", old.relay != new.relay),
             ("realm", old.realm != new.realm),

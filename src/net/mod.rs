@@ -137,6 +137,11 @@ fn certificate(config: &Config) -> anyhow::Result<Option<Arc<ReloadableCert>>> {
     if config.listen.tls.is_empty() {
         return Ok(None);
     }
+    if let Some(acme) = &config.acme {
+        let (cert, stored) = crate::acme::initial_certificate(acme)?;
+        cert.set_acme_stored(stored);
+        return Ok(Some(cert));
+    }
     let key = match (&config.tls, config.profile) {
         (Some(f), _) => tls::load_pem(&f.cert, &f.key)?,
         (None, crate::config::Profile::Development) => tls::self_signed()?,
@@ -349,6 +354,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         .map(|(l, _)| l.local_addr())
         .transpose()?;
     let admin_token = config.admin.token.clone();
+    let acme_cfg = config.acme.clone();
     let control = Arc::new(
         Control::new(
             senders,
@@ -364,6 +370,14 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     let http_shutdown = tokio_util::sync::CancellationToken::new();
     if let Some(c) = &certificate {
         threads.push(tls::watch_expiry(c.clone(), http_shutdown.clone())?);
+        if let Some(acme) = acme_cfg {
+            threads.push(crate::acme::spawn(
+                acme,
+                c.clone(),
+                c.acme_stored(),
+                http_shutdown.clone(),
+            )?);
+        }
     }
     if let (Some(p), Some(first)) = (&probe, udp_addrs.first()) {
         threads.push(p.spawn(*first, http_shutdown.clone())?);

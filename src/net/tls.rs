@@ -19,14 +19,32 @@ use sha2::{Digest, Sha256};
 /// ALPN for STUN/TURN over TLS (RFC 7443): accepted, not required.
 pub const ALPN_STUN_TURN: &[u8] = b"stun.turn";
 
-/// The certificate new handshakes get; swapped whole on reload.
+/// ALPN of ACME TLS-ALPN-01 validation handshakes (RFC 8737).
+pub const ALPN_ACME_TLS: &[u8] = b"acme-tls/1";
+
+/// The certificate new handshakes get; swapped whole on reload. With ACME it also holds the
+/// TLS-ALPN-01 challenge certificates, served only to handshakes that offer `acme-tls/1`.
 #[derive(Debug)]
 pub struct ReloadableCert {
     current: RwLock<Arc<CertifiedKey>>,
+    /// Lower-case DNS name -> challenge certificate (RFC 8737 §3).
+    challenges: RwLock<std::collections::HashMap<String, Arc<CertifiedKey>>>,
+    acme: bool,
+    /// With ACME: the served certificate came from the state directory (not a placeholder).
+    acme_stored: std::sync::atomic::AtomicBool,
 }
 
 impl ResolvesServerCert for ReloadableCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let acme_hello = hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ALPN_ACME_TLS));
+        if self.acme && acme_hello {
+            // RFC 8737 §3: only `acme-tls/1` is offered, and the SNI names the domain.
+            let name = hello.server_name()?.to_ascii_lowercase();
+            let challenges = self.challenges.read().unwrap_or_else(|e| e.into_inner());
+            return challenges.get(&name).cloned();
+        }
         Some(
             self.current
                 .read()
@@ -40,14 +58,74 @@ impl ReloadableCert {
     pub fn new(key: CertifiedKey) -> Arc<Self> {
         Arc::new(ReloadableCert {
             current: RwLock::new(Arc::new(key)),
+            challenges: RwLock::default(),
+            acme: false,
+            acme_stored: Default::default(),
         })
+    }
+
+    /// A certificate that also answers ACME TLS-ALPN-01 challenges.
+    pub fn with_acme(key: CertifiedKey) -> Arc<Self> {
+        Arc::new(ReloadableCert {
+            current: RwLock::new(Arc::new(key)),
+            challenges: RwLock::default(),
+            acme: true,
+            acme_stored: Default::default(),
+        })
+    }
+
+    /// Was the ACME certificate served at start loaded from the state directory?
+    pub fn acme_stored(&self) -> bool {
+        self.acme_stored.load(Ordering::Relaxed)
+    }
+
+    pub fn set_acme_stored(&self, stored: bool) {
+        self.acme_stored.store(stored, Ordering::Relaxed);
+    }
+
+    /// Does this certificate answer `acme-tls/1` handshakes?
+    pub fn answers_acme(&self) -> bool {
+        self.acme
+    }
+
+    /// Serve `key` to new handshakes from now on; established connections keep theirs.
+    pub fn set(&self, key: CertifiedKey) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+        self.warn_if_expiring(unix_now());
+    }
+
+    /// Answer TLS-ALPN-01 for `domain` with a self-signed certificate carrying the
+    /// acmeIdentifier extension with `digest` (SHA-256 of the key authorization).
+    pub fn add_challenge(&self, domain: &str, digest: &[u8]) -> anyhow::Result<()> {
+        let mut params = rcgen::CertificateParams::new(vec![domain.to_string()])
+            .context("challenge certificate")?;
+        params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+        let key = rcgen::KeyPair::generate().context("challenge key")?;
+        let cert = params.self_signed(&key).context("challenge certificate")?;
+        let der = PrivateKeyDer::try_from(key.serialize_der())
+            .map_err(|e| anyhow!("challenge key: {e}"))?;
+        // Not `certified`: its key check parses the certificate with webpki, which refuses
+        // the critical acmeIdentifier extension. The key is the one just generated.
+        let signing = any_supported_type(&der).map_err(|e| anyhow!("challenge key: {e}"))?;
+        let ck = CertifiedKey::new(vec![cert.der().clone()], signing);
+        self.challenges
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(domain.to_ascii_lowercase(), Arc::new(ck));
+        Ok(())
+    }
+
+    /// Forget every challenge certificate.
+    pub fn clear_challenges(&self) {
+        self.challenges
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Load a PEM certificate chain and key; the old certificate stays if this fails.
     pub fn reload(&self, cert: &Path, key: &Path) -> anyhow::Result<()> {
-        let k = load_pem(cert, key)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(k);
-        self.warn_if_expiring(unix_now());
+        self.set(load_pem(cert, key)?);
         Ok(())
     }
 
@@ -219,13 +297,23 @@ pub fn load_pem(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {
     let cert_pem =
         std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
     let key_pem = std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    parse_pem(&cert_pem, &key_pem, cert, key)
+}
+
+/// A PEM certificate chain and private key (names `cert`, `key` for messages).
+pub fn parse_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<CertifiedKey> {
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])
         .collect::<Result<_, _>>()
         .with_context(|| format!("{}: not a PEM certificate chain", cert.display()))?;
     if chain.is_empty() {
         return Err(anyhow!("{}: no certificate found", cert.display()));
     }
-    let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
+    let key_der = rustls_pemfile::private_key(&mut &key_pem[..])
         .with_context(|| format!("{}: not a PEM private key", key.display()))?
         .ok_or_else(|| anyhow!("{}: no private key found", key.display()))?;
     certified(chain, key_der)
@@ -256,9 +344,11 @@ pub fn self_signed() -> anyhow::Result<CertifiedKey> {
     certified(vec![cert.der().clone()], key)
 }
 
-/// A rustls server config: TLS 1.2 and 1.3, ALPN `stun.turn`, certificate from `certs`.
+/// A rustls server config: TLS 1.2 and 1.3, ALPN `stun.turn` (and `acme-tls/1` when `certs`
+/// answers ACME challenges), certificate from `certs`.
 /// rustls never renegotiates.
 pub fn server_config(certs: Arc<ReloadableCert>) -> anyhow::Result<Arc<ServerConfig>> {
+    let certs_acme = certs.answers_acme();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -266,6 +356,9 @@ pub fn server_config(certs: Arc<ReloadableCert>) -> anyhow::Result<Arc<ServerCon
         .with_no_client_auth()
         .with_cert_resolver(certs);
     cfg.alpn_protocols = vec![ALPN_STUN_TURN.to_vec()];
+    if certs_acme {
+        cfg.alpn_protocols.push(ALPN_ACME_TLS.to_vec());
+    }
     Ok(Arc::new(cfg))
 }
 

@@ -182,6 +182,8 @@ impl Probe {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .context("ready probe started twice")?;
+        echo.set_nonblocking(true)
+            .context("ready probe: echo socket")?;
         let probe = self.clone();
         std::thread::Builder::new()
             .name("turnd-probe".into())
@@ -413,10 +415,7 @@ impl Round<'_> {
                 sent_at = Instant::now();
                 tries += 1;
             }
-            // The echo reflects only the token, to whoever relayed it.
-            self.echo
-                .set_nonblocking(true)
-                .map_err(|e| format!("echo: {e}"))?;
+            // The echo (non-blocking) reflects only the token, to whoever relayed it.
             while let Ok((n, from)) = self.echo.recv_from(&mut buf) {
                 if buf.get(..n) == Some(&token[..]) {
                     let _ = self.echo.send_to(&token, from);

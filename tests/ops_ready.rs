@@ -169,3 +169,33 @@ async fn readyz_without_the_probe_does_not_claim_it() {
     );
     srv.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_keeps_its_credential_and_exception_across_a_reload() {
+    let base = free_port_run(4);
+    let c = probe_config(base);
+    let srv = turnd::start(c.clone()).unwrap();
+    let admin = srv.admin.unwrap();
+    wait_for(
+        "/readyz 200 after start",
+        Duration::from_secs(5),
+        async || http("GET", admin, "/readyz", None).await.0 == 200,
+    )
+    .await;
+    // A reload replaces the authenticator and the peer policy on every shard.
+    let mut new = c;
+    new.policy.max_allocations_per_user = 50;
+    srv.control.reload(new).unwrap();
+    let probe = srv.control.probe().unwrap();
+    let rounds = probe.status().rounds();
+    wait_for(
+        "two more probe rounds",
+        Duration::from_secs(6),
+        async || probe.status().rounds() >= rounds + 2,
+    )
+    .await;
+    let (status, body) = http("GET", admin, "/readyz", None).await;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    assert_eq!(probe.status().failures(), 0);
+    srv.stop();
+}

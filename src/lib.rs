@@ -4,6 +4,7 @@
 //! real server at port 0 with [`start`] and get the bound addresses back from [`Running`].
 //! See ARCHITECTURE.md for the module map.
 
+pub mod acme;
 pub mod admin;
 pub mod auth;
 pub mod cli;
@@ -12,6 +13,7 @@ pub mod engine;
 pub mod http;
 pub mod net;
 pub mod policy;
+pub mod probe;
 pub mod systemd;
 pub mod telemetry;
 

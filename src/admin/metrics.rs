@@ -26,6 +26,105 @@ pub const ENGINE_PANICS_TOTAL: &str = "turnd_engine_panics_total";
 pub const RESERVATIONS_HELD: &str = "turnd_reservations_held";
 pub const SHARD_ALLOCATIONS: &str = "turnd_shard_allocations";
 pub const SHARD_RELAYED_PACKETS_TOTAL: &str = "turnd_shard_relayed_packets_total";
+pub const TLS_CERTIFICATE_EXPIRY: &str = "turnd_tls_certificate_expiry_seconds";
+pub const READY_PROBE_SUCCESS: &str = "turnd_ready_probe_success";
+pub const READY_PROBE_FAILURES_TOTAL: &str = "turnd_ready_probe_failures_total";
+pub const UDP_KERNEL_DROPS_TOTAL: &str = "turnd_udp_kernel_drops_total";
+pub const ALLOCATIONS_LIMIT: &str = "turnd_allocations_limit";
+
+/// A Prometheus label value with `\`, `"` and newlines escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The metrics that are not per shard: certificate expiry, the ready probe, kernel drops.
+pub fn render_process(out: &mut String, control: &crate::net::Control) {
+    let o = out;
+    describe(
+        o,
+        ALLOCATIONS_LIMIT,
+        "gauge",
+        "The configured cap on allocations in total (policy.max_allocations).",
+    );
+    let _ = writeln!(o, "{ALLOCATIONS_LIMIT} {}", control.max_allocations());
+    describe(
+        o,
+        TLS_CERTIFICATE_EXPIRY,
+        "gauge",
+        "When each served certificate expires (notAfter, Unix seconds), end entity first.",
+    );
+    if let Some(cert) = control.certificate() {
+        for e in cert.expiry() {
+            let _ = writeln!(
+                o,
+                "{TLS_CERTIFICATE_EXPIRY}{{index=\"{}\",subject=\"{}\"}} {}",
+                e.index,
+                label(&e.subject),
+                e.not_after
+            );
+        }
+    }
+    describe(
+        o,
+        READY_PROBE_SUCCESS,
+        "gauge",
+        "1 if the last round of the ready probe relayed through the server, else 0.",
+    );
+    describe(
+        o,
+        READY_PROBE_FAILURES_TOTAL,
+        "counter",
+        "Rounds of the ready probe that failed.",
+    );
+    if let Some(p) = control.probe() {
+        let st = p.status();
+        let _ = writeln!(o, "{READY_PROBE_SUCCESS} {}", u8::from(st.ok()));
+        let _ = writeln!(o, "{READY_PROBE_FAILURES_TOTAL} {}", st.failures());
+    }
+    describe(
+        o,
+        UDP_KERNEL_DROPS_TOTAL,
+        "counter",
+        "UDP datagrams the kernel dropped for a full socket buffer (RcvbufErrors, \
+         SndbufErrors of /proc/net/snmp and snmp6). Host-wide, or network-namespace-wide: \
+         other processes' sockets count too.",
+    );
+    if let Some(d) = kernel_drops() {
+        let _ = writeln!(o, "{UDP_KERNEL_DROPS_TOTAL}{{reason=\"rcvbuf\"}} {}", d.0);
+        let _ = writeln!(o, "{UDP_KERNEL_DROPS_TOTAL}{{reason=\"sndbuf\"}} {}", d.1);
+    }
+}
+
+/// (RcvbufErrors, SndbufErrors) summed over UDP and UDP6 of this network namespace.
+fn kernel_drops() -> Option<(u64, u64)> {
+    let v4 = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let (mut rcv, mut snd) = parse_snmp_udp(&v4)?;
+    if let Ok(v6) = std::fs::read_to_string("/proc/net/snmp6") {
+        for line in v6.lines() {
+            let mut it = line.split_whitespace();
+            match (it.next(), it.next().and_then(|n| n.parse::<u64>().ok())) {
+                (Some("Udp6RcvbufErrors"), Some(n)) => rcv += n,
+                (Some("Udp6SndbufErrors"), Some(n)) => snd += n,
+                _ => {}
+            }
+        }
+    }
+    Some((rcv, snd))
+}
+
+/// The `Udp:` header and value lines of /proc/net/snmp -> (RcvbufErrors, SndbufErrors).
+fn parse_snmp_udp(text: &str) -> Option<(u64, u64)> {
+    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+    let names: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let values: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let get = |name: &str| -> Option<u64> {
+        let i = names.iter().position(|n| *n == name)?;
+        values.get(i)?.parse().ok()
+    };
+    Some((get("RcvbufErrors")?, get("SndbufErrors")?))
+}
 
 const TRANSPORTS: [&str; 3] = ["udp", "tcp", "tls"];
 const FAMILIES: [&str; 3] = ["ipv4", "ipv6", "dual"];
@@ -290,4 +389,27 @@ pub fn render(shards: &[ShardMetrics]) -> String {
         let _ = writeln!(o, "{SHARD_RELAYED_PACKETS_TOTAL}{{shard=\"{i}\"}} {pkts}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snmp_udp_counters_are_found_by_name() {
+        let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+            Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors\n\
+            Udp: 10 2 3 9 7 5 0\nUdpLite: InDatagrams\nUdpLite: 0\n";
+        assert_eq!(parse_snmp_udp(text), Some((7, 5)));
+        assert_eq!(parse_snmp_udp("Udp: RcvbufErrors\n"), None);
+        assert_eq!(
+            parse_snmp_udp("Udp: RcvbufErrors SndbufErrors\nUdp: x 1\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("CN=a\"b\\c\nd"), "CN=a\\\"b\\\\c\\nd");
+    }
 }

@@ -137,6 +137,11 @@ fn certificate(config: &Config) -> anyhow::Result<Option<Arc<ReloadableCert>>> {
     if config.listen.tls.is_empty() {
         return Ok(None);
     }
+    if let Some(acme) = &config.acme {
+        let (cert, stored) = crate::acme::initial_certificate(acme)?;
+        cert.set_acme_stored(stored);
+        return Ok(Some(cert));
+    }
     let key = match (&config.tls, config.profile) {
         (Some(f), _) => tls::load_pem(&f.cert, &f.key)?,
         (None, crate::config::Profile::Development) => tls::self_signed()?,
@@ -231,6 +236,11 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         "own addresses: denied as peers outside the relay ports"
     );
     let own_for_reload = own;
+    let probe = if config.admin.ready_probe {
+        Some(crate::probe::Probe::new(&config)?)
+    } else {
+        None
+    };
     let shared = Shared {
         auth: Arc::new(
             Credentials::from_config(&config.auth, &config.realm).with_mint_secret(
@@ -252,6 +262,10 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         config.signaling.mint_allocations_per_client,
         config.signaling.mint_allocations,
     );
+    let shared = match &probe {
+        Some(p) => p.wrap(shared),
+        None => shared,
+    };
     let engine_cfg = EngineConfig {
         realm: config.realm.clone(),
         software: config.software.clone(),
@@ -355,16 +369,34 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         .map(|(l, _)| l.local_addr())
         .transpose()?;
     let admin_token = config.admin.token.clone();
-    let control = Arc::new(Control::new(
-        senders,
-        own_for_reload,
-        certificate.clone(),
-        config,
-        shared,
-        reservations,
-        health,
-    ));
+    let acme_cfg = config.acme.clone();
+    let control = Arc::new(
+        Control::new(
+            senders,
+            own_for_reload,
+            certificate.clone(),
+            config,
+            shared,
+            reservations,
+            health,
+        )
+        .with_probe(probe.clone()),
+    );
     let http_shutdown = tokio_util::sync::CancellationToken::new();
+    if let Some(c) = &certificate {
+        threads.push(tls::watch_expiry(c.clone(), http_shutdown.clone())?);
+        if let Some(acme) = acme_cfg {
+            threads.push(crate::acme::spawn(
+                acme,
+                c.clone(),
+                c.acme_stored(),
+                http_shutdown.clone(),
+            )?);
+        }
+    }
+    if let (Some(p), Some(first)) = (&probe, udp_addrs.first()) {
+        threads.push(p.spawn(*first, http_shutdown.clone())?);
+    }
     if let Some(listener) = admin {
         let (control, shutdown) = (control.clone(), http_shutdown.clone());
         tracing::info!(addr = %listener.local_addr()?, "admin API listening");

@@ -2,7 +2,8 @@
 //! by puppeteer-core over WebDriver BiDi from `tests/browser/firefox.js`; no browser
 //! download). Firefox's ICE stack (nICEr) is a TURN client independent of Chromium's. turnd
 //! runs in-process at port 0; the driver runs `/tester` (gathering and relay measurement over
-//! udp, tcp and tls) and relay-only `/call` over each transport, with screenshots
+//! udp, tcp and tls; and once by IP address, where Firefox drops `turns:` and the diagnosis
+//! must say so) and relay-only `/call` over each transport, with screenshots
 //! `firefox-*.png` in `target/screenshots/`.
 //!
 //! For `turns:` Firefox must trust turnd's certificate, and Firefox (mozilla::pkix) does not
@@ -121,6 +122,17 @@ fn pages_work_in_headless_firefox_over_every_transport() {
             check_measured(report, transport)
         );
     }
+    let by_ip = &v["testerByIp"]["report"];
+    for transport in ["udp", "tcp"] {
+        assert_eq!(by_ip["verdicts"][transport], "ok", "{by_ip}");
+    }
+    assert_eq!(by_ip["verdicts"]["tls"], "fail", "{by_ip}");
+    let (level, text) = browser_support::diagnosis(&by_ip["diagnosis"], "tls");
+    assert_eq!(level, "fail");
+    assert!(
+        text.starts_with("TLS: Firefox ignores turns: URLs with an IP address"),
+        "{text}"
+    );
     for transport in ["udp", "tcp", "tls"] {
         let c = &v["calls"][transport];
         for side in ["a", "b"] {
@@ -146,7 +158,12 @@ fn pages_work_in_headless_firefox_over_every_transport() {
             s["jitterMs"]
         );
     }
-    for shot in ["firefox-tester", "firefox-call-udp", "firefox-call-tls"] {
+    for shot in [
+        "firefox-tester",
+        "firefox-tester-by-ip",
+        "firefox-call-udp",
+        "firefox-call-tls",
+    ] {
         let p = shots.join(format!("{shot}.png"));
         assert!(p.is_file(), "missing screenshot {}", p.display());
     }

@@ -16,6 +16,13 @@ const turndDiagnose = (() => {
     return u.startsWith('turns:') || u.startsWith('stuns:') ? 5349 : 3478;
   }
 
+  /** True if the host of a stun:/turn:/turns: URL is an IPv4 or IPv6 literal. */
+  function hostIsIp(url) {
+    const rest = String(url).trim().replace(/^[a-z]+:/i, '').split('?')[0];
+    if (rest.startsWith('[')) return true;
+    return /^\d{1,3}(\.\d{1,3}){3}(:\d+)?$/.test(rest);
+  }
+
   /** The expiry (Unix seconds) in a TURN REST username (`expiry:user`), else null. */
   function restExpiry(username) {
     const m = /^(\d{9,12})(?:\D|$)/.exec(String(username || ''));
@@ -57,6 +64,12 @@ const turndDiagnose = (() => {
         evidence: `no candidate and no error at all — ${urls}`,
       };
     }
+    if (t === 'tls' && !ctx.chromium && !errs.length && rs.every((r) => hostIsIp(r.url))) {
+      return {
+        text: 'TLS: Firefox ignores turns: URLs with an IP address (no name to check the certificate against); use the server\'s name',
+        evidence: `no candidate and no error — ${urls}`,
+      };
+    }
     const e701 = errs.find((e) => e.code === 701);
     const timeoutS = Math.max(...rs.map((r) => r.timeoutS));
     const tcpOk = ctx.verdicts.tcp === 'ok';
@@ -68,6 +81,12 @@ const turndDiagnose = (() => {
     }
     if (t === 'tls' && e701) {
       return { text: 'TLS: server unreachable, or certificate not trusted or name mismatch (701)', evidence: `701 ${e701.text || ''} — ${e701.url}` };
+    }
+    if (t === 'tls' && !errs.length && tcpOk) {
+      return {
+        text: 'TLS: certificate not trusted or name mismatch? (no relay over TLS while TCP works; this browser gave no error code)',
+        evidence: `no relay candidate — ${urls}`,
+      };
     }
     const complete = rs.every((r) => r.complete);
     const noAnswer = !complete || (e701 && /time|timeout|timed out/i.test(e701.text || ''));
@@ -122,5 +141,7 @@ const turndDiagnose = (() => {
     return out;
   }
 
-  return { diagnose, portOf, restExpiry };
+  return {
+    diagnose, portOf, restExpiry, hostIsIp,
+  };
 })();

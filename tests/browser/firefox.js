@@ -81,6 +81,21 @@ async function tester(browser) {
   return { report, candidates };
 }
 
+/**
+ * The tester opened by IP address (so every URL carries 127.0.0.1), without measurement: the
+ * diagnosis must say that Firefox ignores turns: with an IP literal.
+ */
+async function testerByIp(browser) {
+  const page = await newPage(browser);
+  const ipBase = base.replace('//localhost:', '//127.0.0.1:');
+  await page.goto(`${ipBase}/tester?gather=1&timeout=5&measure=0`);
+  await waitUntil(page, 'tester-by-ip', () => document.getElementById('tester').dataset.state === 'done', 30000);
+  const report = await page.evaluate(() => window.turndTesterReport());
+  await page.screenshot({ path: path.join(shots, 'firefox-tester-by-ip.png'), fullPage: true });
+  await page.close();
+  return { report };
+}
+
 const statusOf = (page) => page.evaluate(() => ({ ...document.getElementById('status').dataset }));
 
 async function waitStatus(page, what, pred, ms = 20000) {
@@ -136,6 +151,7 @@ async function call(browser, transport) {
   const out = { firefox: await browser.version() };
   try {
     step('tester'); out.tester = await tester(browser);
+    step('tester by IP address'); out.testerByIp = await testerByIp(browser);
     out.calls = {};
     for (const t of TRANSPORTS) {
       step(`call over ${t}`);

@@ -2,8 +2,8 @@
 //! by puppeteer-core over WebDriver BiDi from `tests/browser/firefox.js`; no browser
 //! download). Firefox's ICE stack (nICEr) is a TURN client independent of Chromium's. turnd
 //! runs in-process at port 0; the driver runs `/tester` (gathering and relay measurement over
-//! udp, tcp and tls; and once by IP address, where Firefox drops `turns:` and the diagnosis
-//! must say so) and relay-only `/call` over each transport, with screenshots
+//! udp, tcp and tls; with a wrong password, where the diagnosis must say 401; and once by IP
+//! address, where Firefox drops `turns:` and the diagnosis must say so) and relay-only `/call` over each transport, with screenshots
 //! `firefox-*.png` in `target/screenshots/`.
 //!
 //! For `turns:` Firefox must trust turnd's certificate, and Firefox (mozilla::pkix) does not
@@ -133,6 +133,16 @@ fn pages_work_in_headless_firefox_over_every_transport() {
         text.starts_with("TLS: Firefox ignores turns: URLs with an IP address"),
         "{text}"
     );
+    let wrong = &v["testerWrong"]["report"];
+    for transport in ["udp", "tcp", "tls"] {
+        assert_eq!(wrong["verdicts"][transport], "fail", "{wrong}");
+        let (level, text) = browser_support::diagnosis(&wrong["diagnosis"], transport);
+        assert_eq!(level, "fail");
+        assert!(
+            text.contains("401: credentials rejected — not expired"),
+            "{transport}: {text}"
+        );
+    }
     for transport in ["udp", "tcp", "tls"] {
         let c = &v["calls"][transport];
         for side in ["a", "b"] {

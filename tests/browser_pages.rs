@@ -1,8 +1,8 @@
 //! Tier 3: turnd's pages in headless Chromium (Debian's `chromium`, driven by playwright-core
 //! from `tests/browser`). turnd runs in-process at port 0; `tests/browser/pages.js` loads
 //! `/`, `/tester` (healthy with relay measurement, wrong credentials, UDP pointed at a port
-//! that never answers, and a browser that does not trust the certificate; each downloads its
-//! report) and `/call` (two browser contexts, relay only, once per transport), takes
+//! that never answers, a second turnd whose peer policy refuses every peer, and a browser
+//! that does not trust the certificate; each downloads its report) and `/call` (two browser contexts, relay only, once per transport), takes
 //! screenshots into `target/screenshots/`, and prints what the pages showed as JSON, which
 //! this test checks.
 //!
@@ -123,6 +123,18 @@ fn check_tester_udp_blocked(t: &Value) {
     }
 }
 
+fn check_tester_no_media(t: &Value) {
+    check_report(t);
+    assert_eq!(t["verdicts"]["udp"], "ok", "{t}");
+    let (level, text) = diagnosis(t, "udp");
+    assert_eq!(level, "fail");
+    assert_eq!(
+        text,
+        "UDP: relay candidate but no media: peer policy or firewall on the relay ports"
+    );
+    assert_eq!(t["report"]["json"]["measures"]["udp"]["connected"], false);
+}
+
 fn check_tester_untrusted(t: &Value) {
     check_report(t);
     assert_eq!(t["verdicts"]["tls"], "fail", "{t}");
@@ -151,6 +163,11 @@ fn pages_work_in_headless_chromium_over_every_transport() {
     let running = turnd::start(turnd::Config::for_tests()).expect("turnd starts");
     // Bound, never read: a UDP port that answers nothing (the "UDP blocked" scenario).
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // A second turnd that refuses every peer: relays are allocated, no data flows.
+    let mut no_peers = turnd::Config::for_tests();
+    no_peers.policy.allow_peers.clear();
+    let no_peers = turnd::start(no_peers).expect("second turnd starts");
+    let no_peers_base = format!("http://{}", no_peers.http.expect("HTTP listener"));
     let base = format!("http://{}", running.http.expect("HTTP listener"));
     let spki = running
         .certificate
@@ -159,9 +176,17 @@ fn pages_work_in_headless_chromium_over_every_transport() {
         .expect("dev certificate");
     let port = silent.local_addr().unwrap().port().to_string();
     let shots = screenshot_dir();
-    let args = [&base, &spki, shots.to_str().unwrap(), CHROMIUM, &port];
+    let args = [
+        &base,
+        &spki,
+        shots.to_str().unwrap(),
+        CHROMIUM,
+        &port,
+        &no_peers_base,
+    ];
     let v = run_driver("pages.js", &args, RUN_TIMEOUT);
     running.stop();
+    no_peers.stop();
     drop(silent);
 
     eprintln!("chromium {}, browser run {} ms", v["chromium"], v["ms"]);
@@ -175,6 +200,7 @@ fn pages_work_in_headless_chromium_over_every_transport() {
     check_tester_wrong_password(&v["testerWrong"]);
     check_tester_udp_blocked(&v["testerUdpBlocked"]);
     check_tester_untrusted(&v["testerUntrusted"]);
+    check_tester_no_media(&v["testerNoPeers"]);
     check_tester(&v["testerPhone"]);
     for transport in ["udp", "tcp", "tls"] {
         let c = &v["calls"][transport];
@@ -200,6 +226,7 @@ fn pages_work_in_headless_chromium_over_every_transport() {
         "tester-wrong-password",
         "tester-udp-blocked",
         "tester-untrusted-cert",
+        "tester-no-media",
         "tester-phone",
         "call-udp",
         "call-phone",

@@ -225,7 +225,8 @@
       if (!date) { state.clock = { skewS: null }; return; }
       const server = Date.parse(date);
       state.clock = {
-        skewS: Math.round(((t0 + t1) / 2 - server) / 1000),
+        // Date has whole seconds (truncated): the server's clock was within [server, server + 1 s).
+        skewS: Math.round(((t0 + t1) / 2 - server - 500) / 1000),
         serverDate: new Date(server).toISOString(),
         browserDate: new Date((t0 + t1) / 2).toISOString(),
       };

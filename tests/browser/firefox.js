@@ -96,6 +96,27 @@ async function testerByIp(browser) {
   return { report };
 }
 
+/** The tester with every TURN credential replaced by a wrong one, without measurement. */
+async function testerWrongPassword(browser) {
+  const page = await newPage(browser);
+  await page.goto(`${base}/tester?timeout=5&measure=0`);
+  await waitUntil(page, 'tester-wrong-load', () => document.getElementById('tester').dataset.state === 'idle'
+    && document.querySelectorAll('#servers tbody tr[data-transport="udp"]').length > 0, 10000);
+  await page.evaluate(() => {
+    for (const tr of [...document.querySelectorAll('#servers tbody tr')]) {
+      if (tr.dataset.transport === 'stun') tr.remove();
+      else tr.querySelector('input.credential').value = 'wrong-password';
+    }
+    document.getElementById('gather-all').click();
+  });
+  await sleep(300);
+  await waitUntil(page, 'tester-wrong', () => document.getElementById('tester').dataset.state === 'done', 30000);
+  const report = await page.evaluate(() => window.turndTesterReport());
+  await page.screenshot({ path: path.join(shots, 'firefox-tester-wrong-password.png'), fullPage: true });
+  await page.close();
+  return { report };
+}
+
 const statusOf = (page) => page.evaluate(() => ({ ...document.getElementById('status').dataset }));
 
 async function waitStatus(page, what, pred, ms = 20000) {
@@ -152,6 +173,7 @@ async function call(browser, transport) {
   try {
     step('tester'); out.tester = await tester(browser);
     step('tester by IP address'); out.testerByIp = await testerByIp(browser);
+    step('tester, wrong password'); out.testerWrong = await testerWrongPassword(browser);
     out.calls = {};
     for (const t of TRANSPORTS) {
       step(`call over ${t}`);

@@ -2,9 +2,11 @@
 // and prints one JSON object with what the pages showed. Run by tests/browser_pages.rs:
 //
 //   node pages.js <base-url> <spki-sha256> <screenshot-dir> <chromium-path> <silent-udp-port>
+//                 <no-peers-base-url>
 //
 // <silent-udp-port> is a 127.0.0.1 UDP port whose socket never answers: the "UDP blocked"
-// scenario points the tester's turn:...?transport=udp URL at it.
+// scenario points the tester's turn:...?transport=udp URL at it. <no-peers-base-url> is a
+// second turnd whose peer policy refuses every peer (relays are allocated, nothing flows).
 //
 // It asserts nothing itself (the Rust test does); it exits 1 with {"error": ...} when a page
 // never reached the state it waited for.
@@ -14,9 +16,9 @@ const fs = require('fs');
 const path = require('path');
 const { chromium } = require('playwright-core');
 
-const [base, spki, shots, exe, silentPort] = process.argv.slice(2);
-if (!base || !spki || !shots || !exe || !silentPort) {
-  console.error('usage: node pages.js <base-url> <spki-sha256> <screenshot-dir> <chromium> <silent-udp-port>');
+const [base, spki, shots, exe, silentPort, noPeersBase] = process.argv.slice(2);
+if (!base || !spki || !shots || !exe || !silentPort || !noPeersBase) {
+  console.error('usage: node pages.js <base-url> <spki-sha256> <screenshot-dir> <chromium> <silent-udp-port> <no-peers-base-url>');
   process.exit(2);
 }
 const TRANSPORTS = ['udp', 'tcp', 'tls'];
@@ -108,21 +110,23 @@ async function downloadReport(page) {
  * The tester page loaded with this server's rows, then edited: stun rows removed, `edit(row
  * transport) -> {url?, credential?}` applied, measurement on or off; gathered; result.
  */
-async function testerEdited(browser, { shot, edit = () => ({}), measure, timeout, width = 1100 }) {
+async function testerEdited(browser, {
+  shot, edit = () => ({}), measure, timeout, width = 1100, server = base,
+}) {
   const page = await newPage(browser, { viewport: { width, height: 900 } });
-  await page.goto(`${base}/tester?timeout=${timeout}${measure ? '' : '&measure=0'}`);
+  await page.goto(`${server}/tester?timeout=${timeout}${measure ? '' : '&measure=0'}`);
   await waitFor(page, '#servers tbody tr[data-transport="udp"]', 10000, `${shot}-load`);
   await waitFor(page, '#tester[data-state="idle"]', 10000, `${shot}-idle`);
   const rows = page.locator('#servers tbody tr');
   for (let i = 0; i < await rows.count(); i += 1) {
     const row = rows.nth(i);
     const t = await row.getAttribute('data-transport');
-    if (t === 'stun') {
+    const e = t === 'stun' ? { remove: true } : edit(t);
+    if (e.remove) {
       await row.locator('button.remove').click();
       i -= 1;
       continue;
     }
-    const e = edit(t);
     if (e.url) await row.locator('input.url').fill(e.url);
     if (e.credential) await row.locator('input.credential').fill(e.credential);
   }
@@ -224,6 +228,11 @@ async function phone(browser) {
     out.testerUdpBlocked = await testerEdited(browser, {
       shot: 'tester-udp-blocked', measure: true, timeout: 5,
       edit: (t) => (t === 'udp' ? { url: `turn:127.0.0.1:${silentPort}?transport=udp` } : {}),
+    });
+    step('tester, peers refused');
+    out.testerNoPeers = await testerEdited(browser, {
+      shot: 'tester-no-media', measure: true, timeout: 5, server: noPeersBase,
+      edit: (t) => (t === 'udp' ? {} : { remove: true }),
     });
     step('tester, untrusted certificate');
     const untrusting = await launch({ trustDevCert: false });

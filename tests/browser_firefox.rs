@@ -24,7 +24,7 @@ use browser_support::{check_call_side, check_measured, check_tools, run_driver, 
 
 const FIREFOX: &str = "/usr/bin/firefox-esr";
 const CERTUTIL: &str = "/usr/bin/certutil";
-const RUN_TIMEOUT: Duration = Duration::from_secs(150);
+const RUN_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// A CA and a server certificate for 127.0.0.1 and localhost it signed: (CA DER, server
 /// certificate PEM, server key PEM).

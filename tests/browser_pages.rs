@@ -21,7 +21,7 @@ use serde_json::Value;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// The whole browser run must finish within this.
-const RUN_TIMEOUT: Duration = Duration::from_secs(150);
+const RUN_TIMEOUT: Duration = Duration::from_secs(240);
 
 fn diagnosis<'a>(t: &'a Value, transport: &str) -> (&'a str, &'a str) {
     browser_support::diagnosis(&t["diagnosis"], transport)

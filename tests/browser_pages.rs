@@ -1,6 +1,7 @@
 //! Tier 3: turnd's pages in headless Chromium (Debian's `chromium`, driven by playwright-core
 //! from `tests/browser`). turnd runs in-process at port 0; `tests/browser/pages.js` loads
-//! `/`, `/tester` (healthy with relay measurement, wrong credentials, UDP pointed at a port
+//! `/`, `/tester` (healthy with relay measurement, wrong and expired credentials, a TURN port
+//! below 1024 (ignored by Chromium), UDP pointed at a port
 //! that never answers, a second turnd whose peer policy refuses every peer, and a browser
 //! that does not trust the certificate; each downloads its report) and `/call` (two browser contexts, relay only, once per transport), takes
 //! screenshots into `target/screenshots/`, and prints what the pages showed as JSON, which
@@ -83,9 +84,13 @@ fn check_tester_wrong_password(t: &Value) {
         assert_eq!(t["verdicts"][transport], "fail", "{transport}: {t}");
         let (level, text) = diagnosis(t, transport);
         assert_eq!(level, "fail");
+        let why = if transport == "udp" {
+            "401: credentials rejected — expired "
+        } else {
+            "401: credentials rejected — not expired"
+        };
         assert!(
-            text.contains("401: credentials rejected — not expired")
-                && text.contains("clock skew of 0 s"),
+            text.contains(why) && text.contains("clock skew of 0 s"),
             "{transport}: {text}"
         );
         let reason = t["reasons"][transport].as_str().unwrap();
@@ -121,6 +126,17 @@ fn check_tester_udp_blocked(t: &Value) {
         assert_eq!(t["verdicts"][transport], "ok", "{t}");
         check_measured(&t["report"]["json"], transport);
     }
+}
+
+fn check_tester_low_port(t: &Value) {
+    check_report(t);
+    assert_eq!(t["verdicts"]["udp"], "fail", "{t}");
+    let (level, text) = diagnosis(t, "udp");
+    assert_eq!(level, "fail");
+    assert_eq!(
+        text,
+        "UDP: port 999 is below 1024 and not 53/80/443, so Chromium ignores this server"
+    );
 }
 
 fn check_tester_no_media(t: &Value) {
@@ -200,6 +216,7 @@ fn pages_work_in_headless_chromium_over_every_transport() {
     check_tester_wrong_password(&v["testerWrong"]);
     check_tester_udp_blocked(&v["testerUdpBlocked"]);
     check_tester_untrusted(&v["testerUntrusted"]);
+    check_tester_low_port(&v["testerLowPort"]);
     check_tester_no_media(&v["testerNoPeers"]);
     check_tester(&v["testerPhone"]);
     for transport in ["udp", "tcp", "tls"] {
@@ -227,6 +244,7 @@ fn pages_work_in_headless_chromium_over_every_transport() {
         "tester-udp-blocked",
         "tester-untrusted-cert",
         "tester-no-media",
+        "tester-low-port",
         "tester-phone",
         "call-udp",
         "call-phone",

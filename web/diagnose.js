@@ -29,7 +29,12 @@ const turndDiagnose = (() => {
     return m ? Number(m[1]) : null;
   }
 
-  const secs = (n) => `${Math.round(n)} s`;
+  /** A duration in words: seconds up to 2 h, then hours up to 2 days, then days. */
+  const secs = (n) => {
+    if (n >= 172800) return `${Math.round(n / 86400)} days`;
+    if (n >= 7200) return `${Math.round(n / 3600)} h`;
+    return `${Math.round(n)} s`;
+  };
 
   /** Why this failing transport failed: {text, evidence}. */
   function failure(t, g, ctx) {

@@ -128,6 +128,7 @@ async function testerEdited(browser, {
       continue;
     }
     if (e.url) await row.locator('input.url').fill(e.url);
+    if (e.username) await row.locator('input.username').fill(e.username);
     if (e.credential) await row.locator('input.credential').fill(e.credential);
   }
   await page.click('#gather-all');
@@ -222,7 +223,14 @@ async function phone(browser) {
     step('tester'); out.tester = await tester(browser);
     step('tester, wrong password');
     out.testerWrong = await testerEdited(browser, {
-      shot: 'tester-wrong-password', measure: false, timeout: 10, edit: () => ({ credential: 'wrong-password' }),
+      shot: 'tester-wrong-password', measure: false, timeout: 10,
+      // UDP: a TURN REST username that expired in 2020; TCP, TLS: a wrong password.
+      edit: (t) => (t === 'udp' ? { username: '1600000000:expired', credential: 'x' } : { credential: 'wrong-password' }),
+    });
+    step('tester, port below 1024');
+    out.testerLowPort = await testerEdited(browser, {
+      shot: 'tester-low-port', measure: false, timeout: 5,
+      edit: (t) => (t === 'udp' ? { url: 'turn:127.0.0.1:999?transport=udp' } : { remove: true }),
     });
     step('tester, UDP blocked');
     out.testerUdpBlocked = await testerEdited(browser, {

@@ -105,12 +105,23 @@
     }
   }
 
-  function waitGathered(pc, ms) {
+  /**
+   * True when gathering completes within `ms`; false on timeout, or once the candidate the row
+   * is for (relay; srflx for stun:) is in and nothing new came for 2 s (Firefox may not finish
+   * gathering until its own timeout).
+   */
+  function waitGathered(pc, ms, result) {
     return new Promise((resolve) => {
-      const timer = setTimeout(() => resolve(false), ms);
+      const t0 = performance.now();
+      let timer = null;
+      const done = (v) => { clearInterval(timer); resolve(v); };
       const check = () => {
-        if (pc.iceGatheringState === 'complete') { clearTimeout(timer); resolve(true); }
+        const now = performance.now();
+        if (pc.iceGatheringState === 'complete') done(true);
+        else if (now - t0 > ms) done(false);
+        else if (result.wanted > 0 && now - result.lastCandidateAt > 2000) { result.settled = true; done(false); }
       };
+      timer = setInterval(check, 100);
       pc.addEventListener('icegatheringstatechange', check);
       check();
     });
@@ -143,6 +154,9 @@
       if (!e.candidate || !e.candidate.candidate) return;
       const ms = performance.now() - t0;
       rows.push(addCandidate(url, transport, e.candidate, ms));
+      result.lastCandidateAt = performance.now();
+      // What this row is for: a relay (turn:, turns:) or a server-reflexive address (stun:).
+      if (e.candidate.type === (transport === 'stun' ? 'srflx' : 'relay')) result.wanted = (result.wanted || 0) + 1;
       if (e.candidate.type === 'relay') {
         result.relay += 1;
         if (result.firstMs === null) result.firstMs = Math.round(ms);
@@ -156,7 +170,7 @@
     };
     pc.createDataChannel('probe');
     await pc.setLocalDescription(await pc.createOffer());
-    result.complete = await waitGathered(pc, timeoutS * 1000);
+    result.complete = await waitGathered(pc, timeoutS * 1000, result);
     await fillRelayProtocols(pc, rows, transport);
     pc.close();
     result.done = true;

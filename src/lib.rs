@@ -6,13 +6,10 @@
 
 pub mod acme;
 pub mod admin;
-pub mod auth;
 pub mod cli;
 pub mod config;
-pub mod engine;
 pub mod http;
 pub mod net;
-pub mod policy;
 pub mod probe;
 pub mod systemd;
 pub mod telemetry;

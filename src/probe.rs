@@ -27,9 +27,9 @@ use stun::textattrs::TextAttribute;
 use stun::xoraddr::XorMappedAddress;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Authenticator, Key, Lookup};
+use turnd_proto::auth::{Authenticator, Key, Lookup};
 use crate::config::Config;
-use crate::policy::PeerPolicy;
+use turnd_proto::policy::PeerPolicy;
 
 /// How long one request waits for its answer before it is sent again.
 const RETRANSMIT: Duration = Duration::from_millis(400);
@@ -135,8 +135,8 @@ impl Probe {
     }
 
     /// `shared` with the probe's credential and its one policy exception added.
-    pub fn wrap(self: &Arc<Self>, shared: crate::engine::Shared) -> crate::engine::Shared {
-        crate::engine::Shared {
+    pub fn wrap(self: &Arc<Self>, shared: turnd_proto::engine::Shared) -> turnd_proto::engine::Shared {
+        turnd_proto::engine::Shared {
             auth: self.wrap_auth(shared.auth),
             policy: self.wrap_policy(shared.policy),
             ..shared
@@ -500,8 +500,8 @@ impl Round<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Credentials;
-    use crate::policy::PeerFilter;
+    use turnd_proto::auth::Credentials;
+    use turnd_proto::policy::PeerFilter;
 
     fn probe() -> (Arc<Probe>, Config) {
         let mut c = Config::for_tests();

@@ -27,8 +27,8 @@ use stun::textattrs::TextAttribute;
 use stun::xoraddr::XorMappedAddress;
 use tokio_util::sync::CancellationToken;
 
-use turnd_proto::auth::{Authenticator, Key, Lookup};
 use crate::config::Config;
+use turnd_proto::auth::{Authenticator, Key, Lookup};
 use turnd_proto::policy::PeerPolicy;
 
 /// How long one request waits for its answer before it is sent again.
@@ -135,7 +135,10 @@ impl Probe {
     }
 
     /// `shared` with the probe's credential and its one policy exception added.
-    pub fn wrap(self: &Arc<Self>, shared: turnd_proto::engine::Shared) -> turnd_proto::engine::Shared {
+    pub fn wrap(
+        self: &Arc<Self>,
+        shared: turnd_proto::engine::Shared,
+    ) -> turnd_proto::engine::Shared {
         turnd_proto::engine::Shared {
             auth: self.wrap_auth(shared.auth),
             policy: self.wrap_policy(shared.policy),

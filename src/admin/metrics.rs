@@ -99,9 +99,9 @@ pub fn render_process(out: &mut String, control: &crate::net::Control) {
 
 /// (RcvbufErrors, SndbufErrors) summed over UDP and UDP6 of this network namespace.
 fn kernel_drops() -> Option<(u64, u64)> {
-    let v4 = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let v4 = std::fs::read_to_string("/proc/self/net/snmp").ok()?;
     let (mut rcv, mut snd) = parse_snmp_udp(&v4)?;
-    if let Ok(v6) = std::fs::read_to_string("/proc/net/snmp6") {
+    if let Ok(v6) = std::fs::read_to_string("/proc/self/net/snmp6") {
         for line in v6.lines() {
             let mut it = line.split_whitespace();
             match (it.next(), it.next().and_then(|n| n.parse::<u64>().ok())) {

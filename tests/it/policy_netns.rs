@@ -9,14 +9,12 @@
 //!
 //! Needs root (network namespaces) and `ip` (iproute2); fails loudly without them.
 
-mod raw;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::Duration;
 
-use raw::*;
+use crate::raw::*;
 use stun::attributes::*;
 use stun::message::*;
 use tokio::net::UdpSocket;

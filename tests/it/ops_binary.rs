@@ -1,35 +1,15 @@
 //! Tier 4: the built `turnd` binary with a config file: SIGHUP reload, SIGTERM shutdown and
 //! drain, systemd readiness notification, and the shipped unit file.
 
-mod raw;
-
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use raw::*;
+use crate::common::Daemon;
+use crate::raw::*;
 use stun::message::*;
 use tokio::net::UdpSocket;
-
-/// The daemon as a child process, killed on drop; its JSON log lines arrive on a channel.
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<serde_json::Value>,
-    seen: Vec<serde_json::Value>,
-    udp: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn config_text(users: &str, drain: &str) -> String {
     format!(
@@ -57,89 +37,6 @@ level = "info"
     )
 }
 
-impl Daemon {
-    fn start(config: &Path, env: &[(&str, &str)]) -> Daemon {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_turnd"));
-        cmd.arg("--config")
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env_remove("RUST_LOG");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("turnd runs");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if tx.send(v).is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        let mut d = Daemon {
-            child,
-            lines,
-            seen: vec![],
-            udp: ([0, 0, 0, 0], 0).into(),
-            admin: ([0, 0, 0, 0], 0).into(),
-        };
-        let l = d.wait_for("listening udp", |v| {
-            v["message"] == "listening" && v["transport"] == "udp"
-        });
-        d.udp = l["addr"].as_str().unwrap().parse().unwrap();
-        let a = d.wait_for("admin listening", |v| v["message"] == "admin API listening");
-        d.admin = a["addr"].as_str().unwrap().parse().unwrap();
-        d
-    }
-
-    /// Wait (up to 10 s) for a log line matching `f`, remembering every line seen.
-    fn wait_for(
-        &mut self,
-        what: &str,
-        f: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
-        if let Some(v) = self.seen.iter().find(|v| f(v)) {
-            return v.clone();
-        }
-        let end = Instant::now() + Duration::from_secs(10);
-        while let Ok(v) = self
-            .lines
-            .recv_timeout(end.saturating_duration_since(Instant::now()))
-        {
-            self.seen.push(v.clone());
-            if f(&v) {
-                return v;
-            }
-        }
-        panic!("no log line: {what}; saw {:#?}", self.seen);
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    /// Wait for the process to exit within `within`; its exit code.
-    fn exit_within(&mut self, within: Duration) -> Option<i32> {
-        let end = Instant::now() + within;
-        while Instant::now() < end {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
 async fn client(d: &Daemon, user: &str, pass: &str) -> UdpTurn {
     let mut c = UdpTurn::new(d.udp).await;
     c.user = user.into();
@@ -157,7 +54,7 @@ async fn sighup_changes_a_password_while_an_allocation_keeps_relaying() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("turnd.toml");
     std::fs::write(&file, config_text(r#""alice:old-password""#, "0s")).unwrap();
-    let mut d = Daemon::start(&file, &[]);
+    let mut d = Daemon::start(&file);
 
     let mut alice = client(&d, "alice", "old-password").await;
     let relay = alice.allocate().await;
@@ -222,7 +119,7 @@ async fn sigterm_exits_zero_and_frees_every_relay_port() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("turnd.toml");
     std::fs::write(&file, config_text(r#""alice:pw""#, "0s")).unwrap();
-    let mut d = Daemon::start(&file, &[]);
+    let mut d = Daemon::start(&file);
     let mut relays = vec![];
     let mut clients = vec![];
     for _ in 0..3 {
@@ -250,7 +147,7 @@ async fn drain_waits_for_live_allocations_and_refuses_new_ones() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("turnd.toml");
     std::fs::write(&file, config_text(r#""alice:pw""#, "20s")).unwrap();
-    let mut d = Daemon::start(&file, &[]);
+    let mut d = Daemon::start(&file);
     let mut live = client(&d, "alice", "pw").await;
     live.allocate().await;
     d.signal("TERM");
@@ -290,12 +187,10 @@ async fn systemd_ready_only_after_listeners_accept_then_watchdog_and_stopping() 
     notify
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let mut d = Daemon::start(
-        &file,
-        &[
-            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
-            ("WATCHDOG_USEC", "200000"),
-        ],
+    let mut d = Daemon::spawn(
+        Daemon::command(&file)
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("WATCHDOG_USEC", "200000"),
     );
     let mut buf = [0u8; 512];
     let n = notify.recv(&mut buf).expect("a notification");

@@ -2,15 +2,11 @@
 //! datagrams that only the `fault-injection` feature honours (enabled for test builds by the
 //! self dev-dependency in Cargo.toml). In-process and with the real binary.
 
-mod raw;
-
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use raw::*;
+use crate::common::Daemon;
+use crate::raw::*;
 use stun::message::*;
 use tokio::net::UdpSocket;
 use turnd::engine::fault;
@@ -280,101 +276,4 @@ format = "json"
         .seen
         .iter()
         .any(|v| v["message"] == "a shard is gone; exiting so that the service is restarted"));
-}
-
-/// The daemon as a child process, killed on drop; its JSON log lines arrive on a channel.
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<serde_json::Value>,
-    seen: Vec<serde_json::Value>,
-    raw: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    udp: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    fn start(config: &std::path::Path) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_turnd"))
-            .arg("--config")
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env_remove("RUST_LOG")
-            .spawn()
-            .expect("turnd runs");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        let raw = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let raw2 = raw.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                raw2.lock().unwrap().push(line.clone());
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if tx.send(v).is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        let mut d = Daemon {
-            child,
-            lines,
-            seen: vec![],
-            raw,
-            udp: ([0, 0, 0, 0], 0).into(),
-            admin: ([0, 0, 0, 0], 0).into(),
-        };
-        let l = d.wait_for("listening udp", |v| {
-            v["message"] == "listening" && v["transport"] == "udp"
-        });
-        d.udp = l["addr"].as_str().unwrap().parse().unwrap();
-        let a = d.wait_for("admin listening", |v| v["message"] == "admin API listening");
-        d.admin = a["addr"].as_str().unwrap().parse().unwrap();
-        d
-    }
-
-    fn drain_lines(&mut self) {
-        while let Ok(v) = self.lines.try_recv() {
-            self.seen.push(v);
-        }
-    }
-
-    fn wait_for(
-        &mut self,
-        what: &str,
-        f: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
-        if let Some(v) = self.seen.iter().find(|v| f(v)) {
-            return v.clone();
-        }
-        let end = Instant::now() + Duration::from_secs(10);
-        while let Ok(v) = self
-            .lines
-            .recv_timeout(end.saturating_duration_since(Instant::now()))
-        {
-            self.seen.push(v.clone());
-            if f(&v) {
-                return v;
-            }
-        }
-        panic!("no log line: {what}; saw {:#?}", self.seen);
-    }
-
-    fn exit_within(&mut self, within: Duration) -> Option<i32> {
-        let end = Instant::now() + within;
-        while Instant::now() < end {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
 }

@@ -1,10 +1,8 @@
 //! Advisory regression tests against turnd started in-process, over real loopback sockets.
 
-mod raw;
-
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket as StdUdp};
 
-use raw::*;
+use crate::raw::*;
 use stun::attributes::*;
 use stun::message::Setter;
 use stun::message::*;

@@ -13,13 +13,11 @@
 //! `turnserver` with TCP and TLS listeners. Needs coturn and `pip install aioice==0.13.*`; a
 //! missing tool fails the test with the install hint.
 
-mod common;
-
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 use ClientTransport::{Tcp, Tls};
 
@@ -78,21 +76,9 @@ impl Turnd {
             .unwrap_or_else(|| panic!("no {} listener on {ip}: {list:?}", t.name()))
     }
 
-    /// Waits (at most 5 s) until the server's counts are `(allocations, permissions, channels)`:
-    /// the server sees a client's connection close a moment after the client exits.
+    /// See [`assert_stats_settle`](crate::common::assert_stats_settle).
     fn assert_stats_settle(&self, want: (usize, usize, usize), why: &str) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let s = self.running().stats();
-            if (s.allocations, s.permissions, s.channels) == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{why}: want (allocations, permissions, channels) = {want:?}, have {s:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert_stats_settle(self.running(), want, why);
     }
 
     /// Nothing left: over UDP uclient leaves its probe allocation behind, over TCP/TLS its
@@ -373,8 +359,8 @@ fn aioice_tls_wrong_password_fails() {
 /// server): proves they see success over both transports, a TLS refusal at Allocate, and a
 /// failed certificate verification. Few and fast on purpose.
 mod harness_selftest_coturn_streams {
-    use super::common::*;
     use super::{Tcp, Tls};
+    use crate::common::*;
 
     #[test]
     fn uclient_tcp_v4_and_tls_v6_and_tls_refusal() {
@@ -411,7 +397,7 @@ mod harness_selftest_coturn_streams {
 
 /// The TLS additions to the uclient parser against real coturn 4.6.1 uclient output.
 mod harness_parsers_streams {
-    use super::common::*;
+    use crate::common::*;
 
     /// A TLS run where uclient first picked its TLS 1.1 method (refused by the server), then
     /// reconnected with another method.

@@ -1,12 +1,10 @@
 //! Issue 9 item 5: after a reload, ChannelData, Send and peer data follow the new peer
 //! policy: permissions and channels it forbids are removed. In-process, real sockets.
 
-mod raw;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use raw::*;
+use crate::raw::*;
 use stun::message::*;
 use tokio::net::UdpSocket;
 

@@ -1,12 +1,10 @@
 //! The admin API: a known workload moves the metrics by known amounts; the session API
 //! needs the token, lists live allocations and ends them.
 
-mod raw;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use raw::*;
+use crate::raw::*;
 use stun::message::*;
 use tokio::net::UdpSocket;
 

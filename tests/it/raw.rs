@@ -1,6 +1,5 @@
 //! A tiny raw STUN/TURN client for tests: build requests, talk over UDP or a stream, read
 //! answers. Deliberately independent of turnd's own engine code.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -303,4 +302,35 @@ pub fn prometheus(text: &str) -> std::collections::HashMap<String, f64> {
             Some((k.to_string(), v.parse().ok()?))
         })
         .collect()
+}
+
+/// A webrtc-rs `turn::client::Client` on a fresh loopback socket, listening, for `server`
+/// with long-term credentials in realm `realm` (no Allocate yet).
+pub async fn turn_client(
+    server: SocketAddr,
+    username: &str,
+    password: &str,
+    realm: &str,
+) -> turn::client::Client {
+    let local = if server.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    };
+    let conn = std::sync::Arc::new(UdpSocket::bind(local).await.unwrap());
+    let client = turn::client::Client::new(turn::client::ClientConfig {
+        stun_serv_addr: server.to_string(),
+        turn_serv_addr: server.to_string(),
+        username: username.into(),
+        password: password.into(),
+        realm: realm.into(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn,
+        vnet: None,
+    })
+    .await
+    .unwrap();
+    client.listen().await.unwrap();
+    client
 }

@@ -1,17 +1,13 @@
 //! Tier 2: turnd started in-process at port 0, driven over real UDP sockets with raw STUN
 //! and with webrtc-rs `turn::client`.
 
-mod raw;
-
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use raw::*;
+use crate::raw::*;
 use stun::message::*;
 use stun::xoraddr::XorMappedAddress;
 use tokio::net::UdpSocket;
-use turn::client::{Client, ClientConfig};
 use webrtc_util::Conn;
 
 fn server() -> turnd::Running {
@@ -85,21 +81,7 @@ async fn webrtc_rs_turn_client_relays_to_an_echo_peer() {
             let _ = echo.send_to(&buf[..n], from).await;
         }
     });
-    let conn = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let client = Client::new(ClientConfig {
-        stun_serv_addr: server_addr.to_string(),
-        turn_serv_addr: server_addr.to_string(),
-        username: USER.into(),
-        password: PASS.into(),
-        realm: REALM.into(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn,
-        vnet: None,
-    })
-    .await
-    .unwrap();
-    client.listen().await.unwrap();
+    let client = crate::raw::turn_client(server_addr, USER, PASS, REALM).await;
     let mapped = client.send_binding_request().await.unwrap();
     assert_eq!(mapped.ip(), server_addr.ip());
     let relay = client.allocate().await.unwrap();

@@ -2,15 +2,11 @@
 //! #3, #13): turnd in-process at port 0, raw HTTP/1.1, real Allocates with `turn::client`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
-use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Error as WsError;
-use turn::client::{Client, ClientConfig};
+use turn::client::Client;
 
 fn start(edit: impl FnOnce(&mut turnd::Config)) -> turnd::Running {
     let mut cfg = turnd::Config::for_tests();
@@ -20,20 +16,8 @@ fn start(edit: impl FnOnce(&mut turnd::Config)) -> turnd::Running {
 
 /// A one-shot HTTP/1.1 GET with extra header lines; (status, body).
 async fn get(addr: SocketAddr, path: &str, host: &str, extra: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
-        .await
-        .expect("HTTP response in time")
-        .unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    (
-        head.split(' ').nth(1).unwrap().parse().unwrap(),
-        body.into(),
-    )
+    let r = crate::common::http_get(addr, path, host, extra).await;
+    (r.status, r.body)
 }
 
 async fn mint(http: SocketAddr) -> (String, String) {
@@ -48,16 +32,9 @@ async fn mint_from(src: std::net::IpAddr, http: SocketAddr) -> (String, String) 
     s.write_all(b"GET /api/ice-servers HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
-        .await
-        .expect("HTTP response in time")
-        .unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(body).unwrap();
+    let r = crate::common::read_response(&mut s).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
     let turn = &v["iceServers"][1];
     (
         turn["username"].as_str().unwrap().into(),
@@ -67,21 +44,7 @@ async fn mint_from(src: std::net::IpAddr, http: SocketAddr) -> (String, String) 
 
 /// An Allocate from a fresh client socket; the client is kept (and so the allocation).
 async fn allocate(server: SocketAddr, username: &str, password: &str) -> Option<Client> {
-    let conn = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let client = Client::new(ClientConfig {
-        stun_serv_addr: server.to_string(),
-        turn_serv_addr: server.to_string(),
-        username: username.into(),
-        password: password.into(),
-        realm: "turnd".into(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn,
-        vnet: None,
-    })
-    .await
-    .unwrap();
-    client.listen().await.unwrap();
+    let client = crate::raw::turn_client(server, username, password, "turnd").await;
     match client.allocate().await {
         Ok(relay) => {
             // Keep the relay conn alive with the client: dropping it would not free it, but

@@ -9,12 +9,10 @@
 //!   neighbour (or a spoofer) sending bad credentials from the victim's IP cannot starve the
 //!   victim's first challenge.
 
-mod raw;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use raw::*;
+use crate::raw::*;
 use stun::attributes::*;
 use stun::fingerprint::FINGERPRINT;
 use stun::message::*;

@@ -6,12 +6,9 @@
 //! real uclient output. Needs coturn and `pip install aioice==0.13.*` (scripts/test installs
 //! them); a missing tool fails the test with the install hint.
 
-mod common;
-
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// turnd with `Config::for_tests()`, stopped on drop.
 struct Turnd(Option<turnd::Running>);
@@ -34,21 +31,9 @@ impl Turnd {
             .unwrap_or_else(|| panic!("no UDP listener on {ip}: {udp:?}"))
     }
 
-    /// Waits (at most 5 s) until the server's counts are `(allocations, permissions, channels)`:
-    /// the last messages of a client that already exited may still be in flight.
+    /// See [`assert_stats_settle`](crate::common::assert_stats_settle).
     fn assert_stats_settle(&self, want: (usize, usize, usize), why: &str) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let s = self.running().stats();
-            if (s.allocations, s.permissions, s.channels) == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{why}: want (allocations, permissions, channels) = {want:?}, have {s:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert_stats_settle(self.running(), want, why);
     }
 }
 
@@ -237,7 +222,7 @@ fn aioice_wrong_password_fails() {
 /// The same harness against coturn's turnserver (the reference server): proves the helpers
 /// see success, and see loss and refusal when they happen. Few and fast on purpose.
 mod harness_selftest_coturn {
-    use super::common::*;
+    use crate::common::*;
     use std::time::Duration;
 
     #[test]
@@ -308,7 +293,7 @@ mod harness_selftest_coturn {
 
 /// The parsers against real output of coturn 4.6.1's tools.
 mod harness_parsers {
-    use super::common::*;
+    use crate::common::*;
 
     const UCLIENT_OK: &str = "\
 0: : IPv6. Received relay addr: ::1:40261

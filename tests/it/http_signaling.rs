@@ -3,18 +3,17 @@
 //! `turn::client`; the `/ws` signaling protocol driven with tokio-tungstenite.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{http_get, tls_connector, HttpResponse};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use turn::client::{Client, ClientConfig};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -24,60 +23,13 @@ fn start(edit: impl FnOnce(&mut turnd::Config)) -> turnd::Running {
     turnd::start(cfg).expect("turnd starts")
 }
 
-struct HttpResponse {
-    status: u16,
-    headers: String,
-    body: String,
-}
-
-impl HttpResponse {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-}
-
 /// A one-shot HTTP/1.1 GET with `Connection: close`.
 async fn get(addr: SocketAddr, path: &str, host: &str) -> HttpResponse {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
-        .await
-        .expect("HTTP response in time")
-        .unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    HttpResponse {
-        status,
-        headers: head.to_string(),
-        body: body.to_string(),
-    }
+    http_get(addr, path, host, "").await
 }
 
 async fn allocate(server: SocketAddr, username: &str, password: &str) -> Result<(), String> {
-    let conn = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let client = Client::new(ClientConfig {
-        stun_serv_addr: server.to_string(),
-        turn_serv_addr: server.to_string(),
-        username: username.into(),
-        password: password.into(),
-        realm: "turnd".into(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn,
-        vnet: None,
-    })
-    .await
-    .unwrap();
-    client.listen().await.unwrap();
+    let client = crate::raw::turn_client(server, username, password, "turnd").await;
     let r = client
         .allocate()
         .await
@@ -519,16 +471,7 @@ async fn stopping_the_server_closes_sockets_with_1001() {
 /// A TLS client trusting the server's (self-signed development) certificate.
 fn tls_client(running: &turnd::Running) -> tokio_rustls::TlsConnector {
     let cert = running.certificate.as_ref().unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.chain()[0].clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    tls_connector(&cert.chain()[..1], b"http/1.1")
 }
 
 type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;

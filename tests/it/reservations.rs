@@ -1,12 +1,10 @@
 //! Issue 10 H1: EVEN-PORT reservations cannot exhaust the relay range, expire on the timer,
 //! and the port search is bounded. Real sockets, in-process server.
 
-mod raw;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use raw::*;
+use crate::raw::*;
 use stun::attributes::*;
 use stun::message::*;
 

@@ -3,35 +3,23 @@
 //! spread over 127.0.0.0/8, bounded in number and time). Header timeouts and per-IP caps are
 //! checked in-process.
 
-mod raw;
-
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use raw::*;
+use crate::raw::*;
 use stun::message::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// The daemon as a child process, killed on drop, with the addresses it logged.
 struct Daemon {
-    child: Child,
+    process: crate::common::Daemon,
     udp: SocketAddr,
     tcp: SocketAddr,
     http: SocketAddr,
     admin: SocketAddr,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 const ADMIN_TOKEN: &str = "limits-test-token-0123456789";
@@ -69,12 +57,7 @@ level = "info"
 impl Daemon {
     /// Start with `config`; `nofile`: RLIMIT_NOFILE for the daemon.
     fn start(config: &Path, nofile: Option<u64>) -> Daemon {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_turnd"));
-        cmd.arg("--config")
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env_remove("RUST_LOG");
+        let mut cmd = crate::common::Daemon::command(config);
         if let Some(n) = nofile {
             // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
             unsafe {
@@ -91,43 +74,26 @@ impl Daemon {
                 });
             }
         }
-        let mut child = cmd.spawn().expect("turnd runs");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel::<serde_json::Value>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str(&line) {
-                    let _ = tx.send(v);
-                }
-            }
+        let mut process = crate::common::Daemon::spawn(&mut cmd);
+        let tcp = process.logged_addr("listening tcp", |v| {
+            v["message"] == "listening" && v["transport"] == "tcp"
         });
-        let end = Instant::now() + Duration::from_secs(10);
-        let (mut udp, mut tcp, mut http, mut admin) = (None, None, None, None);
-        while udp.is_none() || tcp.is_none() || http.is_none() || admin.is_none() {
-            let v = lines
-                .recv_timeout(end.saturating_duration_since(Instant::now()))
-                .expect("turnd logs its listeners within 10 s");
-            let addr = || v["addr"].as_str().and_then(|a| a.parse().ok());
-            match (v["message"].as_str(), v["transport"].as_str()) {
-                (Some("listening"), Some("udp")) => udp = addr(),
-                (Some("listening"), Some("tcp")) => tcp = addr(),
-                (Some("signaling and pages listening"), _) => http = addr(),
-                (Some("admin API listening"), _) => admin = addr(),
-                _ => {}
-            }
-        }
+        let http = process.logged_addr("signaling listening", |v| {
+            v["message"] == "signaling and pages listening"
+        });
         Daemon {
-            child,
-            udp: udp.unwrap(),
-            tcp: tcp.unwrap(),
-            http: http.unwrap(),
-            admin: admin.unwrap(),
+            udp: process.udp,
+            admin: process.admin,
+            tcp,
+            http,
+            process,
         }
     }
 
     /// Resident memory of the daemon, in KiB.
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.process.pid())).unwrap();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))

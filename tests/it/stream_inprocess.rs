@@ -5,9 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-mod raw;
-
-use raw::*;
+use crate::raw::*;
 use stun::attributes::*;
 use stun::message::*;
 use stun::xoraddr::XorMappedAddress;
@@ -238,18 +236,7 @@ async fn a_client_that_stops_reading_is_dropped_without_slowing_others() {
 }
 
 fn tls_client(roots: &[rustls::pki_types::CertificateDer<'static>]) -> tokio_rustls::TlsConnector {
-    let mut store = rustls::RootCertStore::empty();
-    for c in roots {
-        store.add(c.clone()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(store)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"stun.turn".to_vec()];
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    crate::common::tls_connector(roots, b"stun.turn")
 }
 
 async fn tls_connect(
@@ -437,7 +424,12 @@ fn per_ip_cap_counts_an_ipv6_slash64_as_one_client() {
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &ns])
         .arg(std::env::current_exe().unwrap())
-        .args(["netns_per_64_cap", "--exact", "--ignored", "--nocapture"])
+        .args([
+            "stream_inprocess::netns_per_64_cap",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
         .env("TURND_TEST_NETNS", &ns)
         .output()
         .unwrap();

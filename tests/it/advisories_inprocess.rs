@@ -58,7 +58,7 @@ async fn even_port_r0_and_r1_never_leak_a_relay_port() {
         // R=0: an even port, nothing held after Refresh(0).
         let r = allocate(
             &mut a,
-            &[&udp_transport(), &Raw(ATTR_EVEN_PORT, vec![0x00])],
+            &[&udp_transport(), &raw_attr(ATTR_EVEN_PORT, vec![0x00])],
             &mut retries,
         )
         .await;
@@ -76,7 +76,7 @@ async fn even_port_r0_and_r1_never_leak_a_relay_port() {
         // R=1: an even port and the next one held; claimed by the token, then both freed.
         let r = allocate(
             &mut a,
-            &[&udp_transport(), &Raw(ATTR_EVEN_PORT, vec![0x80])],
+            &[&udp_transport(), &raw_attr(ATTR_EVEN_PORT, vec![0x80])],
             &mut retries,
         )
         .await;
@@ -91,7 +91,7 @@ async fn even_port_r0_and_r1_never_leak_a_relay_port() {
         let r = b
             .ask(
                 METHOD_ALLOCATE,
-                &[&udp_transport(), &Raw(ATTR_RESERVATION_TOKEN, token)],
+                &[&udp_transport(), &raw_attr(ATTR_RESERVATION_TOKEN, token)],
             )
             .await;
         assert_eq!(

@@ -113,7 +113,9 @@ async fn answers_to_unauthenticated_requests_stay_under_3x() {
     FINGERPRINT.add_to(&mut fp).unwrap();
     cases.push(("Binding + FINGERPRINT", v4, fp, true));
     let mut unknown = header(METHOD_BINDING);
-    Raw(AttrType(0x0042), vec![]).add_to(&mut unknown).unwrap();
+    raw_attr(AttrType(0x0042), vec![])
+        .add_to(&mut unknown)
+        .unwrap();
     cases.push(("Binding, unknown attribute (420)", v4, unknown, true));
     let mut first = header(METHOD_ALLOCATE);
     udp_transport().add_to(&mut first).unwrap();
@@ -123,7 +125,7 @@ async fn answers_to_unauthenticated_requests_stay_under_3x() {
     FINGERPRINT.add_to(&mut first_fp).unwrap();
     cases.push(("first Allocate + FINGERPRINT (401)", v4, first_fp, true));
     let mut perm = header(METHOD_CREATE_PERMISSION);
-    PeerAttr("192.0.2.1:5000".parse().unwrap())
+    peer_attr("192.0.2.1:5000".parse().unwrap())
         .add_to(&mut perm)
         .unwrap();
     cases.push(("CreatePermission, no credentials (401)", v4, perm, true));
@@ -191,7 +193,7 @@ async fn unauthenticated_400_and_420_spend_the_challenge_budget() {
     let reqs: Vec<Vec<u8>> = (0..400)
         .map(|_| {
             let mut m = header(METHOD_BINDING);
-            Raw(AttrType(0x0042), vec![]).add_to(&mut m).unwrap();
+            raw_attr(AttrType(0x0042), vec![]).add_to(&mut m).unwrap();
             m.raw
         })
         .collect();

@@ -92,8 +92,8 @@ fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
     m.typ = MessageType::new(METHOD_SEND, CLASS_INDICATION);
     m.new_transaction_id().unwrap();
     m.write_header();
-    PeerAttr(peer).add_to(&mut m).unwrap();
-    Raw(ATTR_DATA, data.to_vec()).add_to(&mut m).unwrap();
+    peer_attr(peer).add_to(&mut m).unwrap();
+    raw_attr(ATTR_DATA, data.to_vec()).add_to(&mut m).unwrap();
     m.raw
 }
 
@@ -111,12 +111,12 @@ async fn data_indication(sock: &UdpSocket, wait: Duration) -> Option<Vec<u8>> {
 }
 
 async fn permission(c: &mut UdpTurn, peer: SocketAddr) -> Option<u16> {
-    code(&c.ask(METHOD_CREATE_PERMISSION, &[&PeerAttr(peer)]).await)
+    code(&c.ask(METHOD_CREATE_PERMISSION, &[&peer_attr(peer)]).await)
 }
 
 async fn channel_bind(c: &mut UdpTurn, n: u16, peer: SocketAddr) -> Option<u16> {
     code(
-        &c.ask(METHOD_CHANNEL_BIND, &[&channel_number(n), &PeerAttr(peer)])
+        &c.ask(METHOD_CHANNEL_BIND, &[&channel_number(n), &peer_attr(peer)])
             .await,
     )
 }

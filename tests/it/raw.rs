@@ -12,52 +12,50 @@ use stun::textattrs::TextAttribute;
 use stun::xoraddr::XorMappedAddress;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UdpSocket;
+use turn::proto::peeraddr::PeerAddress;
 
 pub const USER: &str = "dev";
 pub const PASS: &str = "devpass";
 pub const REALM: &str = "turnd";
 
-/// An attribute with raw bytes.
-pub struct Raw(pub AttrType, pub Vec<u8>);
-impl Setter for Raw {
-    fn add_to(&self, m: &mut Message) -> Result<(), stun::Error> {
-        m.add(self.0, &self.1);
-        Ok(())
+/// An attribute with raw bytes: stun's own [`RawAttribute`] (its `length` is ignored when
+/// encoding), so no value is checked or reformatted on the way out.
+pub fn raw_attr(typ: AttrType, value: Vec<u8>) -> RawAttribute {
+    RawAttribute {
+        typ,
+        length: 0,
+        value,
     }
 }
 
-/// XOR-PEER-ADDRESS.
-pub struct PeerAttr(pub SocketAddr);
-impl Setter for PeerAttr {
-    fn add_to(&self, m: &mut Message) -> Result<(), stun::Error> {
-        XorMappedAddress {
-            ip: self.0.ip(),
-            port: self.0.port(),
-        }
-        .add_to_as(m, ATTR_XOR_PEER_ADDRESS)
+/// XOR-PEER-ADDRESS, encoded by the `turn` crate's [`PeerAddress`].
+pub fn peer_attr(peer: SocketAddr) -> PeerAddress {
+    PeerAddress {
+        ip: peer.ip(),
+        port: peer.port(),
     }
 }
 
-pub fn udp_transport() -> Raw {
-    Raw(ATTR_REQUESTED_TRANSPORT, vec![17, 0, 0, 0])
+pub fn udp_transport() -> RawAttribute {
+    raw_attr(ATTR_REQUESTED_TRANSPORT, vec![17, 0, 0, 0])
 }
 
 /// REQUESTED-ADDRESS-FAMILY matching `like`'s family.
-pub fn family_of(like: SocketAddr) -> Raw {
-    Raw(
+pub fn family_of(like: SocketAddr) -> RawAttribute {
+    raw_attr(
         ATTR_REQUESTED_ADDRESS_FAMILY,
         vec![if like.is_ipv4() { 1 } else { 2 }, 0, 0, 0],
     )
 }
 
-pub fn channel_number(n: u16) -> Raw {
+pub fn channel_number(n: u16) -> RawAttribute {
     let mut v = n.to_be_bytes().to_vec();
     v.extend_from_slice(&[0, 0]);
-    Raw(ATTR_CHANNEL_NUMBER, v)
+    raw_attr(ATTR_CHANNEL_NUMBER, v)
 }
 
-pub fn lifetime(secs: u32) -> Raw {
-    Raw(ATTR_LIFETIME, secs.to_be_bytes().to_vec())
+pub fn lifetime(secs: u32) -> RawAttribute {
+    raw_attr(ATTR_LIFETIME, secs.to_be_bytes().to_vec())
 }
 
 /// A request; with `creds` = Some((user, password, nonce)) it carries long-term credentials.
@@ -189,7 +187,7 @@ impl UdpTurn {
         let r = self
             .ask(
                 METHOD_CHANNEL_BIND,
-                &[&channel_number(number), &PeerAttr(peer)],
+                &[&channel_number(number), &peer_attr(peer)],
             )
             .await;
         assert_eq!(

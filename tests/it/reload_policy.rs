@@ -69,7 +69,7 @@ async fn tightened_policy_stops_relaying_on_bound_channels_after_reload() {
             METHOD_CHANNEL_BIND,
             &[
                 &channel_number(0x4000),
-                &PeerAttr(peer.local_addr().unwrap()),
+                &peer_attr(peer.local_addr().unwrap()),
             ],
         )
         .await;

@@ -8,8 +8,8 @@ use crate::raw::*;
 use stun::attributes::*;
 use stun::message::*;
 
-fn even_port_r() -> Raw {
-    Raw(ATTR_EVEN_PORT, vec![0x80])
+fn even_port_r() -> RawAttribute {
+    raw_attr(ATTR_EVEN_PORT, vec![0x80])
 }
 
 fn config(ports: (u16, u16)) -> turnd::Config {
@@ -108,7 +108,7 @@ async fn reservation_token_gives_the_next_port() {
             METHOD_ALLOCATE,
             &[
                 &udp_transport(),
-                &Raw(ATTR_RESERVATION_TOKEN, token.clone()),
+                &raw_attr(ATTR_RESERVATION_TOKEN, token.clone()),
             ],
         )
         .await;
@@ -126,7 +126,7 @@ async fn reservation_token_gives_the_next_port() {
     let r = c
         .ask(
             METHOD_ALLOCATE,
-            &[&udp_transport(), &Raw(ATTR_RESERVATION_TOKEN, token)],
+            &[&udp_transport(), &raw_attr(ATTR_RESERVATION_TOKEN, token)],
         )
         .await;
     assert_eq!(code(&r), Some(508));

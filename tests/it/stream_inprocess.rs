@@ -45,7 +45,7 @@ async fn allocate<S: AsyncRead + AsyncWrite + Unpin>(
 async fn channel_to<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, nonce: &str, peer: SocketAddr) {
     let m = request(
         METHOD_CHANNEL_BIND,
-        &[&channel_number(0x4000), &PeerAttr(peer)],
+        &[&channel_number(0x4000), &peer_attr(peer)],
         creds(nonce),
     );
     assert_eq!(ask(s, &m).await.typ.class, CLASS_SUCCESS_RESPONSE);
@@ -781,7 +781,7 @@ fn send_indication(peer: SocketAddr, data: &[u8]) -> Message {
     m.typ = MessageType::new(METHOD_SEND, CLASS_INDICATION);
     m.new_transaction_id().unwrap();
     m.write_header();
-    PeerAttr(peer).add_to(&mut m).unwrap();
+    peer_attr(peer).add_to(&mut m).unwrap();
     m.add(ATTR_DATA, data);
     m
 }
@@ -807,7 +807,7 @@ async fn stream_frames_at_the_length_limits_are_whole_or_dropped_never_truncated
     let chan_peer = UdpSocket::bind("[::1]:0").await.unwrap();
     let m = request(
         METHOD_CREATE_PERMISSION,
-        &[&PeerAttr(perm_peer.local_addr().unwrap())],
+        &[&peer_attr(perm_peer.local_addr().unwrap())],
         creds(&nonce),
     );
     assert_eq!(ask(&mut s, &m).await.typ.class, CLASS_SUCCESS_RESPONSE);

@@ -2,8 +2,9 @@
 //! layout hickory-dns uses). One module per former `tests/<name>.rs`; a new test file is a
 //! file here plus one `mod` line below.
 //!
-//! Shared helpers: [`common`] (the interop harness, a module per tool: processes, echo peer,
-//! uclient, aioice, coturn, TLS, recipes) and [`raw`] (a raw STUN/TURN client).
+//! Shared helpers: [`common`] (a module per tool: `process`, `daemon` (the built `turnd`),
+//! `net`, `echo_peer`, `uclient`, `aioice`, `coturn`, `tls`, `http`, and `recipes`, the
+//! scenarios built on them) and [`raw`] (a raw STUN/TURN client).
 //!
 //! Nothing here changes process-wide state, so every module shares this one process: the
 //! IPv6 /64 test re-runs this binary (filtered to `stream_inprocess::netns_per_64_cap`) inside

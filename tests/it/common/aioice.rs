@@ -271,58 +271,16 @@ fn run_aioice_script(
     Ok(report)
 }
 
-/// Parses the script's one-line JSON object whose values are strings, numbers or booleans
-/// (no nesting, by construction of the script) into key -> value text.
+/// Parses the script's one-line JSON object (values are strings, numbers, booleans or null,
+/// by construction of the script) into key -> value text: a string's own text, anything else
+/// as JSON. Not an object: an empty map (the caller then reports the output).
 pub fn parse_flat_json(line: &str) -> HashMap<String, String> {
-    let mut map = HashMap::new();
-    let mut chars = line
-        .trim()
-        .trim_start_matches('{')
-        .trim_end_matches('}')
-        .chars()
-        .peekable();
-    let read_string = |chars: &mut std::iter::Peekable<std::str::Chars>| {
-        let mut s = String::new();
-        while let Some(c) = chars.next() {
-            match c {
-                '"' => break,
-                '\\' => match chars.next() {
-                    Some('n') => s.push('\n'),
-                    Some('t') => s.push('\t'),
-                    Some('u') => {
-                        let hex: String = chars.by_ref().take(4).collect();
-                        s.push(
-                            u32::from_str_radix(&hex, 16)
-                                .ok()
-                                .and_then(char::from_u32)
-                                .unwrap_or('?'),
-                        );
-                    }
-                    Some(other) => s.push(other),
-                    None => break,
-                },
-                c => s.push(c),
-            }
-        }
-        s
-    };
-    loop {
-        while chars.next_if(|c| *c != '"').is_some() {}
-        if chars.next().is_none() {
-            break;
-        }
-        let key = read_string(&mut chars);
-        while chars.next_if(|c| c.is_whitespace() || *c == ':').is_some() {}
-        let value = if chars.next_if_eq(&'"').is_some() {
-            read_string(&mut chars)
-        } else {
-            let mut v = String::new();
-            while let Some(c) = chars.next_if(|c| *c != ',') {
-                v.push(c);
-            }
-            v.trim().to_string()
-        };
-        map.insert(key, value);
-    }
-    map
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(line).unwrap_or_default();
+    map.into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => (k, s),
+            other => (k, other.to_string()),
+        })
+        .collect()
 }

@@ -3,8 +3,8 @@
 
 use std::fmt::Write;
 
-use crate::engine::metrics::{AuthFailure, DURATION_BUCKETS};
 use crate::net::ShardMetrics;
+use turnd_proto::engine::metrics::{AuthFailure, DURATION_BUCKETS};
 
 pub const BUILD_INFO: &str = "turnd_build_info";
 pub const ALLOCATIONS_ACTIVE: &str = "turnd_allocations_active";
@@ -182,8 +182,9 @@ pub fn render(shards: &[ShardMetrics]) -> String {
         "Relayed payload bytes by direction and client transport.",
     );
     for (t, tname) in TRANSPORTS.iter().enumerate() {
-        let tr =
-            |f: &dyn Fn(&crate::engine::metrics::Traffic) -> u64| sum(&|s| f(&s.engine.traffic));
+        let tr = |f: &dyn Fn(&turnd_proto::engine::metrics::Traffic) -> u64| {
+            sum(&|s| f(&s.engine.traffic))
+        };
         for (dir, p, b) in [
             (
                 "to_peer",

@@ -13,13 +13,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use tokio::sync::mpsc;
 
-use crate::auth::{Credentials, FailureBudget, NonceMint};
 use crate::config::Config;
-use crate::engine::{Engine, EngineConfig, Quotas, Shared, Transport};
-use crate::policy::PeerFilter;
+use turnd_proto::auth::{Credentials, FailureBudget, NonceMint};
+use turnd_proto::engine::{Engine, EngineConfig, Quotas, Shared, Transport};
 
 mod control;
 pub mod health;
+pub mod peer_filter;
 pub mod relay;
 mod shard;
 pub mod stream;
@@ -225,7 +225,8 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         .chain(&tls_addrs)
         .copied()
         .collect();
-    let policy = PeerFilter::for_server(&config, &own).context("cannot list own addresses")?;
+    let policy =
+        crate::net::peer_filter::for_server(&config, &own).context("cannot list own addresses")?;
     tracing::info!(
         own_ips = ?policy.own_ips(),
         "own addresses: denied as peers outside the relay ports"
@@ -234,7 +235,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     let shared = Shared {
         auth: Arc::new(
             Credentials::from_config(&config.auth, &config.realm).with_mint_secret(
-                crate::auth::mint_secret(config.signaling.mint_secret.as_ref()),
+                turnd_proto::auth::mint_secret(config.signaling.mint_secret.as_ref()),
             ),
         ),
         policy: Arc::new(policy),

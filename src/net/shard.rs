@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::{Relay as RelayConfig, Streams};
-use crate::engine::{
+use turnd_proto::engine::{
     ClientAddr, Command, Engine, EngineStats, Family, MetricsSnapshot, PortChoice, SessionInfo,
     Shared, Transport, HEADROOM, TAILROOM,
 };
@@ -268,7 +268,7 @@ async fn udp_listener(shard: Rc<Shard>, local: SocketAddr, sock: Rc<UdpSocket>) 
             };
             #[cfg(feature = "fault-injection")]
             {
-                use crate::engine::fault;
+                use turnd_proto::engine::fault;
                 if buf[..n].starts_with(fault::END_LISTENER) {
                     return;
                 }

@@ -24,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::shard::Shard;
 use super::tls::{log_handshake_failure, HandshakeFailure};
-use crate::engine::{ClientAddr, Transport};
+use turnd_proto::engine::{ClientAddr, Transport};
 
 /// The largest STUN message a client may send on a stream other than a Send indication.
 const MAX_STUN_REQUEST: usize = 8 * 1024;

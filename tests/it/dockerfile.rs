@@ -1,10 +1,12 @@
 //! No Docker engine runs here, so check what can be checked by reading: the Dockerfile copies
-//! files that exist, builds and runs binaries this package has, exposes the ports of the
+//! files that exist, builds and runs binaries this workspace has, exposes the ports of the
 //! default configuration, runs as a non-root user, and its HEALTHCHECK command works against
 //! a live turnd.
 
 use std::path::Path;
 use std::process::Command;
+
+use crate::common::turnctl_bin;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -37,8 +39,8 @@ fn exec_form(s: &str) -> Vec<String> {
 #[test]
 fn copies_only_files_that_exist_and_binaries_that_are_built() {
     let bins = [
-        ("turnd", env!("CARGO_BIN_EXE_turnd")),
-        ("turnctl", env!("CARGO_BIN_EXE_turnctl")),
+        ("turnd", Path::new(env!("CARGO_BIN_EXE_turnd"))),
+        ("turnctl", turnctl_bin()),
     ];
     for copy in instructions("COPY") {
         let words: Vec<&str> = copy.split_whitespace().collect();
@@ -51,7 +53,7 @@ fn copies_only_files_that_exist_and_binaries_that_are_built() {
                     .expect("copies release binaries");
                 assert!(
                     bins.iter().any(|(b, _)| *b == name),
-                    "{name} is not a binary of this package"
+                    "{name} is not a binary of this workspace"
                 );
             }
             continue;
@@ -70,8 +72,8 @@ fn copies_only_files_that_exist_and_binaries_that_are_built() {
             "the build stage builds {b}"
         );
     }
-    // Everything the crate compiles from must be copied into the build stage.
-    for needed in ["Cargo.toml", "Cargo.lock", "src", "web"] {
+    // Everything the workspace compiles from must be copied into the build stage.
+    for needed in ["Cargo.toml", "Cargo.lock", "src", "crates", "web"] {
         assert!(
             instructions("COPY")
                 .iter()
@@ -142,10 +144,7 @@ fn the_healthcheck_command_passes_against_turnd_and_fails_without_it() {
             .iter()
             .map(|w| w.replace("127.0.0.1:3478", &addr.to_string()))
             .collect();
-        Command::new(env!("CARGO_BIN_EXE_turnctl"))
-            .args(&args)
-            .output()
-            .unwrap()
+        Command::new(turnctl_bin()).args(&args).output().unwrap()
     };
     let ok = run(server.udp[0]);
     assert!(

@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
+use crate::common::turnctl_bin;
+
 fn turnctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_turnctl"))
+    Command::new(turnctl_bin())
         .args(args)
         .env_remove("TURNCTL_SECRET")
         .env_remove("TURNCTL_PASSWORD")
@@ -216,7 +218,7 @@ fn probe_failures_are_explained() {
 
 /// `turnctl creds` output: (username, password).
 fn creds(secret: &str, user: &str) -> (String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_turnctl"))
+    let o = Command::new(turnctl_bin())
         .args(["creds", "--user", user, "--ttl", "1h"])
         .env("TURNCTL_SECRET", secret)
         .output()
@@ -261,7 +263,7 @@ fn creds_are_accepted_by_turnd() {
     assert_fails_with(&o, "401");
 
     // The RTCConfiguration carries the same kind of credentials.
-    let o = Command::new(env!("CARGO_BIN_EXE_turnctl"))
+    let o = Command::new(turnctl_bin())
         .args([
             "creds",
             "--user",

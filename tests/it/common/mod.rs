@@ -8,6 +8,7 @@
 //! - [`run_aioice`]: Python `aioice` allocating and relaying through `tests/interop/aioice_relay.py`.
 //! - [`Daemon`]: the built `turnd` binary as a child process, its JSON log on a channel.
 //! - [`http_get`]: a one-shot HTTP/1.1 request; [`tls_connector`]: a TLS client.
+//! - [`turnctl_bin`]: the workspace's `turnctl`, built once per test process (escargot).
 //! - [`Coturn`]: coturn's `turnserver` as a reference server, for the harness self-tests only.
 //! - [`rest_credentials`]: TURN REST credentials computed independently of turnd.
 //! - Streams: [`ClientTransport`] selects UDP, TCP or TLS for uclient ([`Uclient::transport`])
@@ -26,6 +27,7 @@ mod net;
 mod process;
 mod recipes;
 mod tls;
+mod turnctl_bin;
 mod uclient;
 
 pub use aioice::*;
@@ -37,6 +39,7 @@ pub use net::*;
 pub use process::*;
 pub use recipes::*;
 pub use tls::*;
+pub use turnctl_bin::*;
 pub use uclient::*;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -71,3 +71,40 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn duration_flags_parse_with_humantime() {
+        let ttl = |v: &str| {
+            Cli::try_parse_from(["turnctl", "creds", "--ttl", v]).map(|c| match c.command {
+                Command::Creds(a) => a.auth.ttl,
+                other => panic!("parsed as {other:?}"),
+            })
+        };
+        assert_eq!(ttl("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(ttl("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(ttl("1m 30s").unwrap(), Duration::from_secs(90));
+        assert!(ttl("10x").is_err());
+        assert!(ttl("10").is_err(), "a duration needs its unit");
+        let load = Cli::try_parse_from(["turnctl", "load", "-s", "turn:127.0.0.1:9"]).unwrap();
+        let Command::Load(a) = load.command else {
+            panic!("not load")
+        };
+        assert_eq!(
+            (a.duration, a.timeout),
+            (Duration::from_secs(10), Duration::from_secs(5))
+        );
+    }
+}

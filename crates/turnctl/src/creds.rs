@@ -29,7 +29,7 @@ pub struct AuthArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "secret")]
     pub secret_file: Option<PathBuf>,
     /// Lifetime of generated TURN REST credentials.
-    #[arg(long, default_value = "1h", value_parser = crate::server::parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
     /// Separator between expiry and user in TURN REST usernames.
     #[arg(long, default_value_t = ':')]

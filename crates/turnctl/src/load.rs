@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::creds::AuthArgs;
 use crate::flow::Mode;
-use crate::server::{parse_duration, ServerUrl, Transport};
+use crate::server::{ServerUrl, Transport};
 use crate::stats::{rtt_histogram, Counters, CpuSample, CpuUse, Rtt};
 use crate::worker::{self, Cmd, DataResult, Params, Reply};
 
@@ -51,7 +51,7 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 16)]
     pub window: usize,
     /// How long to send (or, with --mode idle, to hold the allocations); at most 300 s.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Worker threads (each runs many allocations and one echo peer).
     #[arg(long, default_value_t = 1)]
@@ -65,7 +65,7 @@ pub struct LoadArgs {
     #[command(flatten)]
     pub tls: crate::tls::TlsArgs,
     /// Per-transaction timeout.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     /// Print the report as JSON on stdout.
     #[arg(long)]

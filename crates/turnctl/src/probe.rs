@@ -14,7 +14,7 @@ use tokio::net::UdpSocket;
 
 use crate::client::{ClientError, Conn, TlsTarget, TurnClient};
 use crate::creds::AuthArgs;
-use crate::server::{parse_duration, ServerUrl, Transport};
+use crate::server::{ServerUrl, Transport};
 use crate::wire::{relayed_payload, send_header_len, write_channel_header, write_send_header};
 
 const CHANNEL: u16 = 0x4000;
@@ -37,7 +37,7 @@ pub struct ProbeArgs {
     #[command(flatten)]
     pub tls: crate::tls::TlsArgs,
     /// Time allowed for each step.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     /// Print the result as JSON on stdout.
     #[arg(long)]

@@ -1,10 +1,8 @@
-//! Server URLs (RFC 7065 `turn:` / `turns:` URIs, plus `stun:`), their resolution, and
-//! the small parsers shared by the subcommands (durations).
+//! Server URLs (RFC 7065 `turn:` / `turns:` URIs, plus `stun:`) and their resolution.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::str::FromStr;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 
@@ -136,35 +134,6 @@ impl ServerUrl {
     }
 }
 
-/// Parse "500ms", "10s", "5m", "1h", "2d" or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a duration such as 500ms, 10s, 5m or 1h"))?;
-    let scale = match unit {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        "d" => 86400.0,
-        _ => {
-            return Err(format!(
-                "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
-            ))
-        }
-    };
-    let secs = n * scale;
-    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
-        return Err(format!("{s:?}: out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,13 +164,5 @@ mod tests {
         );
         assert!("turn:host?transport=sctp".parse::<ServerUrl>().is_err());
         assert!("turn:host:notaport".parse::<ServerUrl>().is_err());
-    }
-
-    #[test]
-    fn parses_durations() {
-        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
-        assert!(parse_duration("10x").is_err());
     }
 }

@@ -2,9 +2,10 @@
 //! layout hickory-dns uses). One module per former `tests/<name>.rs`; a new test file is a
 //! file here plus one `mod` line below.
 //!
-//! Shared helpers: [`common`] (a module per tool: `process`, `daemon` (the built `turnd`),
-//! `net`, `echo_peer`, `uclient`, `aioice`, `coturn`, `tls`, `http`, and `recipes`, the
-//! scenarios built on them) and [`raw`] (a raw STUN/TURN client).
+//! Shared helpers: [`common`] (a module per tool: `daemon` (the built `turnd`), `http`,
+//! `tls`, `turnctl_bin`) and [`raw`] (a raw STUN/TURN client). The interop tier with
+//! coturn's uclient and aioice is the other binary, `tests/interop/main.rs`: its clients count
+//! stream reads, so it must not share the CPU with the floods and browsers here.
 //!
 //! Nothing here changes process-wide state, so every module shares this one process: the
 //! IPv6 /64 test re-runs this binary (filtered to `stream_inprocess::netns_per_64_cap`) inside
@@ -25,8 +26,6 @@ mod dockerfile;
 mod http_limits;
 mod http_mint;
 mod http_signaling;
-mod interop_streams;
-mod interop_udp;
 mod ops_binary;
 mod policy_netns;
 mod reload_policy;

@@ -12,11 +12,13 @@ pub mod engine;
 pub mod http;
 pub mod net;
 pub mod policy;
+pub mod server;
 pub mod systemd;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Config;
-pub use net::{start, Running};
+pub use server::{start, Running};
 
 // Panic containment in the shards (ARCHITECTURE.md) catches unwinding panics.
 #[cfg(panic = "abort")]

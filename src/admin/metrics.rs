@@ -244,7 +244,7 @@ pub fn render(shards: &[ShardMetrics]) -> String {
         "counter",
         "TLS handshakes that failed or timed out, by reason.",
     );
-    for why in crate::net::tls::HandshakeFailure::ALL {
+    for why in crate::tls::HandshakeFailure::ALL {
         let n = sum(&|s| s.handshake_failures[why.index()]);
         let r = why.as_str();
         let _ = writeln!(o, "{TLS_HANDSHAKE_FAILURES_TOTAL}{{reason=\"{r}\"}} {n}");

@@ -10,6 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use crate::engine::{
 use super::health::{panic_message, take_panic_location, Health, LogLimit};
 use super::relay::{bind_pair, bind_relay, Reservations};
 use super::stream::{accept_loop, Closed, ConnLimits, StreamConn};
-use super::tls::HandshakeFailure;
+use crate::tls::HandshakeFailure;
 
 /// Largest datagram we receive: a UDP payload is at most 65535 bytes.
 const MAX_DATAGRAM: usize = 65535;
@@ -252,7 +253,17 @@ fn kind_of(buf: &[u8]) -> &'static str {
     }
 }
 
-async fn udp_listener(shard: Rc<Shard>, local: SocketAddr, sock: Rc<UdpSocket>) {
+/// The one receive loop of a shard's UDP sockets, client listeners and relay sockets alike:
+/// wait for readiness, receive up to [`RECV_BATCH`] datagrams into the shard's buffer at
+/// `offset` (relay sockets leave [`HEADROOM`] for the ChannelData or Data indication header)
+/// and hand each to `on_datagram` as (now, buffer, length, sender), then yield. It ends when
+/// the socket fails or `on_datagram` says `Break`.
+async fn recv_loop(
+    shard: &Shard,
+    sock: &UdpSocket,
+    offset: usize,
+    mut on_datagram: impl FnMut(Instant, &mut [u8], usize, SocketAddr) -> ControlFlow<()>,
+) {
     loop {
         if sock.readable().await.is_err() {
             return;
@@ -260,41 +271,52 @@ async fn udp_listener(shard: Rc<Shard>, local: SocketAddr, sock: Rc<UdpSocket>) 
         let now = Instant::now();
         for _ in 0..RECV_BATCH {
             let mut buf = shard.buf.borrow_mut();
-            let (n, remote) = match sock.try_recv_from(&mut buf[..MAX_DATAGRAM]) {
+            let (n, from) = match sock.try_recv_from(&mut buf[offset..offset + MAX_DATAGRAM]) {
                 Ok(r) => r,
                 // WouldBlock: drained. Other errors (ICMP-induced on unconnected sockets)
                 // concern one packet; readiness stays set, so the next wake-up goes on.
                 Err(_) => break,
             };
-            #[cfg(feature = "fault-injection")]
-            {
-                use crate::engine::fault;
-                if buf[..n].starts_with(fault::END_LISTENER) {
-                    return;
-                }
-                if buf[..n].starts_with(fault::END_SHARD) {
-                    shard.fault_end_shard.notify_one();
-                }
+            if on_datagram(now, &mut buf, n, from).is_break() {
+                return;
             }
-            let from = ClientAddr {
-                transport: Transport::Udp,
-                remote,
-                local,
-            };
-            let packet = &buf[..n];
-            shard.guarded(kind_of(packet), || {
-                let mut engine = shard.engine.borrow_mut();
-                if let Some(out) = engine.handle_client(now, from, packet) {
-                    if let Some(r) = shard.relays.borrow().get(&out.relay) {
-                        send_now(&r.socket, &packet[out.range], out.peer);
-                    }
-                }
-                shard.drain(&mut engine, now);
-            });
         }
         // Let the shard's other sockets, its timer and its requests run.
         tokio::task::yield_now().await;
     }
+}
+
+/// Datagrams from clients on one UDP listener socket.
+async fn udp_listener(shard: Rc<Shard>, local: SocketAddr, sock: Rc<UdpSocket>) {
+    recv_loop(&shard, &sock, 0, |now, buf, n, remote| {
+        let packet = &buf[..n];
+        #[cfg(feature = "fault-injection")]
+        {
+            use crate::engine::fault;
+            if packet.starts_with(fault::END_LISTENER) {
+                return ControlFlow::Break(());
+            }
+            if packet.starts_with(fault::END_SHARD) {
+                shard.fault_end_shard.notify_one();
+            }
+        }
+        let from = ClientAddr {
+            transport: Transport::Udp,
+            remote,
+            local,
+        };
+        shard.guarded(kind_of(packet), || {
+            let mut engine = shard.engine.borrow_mut();
+            if let Some(out) = engine.handle_client(now, from, packet) {
+                if let Some(r) = shard.relays.borrow().get(&out.relay) {
+                    send_now(&r.socket, &packet[out.range], out.peer);
+                }
+            }
+            shard.flush_outputs(&mut engine, now);
+        });
+        ControlFlow::Continue(())
+    })
+    .await
 }
 
 /// Datagrams from peers on one relay socket of `client`'s allocation.
@@ -304,26 +326,16 @@ async fn relay_reader(
     bound: SocketAddr,
     sock: Rc<UdpSocket>,
 ) {
-    loop {
-        if sock.readable().await.is_err() {
-            return;
-        }
-        let now = Instant::now();
-        for _ in 0..RECV_BATCH {
-            let mut buf = shard.buf.borrow_mut();
-            let (n, peer) = match sock.try_recv_from(&mut buf[HEADROOM..HEADROOM + MAX_DATAGRAM]) {
-                Ok(r) => r,
-                Err(_) => break,
-            };
-            shard.guarded("peer datagram", || {
-                let mut engine = shard.engine.borrow_mut();
-                if let Some(out) = engine.handle_peer(now, client, bound, peer, &mut buf, n) {
-                    shard.send_to_client(out.client, &buf[out.range]);
-                }
-            });
-        }
-        tokio::task::yield_now().await;
-    }
+    recv_loop(&shard, &sock, HEADROOM, |now, buf, n, peer| {
+        shard.guarded("peer datagram", || {
+            let mut engine = shard.engine.borrow_mut();
+            if let Some(out) = engine.handle_peer(now, client, bound, peer, buf, n) {
+                shard.send_to_client(out.client, &buf[out.range]);
+            }
+        });
+        ControlFlow::Continue(())
+    })
+    .await
 }
 
 /// Drop expired EVEN-PORT reservations (shared by all shards; any shard's sweep frees them).
@@ -354,7 +366,7 @@ async fn timer(shard: Rc<Shard>) {
                 let done = shard.guarded("timer", || {
                     let mut engine = shard.engine.borrow_mut();
                     engine.handle_timeout(now);
-                    shard.drain(&mut engine, now);
+                    shard.flush_outputs(&mut engine, now);
                 });
                 if done.is_none() {
                     // A deadline whose handling panics may still be due: never spin on it.
@@ -421,12 +433,12 @@ impl Shard {
             ShardRequest::KillSession(id, reply) => {
                 let mut engine = self.engine.borrow_mut();
                 let _ = reply.send(engine.kill_session(now, id));
-                self.drain(&mut engine, now);
+                self.flush_outputs(&mut engine, now);
             }
             ShardRequest::KillUser(user, reply) => {
                 let mut engine = self.engine.borrow_mut();
                 let _ = reply.send(engine.kill_user(now, &user));
-                self.drain(&mut engine, now);
+                self.flush_outputs(&mut engine, now);
             }
             ShardRequest::Reload(shared) => {
                 let (permissions, channels) = self.engine.borrow_mut().set_shared(shared);
@@ -445,8 +457,9 @@ impl Shard {
         true
     }
 
-    /// Carry out the engine's commands and send its control-plane messages.
-    pub(super) fn drain(self: &Rc<Self>, engine: &mut Engine, now: Instant) {
+    /// Carry out the engine's commands and send its control-plane messages (not to be
+    /// confused with graceful drain, [`ShardRequest::Drain`]).
+    pub(super) fn flush_outputs(self: &Rc<Self>, engine: &mut Engine, now: Instant) {
         let mut any = false;
         loop {
             let mut progressed = false;
@@ -575,7 +588,7 @@ impl Shard {
                     send_now(&r.socket, &frame[out.range], out.peer);
                 }
             }
-            self.drain(&mut engine, now);
+            self.flush_outputs(&mut engine, now);
         });
     }
 }

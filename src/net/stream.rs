@@ -23,8 +23,8 @@ use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 
 use super::shard::Shard;
-use super::tls::{log_handshake_failure, HandshakeFailure};
 use crate::engine::{ClientAddr, Transport};
+use crate::tls::{log_handshake_failure, HandshakeFailure};
 
 /// The largest STUN message a client may send on a stream other than a Send indication.
 const MAX_STUN_REQUEST: usize = 8 * 1024;
@@ -319,7 +319,7 @@ where
     {
         let mut engine = shard.engine.borrow_mut();
         engine.client_closed(Instant::now(), client);
-        shard.drain(&mut engine, Instant::now());
+        shard.flush_outputs(&mut engine, Instant::now());
     }
     tracing::debug!(
         client = %crate::telemetry::redact_addr(&client.remote, shard.redact),

@@ -109,7 +109,7 @@ async fn get_metrics(State(s): State<AdminState>, headers: HeaderMap) -> Respons
     }
     let control = s.control.clone();
     match ask(move || metrics::render(&control.metrics())).await {
-        Ok(text) => ([("content-type", "text/plain; version=0.0.4")], text).into_response(),
+        Ok(text) => ([("content-type", metrics::CONTENT_TYPE)], text).into_response(),
         Err(r) => r,
     }
 }

@@ -28,7 +28,7 @@ use crate::engine::{
 
 use super::health::{panic_message, take_panic_location, Health, LogLimit};
 use super::relay::{bind_pair, bind_relay, Reservations};
-use super::stream::{accept_loop, Closed, ConnLimits, StreamConn};
+use super::stream::{accept_loop, Closed, ConnLimits, StreamTable};
 use crate::tls::HandshakeFailure;
 
 /// Largest datagram we receive: a UDP payload is at most 65535 bytes.
@@ -79,17 +79,12 @@ struct RelaySocket {
 }
 
 pub struct Shard {
-    pub(super) engine: RefCell<Engine>,
+    engine: RefCell<Engine>,
     relay_cfg: RelayConfig,
     udp_listeners: HashMap<SocketAddr, Rc<UdpSocket>>,
     relays: RefCell<HashMap<SocketAddr, RelaySocket>>,
-    pub(super) streams: RefCell<HashMap<ClientAddr, Rc<StreamConn>>>,
-    pub(super) streams_cfg: Streams,
-    pub(super) conn_limits: Arc<ConnLimits>,
+    streams: StreamTable,
     reservations: Arc<Reservations>,
-    pub(super) redact: bool,
-    pub(super) handshake_failures: [Cell<u64>; HandshakeFailure::COUNT],
-    pub(super) connections_refused: Cell<u64>,
     buf: RefCell<Box<[u8]>>,
     timer_changed: Notify,
     index: usize,
@@ -137,13 +132,8 @@ pub fn run(
             relay_cfg: setup.relay_cfg,
             udp_listeners,
             relays: RefCell::new(HashMap::new()),
-            streams: RefCell::new(HashMap::new()),
-            streams_cfg: setup.streams_cfg,
-            conn_limits: setup.conn_limits,
+            streams: StreamTable::new(setup.streams_cfg, setup.conn_limits, setup.redact),
             reservations: setup.reservations,
-            redact: setup.redact,
-            handshake_failures: Default::default(),
-            connections_refused: Cell::new(0),
             buf: RefCell::new(vec![0u8; HEADROOM + MAX_DATAGRAM + TAILROOM].into_boxed_slice()),
             timer_changed: Notify::new(),
             index: setup.index,
@@ -204,9 +194,7 @@ pub fn run(
         for (_, r) in shard.relays.borrow_mut().drain() {
             r.task.abort();
         }
-        for (_, c) in shard.streams.borrow_mut().drain() {
-            c.close(Closed::ByServer);
-        }
+        shard.streams.close_all();
         Ok(())
     })
 }
@@ -387,7 +375,7 @@ impl Shard {
     /// the panicking step had half done stays half done (e.g. a quota slot taken for an
     /// Allocate that never completes, a timer entry for an allocation already gone, queued
     /// answers not sent); other allocations are untouched.
-    pub(super) fn guarded<T>(&self, what: &'static str, step: impl FnOnce() -> T) -> Option<T> {
+    fn guarded<T>(&self, what: &'static str, step: impl FnOnce() -> T) -> Option<T> {
         match catch_unwind(AssertUnwindSafe(step)) {
             Ok(v) => Some(v),
             Err(payload) => {
@@ -416,13 +404,11 @@ impl Shard {
                 let _ = reply.send(self.engine.borrow().stats());
             }
             ShardRequest::Metrics(reply) => {
-                let streams = self.streams.borrow();
-                let count = |t| streams.keys().filter(|c| c.transport == t).count() as u64;
                 let _ = reply.send(ShardMetrics {
                     engine: self.engine.borrow().metrics_snapshot(),
-                    streams_open: [count(Transport::Tcp), count(Transport::Tls)],
-                    handshake_failures: self.handshake_failures.each_ref().map(Cell::get),
-                    connections_refused: self.connections_refused.get(),
+                    streams_open: self.streams.open(),
+                    handshake_failures: self.streams.handshake_failures(),
+                    connections_refused: self.streams.refused(),
                     engine_panics: self.engine_panics.get(),
                     reservations_held: self.reservations.len() as u64,
                 });
@@ -459,7 +445,7 @@ impl Shard {
 
     /// Carry out the engine's commands and send its control-plane messages (not to be
     /// confused with graceful drain, [`ShardRequest::Drain`]).
-    pub(super) fn flush_outputs(self: &Rc<Self>, engine: &mut Engine, now: Instant) {
+    fn flush_outputs(self: &Rc<Self>, engine: &mut Engine, now: Instant) {
         let mut any = false;
         loop {
             let mut progressed = false;
@@ -513,11 +499,7 @@ impl Shard {
                     r.task.abort();
                 }
             }
-            Command::CloseClient(client) => {
-                if let Some(c) = self.streams.borrow().get(&client) {
-                    c.close(Closed::ByServer);
-                }
-            }
+            Command::CloseClient(client) => self.streams.close(&client, Closed::ByServer),
         }
     }
 
@@ -570,12 +552,26 @@ impl Shard {
                     send_now(s, bytes, to.remote);
                 }
             }
-            Transport::Tcp | Transport::Tls => {
-                if let Some(c) = self.streams.borrow().get(&to) {
-                    c.push(bytes);
-                }
-            }
+            Transport::Tcp | Transport::Tls => self.streams.push(&to, bytes),
         }
+    }
+
+    /// The shard's stream connections.
+    pub(super) fn streams(&self) -> &StreamTable {
+        &self.streams
+    }
+
+    /// Whether a stream client still has an allocation (idle connections without one close).
+    pub(super) fn has_allocation(&self, client: &ClientAddr) -> bool {
+        self.engine.borrow().has_allocation(client)
+    }
+
+    /// A stream connection ended: free its allocation at once.
+    pub(super) fn client_closed(self: &Rc<Self>, client: ClientAddr) {
+        let now = Instant::now();
+        let mut engine = self.engine.borrow_mut();
+        engine.client_closed(now, client);
+        self.flush_outputs(&mut engine, now);
     }
 
     /// One complete frame from a stream client.

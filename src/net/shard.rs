@@ -293,15 +293,7 @@ async fn udp_listener(shard: Rc<Shard>, local: SocketAddr, sock: Rc<UdpSocket>) 
             remote,
             local,
         };
-        shard.guarded(kind_of(packet), || {
-            let mut engine = shard.engine.borrow_mut();
-            if let Some(out) = engine.handle_client(now, from, packet) {
-                if let Some(r) = shard.relays.borrow().get(&out.relay) {
-                    send_now(&r.socket, &packet[out.range], out.peer);
-                }
-            }
-            shard.flush_outputs(&mut engine, now);
-        });
+        shard.on_client_packet(now, from, packet);
         ControlFlow::Continue(())
     })
     .await
@@ -574,14 +566,19 @@ impl Shard {
         self.flush_outputs(&mut engine, now);
     }
 
-    /// One complete frame from a stream client.
-    pub(super) fn on_client_frame(self: &Rc<Self>, client: ClientAddr, frame: &[u8]) {
-        let now = Instant::now();
-        self.guarded(kind_of(frame), || {
+    /// One datagram or complete stream frame from a client: the engine's data-plane answer
+    /// goes straight out of the relay socket, its other outputs are flushed.
+    pub(super) fn on_client_packet(
+        self: &Rc<Self>,
+        now: Instant,
+        client: ClientAddr,
+        packet: &[u8],
+    ) {
+        self.guarded(kind_of(packet), || {
             let mut engine = self.engine.borrow_mut();
-            if let Some(out) = engine.handle_client(now, client, frame) {
+            if let Some(out) = engine.handle_client(now, client, packet) {
                 if let Some(r) = self.relays.borrow().get(&out.relay) {
-                    send_now(&r.socket, &frame[out.range], out.peer);
+                    send_now(&r.socket, &packet[out.range], out.peer);
                 }
             }
             self.flush_outputs(&mut engine, now);

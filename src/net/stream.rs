@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -410,7 +410,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             let frame = buf.split_to(n);
             got_frame = true;
             deadline = tokio::time::Instant::now() + cfg.idle_timeout;
-            shard.on_client_frame(client, &frame);
+            shard.on_client_packet(Instant::now(), client, &frame);
         }
         if buf.capacity() - buf.len() < 2048 {
             buf.reserve(4096);

@@ -5,13 +5,10 @@
 //! See ARCHITECTURE.md for the module map.
 
 pub mod admin;
-pub mod auth;
 pub mod cli;
 pub mod config;
-pub mod engine;
 pub mod http;
 pub mod net;
-pub mod policy;
 pub mod server;
 pub mod systemd;
 pub mod telemetry;

@@ -14,15 +14,14 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use tokio::sync::mpsc;
 
-use crate::auth::{self, Credentials, FailureBudget, NonceMint};
 use crate::config::Config;
-use crate::engine::{Engine, EngineConfig, Quotas, Shared, Transport};
 use crate::net::shard::ShardSetup;
 use crate::net::stream::{self, ConnLimits};
 use crate::net::{self, relay, Control, Health, Stats};
-use crate::policy::PeerFilter;
 use crate::tls::{self, ReloadableCert};
 use crate::{admin, http};
+use turnd_proto::auth::{self, Credentials, FailureBudget, NonceMint};
+use turnd_proto::engine::{Engine, EngineConfig, Quotas, Shared, Transport};
 
 /// A started server. Dropping it does not stop it; call [`Running::stop`].
 pub struct Running {
@@ -185,7 +184,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         .chain(&tls_addrs)
         .copied()
         .collect();
-    let policy = PeerFilter::for_server(&config, &own).context("cannot list own addresses")?;
+    let policy = net::peer_filter::for_server(&config, &own).context("cannot list own addresses")?;
     tracing::info!(
         own_ips = ?policy.own_ips(),
         "own addresses: denied as peers outside the relay ports"

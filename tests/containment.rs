@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use raw::*;
 use stun::message::*;
 use tokio::net::UdpSocket;
-use turnd::engine::fault;
+use turnd_proto::engine::fault;
 
 fn config(workers: usize) -> turnd::Config {
     let mut c = turnd::Config::for_tests();
@@ -250,7 +250,7 @@ format = "json"
     assert!(line["at"]
         .as_str()
         .unwrap()
-        .starts_with("src/engine/mod.rs:"));
+        .starts_with("crates/turnd-proto/src/engine/mod.rs:"));
     // Rate-limited: one line for five panics (the interval is 10 s), nothing on stderr else.
     std::thread::sleep(Duration::from_millis(300));
     d.drain_lines();

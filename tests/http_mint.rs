@@ -130,7 +130,8 @@ async fn minted_credentials_are_not_signed_with_an_auth_secret() {
     let http = running.http.unwrap();
     let udp = running.udp[0];
     let (user, pass) = mint(http).await;
-    let with_auth_secret = turnd::auth::rest_password(turnd::config::DEV_SECRET.as_bytes(), &user);
+    let with_auth_secret =
+        turnd_proto::auth::rest_password(turnd::config::DEV_SECRET.as_bytes(), &user);
     assert_ne!(pass, with_auth_secret);
     assert!(allocate(udp, &user, &pass).await.is_some());
     assert!(allocate(udp, &user, &with_auth_secret).await.is_none());

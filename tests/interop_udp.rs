@@ -147,8 +147,8 @@ fn uclient_rest_secret_computed_by_client_v6() {
 /// REST credentials from turnd's own helpers, cross-checked against the harness's HMAC.
 fn rest_precomputed(ip: IpAddr) {
     let expiry = unix_now() + 3600;
-    let username = turnd::auth::rest_username(expiry, USER, ':');
-    let password = turnd::auth::rest_password(SECRET.as_bytes(), &username);
+    let username = turnd_proto::auth::rest_username(expiry, USER, ':');
+    let password = turnd_proto::auth::rest_password(SECRET.as_bytes(), &username);
     assert_eq!(
         (username.clone(), password.clone()),
         rest_credentials(SECRET, USER, expiry)

@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use turnd::engine::testing::{Harness, Step};
+use turnd_proto::engine::testing::{Harness, Step};
 
 fuzz_target!(|steps: Vec<Step>| {
     let mut h = Harness::new();

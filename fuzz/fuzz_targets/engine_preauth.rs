@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use turnd::engine::testing::Harness;
-use turnd::engine::{ClientAddr, Transport};
+use turnd_proto::engine::testing::Harness;
+use turnd_proto::engine::{ClientAddr, Transport};
 
 #[derive(Debug, Arbitrary)]
 struct Datagram {

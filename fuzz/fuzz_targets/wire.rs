@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use turnd::engine::wire::{decode_xor_addr, parse_send, Parsed};
+use turnd_proto::engine::wire::{decode_xor_addr, parse_send, Parsed};
 use turnd::net::stream::frame_len;
 
 fuzz_target!(|data: &[u8]| {

@@ -14,8 +14,8 @@ use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use turnd_proto::engine::metrics::{AuthFailure, Traffic, DURATION_BUCKETS};
 
-use crate::engine::metrics::{AuthFailure, Traffic, DURATION_BUCKETS};
 use crate::net::ShardMetrics;
 use crate::tls::HandshakeFailure;
 

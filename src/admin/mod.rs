@@ -22,8 +22,8 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::SessionInfo;
 use crate::net::Control;
+use turnd_proto::engine::SessionInfo;
 
 pub mod metrics;
 

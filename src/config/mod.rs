@@ -5,11 +5,9 @@
 //! [`Config`] that cannot be half-valid. CLI flags and `TURND_*` variables are merged in
 //! `crate::cli`. No config file means [`Config::development`].
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
-
-use ipnet::IpNet;
 
 mod load;
 mod locate;
@@ -24,6 +22,10 @@ pub use load::{
     ConfigError, Located,
 };
 pub use validate::Problem;
+// The protocol-level sections are the proto crate's settings types.
+pub use turnd_proto::settings::{
+    Auth, Credential, ExternalMapping, Lifetimes, Policy, PortRange, Redacted, StaticUser,
+};
 
 /// The development profile's static user (documented in the README).
 pub const DEV_USER: &str = "dev";
@@ -144,16 +146,6 @@ pub enum Mint {
     Off,
 }
 
-/// A secret string whose `Debug` output is `<redacted>`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Redacted(pub String);
-
-impl std::fmt::Debug for Redacted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
 /// Limits of TCP and TLS client connections.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Streams {
@@ -186,31 +178,6 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortRange {
-    pub min: u16,
-    pub max: u16,
-}
-
-impl PortRange {
-    pub fn len(&self) -> u32 {
-        u32::from(self.max) - u32::from(self.min) + 1
-    }
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-    pub fn contains(&self, port: u16) -> bool {
-        (self.min..=self.max).contains(&port)
-    }
-}
-
-/// 1:1 NAT mapping: relays bind `private` and advertise `public`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExternalMapping {
-    pub public: IpAddr,
-    pub private: IpAddr,
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct Relay {
     /// Address relay sockets bind for IPv4 allocations; `None`: IPv4 relays unavailable (440).
@@ -231,63 +198,6 @@ impl Relay {
         }
         bound
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Credential {
-    Password(String),
-    /// MD5(user:realm:password), as `turnadmin -k` prints it.
-    Key([u8; 16]),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StaticUser {
-    pub name: String,
-    pub credential: Credential,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Auth {
-    pub users: Vec<StaticUser>,
-    /// TURN REST shared secrets; any of them is accepted (rotation).
-    pub secrets: Vec<String>,
-    /// Separator in `expiry<sep>user` REST usernames.
-    pub rest_separator: char,
-    /// Clock skew tolerated on REST expiry timestamps.
-    pub rest_max_skew: Duration,
-    /// How long a nonce stays valid before 438.
-    pub nonce_lifetime: Duration,
-    /// Answers to requests without MESSAGE-INTEGRITY (the first 401, unauthenticated 400/420)
-    /// allowed per source IP per second (burst: twice that); more are dropped.
-    pub challenge_budget_per_sec: u32,
-    /// Answers to requests whose MESSAGE-INTEGRITY, nonce or user failed (401, 438, 400)
-    /// allowed per source IP per second (burst: twice that); more are dropped.
-    pub failure_budget_per_sec: u32,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Policy {
-    /// Peers allowed even when in the deny list.
-    pub allow_peers: Vec<IpNet>,
-    /// Peers denied in addition to the built-in special-purpose list.
-    pub deny_peers: Vec<IpNet>,
-    pub max_allocations: usize,
-    pub max_allocations_per_user: usize,
-    pub max_permissions_per_allocation: usize,
-    pub max_channels_per_allocation: usize,
-    /// Ports held by EVEN-PORT's R bit per user (each also counts as an allocation of the
-    /// user's quota); 0 refuses R with 508.
-    pub max_reservations_per_user: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Lifetimes {
-    pub allocation_default: Duration,
-    pub allocation_max: Duration,
-    pub permission: Duration,
-    pub channel: Duration,
-    /// How long a port reserved with EVEN-PORT's R bit is held (RFC 8656 §7.2: 30 s).
-    pub reservation: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -333,31 +243,9 @@ impl Config {
                 },
                 external: vec![],
             },
-            auth: Auth {
-                users: vec![],
-                secrets: vec![],
-                rest_separator: ':',
-                rest_max_skew: Duration::from_secs(60),
-                nonce_lifetime: Duration::from_secs(600),
-                challenge_budget_per_sec: 200,
-                failure_budget_per_sec: 200,
-            },
-            policy: Policy {
-                allow_peers: vec![],
-                deny_peers: vec![],
-                max_allocations: 10_000,
-                max_allocations_per_user: 100,
-                max_permissions_per_allocation: 64,
-                max_channels_per_allocation: 64,
-                max_reservations_per_user: 2,
-            },
-            lifetimes: Lifetimes {
-                allocation_default: Duration::from_secs(600),
-                allocation_max: Duration::from_secs(3600),
-                permission: Duration::from_secs(300),
-                channel: Duration::from_secs(600),
-                reservation: Duration::from_secs(30),
-            },
+            auth: Auth::default(),
+            policy: Policy::default(),
+            lifetimes: Lifetimes::default(),
             streams: Streams {
                 handshake_timeout: Duration::from_secs(10),
                 first_frame_timeout: Duration::from_secs(10),

@@ -164,13 +164,13 @@ pub fn log_format(s: &str) -> Result<LogFormat, String> {
 
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
-/// A level (`"info"`) or a tracing filter (`"info,turnd::engine=debug"`).
+/// A level (`"info"`) or a tracing filter (`"info,turnd_proto::engine=debug"`).
 ///
 /// Each comma-separated directive must name a level, alone or after `target=`: a bare word
 /// such as `"verbose"` would otherwise be taken as a target name and silently log nothing.
 pub fn log_level(s: &str) -> Result<String, String> {
     const HELP: &str =
-        "expected a level (off, error, warn, info, debug, trace) or a filter such as \"info,turnd::engine=debug\"";
+        "expected a level (off, error, warn, info, debug, trace) or a filter such as \"info,turnd_proto::engine=debug\"";
     let names_level = |d: &str| {
         let level = d.rsplit_once('=').map_or(d, |(_, l)| l);
         LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level.trim()))
@@ -261,7 +261,7 @@ mod tests {
         assert!(md5_key("0123456789abcdef0123456789ABCDEF").is_ok());
         assert!(md5_key("0123").is_err());
         assert!(log_level("info").is_ok());
-        assert!(log_level("warn,turnd::engine=debug").is_ok());
+        assert!(log_level("warn,turnd_proto::engine=debug").is_ok());
         assert!(log_level("verbose").is_err());
         assert_eq!(rest_separator(":"), Ok(':'));
         assert!(rest_separator("1").is_err());

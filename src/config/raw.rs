@@ -77,7 +77,7 @@ parsed_value!(
     Listener(MaybeNone<SocketAddr>) = parse::optional_listener, "an address with a port or \"none\" as a string"
 );
 parsed_value!(
-    /// `"info"`, `"warn,turnd::engine=debug"`.
+    /// `"info"`, `"warn,turnd_proto::engine=debug"`.
     Level(String) = parse::log_level, "a log level as a string, e.g. \"info\""
 );
 parsed_value!(

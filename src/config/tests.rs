@@ -100,7 +100,7 @@ write_queue_bytes = 65536
 write_timeout = "4s"
 
 [log]
-level = "warn,turnd::engine=debug"
+level = "warn,turnd_proto::engine=debug"
 format = "json"
 redact = true
 "#;
@@ -189,7 +189,7 @@ fn every_key_parses() {
     assert_eq!(c.streams.max_connections_per_ip, 4);
     assert_eq!(c.streams.write_queue_bytes, 65536);
     assert_eq!(c.streams.write_timeout, Duration::from_secs(4));
-    assert_eq!(c.log.level, "warn,turnd::engine=debug");
+    assert_eq!(c.log.level, "warn,turnd_proto::engine=debug");
     assert_eq!(c.log.format, LogFormat::Json);
     assert!(c.log.redact);
 }

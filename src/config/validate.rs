@@ -411,7 +411,7 @@ impl Config {
             )),
             _ => {}
         }
-        let prefix = crate::auth::MINTED_USER_PREFIX;
+        let prefix = turnd_proto::auth::MINTED_USER_PREFIX;
         if self.auth.users.iter().any(|u| u.name.starts_with(prefix)) {
             p.push(Problem::new(
                 "auth.users",

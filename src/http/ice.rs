@@ -40,8 +40,8 @@ use axum::Json;
 use subtle::ConstantTimeEq;
 
 use super::{json_error, App, HttpSetup, Remote};
-use crate::auth::{mint_secret, rest_password, rest_username, MINTED_USER_PREFIX};
 use crate::config::Mint;
+use turnd_proto::auth::{mint_secret, rest_password, rest_username, MINTED_USER_PREFIX};
 
 /// Cells of the per-client limiter; a power of two.
 const RATE_CELLS: usize = 4096;

@@ -15,11 +15,10 @@ use super::health::Health;
 use super::relay::Reservations;
 use super::shard::{ShardMetrics, ShardRequest};
 use super::Stats;
-use crate::auth::Credentials;
 use crate::config::Config;
-use crate::engine::{SessionInfo, Shared};
-use crate::policy::PeerFilter;
 use crate::tls::ReloadableCert;
+use turnd_proto::auth::Credentials;
+use turnd_proto::engine::{SessionInfo, Shared};
 
 /// What a reload changed and what it could not.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -149,7 +148,7 @@ impl Control {
             relay: old.relay.clone(),
             ..new.clone()
         };
-        let policy = PeerFilter::for_server(&relay_in_effect, &self.own)?;
+        let policy = crate::net::peer_filter::for_server(&relay_in_effect, &self.own)?;
         let budget_rates = (
             new.auth.challenge_budget_per_sec,
             new.auth.failure_budget_per_sec,
@@ -181,8 +180,9 @@ impl Control {
         let shared = Shared {
             // The HTTP listener keeps the mint secret it started with: so does auth.
             auth: Arc::new(
-                Credentials::from_config(&new.auth, &old.realm)
-                    .with_mint_secret(crate::auth::mint_secret(old.signaling.mint_secret.as_ref())),
+                Credentials::from_config(&new.auth, &old.realm).with_mint_secret(
+                    turnd_proto::auth::mint_secret(old.signaling.mint_secret.as_ref()),
+                ),
             ),
             policy: Arc::new(policy),
             // The same nonce key: nonces handed out before the reload stay valid.
@@ -190,7 +190,7 @@ impl Control {
             budget: if old_shared.budget.rates() == budget_rates {
                 old_shared.budget.clone()
             } else {
-                Arc::new(crate::auth::FailureBudget::split(
+                Arc::new(turnd_proto::auth::FailureBudget::split(
                     budget_rates.0,
                     budget_rates.1,
                 ))

@@ -6,6 +6,7 @@
 
 mod control;
 pub mod health;
+pub mod peer_filter;
 pub mod relay;
 pub mod shard;
 pub mod stream;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{PortRange, Relay as RelayConfig};
-use crate::engine::{Family, Quotas};
+use turnd_proto::engine::{Family, Quotas};
 
 /// How many random ports (or pairs) one Allocate tries before it fails with 508.
 pub const BIND_TRIES: u32 = 32;

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::{Relay as RelayConfig, Streams};
-use crate::engine::{
+use turnd_proto::engine::{
     ClientAddr, Command, Engine, EngineStats, Family, MetricsSnapshot, PortChoice, SessionInfo,
     Shared, Transport, HEADROOM, TAILROOM,
 };
@@ -280,7 +280,7 @@ async fn udp_listener(shard: Rc<Shard>, local: SocketAddr, sock: Rc<UdpSocket>) 
         let packet = &buf[..n];
         #[cfg(feature = "fault-injection")]
         {
-            use crate::engine::fault;
+            use turnd_proto::engine::fault;
             if packet.starts_with(fault::END_LISTENER) {
                 return ControlFlow::Break(());
             }

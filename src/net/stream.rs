@@ -24,8 +24,8 @@ use tokio_rustls::TlsAcceptor;
 
 use super::shard::Shard;
 use crate::config::Streams;
-use crate::engine::{ClientAddr, Transport};
 use crate::tls::{log_handshake_failure, HandshakeFailure};
+use turnd_proto::engine::{ClientAddr, Transport};
 
 /// The largest STUN message a client may send on a stream other than a Send indication.
 const MAX_STUN_REQUEST: usize = 8 * 1024;

@@ -394,7 +394,8 @@ impl TurnClient {
                 let nonce = text(&resp, ATTR_NONCE).ok_or_else(|| {
                     ClientError::Protocol(format!("{code} without a NONCE from the server"))
                 })?;
-                let key = turnd::auth::long_term_key(&creds.username, &realm, &creds.password);
+                let key =
+                    turnd_proto::auth::long_term_key(&creds.username, &realm, &creds.password);
                 self.session = Some(Session { realm, nonce, key });
                 continue;
             }
@@ -584,7 +585,7 @@ fn reason_or_default(code: u16, reason: String) -> String {
     if !reason.is_empty() {
         return reason;
     }
-    match turnd::engine::wire::reason(code) {
+    match turnd_proto::engine::wire::reason(code) {
         "" => "Error",
         known => known,
     }

@@ -94,8 +94,8 @@ pub fn rest_credentials(
     sep: char,
     now: u64,
 ) -> (String, String) {
-    let username = turnd::auth::rest_username(now + ttl.as_secs(), user, sep);
-    let password = turnd::auth::rest_password(secret.as_bytes(), &username);
+    let username = turnd_proto::auth::rest_username(now + ttl.as_secs(), user, sep);
+    let password = turnd_proto::auth::rest_password(secret.as_bytes(), &username);
     (username, password)
 }
 
@@ -175,7 +175,10 @@ mod tests {
             1_700_000_000,
         );
         assert_eq!(u, "1700003600:alice");
-        assert_eq!(p, turnd::auth::rest_password(b"secret", "1700003600:alice"));
+        assert_eq!(
+            p,
+            turnd_proto::auth::rest_password(b"secret", "1700003600:alice")
+        );
         let (u, _) = rest_credentials("secret", "", Duration::from_secs(60), ':', 10);
         assert_eq!(u, "70");
     }

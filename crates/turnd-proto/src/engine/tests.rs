@@ -15,7 +15,6 @@ use stun::xoraddr::XorMappedAddress;
 
 use super::*;
 use crate::auth::{Authenticator, FailureBudget, Lookup, NonceMint};
-use crate::config::Config;
 use crate::policy::PeerPolicy;
 
 const REALM: &str = "turnd";
@@ -64,11 +63,10 @@ struct T {
 
 fn engine_with(max_total: usize, max_per_user: usize) -> T {
     let now = Instant::now();
-    let c = Config::for_tests();
     let cfg = EngineConfig {
         realm: REALM.into(),
         software: None,
-        lifetimes: c.lifetimes,
+        lifetimes: crate::settings::Lifetimes::default(),
         relay_v4: true,
         relay_v6: true,
         external: vec![],
@@ -1015,7 +1013,7 @@ fn even_port_with_r_bit_reserves_and_the_token_claims_the_next_port() {
 #[test]
 fn external_mapping_advertises_the_public_address_and_relays_on_the_private_one() {
     let mut t = engine();
-    t.e.cfg.external = vec![crate::config::ExternalMapping {
+    t.e.cfg.external = vec![crate::settings::ExternalMapping {
         public: "203.0.113.77".parse().unwrap(),
         private: "198.51.100.1".parse().unwrap(),
     }];

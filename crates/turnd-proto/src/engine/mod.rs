@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::{Authenticator, FailureBudget, NonceMint};
-use crate::config::{ExternalMapping, Lifetimes};
 use crate::policy::PeerPolicy;
+use crate::settings::{ExternalMapping, Lifetimes};
 
 mod allocation;
 mod control;
@@ -432,8 +432,8 @@ impl Engine {
         tracing::info!(
             event = "allocation deleted",
             reason = why,
-            user = %crate::telemetry::redact_user(&a.user, self.cfg.redact),
-            client = %crate::telemetry::redact_addr(&client.remote, self.cfg.redact),
+            user = %crate::redact::redact_user(&a.user, self.cfg.redact),
+            client = %crate::redact::redact_addr(&client.remote, self.cfg.redact),
             transport = client.transport.as_str(),
             relay = %a.relays.iter().map(|r| r.advertised.to_string()).collect::<Vec<_>>().join(","),
             bytes_to_peer = a.stats.bytes_to_peer,

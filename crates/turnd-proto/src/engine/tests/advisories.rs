@@ -8,7 +8,7 @@ use crate::policy::PeerFilter;
 /// An engine with the real peer policy of the secure default profile.
 fn engine_with_real_policy() -> T {
     let mut t = engine();
-    let policy = Config::secure_default().policy;
+    let policy = crate::settings::Policy::default();
     t.e.shared.policy = Arc::new(PeerFilter::new(&policy, vec![]));
     t
 }
@@ -193,12 +193,14 @@ fn hostile_usernames_and_realms_get_an_error_and_create_nothing() {
     // The real credential store: a static user and a TURN REST secret (REST usernames are
     // parsed, so hostile ones reach that parser too).
     let mut t = engine();
-    let mut auth = Config::secure_default().auth;
-    auth.users = vec![crate::config::StaticUser {
-        name: "alice".into(),
-        credential: crate::config::Credential::Password("secret".into()),
-    }];
-    auth.secrets = vec!["rest-secret".into()];
+    let auth = crate::settings::Auth {
+        users: vec![crate::settings::StaticUser {
+            name: "alice".into(),
+            credential: crate::settings::Credential::Password("secret".into()),
+        }],
+        secrets: vec!["rest-secret".into()],
+        ..Default::default()
+    };
     t.e.shared.auth = Arc::new(crate::auth::Credentials::from_config(&auth, REALM));
     let c = client(1);
     let n = t.nonce(c);

@@ -23,8 +23,8 @@ use super::{
     TAILROOM,
 };
 use crate::auth::{long_term_key, Authenticator, FailureBudget, Key, Lookup, NonceMint};
-use crate::config::Lifetimes;
 use crate::policy::PeerPolicy;
+use crate::settings::Lifetimes;
 
 pub const REALM: &str = "fuzz";
 pub const USERS: [(&str, &str); 2] = [("alice", "secret"), ("bob", "hunter2")];

@@ -18,7 +18,7 @@ use md5::{Digest, Md5};
 use sha1::Sha1;
 
 use super::{Authenticator, Key, Lookup};
-use crate::config;
+use crate::settings;
 
 /// MD5(user:realm:password).
 pub fn long_term_key(user: &str, realm: &str, password: &str) -> Key {
@@ -55,7 +55,7 @@ pub const MINTED_USER_PREFIX: &str = "web:";
 
 /// The secret minted credentials are signed with: `[signaling] mint_secret_file` when set,
 /// else one random secret per process (the same for every caller, across reloads).
-pub fn mint_secret(configured: Option<&config::Redacted>) -> Vec<u8> {
+pub fn mint_secret(configured: Option<&settings::Redacted>) -> Vec<u8> {
     static EPHEMERAL: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
     match configured {
         Some(s) => s.0.as_bytes().to_vec(),
@@ -76,14 +76,14 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    pub fn from_config(auth: &config::Auth, realm: &str) -> Self {
+    pub fn from_config(auth: &settings::Auth, realm: &str) -> Self {
         let mut keys_by_user = HashMap::with_capacity(auth.users.len());
         for user in &auth.users {
             let key = match &user.credential {
-                config::Credential::Password(password) => {
+                settings::Credential::Password(password) => {
                     long_term_key(&user.name, realm, password)
                 }
-                config::Credential::Key(key) => *key,
+                settings::Credential::Key(key) => *key,
             };
             // The first definition of a name wins, like the first duplicate attribute.
             keys_by_user.entry(user.name.clone()).or_insert(key);
@@ -208,8 +208,8 @@ mod tests {
     const REST_PASSWORD_SECRET2: &str = "zRSSW1P3gxN0GUHVejogO/qiNv8=";
     const NOW: u64 = 1_700_000_000;
 
-    fn auth(users: Vec<config::StaticUser>, secrets: &[&str]) -> config::Auth {
-        config::Auth {
+    fn auth(users: Vec<settings::StaticUser>, secrets: &[&str]) -> settings::Auth {
+        settings::Auth {
             users,
             secrets: secrets.iter().map(|s| s.to_string()).collect(),
             rest_separator: ':',
@@ -220,8 +220,8 @@ mod tests {
         }
     }
 
-    fn user(name: &str, credential: config::Credential) -> config::StaticUser {
-        config::StaticUser {
+    fn user(name: &str, credential: settings::Credential) -> settings::StaticUser {
+        settings::StaticUser {
             name: name.into(),
             credential,
         }
@@ -270,7 +270,7 @@ mod tests {
 
     #[test]
     fn static_user_with_password() {
-        let pass = config::Credential::Password("pass".into());
+        let pass = settings::Credential::Password("pass".into());
         let creds = Credentials::from_config(&auth(vec![user("user", pass)], &[]), "realm");
         let key: Key = hex::decode(USER_REALM_PASS_KEY)
             .unwrap()
@@ -283,14 +283,14 @@ mod tests {
     #[test]
     fn static_user_with_precomputed_key() {
         let key = [7u8; 16];
-        let users = vec![user("bob", config::Credential::Key(key))];
+        let users = vec![user("bob", settings::Credential::Key(key))];
         let creds = Credentials::from_config(&auth(users, &[]), "realm");
         assert_eq!(creds.lookup("bob", "realm", NOW), Lookup::Keys(vec![key]));
     }
 
     #[test]
     fn realm_mismatch_is_unknown() {
-        let pass = config::Credential::Password("pass".into());
+        let pass = settings::Credential::Password("pass".into());
         let creds = Credentials::from_config(&auth(vec![user("user", pass)], &["secret"]), "realm");
         assert_eq!(creds.lookup("user", "other", NOW), Lookup::Unknown);
         assert_eq!(creds.lookup("user", "", NOW), Lookup::Unknown);
@@ -303,7 +303,7 @@ mod tests {
     #[test]
     fn static_user_wins_over_rest() {
         let key = [9u8; 16];
-        let users = vec![user("1700000000:alice", config::Credential::Key(key))];
+        let users = vec![user("1700000000:alice", settings::Credential::Key(key))];
         let creds = Credentials::from_config(&auth(users, &["secret"]), "realm");
         assert_eq!(
             creds.lookup("1700000000:alice", "realm", NOW),
@@ -427,7 +427,7 @@ mod tests {
 
     #[test]
     fn debug_does_not_leak_secrets() {
-        let pass = config::Credential::Password("hunter2".into());
+        let pass = settings::Credential::Password("hunter2".into());
         let a = auth(vec![user("user", pass)], &["topsecret"]);
         let shown = format!("{:?}", Credentials::from_config(&a, "realm"));
         assert!(
@@ -440,16 +440,18 @@ mod tests {
 #[cfg(test)]
 mod principal_tests {
     use super::*;
-    use crate::config::{Config, Credential, StaticUser};
+    use crate::settings::{Auth, Credential, StaticUser};
 
     #[test]
     fn rest_usernames_share_their_user_part_as_principal() {
-        let mut auth = Config::secure_default().auth;
-        auth.secrets = vec!["s".into()];
-        auth.users = vec![StaticUser {
-            name: "1700:odd".into(),
-            credential: Credential::Password("p".into()),
-        }];
+        let auth = Auth {
+            secrets: vec!["s".into()],
+            users: vec![StaticUser {
+                name: "1700:odd".into(),
+                credential: Credential::Password("p".into()),
+            }],
+            ..Auth::default()
+        };
         let c = Credentials::from_config(&auth, "turnd");
         assert_eq!(c.principal("1795303745:alice"), "alice");
         assert_eq!(

@@ -442,8 +442,8 @@ impl Engine {
         a.remember(p.tid, &bytes);
         tracing::info!(
             event = "allocation created",
-            user = %crate::telemetry::redact_user(&a.user, self.cfg.redact),
-            client = %crate::telemetry::redact_addr(&client.remote, self.cfg.redact),
+            user = %crate::redact::redact_user(&a.user, self.cfg.redact),
+            client = %crate::redact::redact_addr(&client.remote, self.cfg.redact),
             transport = client.transport.as_str(),
             relay = %a.relays.iter().map(|r| r.advertised.to_string()).collect::<Vec<_>>().join(","),
             lifetime_s = p.lifetime.as_secs(),
@@ -498,8 +498,8 @@ impl Engine {
             a.remember(req.tid.0, &bytes);
             tracing::info!(
                 event = "allocation refreshed",
-                user = %crate::telemetry::redact_user(&a.user, self.cfg.redact),
-                client = %crate::telemetry::redact_addr(&from.remote, self.cfg.redact),
+                user = %crate::redact::redact_user(&a.user, self.cfg.redact),
+                client = %crate::redact::redact_addr(&from.remote, self.cfg.redact),
                 transport = from.transport.as_str(),
                 lifetime_s = lifetime.as_secs(),
                 bytes_to_peer = a.stats.bytes_to_peer,

@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::{Config, PortRange};
+use crate::settings::{self, PortRange};
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -9,11 +9,12 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn policy(allow: &[&str], deny: &[&str]) -> config::Policy {
-    let mut p = Config::secure_default().policy;
-    p.allow_peers = allow.iter().map(|n| n.parse().unwrap()).collect();
-    p.deny_peers = deny.iter().map(|n| n.parse().unwrap()).collect();
-    p
+fn policy(allow: &[&str], deny: &[&str]) -> settings::Policy {
+    settings::Policy {
+        allow_peers: allow.iter().map(|n| n.parse().unwrap()).collect(),
+        deny_peers: deny.iter().map(|n| n.parse().unwrap()).collect(),
+        ..Default::default()
+    }
 }
 
 fn filter(allow: &[&str], deny: &[&str], own: &[&str]) -> PeerFilter {
@@ -293,46 +294,6 @@ fn allow_list_host_entry_lifts_the_own_ip_rule_but_a_range_does_not() {
 }
 
 #[test]
-fn loopback_own_ips_are_left_to_the_lists() {
-    // The development profile allows loopback peers; its loopback relays are not "own IPs".
-    let c = Config::development();
-    let f = PeerFilter::new(&c.policy, c.listen.udp.clone())
-        .with_own_ips([ip("127.0.0.1"), ip("::1")], c.relay.ports);
-    assert!(f.permits(sa("127.0.0.1:5000")));
-    assert!(f.permits(sa("[::1]:5000")));
-    assert!(!f.permits(sa("127.0.0.1:3478")));
-    assert!(f.own_ips().is_empty());
-}
-
-#[test]
-fn for_server_collects_interfaces_relays_and_both_sides_of_external() {
-    let mut c = Config::secure_default();
-    c.relay.ipv4 = Some("8.8.4.4".parse().unwrap());
-    c.relay.ipv6 = Some("2606:4700::1".parse().unwrap());
-    c.relay.external = vec![config::ExternalMapping {
-        public: ip("1.0.0.1"),
-        private: ip("8.8.4.4"),
-    }];
-    let f = PeerFilter::for_server(&c, &[sa("9.9.9.9:3478"), sa("0.0.0.0:3478")]).unwrap();
-    for own in ["8.8.4.4", "2606:4700::1", "1.0.0.1", "9.9.9.9"] {
-        assert!(f.own_ips().contains(&ip(own)), "{own}: {:?}", f.own_ips());
-        assert!(!f.permits(SocketAddr::new(ip(own), 5353)), "{own}");
-        assert!(f.permits(SocketAddr::new(ip(own), 50000)), "{own}");
-    }
-    // Every interface address (whatever this machine has) is in, loopback aside.
-    for a in interface_addresses().unwrap() {
-        let a = canonical(a);
-        assert_eq!(
-            f.own_ips().contains(&a),
-            !a.is_loopback() && !a.is_unspecified(),
-            "{a}"
-        );
-    }
-    assert!(!f.permits(sa("9.9.9.9:3478")));
-    assert!(f.permits(sa("8.8.8.8:5353")));
-}
-
-#[test]
 fn configured_deny_list_applies() {
     let f = filter(
         &[],
@@ -356,17 +317,6 @@ fn configured_deny_list_matches_raw_form() {
     assert!(!f.permits(sa("[2002:808:808::1]:53")));
     assert!(!f.permits(sa("[2001:0:4136:e378:8000:63bf:f7f7:f7f7]:53")));
     assert!(f.permits(sa("8.8.8.8:53")));
-}
-
-#[test]
-fn development_profile_allows_loopback_peers() {
-    let c = Config::development();
-    let f = PeerFilter::new(&c.policy, c.listen.udp.clone());
-    assert!(f.permits(sa("127.0.0.1:5000")));
-    assert!(f.permits(sa("[::1]:5000")));
-    assert!(!f.permits(sa("127.0.0.1:3478")));
-    assert!(!f.permits(sa("[::1]:3478")));
-    assert!(!f.permits(sa("10.0.0.1:5000")));
 }
 
 #[test]

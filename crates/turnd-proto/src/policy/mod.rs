@@ -11,12 +11,11 @@
 //! (port 0, the server's own addresses) happen in `permits`, on every datagram. Neither allocates: the lists are split by family, aggregated and checked
 //! with a short linear scan.
 
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::config;
+use crate::settings;
 
 pub trait PeerPolicy: Send + Sync {
     /// May a relay exchange datagrams with `peer`?
@@ -210,11 +209,11 @@ pub struct PeerFilter {
     own_wildcard_ports: Vec<u16>,
     /// The server's own IPs (canonicalised, no loopback): denied outside `relay_ports`.
     own_ips: Vec<IpAddr>,
-    relay_ports: Option<config::PortRange>,
+    relay_ports: Option<settings::PortRange>,
 }
 
 impl PeerFilter {
-    pub fn new(policy: &config::Policy, own_addresses: Vec<SocketAddr>) -> Self {
+    pub fn new(policy: &settings::Policy, own_addresses: Vec<SocketAddr>) -> Self {
         let mut own = Vec::new();
         let mut own_wildcard_ports = Vec::new();
         for addr in own_addresses {
@@ -251,22 +250,6 @@ impl PeerFilter {
         }
     }
 
-    /// The filter a server uses: the configured policy, its bound `listeners`, and as own
-    /// IPs every local interface address, the relay addresses and both sides of every
-    /// `relay.external` mapping. Called at start and on every reload, so addresses added
-    /// since are picked up. Fails when the interfaces cannot be listed (closed, not open).
-    pub fn for_server(config: &config::Config, listeners: &[SocketAddr]) -> io::Result<Self> {
-        let mut ips = interface_addresses()?;
-        ips.extend(config.relay.ipv4.map(IpAddr::V4));
-        ips.extend(config.relay.ipv6.map(IpAddr::V6));
-        for m in &config.relay.external {
-            ips.extend([m.public, m.private]);
-        }
-        ips.extend(listeners.iter().map(SocketAddr::ip));
-        Ok(PeerFilter::new(&config.policy, listeners.to_vec())
-            .with_own_ips(ips, config.relay.ports))
-    }
-
     /// Deny `ips` on every port outside `relay_ports` (relay to relay stays possible).
     /// Unspecified addresses are skipped (they cannot name the server from outside; the
     /// interfaces do), and so is loopback: it is in the default deny list, and allowing it
@@ -274,7 +257,7 @@ impl PeerFilter {
     pub fn with_own_ips(
         mut self,
         ips: impl IntoIterator<Item = IpAddr>,
-        relay_ports: config::PortRange,
+        relay_ports: settings::PortRange,
     ) -> Self {
         for ip in ips {
             let ip = canonical(ip);
@@ -330,21 +313,6 @@ impl PeerPolicy for PeerFilter {
     fn permits_permission(&self, peer: SocketAddr) -> bool {
         !self.is_own_service(canonical(peer.ip()), peer.port()) && self.permits_ip(peer.ip())
     }
-}
-
-/// Every address of every local interface (getifaddrs), as the kernel reports them now.
-pub fn interface_addresses() -> io::Result<Vec<IpAddr>> {
-    let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
-    Ok(addrs
-        .filter_map(|a| a.address)
-        .filter_map(|a| {
-            if let Some(v4) = a.as_sockaddr_in() {
-                Some(IpAddr::V4(Ipv4Addr::from(v4.ip())))
-            } else {
-                a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
-            }
-        })
-        .collect())
 }
 
 #[cfg(test)]

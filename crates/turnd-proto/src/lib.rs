@@ -1,0 +1,17 @@
+//! turnd-proto: the sans-IO half of turnd, a STUN/TURN relay server.
+//!
+//! - [`engine`]: the TURN state machine and the wire code (parse, build, sign).
+//! - [`auth`]: long-term credentials, TURN REST secrets, stateless nonces, failure budgets.
+//! - [`policy`]: which peers a relay may talk to.
+//! - [`settings`]: the plain-data settings those three take (the daemon's config parses into
+//!   them).
+//! - [`redact`]: how client addresses and usernames appear in log lines.
+//!
+//! No tokio, no sockets, no clock, no HTTP or TLS: the daemon (`turnd`) does the I/O.
+//! See ARCHITECTURE.md for the crates and the data flow.
+
+pub mod auth;
+pub mod engine;
+pub mod policy;
+pub mod redact;
+pub mod settings;

@@ -4,11 +4,13 @@
 //! real server at port 0 with [`start`] and get the bound addresses back from [`Running`].
 //! See ARCHITECTURE.md for the module map.
 
+pub mod acme;
 pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod http;
 pub mod net;
+pub mod probe;
 pub mod server;
 pub mod systemd;
 pub mod telemetry;

@@ -171,7 +171,14 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         }
     }
     let [udp_addrs, tcp_addrs, tls_addrs] = bound_addrs;
-    let certificate = tls::for_listeners(&config)?;
+    let certificate = match &config.acme {
+        Some(acme) if !config.listen.tls.is_empty() => {
+            let (cert, stored) = crate::acme::initial_certificate(acme)?;
+            cert.set_acme_stored(stored);
+            Some(cert)
+        }
+        _ => tls::for_listeners(&config)?,
+    };
     let acceptor = match &certificate {
         Some(c) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
             c.clone(),
@@ -184,12 +191,18 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         .chain(&tls_addrs)
         .copied()
         .collect();
-    let policy = net::peer_filter::for_server(&config, &own).context("cannot list own addresses")?;
+    let policy =
+        net::peer_filter::for_server(&config, &own).context("cannot list own addresses")?;
     tracing::info!(
         own_ips = ?policy.own_ips(),
         "own addresses: denied as peers outside the relay ports"
     );
     let own_for_reload = own;
+    let probe = if config.admin.ready_probe {
+        Some(crate::probe::Probe::new(&config)?)
+    } else {
+        None
+    };
     let shared = Shared {
         auth: Arc::new(
             Credentials::from_config(&config.auth, &config.realm)
@@ -210,6 +223,10 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         config.signaling.mint_allocations_per_client,
         config.signaling.mint_allocations,
     );
+    let shared = match &probe {
+        Some(p) => p.wrap(shared),
+        None => shared,
+    };
     let engine_cfg = EngineConfig {
         realm: config.realm.clone(),
         software: config.software.clone(),
@@ -313,16 +330,34 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         .map(|(l, _)| l.local_addr())
         .transpose()?;
     let admin_token = config.admin.token.clone();
-    let control = Arc::new(Control::new(
-        senders,
-        own_for_reload,
-        certificate.clone(),
-        config,
-        shared,
-        reservations,
-        health,
-    ));
+    let acme_cfg = config.acme.clone();
+    let control = Arc::new(
+        Control::new(
+            senders,
+            own_for_reload,
+            certificate.clone(),
+            config,
+            shared,
+            reservations,
+            health,
+        )
+        .with_probe(probe.clone()),
+    );
     let http_shutdown = tokio_util::sync::CancellationToken::new();
+    if let Some(c) = &certificate {
+        threads.push(tls::watch_expiry(c.clone(), http_shutdown.clone())?);
+        if let Some(acme) = acme_cfg {
+            threads.push(crate::acme::spawn(
+                acme,
+                c.clone(),
+                c.acme_stored(),
+                http_shutdown.clone(),
+            )?);
+        }
+    }
+    if let (Some(p), Some(first)) = (&probe, udp_addrs.first()) {
+        threads.push(p.spawn(*first, http_shutdown.clone())?);
+    }
     if let Some(listener) = admin {
         let (control, shutdown) = (control.clone(), http_shutdown.clone());
         tracing::info!(addr = %listener.local_addr()?, "admin API listening");

@@ -1,11 +1,13 @@
 // The call page: signaling over /ws (protocol in src/http/signaling.rs), one
 // RTCPeerConnection with camera, microphone and a "chat" data channel, and a stats panel fed
-// by getStats once a second.
+// by getStats once a second: bitrate in/out, RTT, packet loss and jitter as numbers and as
+// small live charts (chart.js), plus the selected pair and the relay protocol.
 //
 // URL parameters: room, transport (all|udp|tcp|tls), relay (1|0), autojoin (1).
 // Test hooks: #status carries data-signaling, data-connection, data-local-type,
 // data-remote-type, data-relay-protocol, data-rtt-ms, data-media-in, data-media-out,
-// data-dc-in, data-dc-out, data-chat-in, data-chat-open and data-error.
+// data-dc-in, data-dc-out, data-chat-in, data-chat-open, data-error, and per stats tick
+// data-kbps-in, data-kbps-out, data-loss-pct, data-jitter-ms, data-stat-samples.
 'use strict';
 
 (() => {
@@ -13,6 +15,7 @@
   const S = {
     ws: null, pc: null, dc: null, stream: null, iceServers: [], relayOnly: true,
     queue: Promise.resolve(), pendingCandidates: [], statsTimer: null, prev: null, chatIn: 0,
+    charts: null, t0: 0, samples: 0,
   };
 
   function show(key, value) {
@@ -169,6 +172,9 @@
     pc.ondatachannel = (e) => useChannel(e.channel);
     show('connection', pc.connectionState);
     S.statsTimer = setInterval(updateStats, 1000);
+    S.t0 = performance.now();
+    S.samples = 0;
+    for (const c of Object.values(S.charts)) c.clear();
     return pc;
   }
 
@@ -237,14 +243,24 @@
   /** The selected candidate pair and byte counters from getStats. */
   function summarise(stats) {
     let pairId = null;
-    const sum = { mediaIn: 0, mediaOut: 0, dcIn: 0, dcOut: 0 };
+    const sum = {
+      mediaIn: 0, mediaOut: 0, dcIn: 0, dcOut: 0, packetsIn: 0, packetsLost: 0, jitterMs: null, remoteRttMs: null,
+    };
     stats.forEach((r) => {
       if (r.type === 'transport' && r.selectedCandidatePairId) pairId = r.selectedCandidatePairId;
-      if (r.type === 'inbound-rtp') sum.mediaIn += r.bytesReceived || 0;
+      if (r.type === 'inbound-rtp') {
+        sum.mediaIn += r.bytesReceived || 0;
+        sum.packetsIn += r.packetsReceived || 0;
+        sum.packetsLost += Math.max(0, r.packetsLost || 0);
+        if (r.jitter !== undefined) sum.jitterMs = Math.max(sum.jitterMs || 0, r.jitter * 1000);
+      }
       if (r.type === 'outbound-rtp') sum.mediaOut += r.bytesSent || 0;
+      if (r.type === 'remote-inbound-rtp' && r.roundTripTime !== undefined) sum.remoteRttMs = r.roundTripTime * 1000;
       if (r.type === 'data-channel') { sum.dcIn += r.bytesReceived || 0; sum.dcOut += r.bytesSent || 0; }
     });
     let pair = pairId ? stats.get(pairId) : null;
+    // Firefox has no transport stats; it marks the pair with `selected`.
+    if (!pair) stats.forEach((r) => { if (r.type === 'candidate-pair' && r.selected) pair = r; });
     if (!pair) stats.forEach((r) => { if (r.type === 'candidate-pair' && r.nominated && r.state === 'succeeded') pair = r; });
     sum.pair = pair;
     sum.local = pair ? stats.get(pair.localCandidateId) : null;
@@ -253,7 +269,7 @@
   }
 
   const describe = (c) => `${c.candidateType} ${c.protocol} ${c.address || c.ip}:${c.port}`;
-  const kbps = (bytes, ms) => `${Math.round((bytes * 8) / ms)} kbit/s`;
+  const kbps = (bytes, ms) => Math.round((bytes * 8) / ms);
 
   async function updateStats() {
     if (!S.pc) return;
@@ -266,21 +282,48 @@
       show('remote', describe(sum.remote));
       show('relay-protocol', sum.local.relayProtocol || (sum.local.candidateType === 'relay' ? '?' : 'none (not relayed)'));
     }
-    if (sum.pair && sum.pair.currentRoundTripTime !== undefined) {
-      const ms = Math.round(sum.pair.currentRoundTripTime * 1000);
+    const x = (now - S.t0) / 1000;
+    // ICE consent RTT of the selected pair; else RTCP's (Firefox before the pair has one).
+    let rtt = null;
+    if (sum.pair && sum.pair.currentRoundTripTime !== undefined) rtt = sum.pair.currentRoundTripTime * 1000;
+    else if (sum.remoteRttMs !== null) rtt = sum.remoteRttMs;
+    if (rtt !== null) {
+      const ms = Math.round(rtt);
       show('rtt', `${ms} ms`);
       $('status').dataset.rttMs = String(ms);
+      S.charts.rtt.add('rtt', x, rtt);
     }
     if (S.prev) {
       const dt = now - S.prev.at;
-      show('bitrate', `${kbps(sum.mediaIn - S.prev.mediaIn, dt)} / ${kbps(sum.mediaOut - S.prev.mediaOut, dt)}`);
+      const kIn = kbps(sum.mediaIn - S.prev.mediaIn, dt);
+      const kOut = kbps(sum.mediaOut - S.prev.mediaOut, dt);
+      show('bitrate', `${kIn} / ${kOut} kbit/s`);
+      const got = sum.packetsIn - S.prev.packetsIn;
+      const lost = Math.max(0, sum.packetsLost - S.prev.packetsLost);
+      const lossPct = got + lost > 0 ? Math.round((1000 * lost) / (got + lost)) / 10 : 0;
+      show('loss', `${lossPct} % (${sum.packetsLost} packets in all)`);
+      S.charts.bitrate.add('in', x, kIn);
+      S.charts.bitrate.add('out', x, kOut);
+      S.charts.loss.add('loss', x, lossPct);
+      S.samples += 1;
+      Object.assign($('status').dataset, {
+        kbpsIn: kIn, kbpsOut: kOut, lossPct, statSamples: S.samples,
+      });
+    }
+    if (sum.jitterMs !== null) {
+      const j = Math.round(sum.jitterMs * 10) / 10;
+      show('jitter', `${j} ms`);
+      $('status').dataset.jitterMs = String(j);
+      S.charts.jitter.add('jitter', x, sum.jitterMs);
     }
     show('media', `${sum.mediaIn} / ${sum.mediaOut}`);
     show('dc', `${sum.dcIn} / ${sum.dcOut}`);
     Object.assign($('status').dataset, {
       mediaIn: sum.mediaIn, mediaOut: sum.mediaOut, dcIn: sum.dcIn, dcOut: sum.dcOut,
     });
-    S.prev = { at: now, mediaIn: sum.mediaIn, mediaOut: sum.mediaOut };
+    S.prev = {
+      at: now, mediaIn: sum.mediaIn, mediaOut: sum.mediaOut, packetsIn: sum.packetsIn, packetsLost: sum.packetsLost,
+    };
   }
 
   function sendChat(ev) {
@@ -304,6 +347,11 @@
     $('chat-form').addEventListener('submit', sendChat);
     window.addEventListener('pagehide', () => send({ type: 'leave' }));
     show('chat-in', '0');
+    const chart = (id, unit) => new turndChart.Chart($(id), { unit, max: 120 });
+    S.charts = {
+      bitrate: chart('c-bitrate', 'kbit/s'), rtt: chart('c-rtt', 'ms'), loss: chart('c-loss', '%'), jitter: chart('c-jitter', 'ms'),
+    };
+    for (const c of Object.values(S.charts)) c.draw();
     if (q.get('autojoin') === '1') join();
   }
 

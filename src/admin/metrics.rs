@@ -39,6 +39,11 @@ pub const ENGINE_PANICS_TOTAL: &str = "turnd_engine_panics_total";
 pub const RESERVATIONS_HELD: &str = "turnd_reservations_held";
 pub const SHARD_ALLOCATIONS: &str = "turnd_shard_allocations";
 pub const SHARD_RELAYED_PACKETS_TOTAL: &str = "turnd_shard_relayed_packets_total";
+pub const TLS_CERTIFICATE_EXPIRY: &str = "turnd_tls_certificate_expiry_seconds";
+pub const READY_PROBE_SUCCESS: &str = "turnd_ready_probe_success";
+pub const READY_PROBE_FAILURES_TOTAL: &str = "turnd_ready_probe_failures_total";
+pub const UDP_KERNEL_DROPS_TOTAL: &str = "turnd_udp_kernel_drops_total";
+pub const ALLOCATIONS_LIMIT: &str = "turnd_allocations_limit";
 
 /// The `Content-Type` of [`render`]'s output.
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -46,10 +51,12 @@ pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 const TRANSPORTS: [&str; 3] = ["udp", "tcp", "tls"];
 const FAMILIES: [&str; 3] = ["ipv4", "ipv6", "dual"];
 
-/// Render every metric from the shards' snapshots (shard index = position).
-pub fn render(shards: &[ShardMetrics]) -> String {
+/// Render every metric from the shards' snapshots (shard index = position) and the
+/// process-wide values.
+pub fn render(shards: &[ShardMetrics], process: &ProcessMetrics) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(ShardsCollector(shards.to_vec())));
+    registry.register_collector(Box::new(ProcessCollector(process.clone())));
     let mut out = String::with_capacity(8 * 1024);
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
@@ -120,6 +127,121 @@ fn single(
 }
 
 type Labels = Vec<(&'static str, String)>;
+
+/// The metrics that are not per shard, read at scrape time: the allocation cap, the served
+/// certificates' expiry, the ready probe, the kernel's UDP drops.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessMetrics {
+    pub allocations_limit: u64,
+    pub certificates: Vec<crate::tls::Expiry>,
+    /// (last round relayed, failed rounds), when the ready probe runs.
+    pub probe: Option<(bool, u64)>,
+    /// (RcvbufErrors, SndbufErrors), when /proc/net/snmp can be read.
+    pub kernel_drops: Option<(u64, u64)>,
+}
+
+impl ProcessMetrics {
+    pub fn read(control: &crate::net::Control) -> Self {
+        ProcessMetrics {
+            allocations_limit: control.max_allocations() as u64,
+            certificates: control
+                .certificate()
+                .map(|c| c.expiry())
+                .unwrap_or_default(),
+            probe: control.probe().map(|p| {
+                let st = p.status();
+                (st.ok(), st.failures())
+            }),
+            kernel_drops: kernel_drops(),
+        }
+    }
+}
+
+/// The process-wide values as a collector.
+#[derive(Debug)]
+pub struct ProcessCollector(pub ProcessMetrics);
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+        use MetricType::{Counter, Gauge};
+        let p = &self.0;
+        let e = &mut enc;
+        let help = "The configured cap on allocations in total (policy.max_allocations).";
+        single(e, ALLOCATIONS_LIMIT, help, Gauge, p.allocations_limit)?;
+        // notAfter is a Unix time: i64, as the certificate says.
+        let help =
+            "When each served certificate expires (notAfter, Unix seconds), end entity first.";
+        let mut m = e.encode_descriptor(TLS_CERTIFICATE_EXPIRY, help, None, Gauge)?;
+        for c in &p.certificates {
+            let labels: Labels = vec![
+                ("index", c.index.to_string()),
+                ("subject", c.subject.clone()),
+            ];
+            ConstGauge::new(c.not_after).encode(m.encode_family(&labels)?)?;
+        }
+        let (ok, failures) = match p.probe {
+            Some((ok, failures)) => (Some(u64::from(ok)), Some(failures)),
+            None => (None, None),
+        };
+        let help = "1 if the last round of the ready probe relayed through the server, else 0.";
+        optional(e, READY_PROBE_SUCCESS, help, Gauge, ok)?;
+        let help = "Rounds of the ready probe that failed.";
+        optional(e, READY_PROBE_FAILURES_TOTAL, help, Counter, failures)?;
+        let drops = p
+            .kernel_drops
+            .map(|(rcv, snd)| [("rcvbuf", rcv), ("sndbuf", snd)])
+            .into_iter()
+            .flatten()
+            .map(|(reason, n)| (vec![("reason", reason.to_string())], n));
+        let help = "UDP datagrams the kernel dropped for a full socket buffer (RcvbufErrors, \
+             SndbufErrors of /proc/net/snmp and snmp6). Host-wide, or network-namespace-wide: \
+             other processes' sockets count too.";
+        family(e, UDP_KERNEL_DROPS_TOTAL, help, Counter, drops)
+    }
+}
+
+/// A family of at most one sample without labels: described always, a sample when known.
+fn optional(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    v: Option<u64>,
+) -> fmt::Result {
+    match v {
+        Some(v) => single(enc, name, help, kind, v),
+        None => family(enc, name, help, kind, std::iter::empty::<(Labels, u64)>()),
+    }
+}
+
+/// (RcvbufErrors, SndbufErrors) summed over UDP and UDP6 of this network namespace.
+fn kernel_drops() -> Option<(u64, u64)> {
+    let v4 = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let (mut rcv, mut snd) = parse_snmp_udp(&v4)?;
+    if let Ok(v6) = std::fs::read_to_string("/proc/net/snmp6") {
+        for line in v6.lines() {
+            let mut it = line.split_whitespace();
+            match (it.next(), it.next().and_then(|n| n.parse::<u64>().ok())) {
+                (Some("Udp6RcvbufErrors"), Some(n)) => rcv += n,
+                (Some("Udp6SndbufErrors"), Some(n)) => snd += n,
+                _ => {}
+            }
+        }
+    }
+    Some((rcv, snd))
+}
+
+/// The `Udp:` header and value lines of /proc/net/snmp -> (RcvbufErrors, SndbufErrors).
+fn parse_snmp_udp(text: &str) -> Option<(u64, u64)> {
+    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+    let names: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let values: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let get = |name: &str| -> Option<u64> {
+        let i = names.iter().position(|n| *n == name)?;
+        values.get(i)?.parse().ok()
+    };
+    Some((get("RcvbufErrors")?, get("SndbufErrors")?))
+}
 
 impl Collector for ShardsCollector {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
@@ -334,8 +456,71 @@ mod tests {
     }
 
     #[test]
+    fn snmp_udp_counters_are_found_by_name() {
+        let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+            Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors\n\
+            Udp: 10 2 3 9 7 5 0\nUdpLite: InDatagrams\nUdpLite: 0\n";
+        assert_eq!(parse_snmp_udp(text), Some((7, 5)));
+        assert_eq!(parse_snmp_udp("Udp: RcvbufErrors\n"), None);
+        assert_eq!(
+            parse_snmp_udp("Udp: RcvbufErrors SndbufErrors\nUdp: x 1\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let process = ProcessMetrics {
+            certificates: vec![crate::tls::Expiry {
+                index: 0,
+                subject: "CN=a\"b\\c\nd".to_string(),
+                not_after: 1_899_936_000,
+            }],
+            ..Default::default()
+        };
+        let text = render(&[], &process);
+        let line = concat!(
+            "turnd_tls_certificate_expiry_seconds{index=\"0\",",
+            "subject=\"CN=a\\\"b\\\\c\\nd\"} 1899936000"
+        );
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+
+    #[test]
+    fn process_families_are_described_and_sampled_when_known() {
+        let process = ProcessMetrics {
+            allocations_limit: 100,
+            certificates: Vec::new(),
+            probe: Some((true, 2)),
+            kernel_drops: Some((7, 5)),
+        };
+        let text = render(&[], &process);
+        for line in [
+            "turnd_allocations_limit 100",
+            "# TYPE turnd_tls_certificate_expiry_seconds gauge",
+            "turnd_ready_probe_success 1",
+            "turnd_ready_probe_failures_total 2",
+            "turnd_udp_kernel_drops_total{reason=\"rcvbuf\"} 7",
+            "turnd_udp_kernel_drops_total{reason=\"sndbuf\"} 5",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        let none = render(&[], &ProcessMetrics::default());
+        assert!(none.contains("# HELP turnd_ready_probe_success "));
+        assert!(!none
+            .lines()
+            .any(|l| l.starts_with("turnd_ready_probe_success ")));
+    }
+
+    #[test]
     fn families_keep_their_names_labels_and_help() {
-        let text = render(&sample());
+        let text = render(&sample(), &ProcessMetrics::default());
         for line in [
             "# HELP turnd_allocations_total Allocations created.",
             "# TYPE turnd_allocations_total counter",
@@ -376,6 +561,6 @@ mod tests {
         let helps: Vec<_> = text.lines().filter(|l| l.starts_with("# HELP ")).collect();
         let unique: std::collections::HashSet<_> = helps.iter().collect();
         assert_eq!(helps.len(), unique.len());
-        assert_eq!(helps.len(), 20);
+        assert_eq!(helps.len(), 25);
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! - `GET /metrics`: Prometheus text format ([`metrics`]).
 //! - `GET /healthz`: 200 while every shard runs, 503 naming a shard whose thread or listener
-//!   task ended. `GET /readyz`: every shard runs and the server is not draining.
+//!   task ended. `GET /readyz`: every shard runs, the server is not draining and, with
+//!   `ready_probe`, the last round of the relay probe (`crate::probe`) succeeded.
 //! - `GET /api/sessions[?user=U]`, `DELETE /api/sessions/{id}`,
 //!   `DELETE /api/users/{user}/sessions`: need `Authorization: Bearer <token>`; without a
 //!   configured token the session API is off.
@@ -108,7 +109,9 @@ async fn get_metrics(State(s): State<AdminState>, headers: HeaderMap) -> Respons
         }
     }
     let control = s.control.clone();
-    match ask(move || metrics::render(&control.metrics())).await {
+    match ask(move || metrics::render(&control.metrics(), &metrics::ProcessMetrics::read(&control)))
+        .await
+    {
         Ok(text) => ([("content-type", metrics::CONTENT_TYPE)], text).into_response(),
         Err(r) => r,
     }
@@ -132,6 +135,13 @@ async fn get_ready(State(s): State<AdminState>) -> Response {
         (StatusCode::SERVICE_UNAVAILABLE, "a shard is gone\n").into_response()
     } else if s.control.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if let Some(p) = s.control.probe().filter(|p| !p.status().ok()) {
+        let why = p.status().detail();
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("relay probe failing: {why}\n"),
+        )
+            .into_response()
     } else {
         "ready\n".into_response()
     }

@@ -308,10 +308,43 @@ fn apply(raw: RawConfig, c: &mut Config, base: &Path, problems: &mut Vec<Problem
         }
     }
     if let Some(t) = raw.tls {
-        c.tls = Some(TlsFiles {
-            cert: base.join(t.cert),
-            key: base.join(t.key),
-        });
+        match (t.cert, t.key, t.acme) {
+            (Some(cert), Some(key), None) => {
+                c.tls = Some(TlsFiles {
+                    cert: base.join(cert),
+                    key: base.join(key),
+                })
+            }
+            (None, None, Some(a)) => {
+                c.acme = Some(super::Acme {
+                    domains: a.domains,
+                    contact: a.contact,
+                    directory: a.directory,
+                    state_dir: base.join(
+                        a.state_dir
+                            .unwrap_or_else(|| super::Acme::DEFAULT_STATE_DIR.into()),
+                    ),
+                    directory_ca: a.directory_ca.map(|p| base.join(p)),
+                    renew_before: a
+                        .renew_before
+                        .map_or(super::Acme::DEFAULT_RENEW_BEFORE, |d| d.0),
+                })
+            }
+            (_, _, Some(_)) => problems.push(Problem::new(
+                "tls.acme".to_string(),
+                "set either tls.cert and tls.key or tls.acme, not both",
+            )),
+            (Some(_), None, None) => {
+                problems.push(Problem::new("tls.key".to_string(), "is required"))
+            }
+            (None, Some(_), None) => {
+                problems.push(Problem::new("tls.cert".to_string(), "is required"))
+            }
+            (None, None, None) => problems.push(Problem::new(
+                "tls".to_string(),
+                "needs cert and key, or acme",
+            )),
+        }
     }
     if let Some(r) = raw.relay {
         if let Some(v) = r.ipv4 {
@@ -438,6 +471,11 @@ fn apply(raw: RawConfig, c: &mut Config, base: &Path, problems: &mut Vec<Problem
     }
     if let Some(a) = raw.admin {
         set(&mut c.admin.listen, a.listen.map(|l| l.0 .0));
+        set(&mut c.admin.ready_probe, a.ready_probe);
+        set(
+            &mut c.admin.ready_probe_interval,
+            a.ready_probe_interval.map(|d| d.0),
+        );
         match (a.token, a.token_file) {
             (Some(_), Some(_)) => problems.push(Problem::new(
                 "admin.token_file".to_string(),

@@ -57,6 +57,8 @@ pub struct Config {
     pub software: Option<String>,
     pub listen: Listen,
     pub tls: Option<TlsFiles>,
+    /// `[tls] acme`: certificates obtained and renewed from an ACME CA (`crate::acme`).
+    pub acme: Option<Acme>,
     pub relay: Relay,
     pub auth: Auth,
     pub policy: Policy,
@@ -76,6 +78,11 @@ pub struct Admin {
     /// Bearer token for the session API (from `token` or `token_file`); `None`: session API
     /// off. A listener off loopback requires a token, for `/metrics` too.
     pub token: Option<String>,
+    /// `/readyz` also requires the relay path to work: every `ready_probe_interval` the
+    /// server allocates through its own first UDP listener and relays a datagram to a
+    /// loopback echo and back (see `crate::probe`). Default: off.
+    pub ready_probe: bool,
+    pub ready_probe_interval: Duration,
 }
 
 /// Process-level behaviour.
@@ -178,6 +185,31 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// Automatic certificates (RFC 8555) with the TLS-ALPN-01 challenge (RFC 8737) answered on
+/// the TLS listeners; the ACME CA must reach one of them on port 443 (or the port it is
+/// configured to validate on).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Acme {
+    /// DNS names on the certificate (and validated).
+    pub domains: Vec<String>,
+    /// e.g. "mailto:ops@example.org".
+    pub contact: Option<String>,
+    /// The ACME directory URL (https).
+    pub directory: String,
+    /// Where the account key, certificate and key are kept (mode 0700).
+    pub state_dir: PathBuf,
+    /// A PEM root certificate the directory's HTTPS is verified with instead of the system
+    /// roots: for testing (pebble) or private ACME CAs.
+    pub directory_ca: Option<PathBuf>,
+    /// Renew when the certificate has less than this left.
+    pub renew_before: Duration,
+}
+
+impl Acme {
+    pub const DEFAULT_STATE_DIR: &'static str = "/var/lib/turnd/acme";
+    pub const DEFAULT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Relay {
     /// Address relay sockets bind for IPv4 allocations; `None`: IPv4 relays unavailable (440).
@@ -234,6 +266,7 @@ impl Config {
                 tls: vec![],
             },
             tls: None,
+            acme: None,
             relay: Relay {
                 ipv4: Some(Ipv4Addr::UNSPECIFIED),
                 ipv6: None,
@@ -280,6 +313,8 @@ impl Config {
             admin: Admin {
                 listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9641))),
                 token: None,
+                ready_probe: false,
+                ready_probe_interval: Duration::from_secs(10),
             },
             server: Server {
                 drain_timeout: Duration::ZERO,

@@ -152,6 +152,8 @@ pub struct RawAdmin {
     /// Secret.
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
+    pub ready_probe: Option<bool>,
+    pub ready_probe_interval: Option<Dur>,
 }
 
 /// Process-level settings.
@@ -169,12 +171,26 @@ pub struct RawListen {
     pub tls: Option<Vec<Addr>>,
 }
 
-/// Both files are required once `[tls]` is present.
+/// `cert` and `key` together, or `acme`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub acme: Option<RawAcme>,
+}
+
+/// Certificates from an ACME CA (TLS-ALPN-01 on the TLS listener).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub domains: Vec<String>,
+    pub contact: Option<String>,
+    pub directory: String,
+    pub state_dir: Option<PathBuf>,
+    /// PEM root for the directory's HTTPS (testing or private ACME CAs).
+    pub directory_ca: Option<PathBuf>,
+    pub renew_before: Option<Dur>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use super::{Config, Profile};
 
@@ -135,11 +136,64 @@ impl Config {
             ));
         }
         // The development profile serves a self-signed certificate instead.
-        if !l.tls.is_empty() && self.tls.is_none() && self.profile == Profile::Production {
+        if !l.tls.is_empty()
+            && self.tls.is_none()
+            && self.acme.is_none()
+            && self.profile == Profile::Production
+        {
             p.push(Problem::new(
                 "listen.tls",
                 "TLS listeners need [tls] cert and key",
             ));
+        }
+        if let Some(a) = &self.acme {
+            if l.tls.is_empty() {
+                p.push(Problem::new(
+                    "tls.acme",
+                    "needs a TLS listener (listen.tls): the TLS-ALPN-01 challenge is answered there",
+                ));
+            }
+            if a.domains.is_empty() {
+                p.push(Problem::new("tls.acme.domains", "give at least one name"));
+            }
+            for d in &a.domains {
+                let ok = !d.is_empty()
+                    && d.len() <= 253
+                    && d.split('.').all(|label| {
+                        !label.is_empty()
+                            && label.len() <= 63
+                            && label
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    });
+                if !ok {
+                    p.push(Problem::new(
+                        "tls.acme.domains",
+                        format!("{d:?} is not a DNS name (wildcards need DNS-01, unsupported)"),
+                    ));
+                }
+            }
+            if !a.directory.starts_with("https://") {
+                p.push(Problem::new(
+                    "tls.acme.directory",
+                    "must be an https:// URL",
+                ));
+            }
+            if a.contact
+                .as_deref()
+                .is_some_and(|c| !c.starts_with("mailto:"))
+            {
+                p.push(Problem::new(
+                    "tls.acme.contact",
+                    "must be a mailto: URL, e.g. \"mailto:ops@example.org\"",
+                ));
+            }
+            if a.renew_before.is_zero() {
+                p.push(Problem::new(
+                    "tls.acme.renew_before",
+                    "must be more than 0s",
+                ));
+            }
         }
         duplicates(&l.udp, "listen.udp", p);
         // TCP and TLS listeners share the TCP port space.
@@ -328,6 +382,27 @@ impl Config {
                 ));
             }
         }
+        if self.admin.ready_probe {
+            if self.listen.udp.is_empty() {
+                p.push(Problem::new(
+                    "admin.ready_probe",
+                    "needs a UDP listener (listen.udp): the probe allocates through it",
+                ));
+            }
+            if self.relay.ipv4.is_none() && self.relay.ipv6.is_none() {
+                p.push(Problem::new(
+                    "admin.ready_probe",
+                    "needs a relay address (relay.ipv4 or relay.ipv6)",
+                ));
+            }
+            let i = self.admin.ready_probe_interval;
+            if i < Duration::from_secs(1) || i > Duration::from_secs(3600) {
+                p.push(Problem::new(
+                    "admin.ready_probe_interval",
+                    "must be between 1s and 1h",
+                ));
+            }
+        }
         if self.admin.token.as_deref().is_some_and(|t| t.len() < 16) {
             p.push(Problem::new(
                 "admin.token",
@@ -335,7 +410,11 @@ impl Config {
             ));
         }
         let s = &self.signaling;
-        if s.tls && self.tls.is_none() && self.profile == super::Profile::Production {
+        if s.tls
+            && self.tls.is_none()
+            && self.acme.is_none()
+            && self.profile == super::Profile::Production
+        {
             p.push(Problem::new("signaling.tls", "needs [tls] cert and key"));
         }
         if s.listen.is_some_and(|a| a.port() != 0) && s.listen == self.admin.listen {

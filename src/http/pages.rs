@@ -23,6 +23,9 @@ const FILES: &[(&str, &str, &str)] = &[
     ("/index.js", JS, include_str!("../../web/index.js")),
     ("/call.js", JS, include_str!("../../web/call.js")),
     ("/tester.js", JS, include_str!("../../web/tester.js")),
+    ("/chart.js", JS, include_str!("../../web/chart.js")),
+    ("/measure.js", JS, include_str!("../../web/measure.js")),
+    ("/diagnose.js", JS, include_str!("../../web/diagnose.js")),
 ];
 
 const HTML: &str = "text/html; charset=utf-8";

@@ -36,6 +36,7 @@ pub struct Control {
     draining: AtomicBool,
     reservations: Arc<Reservations>,
     health: Arc<Health>,
+    probe: Option<Arc<crate::probe::Probe>>,
 }
 
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
@@ -58,7 +59,30 @@ impl Control {
             draining: AtomicBool::new(false),
             reservations,
             health,
+            probe: None,
         }
+    }
+
+    /// With the ready probe, whose credential and policy exception survive reloads.
+    pub(crate) fn with_probe(mut self, probe: Option<Arc<crate::probe::Probe>>) -> Self {
+        self.probe = probe;
+        self
+    }
+
+    /// The ready probe, when `[admin] ready_probe` is on.
+    pub fn probe(&self) -> Option<&Arc<crate::probe::Probe>> {
+        self.probe.as_ref()
+    }
+
+    /// The configured cap on allocations in total (`policy.max_allocations`, as reloaded).
+    pub fn max_allocations(&self) -> usize {
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        current.0.policy.max_allocations
+    }
+
+    /// The certificate TLS listeners serve, when there are any.
+    pub fn certificate(&self) -> Option<&Arc<ReloadableCert>> {
+        self.certificate.as_ref()
     }
 
     /// Which shards are gone (a thread or a listener task ended).
@@ -157,7 +181,9 @@ impl Control {
             cert.reload(&files.cert, &files.key)?;
         }
         let mut report = ReloadReport::default();
-        let checks: [(&'static str, bool); 7] = [
+        let checks: [(&'static str, bool); 9] = [
+            ("admin", old.admin != new.admin),
+            ("tls.acme", old.acme != new.acme),
             ("listen", old.listen != new.listen),
             ("relay", old.relay != new.relay),
             ("realm", old.realm != new.realm),
@@ -196,6 +222,10 @@ impl Control {
                 ))
             },
             quotas: old_shared.quotas.clone(),
+        };
+        let shared = match &self.probe {
+            Some(p) => p.wrap(shared),
+            None => shared,
         };
         self.tell_all(|| ShardRequest::Reload(shared.clone()));
         *current = (new, shared);

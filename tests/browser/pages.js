@@ -1,7 +1,12 @@
 // Drives turnd's pages in headless Chromium (Debian's /usr/bin/chromium via playwright-core)
 // and prints one JSON object with what the pages showed. Run by tests/browser_pages.rs:
 //
-//   node pages.js <base-url> <spki-sha256> <screenshot-dir> [chromium-path]
+//   node pages.js <base-url> <spki-sha256> <screenshot-dir> <chromium-path> <silent-udp-port>
+//                 <no-peers-base-url>
+//
+// <silent-udp-port> is a 127.0.0.1 UDP port whose socket never answers: the "UDP blocked"
+// scenario points the tester's turn:...?transport=udp URL at it. <no-peers-base-url> is a
+// second turnd whose peer policy refuses every peer (relays are allocated, nothing flows).
 //
 // It asserts nothing itself (the Rust test does); it exits 1 with {"error": ...} when a page
 // never reached the state it waited for.
@@ -11,9 +16,9 @@ const fs = require('fs');
 const path = require('path');
 const { chromium } = require('playwright-core');
 
-const [base, spki, shots, exe = '/usr/bin/chromium'] = process.argv.slice(2);
-if (!base || !spki || !shots) {
-  console.error('usage: node pages.js <base-url> <spki-sha256> <screenshot-dir> [chromium]');
+const [base, spki, shots, exe, silentPort, noPeersBase] = process.argv.slice(2);
+if (!base || !spki || !shots || !exe || !silentPort || !noPeersBase) {
+  console.error('usage: node pages.js <base-url> <spki-sha256> <screenshot-dir> <chromium> <silent-udp-port> <no-peers-base-url>');
   process.exit(2);
 }
 const TRANSPORTS = ['udp', 'tcp', 'tls'];
@@ -39,7 +44,7 @@ async function waitFor(page, selector, timeout, what) {
   }
 }
 
-async function launch() {
+async function launch({ trustDevCert = true } = {}) {
   return chromium.launch({
     executablePath: exe,
     headless: true,
@@ -49,7 +54,7 @@ async function launch() {
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
       '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
       '--autoplay-policy=no-user-gesture-required',
-      `--ignore-certificate-errors-spki-list=${spki}`,
+      ...(trustDevCert ? [`--ignore-certificate-errors-spki-list=${spki}`] : []),
     ],
   });
 }
@@ -82,42 +87,72 @@ async function testerResult(page) {
         transport: r.dataset.transport, code: Number(r.dataset.code),
         cells: [...r.cells].map((c) => c.textContent),
       })),
+      diagnosis: [...document.querySelectorAll('#diagnosis li')].map((li) => ({
+        transport: li.dataset.transport, level: li.dataset.level, text: li.querySelector('b').textContent,
+        evidence: li.querySelector('div').textContent,
+      })),
+      measured: rows('measure').map((r) => ({ transport: r.dataset.transport, connected: r.dataset.connected === '1' })),
     };
   });
 }
 
-/** The tester with this server's credentials, gathering every URL. */
-async function tester(browser) {
-  const page = await newPage(browser, { viewport: { width: 1100, height: 900 } });
-  await page.goto(`${base}/tester?gather=1`);
-  await waitFor(page, '#tester[data-state="done"]', 30000, 'tester');
+/** Click "Report": the downloaded JSON file, parsed, and the summary shown on the page. */
+async function downloadReport(page) {
+  const [download] = await Promise.all([page.waitForEvent('download', { timeout: 10000 }), page.click('#report')]);
+  const file = await download.path();
+  const json = JSON.parse(fs.readFileSync(file, 'utf8'));
+  await page.waitForFunction(() => document.getElementById('summary').textContent.length > 0, null, { timeout: 5000 });
+  const summary = await page.locator('#summary').textContent();
+  return { name: download.suggestedFilename(), json, summary };
+}
+
+/**
+ * The tester page loaded with this server's rows, then edited: stun rows removed, `edit(row
+ * transport) -> {url?, credential?}` applied, measurement on or off; gathered; result.
+ */
+async function testerEdited(browser, {
+  shot, edit = () => ({}), measure, timeout, width = 1100, server = base,
+}) {
+  const page = await newPage(browser, { viewport: { width, height: 900 } });
+  await page.goto(`${server}/tester?timeout=${timeout}${measure ? '' : '&measure=0'}`);
+  await waitFor(page, '#servers tbody tr[data-transport="udp"]', 10000, `${shot}-load`);
+  await waitFor(page, '#tester[data-state="idle"]', 10000, `${shot}-idle`);
+  const rows = page.locator('#servers tbody tr');
+  for (let i = 0; i < await rows.count(); i += 1) {
+    const row = rows.nth(i);
+    const t = await row.getAttribute('data-transport');
+    const e = t === 'stun' ? { remove: true } : edit(t);
+    if (e.remove) {
+      await row.locator('button.remove').click();
+      i -= 1;
+      continue;
+    }
+    if (e.url) await row.locator('input.url').fill(e.url);
+    if (e.username) await row.locator('input.username').fill(e.username);
+    if (e.credential) await row.locator('input.credential').fill(e.credential);
+  }
+  await page.click('#gather-all');
+  await waitFor(page, '#tester[data-state="done"]', 60000, shot);
   const result = await testerResult(page);
-  await page.screenshot({ path: path.join(shots, 'tester.png'), fullPage: true });
+  result.report = await downloadReport(page);
+  await page.screenshot({ path: path.join(shots, `${shot}.png`), fullPage: true });
   await page.close();
   return result;
 }
 
-/** The tester with every TURN credential replaced by a wrong one. */
-async function testerWrongPassword(browser) {
-  const page = await newPage(browser, { viewport: { width: 1100, height: 900 } });
-  await page.goto(`${base}/tester`);
-  await waitFor(page, '#servers tbody tr[data-transport="udp"]', 10000, 'tester-load');
-  await waitFor(page, '#tester[data-state="idle"]', 10000, 'tester-idle');
-  const rows = page.locator('#servers tbody tr');
-  for (let i = 0; i < await rows.count(); i += 1) {
-    const row = rows.nth(i);
-    if ((await row.getAttribute('data-transport')) === 'stun') {
-      await row.locator('button.remove').click();
-      i -= 1;
-    } else {
-      await row.locator('input.credential').fill('wrong-password');
-    }
-  }
-  await page.click('#gather-all');
-  await waitFor(page, '#tester[data-state="done"]', 30000, 'tester-wrong-password');
+/** The tester with this server's credentials, gathering every URL, then measuring. */
+async function tester(browser, { width = 1100, shot = 'tester', isMobile = false } = {}) {
+  const ctx = await browser.newContext({ viewport: { width, height: 900 }, isMobile, hasTouch: isMobile, acceptDownloads: true });
+  const page = await newPage(ctx);
+  await page.goto(`${base}/tester?gather=1&timeout=10`);
+  await waitFor(page, '#tester[data-state="done"]', 60000, shot);
   const result = await testerResult(page);
-  await page.screenshot({ path: path.join(shots, 'tester-wrong-password.png'), fullPage: true });
-  await page.close();
+  result.report = await downloadReport(page);
+  await page.screenshot({ path: path.join(shots, `${shot}.png`), fullPage: true });
+  // The result cards on their own (readable at phone width).
+  await page.locator('section.card:has(#diagnosis)').screenshot({ path: path.join(shots, `${shot}-diagnosis.png`) });
+  await page.locator('section.card:has(#measure)').screenshot({ path: path.join(shots, `${shot}-measure.png`) });
+  await ctx.close();
   return result;
 }
 
@@ -159,7 +194,8 @@ async function call(browser, transport, shot) {
     await p.click('#chat-send');
   }
   const flowing = (s) => Number(s.chatIn) >= 1 && Number(s.mediaIn) > 20000 && Number(s.mediaOut) > 20000
-    && Number(s.dcIn) > 0 && Number(s.dcOut) > 0 && s.relayProtocol && s.rttMs !== undefined;
+    && Number(s.dcIn) > 0 && Number(s.dcOut) > 0 && s.relayProtocol && s.rttMs !== undefined
+    && Number(s.statSamples) >= 3 && s.kbpsIn !== undefined && s.lossPct !== undefined && s.jitterMs !== undefined;
   const status = [];
   for (const p of pages) status.push(await waitStatus(p, 'media, chat and stats', flowing));
   const chat = await pages[1].locator('#chatlog').textContent();
@@ -174,9 +210,6 @@ async function phone(browser) {
   const page = await newPage(ctx);
   await page.goto(`${base}/call?room=phone`);
   await page.screenshot({ path: path.join(shots, 'call-phone.png'), fullPage: true });
-  await page.goto(`${base}/tester`);
-  await waitFor(page, '#servers tbody tr', 10000, 'tester-phone');
-  await page.screenshot({ path: path.join(shots, 'tester-phone.png'), fullPage: true });
   await ctx.close();
 }
 
@@ -188,13 +221,41 @@ async function phone(browser) {
   try {
     step('index'); out.index = await index(browser);
     step('tester'); out.tester = await tester(browser);
-    step('tester, wrong password'); out.testerWrong = await testerWrongPassword(browser);
+    step('tester, wrong password');
+    out.testerWrong = await testerEdited(browser, {
+      shot: 'tester-wrong-password', measure: false, timeout: 10,
+      // UDP: a TURN REST username that expired in 2020; TCP, TLS: a wrong password.
+      edit: (t) => (t === 'udp' ? { username: '1600000000:expired', credential: 'x' } : { credential: 'wrong-password' }),
+    });
+    step('tester, port below 1024');
+    out.testerLowPort = await testerEdited(browser, {
+      shot: 'tester-low-port', measure: false, timeout: 5,
+      edit: (t) => (t === 'udp' ? { url: 'turn:127.0.0.1:999?transport=udp' } : { remove: true }),
+    });
+    step('tester, UDP blocked');
+    out.testerUdpBlocked = await testerEdited(browser, {
+      shot: 'tester-udp-blocked', measure: true, timeout: 5,
+      edit: (t) => (t === 'udp' ? { url: `turn:127.0.0.1:${silentPort}?transport=udp` } : {}),
+    });
+    step('tester, peers refused');
+    out.testerNoPeers = await testerEdited(browser, {
+      shot: 'tester-no-media', measure: true, timeout: 5, server: noPeersBase,
+      edit: (t) => (t === 'udp' ? {} : { remove: true }),
+    });
+    step('tester, untrusted certificate');
+    const untrusting = await launch({ trustDevCert: false });
+    try {
+      out.testerUntrusted = await testerEdited(untrusting, { shot: 'tester-untrusted-cert', measure: false, timeout: 10 });
+    } finally {
+      await untrusting.close();
+    }
     out.calls = {};
     for (const t of TRANSPORTS) {
       step(`call over ${t}`);
       out.calls[t] = await call(browser, t, `call-${t}.png`);
     }
     step('phone'); await phone(browser);
+    step('tester at phone width'); out.testerPhone = await tester(browser, { width: 390, shot: 'tester-phone', isMobile: true });
   } finally {
     await browser.close();
   }

@@ -102,10 +102,12 @@ impl Allocation {
     /// peer's permission went.
     pub fn retain_allowed(&mut self, policy: &dyn PeerPolicy) -> (usize, usize) {
         let before = (self.permissions.len(), self.channels_by_number.len());
-        self.permissions.retain(|ip, _| policy.permits_ip(*ip));
+        let user = self.user.as_str();
+        self.permissions
+            .retain(|ip, _| policy.permits_ip_for(user, *ip));
         let (perms, peers) = (&self.permissions, &mut self.channels_by_peer);
         self.channels_by_number.retain(|_, c| {
-            let keep = policy.permits(c.peer) && perms.contains_key(&c.peer.ip());
+            let keep = policy.permits_for(user, c.peer) && perms.contains_key(&c.peer.ip());
             if !keep {
                 peers.remove(&c.peer);
             }

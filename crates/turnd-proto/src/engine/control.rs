@@ -528,7 +528,7 @@ impl Engine {
         }
         if peers
             .iter()
-            .any(|p| !self.shared.policy.permits_permission(*p))
+            .any(|p| !self.shared.policy.permits_permission_for(&a.user, *p))
         {
             return Err(403);
         }
@@ -580,7 +580,11 @@ impl Engine {
             Ok(_) => return bad(self, 400),
             Err(&code) => return bad(self, code),
         };
-        if !self.shared.policy.permits(peer) {
+        let user = self
+            .allocations_by_client
+            .get(&from)
+            .map(|a| a.user.as_str());
+        if !user.is_some_and(|u| self.shared.policy.permits_for(u, peer)) {
             return bad(self, 403);
         }
         let (channel_ttl, perm_ttl) = (self.cfg.lifetimes.channel, self.cfg.lifetimes.permission);

@@ -20,7 +20,7 @@ impl Engine {
         let (peer, range) = parse_send(buf)?;
         let a = self.allocations_by_client.get_mut(&from)?;
         let relay = a.relay_for(&peer)?.bound;
-        if !a.permitted(&peer.ip(), now) || !self.shared.policy.permits(peer) {
+        if !a.permitted(&peer.ip(), now) || !self.shared.policy.permits_for(&a.user, peer) {
             return None;
         }
         a.stats.packets_to_peer += 1;

@@ -232,3 +232,26 @@ fn harness_reaches_past_authentication() {
     assert_eq!(h.relayed, 2);
     h.finish();
 }
+
+/// The first fuzz crash (engine_postauth, a harness bug): a foreign nonce for client 255
+/// overflowed the harness's u8 client index.
+#[test]
+fn harness_handles_the_last_client_index() {
+    let mut h = Harness::new();
+    h.run(&Step::Request {
+        client: u8::MAX,
+        user: true,
+        method: Method::Allocate,
+        attrs: with_valid_prefix(Method::Allocate, true, 0, vec![]),
+        after_integrity: vec![],
+        signing: Signing::ForeignNonce,
+        fingerprint: false,
+        tid: u8::MAX,
+    });
+    assert_eq!(
+        h.engine.stats().pending_allocations,
+        0,
+        "a foreign nonce gets 438"
+    );
+    h.finish();
+}

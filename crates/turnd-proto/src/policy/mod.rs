@@ -28,6 +28,19 @@ pub trait PeerPolicy: Send + Sync {
     fn permits_permission(&self, peer: SocketAddr) -> bool {
         self.permits_ip(peer.ip())
     }
+    /// [`Self::permits`] for an allocation of `user` (its principal). The default ignores the
+    /// user; `crate::probe` uses it to let only the ready probe reach its loopback echo.
+    fn permits_for(&self, _user: &str, peer: SocketAddr) -> bool {
+        self.permits(peer)
+    }
+    /// [`Self::permits_ip`] for an allocation of `user` (its principal).
+    fn permits_ip_for(&self, _user: &str, ip: IpAddr) -> bool {
+        self.permits_ip(ip)
+    }
+    /// [`Self::permits_permission`] for an allocation of `user` (its principal).
+    fn permits_permission_for(&self, _user: &str, peer: SocketAddr) -> bool {
+        self.permits_permission(peer)
+    }
 }
 
 /// One entry of the built-in deny list: the network, the RFC that reserves it, and why it is

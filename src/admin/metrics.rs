@@ -430,6 +430,13 @@ impl Collector for ShardsCollector {
 mod tests {
     use super::*;
 
+    fn assert_line(text: &str, line: &str) {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+
     /// Two shards with a bit of everything.
     fn sample() -> Vec<ShardMetrics> {
         let mut a = ShardMetrics::default();
@@ -483,10 +490,7 @@ mod tests {
             "turnd_tls_certificate_expiry_seconds{index=\"0\",",
             "subject=\"CN=a\\\"b\\\\c\\nd\"} 1899936000"
         );
-        assert!(
-            text.lines().any(|l| l == line),
-            "missing {line:?} in\n{text}"
-        );
+        assert_line(&text, line);
     }
 
     #[test]
@@ -506,10 +510,7 @@ mod tests {
             "turnd_udp_kernel_drops_total{reason=\"rcvbuf\"} 7",
             "turnd_udp_kernel_drops_total{reason=\"sndbuf\"} 5",
         ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "missing {line:?} in\n{text}"
-            );
+            assert_line(&text, line);
         }
         let none = render(&[], &ProcessMetrics::default());
         assert!(none.contains("# HELP turnd_ready_probe_success "));
@@ -552,10 +553,7 @@ mod tests {
             "turnd_shard_allocations{shard=\"1\"} 2",
             "turnd_shard_relayed_packets_total{shard=\"0\"} 7",
         ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "missing {line:?} in\n{text}"
-            );
+            assert_line(&text, line);
         }
         // Each family is described exactly once.
         let helps: Vec<_> = text.lines().filter(|l| l.starts_with("# HELP ")).collect();

@@ -9,6 +9,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use rand::Rng;
+
 use stun::attributes::*;
 use stun::message as msg;
 
@@ -255,7 +257,7 @@ impl Engine {
                 return None;
             }
         };
-        match keys.iter().find(|k| req.integrity_matches(&k[..])) {
+        match keys.iter().find(|k| req.integrity_matches(k.as_bytes())) {
             Some(k) => Some(Authed {
                 user: self.shared.auth.principal(user).to_string(),
                 key: *k,
@@ -339,7 +341,7 @@ impl Engine {
                 if additional.is_some() {
                     return Err(BadRequest::EvenPortDual.into());
                 }
-                PortChoice::EvenReserveNext(rand::random())
+                PortChoice::EvenReserveNext(self.rng.gen())
             }
             Some([_]) => PortChoice::Even,
             Some(_) => return Err(BadRequest::EvenPort.into()),

@@ -24,6 +24,7 @@ pub const ALLOCATIONS_ACTIVE: &str = "turnd_allocations_active";
 pub const ALLOCATIONS_TOTAL: &str = "turnd_allocations_total";
 pub const ALLOCATION_DURATION: &str = "turnd_allocation_duration_seconds";
 pub const RESPONSES_TOTAL: &str = "turnd_responses_total";
+pub const REFUSALS_TOTAL: &str = "turnd_refusals_total";
 pub const AUTH_FAILURES_TOTAL: &str = "turnd_auth_failures_total";
 pub const STALE_NONCE_TOTAL: &str = "turnd_stale_nonce_total";
 pub const POLICY_DENIALS_TOTAL: &str = "turnd_policy_denials_total";
@@ -316,6 +317,19 @@ impl Collector for ShardsCollector {
         let help = "STUN/TURN responses sent, by method and code (0: success).";
         family(e, RESPONSES_TOTAL, help, Counter, responses)?;
 
+        let mut refusals = std::collections::BTreeMap::new();
+        for s in shards {
+            for (reason, n) in &s.engine.counters.refusals {
+                *refusals.entry(*reason).or_insert(0u64) += n;
+            }
+        }
+        let refusals = refusals
+            .into_iter()
+            .map(|(reason, n)| (vec![("reason", reason.to_string())], n));
+        let help =
+            "Error answers sent, by why (finer than the code: bad_request_lifetime, quota, ...).";
+        family(e, REFUSALS_TOTAL, help, Counter, refusals)?;
+
         let auth = |why: AuthFailure| {
             sum(&|s| {
                 s.engine
@@ -447,6 +461,7 @@ mod tests {
             .counters
             .auth_failures
             .insert(AuthFailure::Nonce, 4);
+        a.engine.counters.refusals.insert("stale_nonce", 4);
         a.engine.counters.duration_buckets[0] = 1;
         a.engine.counters.duration_buckets[DURATION_BUCKETS.len()] = 2;
         a.engine.counters.duration_sum_secs = 20_005.5;
@@ -544,6 +559,7 @@ mod tests {
             "turnd_responses_total{method=\"refresh\",code=\"0\"} 1",
             "turnd_auth_failures_total{reason=\"challenge\"} 0",
             "turnd_stale_nonce_total 8",
+            "turnd_refusals_total{reason=\"stale_nonce\"} 8",
             "turnd_relayed_packets_total{direction=\"to_peer\",transport=\"udp\"} 14",
             "turnd_relayed_bytes_total{direction=\"to_client\",transport=\"tls\"} 1800",
             "turnd_connections_active{transport=\"tls\"} 4",
@@ -559,6 +575,6 @@ mod tests {
         let helps: Vec<_> = text.lines().filter(|l| l.starts_with("# HELP ")).collect();
         let unique: std::collections::HashSet<_> = helps.iter().collect();
         assert_eq!(helps.len(), unique.len());
-        assert_eq!(helps.len(), 25);
+        assert_eq!(helps.len(), 26);
     }
 }

@@ -109,14 +109,10 @@ async fn get_metrics(State(s): State<AdminState>, headers: HeaderMap) -> Respons
         }
     }
     let control = s.control.clone();
-    match ask(move || {
-        let mut text = metrics::render(&control.metrics());
-        metrics::render_process(&mut text, &control);
-        text
-    })
-    .await
+    match ask(move || metrics::render(&control.metrics(), &metrics::ProcessMetrics::read(&control)))
+        .await
     {
-        Ok(text) => ([("content-type", "text/plain; version=0.0.4")], text).into_response(),
+        Ok(text) => ([("content-type", metrics::CONTENT_TYPE)], text).into_response(),
         Err(r) => r,
     }
 }

@@ -1,7 +1,7 @@
 //! Cross-shard control: every question to the shards goes by message, answered on the
 //! shard's own thread, so nothing on the data path is shared or locked.
 //!
-//! Used by [`super::Running`] (tests, main) and by the admin API.
+//! Used by [`crate::Running`] (tests, main) and by the admin API.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,9 +14,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::health::Health;
 use super::relay::Reservations;
 use super::shard::{ShardMetrics, ShardRequest};
-use super::tls::ReloadableCert;
 use super::Stats;
 use crate::config::Config;
+use crate::tls::ReloadableCert;
 use turnd_proto::auth::Credentials;
 use turnd_proto::engine::{SessionInfo, Shared};
 
@@ -42,7 +42,7 @@ pub struct Control {
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
 impl Control {
-    pub(super) fn new(
+    pub(crate) fn new(
         shards: Vec<UnboundedSender<ShardRequest>>,
         own: Vec<SocketAddr>,
         certificate: Option<Arc<ReloadableCert>>,
@@ -64,7 +64,7 @@ impl Control {
     }
 
     /// With the ready probe, whose credential and policy exception survive reloads.
-    pub(super) fn with_probe(mut self, probe: Option<Arc<crate::probe::Probe>>) -> Self {
+    pub(crate) fn with_probe(mut self, probe: Option<Arc<crate::probe::Probe>>) -> Self {
         self.probe = probe;
         self
     }
@@ -157,7 +157,7 @@ impl Control {
         self.draining.load(Ordering::Relaxed)
     }
 
-    pub(super) fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.tell_all(|| ShardRequest::Stop);
     }
 

@@ -452,7 +452,7 @@ mod harness_parsers_streams {
 /// (`turnd_tls_handshake_failures_total{reason}`): per reason, summed over shards.
 fn handshake_failures(turnd: &Turnd) -> Vec<(&'static str, u64)> {
     let metrics = turnd.running().control.metrics();
-    turnd::net::tls::HandshakeFailure::ALL
+    turnd::tls::HandshakeFailure::ALL
         .iter()
         .map(|r| {
             let n = metrics

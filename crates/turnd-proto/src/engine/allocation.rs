@@ -155,7 +155,7 @@ mod tests {
         let mut a = Allocation {
             id: 1,
             user: "u".into(),
-            key: [0; 16],
+            key: crate::auth::Key::new([0; 16]),
             relays: vec![],
             created: now,
             expires: later,

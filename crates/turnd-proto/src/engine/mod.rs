@@ -24,6 +24,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 use crate::auth::{Authenticator, FailureBudget, NonceMint};
 use crate::policy::PeerPolicy;
 use crate::settings::{ExternalMapping, Lifetimes};
@@ -33,6 +36,7 @@ mod control;
 mod data;
 pub mod metrics;
 mod quota;
+pub mod refusal;
 pub mod wire;
 
 #[cfg(test)]
@@ -64,6 +68,7 @@ pub use allocation::Allocation;
 pub use control::{CHANNEL_MAX, CHANNEL_MIN};
 pub use metrics::{EngineMetrics, MetricsSnapshot, SessionInfo};
 pub use quota::Quotas;
+pub use refusal::{BadRequest, Capacity, Refusal};
 
 /// Bytes the caller leaves free before a peer datagram: the largest Data indication header
 /// (20 header + 24 XOR-PEER-ADDRESS for IPv6 + 4 DATA header).
@@ -185,6 +190,10 @@ pub struct EngineConfig {
     pub unix_at_epoch: u64,
     /// Log client addresses and usernames redacted.
     pub redact: bool,
+    /// Seed of the engine's random numbers (reservation tokens, the Data-indication
+    /// transaction ids), so tests can predict them. `None` (every server): seeded from the
+    /// operating system's entropy, so each engine has its own stream.
+    pub rng_seed: Option<u64>,
 }
 
 /// The pluggable parts, shared by all shards and swappable on reload.
@@ -221,6 +230,37 @@ struct PendingAllocate {
     fingerprint: bool,
 }
 
+/// One shard's TURN state machine: sans-IO, driven by the I/O layer.
+///
+/// # Method groups
+/// - **Inputs**: [`handle_client`](Engine::handle_client) (a datagram or one framed message
+///   from a client), [`handle_peer`](Engine::handle_peer) (a datagram on a relay socket),
+///   [`handle_timeout`](Engine::handle_timeout), [`relay_bound`](Engine::relay_bound) (the
+///   answer to [`Command::BindRelays`]), [`client_closed`](Engine::client_closed).
+/// - **Outputs**: [`poll_command`](Engine::poll_command),
+///   [`poll_transmit`](Engine::poll_transmit), [`poll_timeout`](Engine::poll_timeout); the
+///   data path returns [`ToPeer`] / [`ToClient`] directly from its input.
+/// - **Control**: [`set_shared`](Engine::set_shared) (reload),
+///   [`set_draining`](Engine::set_draining), [`with_shard`](Engine::with_shard).
+/// - **Views**: [`stats`](Engine::stats), [`metrics_snapshot`](Engine::metrics_snapshot),
+///   sessions and [`has_allocation`](Engine::has_allocation), for metrics and the admin API.
+///
+/// # Contract
+/// - After **every** input, drain [`poll_command`](Engine::poll_command) until `None`, then
+///   [`poll_transmit`](Engine::poll_transmit) until `None`, then re-read
+///   [`poll_timeout`](Engine::poll_timeout) and call
+///   [`handle_timeout`](Engine::handle_timeout) when it is due. Commands first: a
+///   transmit may answer an Allocate whose relay the I/O layer must already own.
+/// - `now` never goes backwards between calls (pass a monotonic clock; equal is fine).
+/// - A returned byte range ([`ToPeer::range`], [`ToClient::range`]) indexes the buffer the
+///   caller passed to that same call, and is valid only until the caller's next call on the
+///   engine (or its next write to that buffer). Send it before handing the engine more input.
+/// - Every [`Command::BindRelays`] must be answered with [`relay_bound`](Engine::relay_bound)
+///   for the same client, with one result per requested family, in order (`None` for a
+///   failed bind), even if the client went away meanwhile: the engine releases what is no
+///   longer needed with [`Command::ReleaseRelay`]. An unanswered one leaks a quota slot.
+/// - Random numbers come from [`EngineConfig::rng_seed`]; with a seed, an engine's
+///   reservation tokens and Data-indication transaction ids are reproducible.
 pub struct Engine {
     cfg: EngineConfig,
     shared: Shared,
@@ -232,6 +272,8 @@ pub struct Engine {
     timers: BTreeSet<(Instant, ClientAddr)>,
     transmits: VecDeque<Transmit>,
     commands: VecDeque<Command>,
+    /// Reservation tokens and the seed of `tid_state` ([`EngineConfig::rng_seed`]).
+    rng: StdRng,
     /// State for Data-indication transaction ids (not security relevant).
     tid_state: u64,
     /// The last allocation id handed out.
@@ -243,8 +285,13 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(cfg: EngineConfig, shared: Shared) -> Self {
-        let tid_state = rand::random::<u64>() | 1;
+        let mut rng = match cfg.rng_seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_entropy(),
+        };
+        let tid_state = rng.gen::<u64>() | 1;
         Engine {
+            rng,
             cfg,
             shared,
             allocations_by_client: HashMap::new(),
@@ -316,7 +363,7 @@ impl Engine {
         fault::check(buf);
         match buf.first()? >> 6 {
             0 => {
-                if buf.len() >= 20 && buf.starts_with(&[0x00, 0x16]) {
+                if buf.len() >= 20 && buf.starts_with(&wire::MSG_SEND_INDICATION_BYTES) {
                     // Send indication: the hot path.
                     return self.on_send(now, from, buf);
                 }

@@ -257,6 +257,7 @@ impl Harness {
             epoch: now,
             unix_at_epoch: 1_700_000_000,
             redact: true,
+            rng_seed: Some(0),
         };
         let users = USERS
             .iter()
@@ -372,7 +373,7 @@ impl Harness {
                         Signing::WrongKey => long_term_key(user, REALM, "wrong"),
                         _ => long_term_key(user, REALM, pass),
                     };
-                    sign(&mut msg, &key);
+                    sign(&mut msg, key.as_bytes());
                 }
                 for a in after_integrity.iter().take(4) {
                     let (t, v) = self.attr_bytes(a, &tid);

@@ -76,6 +76,7 @@ fn engine_with(max_total: usize, max_per_user: usize) -> T {
         epoch: now,
         unix_at_epoch: 1_700_000_000,
         redact: false,
+        rng_seed: Some(7),
     };
     let shared = Shared {
         auth: Arc::new(TestAuth),
@@ -169,6 +170,13 @@ impl Req {
     }
     fn bytes(&self) -> Vec<u8> {
         self.m.raw.clone()
+    }
+    /// The same attributes in a new transaction.
+    fn clone_req(&self) -> Self {
+        let mut m = self.m.clone();
+        m.new_transaction_id().unwrap();
+        m.write_header();
+        Req { m }
     }
 }
 
@@ -521,6 +529,37 @@ fn allocate_errors() {
         "failures leave no state"
     );
     assert_eq!(t.e.shared.quotas.total(), 0);
+}
+
+#[test]
+fn refusals_are_counted_by_reason_not_only_by_code() {
+    let mut t = engine();
+    let c = client(1);
+    let n = t.nonce(c);
+    let code = |t: &mut T, r: Req| error_code(&t.authed(c, &n, r));
+    assert_eq!(code(&mut t, Req::new(METHOD_ALLOCATE)), Some(400));
+    let both = Req::new(METHOD_ALLOCATE)
+        .transport_udp()
+        .raw(ATTR_REQUESTED_ADDRESS_FAMILY, &[1, 0, 0, 0])
+        .raw(wire::ATTR_ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+    assert_eq!(code(&mut t, both), Some(400));
+    let lifetime = Req::new(METHOD_ALLOCATE)
+        .transport_udp()
+        .raw(ATTR_LIFETIME, &[0; 3]);
+    assert_eq!(code(&mut t, lifetime.clone_req()), Some(400));
+    assert_eq!(code(&mut t, lifetime), Some(400));
+    assert_eq!(code(&mut t, Req::new(METHOD_REFRESH)), Some(437));
+    let m = t.e.metrics_snapshot().counters;
+    let expected: std::collections::BTreeMap<&str, u64> = [
+        ("unauthorized", 1),
+        ("bad_request_requested_transport", 1),
+        ("bad_request_both_families", 1),
+        ("bad_request_lifetime", 2),
+        ("allocation_mismatch", 1),
+    ]
+    .into();
+    assert_eq!(m.refusals, expected);
+    assert_eq!(m.responses.get(&("allocate", 400)), Some(&4));
 }
 
 #[test]
@@ -944,6 +983,39 @@ fn send_indication_with_bad_fingerprint_or_unknown_attribute_is_dropped() {
         .raw(AttrType(0x0042), &[0; 4])
         .bytes();
     assert!(t.send(c, &unknown).is_none());
+}
+
+#[test]
+fn a_seeded_engine_hands_out_predictable_tokens_and_transaction_ids() {
+    use rand::{Rng, SeedableRng};
+    let run = |seed: u64| {
+        let mut t = engine();
+        t.e = Engine::new(
+            EngineConfig {
+                rng_seed: Some(seed),
+                ..t.e.cfg.clone()
+            },
+            t.e.shared.clone(),
+        );
+        let c = client(1);
+        let n = t.nonce(c);
+        let r = t.authed(
+            c,
+            &n,
+            Req::new(METHOD_ALLOCATE)
+                .transport_udp()
+                .raw(ATTR_EVEN_PORT, &[0x80]),
+        );
+        let token: [u8; 8] = r.get(ATTR_RESERVATION_TOKEN).unwrap().try_into().unwrap();
+        (token, t.e.next_tid())
+    };
+    let (token, tid) = run(42);
+    assert_eq!(run(42), (token, tid), "same seed, same numbers");
+    assert_ne!(run(43).0, token, "another seed, another token");
+    // The documented derivation: the first draw seeds the tid state, the next is the token.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let _tid_state = rng.gen::<u64>();
+    assert_eq!(rng.gen::<[u8; 8]>(), token);
 }
 
 #[test]

@@ -1,10 +1,11 @@
 //! TLS for `turns:` listeners (rustls via tokio-rustls): a certificate that can be reloaded
 //! at run time without touching established connections, the development profile's
-//! self-signed certificate, and the reasons and rate-limited logging of failed handshakes.
+//! self-signed certificate, and (in [`handshake`]) the reasons and rate-limited logging of
+//! failed handshakes.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
@@ -15,6 +16,12 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use sha2::{Digest, Sha256};
+
+use crate::config::{Config, Profile};
+
+mod handshake;
+
+pub use handshake::{log_handshake_failure, HandshakeFailure, LogLimiter, HANDSHAKE_LOG_INTERVAL};
 
 /// ALPN for STUN/TURN over TLS (RFC 7443): accepted, not required.
 pub const ALPN_STUN_TURN: &[u8] = b"stun.turn";
@@ -146,8 +153,7 @@ impl ReloadableCert {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let end_entity = k.cert.first()?;
-        spki_hash_of(end_entity)
+        spki_hash_of(&k)
     }
 }
 
@@ -236,60 +242,11 @@ pub fn watch_expiry(
         .context("cannot start the certificate expiry thread")
 }
 
-fn spki_hash_of(cert: &CertificateDer<'_>) -> Option<String> {
-    let spki = spki_from_cert(cert)?;
-    Some(base64::engine::general_purpose::STANDARD.encode(Sha256::digest(spki)))
-}
-
-/// Find the SubjectPublicKeyInfo in a DER certificate (a minimal DER walk).
-fn spki_from_cert(der: &[u8]) -> Option<&[u8]> {
-    // Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version?, serial, sigAlg,
-    //   issuer, validity, subject, subjectPublicKeyInfo, ... } ... }
-    let (_, cert_body) = der_item(der)?;
-    let (_, tbs) = der_item(cert_body)?;
-    let mut rest = tbs;
-    let mut idx = 0;
-    while !rest.is_empty() {
-        let (tag, _) = der_item(rest)?;
-        let len = der_total_len(rest)?;
-        let field = &rest[..len];
-        if idx == 0 && tag == 0xA0 {
-            rest = &rest[len..];
-            continue;
-        }
-        if idx == 5 {
-            return Some(field);
-        }
-        idx += 1;
-        rest = &rest[len..];
-    }
-    None
-}
-
-fn der_header(b: &[u8]) -> Option<(u8, usize, usize)> {
-    let tag = *b.first()?;
-    let l0 = *b.get(1)? as usize;
-    if l0 < 0x80 {
-        return Some((tag, 2, l0));
-    }
-    let n = l0 & 0x7F;
-    if n == 0 || n > 4 || b.len() < 2 + n {
-        return None;
-    }
-    let len = b[2..2 + n]
-        .iter()
-        .fold(0usize, |a, x| (a << 8) | *x as usize);
-    Some((tag, 2 + n, len))
-}
-
-fn der_item(b: &[u8]) -> Option<(u8, &[u8])> {
-    let (tag, h, len) = der_header(b)?;
-    Some((tag, b.get(h..h + len)?))
-}
-
-fn der_total_len(b: &[u8]) -> Option<usize> {
-    let (_, h, len) = der_header(b)?;
-    (h + len <= b.len()).then_some(h + len)
+/// base64(SHA-256) of the key's SubjectPublicKeyInfo DER, as rustls encodes it.
+/// (`keys_match` at load time proves it is the end-entity certificate's key.)
+fn spki_hash_of(key: &CertifiedKey) -> Option<String> {
+    let spki = key.key.public_key()?;
+    Some(base64::engine::general_purpose::STANDARD.encode(Sha256::digest(spki.as_ref())))
 }
 
 /// Read a PEM certificate chain and private key into a rustls `CertifiedKey`.
@@ -362,213 +319,34 @@ pub fn server_config(certs: Arc<ReloadableCert>) -> anyhow::Result<Arc<ServerCon
     Ok(Arc::new(cfg))
 }
 
-/// Why a TLS handshake failed: the `reason` label of `turnd_tls_handshake_failures_total`
-/// and of the (rate-limited) log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandshakeFailure {
-    /// Not finished within `streams.handshake_timeout`.
-    Timeout,
-    /// The client closed or reset the connection during the handshake.
-    Closed,
-    /// Not TLS or malformed TLS (e.g. plain STUN on the TLS port).
-    Protocol,
-    /// No common protocol version, cipher suite, group or signature scheme.
-    Incompatible,
-    /// The client sent an alert (e.g. it does not trust the certificate).
-    Alert,
-    /// Anything else.
-    Other,
-}
-
-impl HandshakeFailure {
-    pub const COUNT: usize = 6;
-    pub const ALL: [HandshakeFailure; Self::COUNT] = [
-        Self::Timeout,
-        Self::Closed,
-        Self::Protocol,
-        Self::Incompatible,
-        Self::Alert,
-        Self::Other,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Timeout => "timeout",
-            Self::Closed => "closed",
-            Self::Protocol => "protocol",
-            Self::Incompatible => "incompatible",
-            Self::Alert => "alert",
-            Self::Other => "other",
+/// The certificate for TLS listeners from `[tls]` files, or in the development profile a
+/// freshly generated self-signed one. `None` without TLS listeners. (An ACME certificate is
+/// the composition root's: `crate::acme`.)
+pub fn for_listeners(config: &Config) -> anyhow::Result<Option<Arc<ReloadableCert>>> {
+    if config.listen.tls.is_empty() {
+        return Ok(None);
+    }
+    let key = match (&config.tls, config.profile) {
+        (Some(f), _) => load_pem(&f.cert, &f.key)?,
+        (None, Profile::Development) => self_signed()?,
+        (None, Profile::Production) => {
+            anyhow::bail!("TLS listeners need [tls] cert and key")
         }
+    };
+    let cert = ReloadableCert::new(key);
+    if config.tls.is_none() {
+        tracing::warn!(
+            spki_sha256 = %cert.spki_sha256().unwrap_or_default(),
+            "serving a self-signed development certificate; for Chromium use \
+             --ignore-certificate-errors-spki-list=<spki_sha256>"
+        )
     }
-
-    /// The position in [`Self::ALL`].
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The reason of a failed `TlsAcceptor::accept` (tokio-rustls wraps rustls errors in
-    /// `io::Error`).
-    pub fn of(e: &std::io::Error) -> Self {
-        use rustls::Error as E;
-        if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<E>()) {
-            return match tls {
-                E::InvalidMessage(_)
-                | E::InappropriateMessage { .. }
-                | E::InappropriateHandshakeMessage { .. }
-                | E::PeerMisbehaved(_)
-                | E::PeerSentOversizedRecord
-                | E::DecryptError => Self::Protocol,
-                E::PeerIncompatible(_) | E::NoApplicationProtocol => Self::Incompatible,
-                E::AlertReceived(_) => Self::Alert,
-                _ => Self::Other,
-            };
-        }
-        use std::io::ErrorKind as K;
-        match e.kind() {
-            K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => {
-                Self::Closed
-            }
-            _ => Self::Other,
-        }
-    }
-}
-
-/// How often a line is logged per handshake failure reason, at most.
-pub const HANDSHAKE_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// At most one log line per reason per interval (process-wide, like the log itself): a
-/// client that fails handshakes in a loop costs a counter increment, not a line each.
-pub struct LogLimiter {
-    interval_ms: u64,
-    /// Per reason: the earliest time (ms since `epoch`) of the next line, and how many
-    /// events were not logged since the last line.
-    slots: [(AtomicU64, AtomicU64); HandshakeFailure::COUNT],
-}
-
-impl LogLimiter {
-    pub const fn new(interval: Duration) -> Self {
-        LogLimiter {
-            interval_ms: interval.as_millis() as u64,
-            slots: [const { (AtomicU64::new(0), AtomicU64::new(0)) }; HandshakeFailure::COUNT],
-        }
-    }
-
-    /// Whether to log an event of `reason` happening `now_ms` after a fixed epoch: `Some`
-    /// with the number of events of that reason not logged since the previous line, or
-    /// `None` (counted as suppressed).
-    pub fn admit(&self, reason: HandshakeFailure, now_ms: u64) -> Option<u64> {
-        let (next, suppressed) = &self.slots[reason.index()];
-        let due = next.load(Ordering::Relaxed);
-        if now_ms >= due
-            && next
-                .compare_exchange(
-                    due,
-                    now_ms.saturating_add(self.interval_ms),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-        {
-            return Some(suppressed.swap(0, Ordering::Relaxed));
-        }
-        suppressed.fetch_add(1, Ordering::Relaxed);
-        None
-    }
-}
-
-static HANDSHAKE_LOG: LogLimiter = LogLimiter::new(HANDSHAKE_LOG_INTERVAL);
-static EPOCH: OnceLock<Instant> = OnceLock::new();
-
-/// Log a failed handshake, unless one of the same reason was logged within
-/// [`HANDSHAKE_LOG_INTERVAL`]; the line says how many were left out since the last one.
-/// (Counting is the caller's.)
-pub fn log_handshake_failure(
-    reason: HandshakeFailure,
-    client: &dyn std::fmt::Display,
-    error: Option<&std::io::Error>,
-) {
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    let now_ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-    if let Some(suppressed) = HANDSHAKE_LOG.admit(reason, now_ms) {
-        tracing::info!(
-            %client,
-            reason = reason.as_str(),
-            error = %error.map_or(String::new(), |e| e.to_string()),
-            suppressed,
-            interval_secs = HANDSHAKE_LOG_INTERVAL.as_secs(),
-            "TLS handshake failed"
-        );
-    }
+    Ok(Some(cert))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn log_limiter_admits_one_event_per_reason_per_interval_and_counts_the_rest() {
-        let l = LogLimiter::new(Duration::from_secs(10));
-        let (p, c) = (HandshakeFailure::Protocol, HandshakeFailure::Closed);
-        assert_eq!(l.admit(p, 5), Some(0), "the first is logged");
-        assert_eq!(l.admit(c, 6), Some(0), "reasons are independent");
-        for t in 0..500 {
-            assert_eq!(l.admit(p, 6 + t), None);
-        }
-        assert_eq!(
-            l.admit(p, 10_004),
-            None,
-            "not yet: 10 s after the first line"
-        );
-        assert_eq!(
-            l.admit(p, 10_005),
-            Some(501),
-            "then with the count left out"
-        );
-        assert_eq!(l.admit(p, 10_006), None);
-        assert_eq!(l.admit(c, 10_006), Some(0));
-        assert_eq!(l.admit(p, u64::MAX), Some(1), "no overflow");
-    }
-
-    #[test]
-    fn handshake_failure_reasons() {
-        use std::io::{Error, ErrorKind};
-        let wrap = |e: rustls::Error| Error::new(ErrorKind::InvalidData, e);
-        let of = HandshakeFailure::of;
-        assert_eq!(
-            of(&wrap(rustls::Error::InvalidMessage(
-                rustls::InvalidMessage::InvalidContentType
-            ))),
-            HandshakeFailure::Protocol
-        );
-        assert_eq!(
-            of(&wrap(rustls::Error::PeerIncompatible(
-                rustls::PeerIncompatible::NoCipherSuitesInCommon
-            ))),
-            HandshakeFailure::Incompatible
-        );
-        assert_eq!(
-            of(&wrap(rustls::Error::AlertReceived(
-                rustls::AlertDescription::BadCertificate
-            ))),
-            HandshakeFailure::Alert
-        );
-        assert_eq!(
-            of(&Error::new(ErrorKind::UnexpectedEof, "tls handshake eof")),
-            HandshakeFailure::Closed
-        );
-        assert_eq!(
-            of(&ErrorKind::ConnectionReset.into()),
-            HandshakeFailure::Closed
-        );
-        assert_eq!(of(&ErrorKind::OutOfMemory.into()), HandshakeFailure::Other);
-        let names: std::collections::HashSet<_> =
-            HandshakeFailure::ALL.iter().map(|r| r.as_str()).collect();
-        assert_eq!(names.len(), HandshakeFailure::COUNT);
-        for (i, r) in HandshakeFailure::ALL.iter().enumerate() {
-            assert_eq!(r.index(), i);
-        }
-    }
 
     #[test]
     fn self_signed_cert_has_an_spki_hash_matching_rcgen() {
@@ -578,7 +356,9 @@ mod tests {
         use rcgen::PublicKeyData;
         let expected = base64::engine::general_purpose::STANDARD
             .encode(Sha256::digest(signing_key.subject_public_key_info()));
-        assert_eq!(spki_hash_of(cert.der()).unwrap(), expected);
+        let key = PrivateKeyDer::try_from(signing_key.serialize_der()).unwrap();
+        let served = ReloadableCert::new(certified(vec![cert.der().clone()], key).unwrap());
+        assert_eq!(served.spki_sha256().unwrap(), expected);
     }
 
     #[test]

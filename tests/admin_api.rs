@@ -113,6 +113,11 @@ async fn a_known_workload_moves_the_metrics() {
         get(&m, r#"turnd_auth_failures_total{reason="bad_password"}"#),
         1.0
     );
+    // The refusals behind those 401s, by variant of the engine's `Refusal`.
+    assert_eq!(
+        get(&m, r#"turnd_refusals_total{reason="unauthorized"}"#),
+        3.0
+    );
 
     // Ending the allocation keeps its traffic in the totals and fills the histogram.
     let r = c.ask(METHOD_REFRESH, &[&lifetime(0)]).await;

@@ -11,6 +11,7 @@ pub const ALLOCATIONS_ACTIVE: &str = "turnd_allocations_active";
 pub const ALLOCATIONS_TOTAL: &str = "turnd_allocations_total";
 pub const ALLOCATION_DURATION: &str = "turnd_allocation_duration_seconds";
 pub const RESPONSES_TOTAL: &str = "turnd_responses_total";
+pub const REFUSALS_TOTAL: &str = "turnd_refusals_total";
 pub const AUTH_FAILURES_TOTAL: &str = "turnd_auth_failures_total";
 pub const STALE_NONCE_TOTAL: &str = "turnd_stale_nonce_total";
 pub const POLICY_DENIALS_TOTAL: &str = "turnd_policy_denials_total";
@@ -113,6 +114,22 @@ pub fn render(shards: &[ShardMetrics]) -> String {
             o,
             "{RESPONSES_TOTAL}{{method=\"{method}\",code=\"{code}\"}} {n}"
         );
+    }
+
+    describe(
+        o,
+        REFUSALS_TOTAL,
+        "counter",
+        "Error answers sent, by why (finer than the code: bad_request_lifetime, quota, ...).",
+    );
+    let mut refusals = std::collections::BTreeMap::new();
+    for s in shards {
+        for (k, v) in &s.engine.counters.refusals {
+            *refusals.entry(*k).or_insert(0u64) += v;
+        }
+    }
+    for (reason, n) in refusals {
+        let _ = writeln!(o, "{REFUSALS_TOTAL}{{reason=\"{reason}\"}} {n}");
     }
 
     describe(

@@ -62,7 +62,7 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, Closed> {
                     return Err(Closed::Garbage);
                 }
             }
-            let is_send = [b0, b1] == [0x00, 0x16];
+            let is_send = [b0, b1] == turnd_proto::engine::wire::MSG_SEND_INDICATION_BYTES;
             if len % 4 != 0 || (!is_send && 20 + len > MAX_STUN_REQUEST) || len > MAX_PAYLOAD + 48 {
                 return Err(Closed::Oversized);
             }

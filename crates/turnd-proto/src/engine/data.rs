@@ -12,7 +12,10 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::control::{CHANNEL_MAX, CHANNEL_MIN};
-use super::wire::{encode_xor_addr, parse_send};
+use super::wire::{
+    encode_xor_addr, parse_send, ATTR_DATA_BYTES, ATTR_XOR_PEER_ADDRESS_BYTES,
+    MSG_DATA_INDICATION_BYTES,
+};
 use super::{ClientAddr, Engine, ToClient, ToPeer, HEADROOM};
 
 impl Engine {
@@ -110,19 +113,22 @@ impl Engine {
                     stun::message::MAGIC_COOKIE.to_be_bytes(),
                 );
                 let [t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11] = tid;
+                let [m0, m1] = MSG_DATA_INDICATION_BYTES;
                 *hdr = [
-                    0x00, 0x17, b0, b1, c0, c1, c2, c3, t0, t1, t2, t3, t4, t5, t6, t7, t8, t9,
-                    t10, t11,
+                    m0, m1, b0, b1, c0, c1, c2, c3, t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10,
+                    t11,
                 ];
                 let (pa, data_hdr) = attrs.split_at_mut_checked(peer_attr)?;
                 let (pa_hdr, pa_val) = pa.split_first_chunk_mut::<4>()?;
-                *pa_hdr = [0x00, 0x12, 0, (peer_attr - 4) as u8];
+                let [p0, p1] = ATTR_XOR_PEER_ADDRESS_BYTES;
+                *pa_hdr = [p0, p1, 0, (peer_attr - 4) as u8];
                 if encode_xor_addr(peer, &tid, pa_val) != peer_attr - 4 {
                     return None;
                 }
                 let [l0, l1] = len16.to_be_bytes();
                 let d: &mut [u8; 4] = data_hdr.try_into().ok()?;
-                *d = [0x00, 0x13, l0, l1];
+                let [d0, d1] = ATTR_DATA_BYTES;
+                *d = [d0, d1, l0, l1];
                 rest.get_mut(len..)?.fill(0);
                 start..HEADROOM + padded
             }

@@ -68,6 +68,8 @@ pub struct EngineMetrics {
     /// (method name, error code or 0 for success) -> responses sent.
     pub responses: BTreeMap<(&'static str, u16), u64>,
     pub auth_failures: BTreeMap<AuthFailure, u64>,
+    /// [`Refusal::label`](super::Refusal::label) -> error answers sent for it.
+    pub refusals: BTreeMap<&'static str, u64>,
     pub policy_denials: u64,
     pub quota_refusals: u64,
     /// Histogram of ended allocations' durations: counts per bucket (+Inf last), sum.
@@ -123,6 +125,10 @@ impl EngineMetrics {
             486 => self.quota_refusals += 1,
             _ => {}
         }
+    }
+
+    pub(super) fn count_refusal(&mut self, why: &super::Refusal) {
+        *self.refusals.entry(why.label()).or_default() += 1;
     }
 
     pub(super) fn count_auth_failure(&mut self, why: AuthFailure) {

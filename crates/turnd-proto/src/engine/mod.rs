@@ -33,6 +33,7 @@ mod control;
 mod data;
 pub mod metrics;
 mod quota;
+pub mod refusal;
 pub mod wire;
 
 #[cfg(test)]
@@ -64,6 +65,7 @@ pub use allocation::Allocation;
 pub use control::{CHANNEL_MAX, CHANNEL_MIN};
 pub use metrics::{EngineMetrics, MetricsSnapshot, SessionInfo};
 pub use quota::Quotas;
+pub use refusal::{BadRequest, Capacity, Refusal};
 
 /// Bytes the caller leaves free before a peer datagram: the largest Data indication header
 /// (20 header + 24 XOR-PEER-ADDRESS for IPv6 + 4 DATA header).
@@ -316,7 +318,7 @@ impl Engine {
         fault::check(buf);
         match buf.first()? >> 6 {
             0 => {
-                if buf.len() >= 20 && buf.starts_with(&[0x00, 0x16]) {
+                if buf.len() >= 20 && buf.starts_with(&wire::MSG_SEND_INDICATION_BYTES) {
                     // Send indication: the hot path.
                     return self.on_send(now, from, buf);
                 }

@@ -170,6 +170,13 @@ impl Req {
     fn bytes(&self) -> Vec<u8> {
         self.m.raw.clone()
     }
+    /// The same attributes in a new transaction.
+    fn clone_req(&self) -> Self {
+        let mut m = self.m.clone();
+        m.new_transaction_id().unwrap();
+        m.write_header();
+        Req { m }
+    }
 }
 
 fn decode(bytes: &[u8]) -> Message {
@@ -521,6 +528,37 @@ fn allocate_errors() {
         "failures leave no state"
     );
     assert_eq!(t.e.shared.quotas.total(), 0);
+}
+
+#[test]
+fn refusals_are_counted_by_reason_not_only_by_code() {
+    let mut t = engine();
+    let c = client(1);
+    let n = t.nonce(c);
+    let code = |t: &mut T, r: Req| error_code(&t.authed(c, &n, r));
+    assert_eq!(code(&mut t, Req::new(METHOD_ALLOCATE)), Some(400));
+    let both = Req::new(METHOD_ALLOCATE)
+        .transport_udp()
+        .raw(ATTR_REQUESTED_ADDRESS_FAMILY, &[1, 0, 0, 0])
+        .raw(wire::ATTR_ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+    assert_eq!(code(&mut t, both), Some(400));
+    let lifetime = Req::new(METHOD_ALLOCATE)
+        .transport_udp()
+        .raw(ATTR_LIFETIME, &[0; 3]);
+    assert_eq!(code(&mut t, lifetime.clone_req()), Some(400));
+    assert_eq!(code(&mut t, lifetime), Some(400));
+    assert_eq!(code(&mut t, Req::new(METHOD_REFRESH)), Some(437));
+    let m = t.e.metrics_snapshot().counters;
+    let expected: std::collections::BTreeMap<&str, u64> = [
+        ("unauthorized", 1),
+        ("bad_request_requested_transport", 1),
+        ("bad_request_both_families", 1),
+        ("bad_request_lifetime", 2),
+        ("allocation_mismatch", 1),
+    ]
+    .into();
+    assert_eq!(m.refusals, expected);
+    assert_eq!(m.responses.get(&("allocate", 400)), Some(&4));
 }
 
 #[test]

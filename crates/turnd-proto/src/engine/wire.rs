@@ -26,7 +26,24 @@ use stun::message::{MAGIC_COOKIE, MESSAGE_HEADER_SIZE};
 use stun::textattrs::TextAttribute;
 use stun::xoraddr::XorMappedAddress;
 
+use super::refusal::Refusal;
+
 /// ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §18.11).
+/// STUN message type of an Allocate request (RFC 8656 §17).
+pub const MSG_ALLOCATE_REQUEST: u16 = 0x0003;
+/// STUN message type of a Send indication (RFC 8656 §17).
+pub const MSG_SEND_INDICATION: u16 = 0x0016;
+/// STUN message type of a Data indication (RFC 8656 §17).
+pub const MSG_DATA_INDICATION: u16 = 0x0017;
+/// [`MSG_SEND_INDICATION`] as it starts a message on the wire.
+pub const MSG_SEND_INDICATION_BYTES: [u8; 2] = MSG_SEND_INDICATION.to_be_bytes();
+/// [`MSG_DATA_INDICATION`] as it starts a message on the wire.
+pub const MSG_DATA_INDICATION_BYTES: [u8; 2] = MSG_DATA_INDICATION.to_be_bytes();
+/// XOR-PEER-ADDRESS's type as it starts the attribute on the wire.
+pub const ATTR_XOR_PEER_ADDRESS_BYTES: [u8; 2] = ATTR_XOR_PEER_ADDRESS.0.to_be_bytes();
+/// DATA's type as it starts the attribute on the wire.
+pub const ATTR_DATA_BYTES: [u8; 2] = ATTR_DATA.0.to_be_bytes();
+
 pub const ATTR_ADDITIONAL_ADDRESS_FAMILY: AttrType = AttrType(0x8000);
 /// ADDRESS-ERROR-CODE (RFC 8656 §18.12).
 pub const ATTR_ADDRESS_ERROR_CODE: AttrType = AttrType(0x8001);
@@ -315,23 +332,25 @@ impl Reply {
         Self::new(req, stun::message::CLASS_SUCCESS_RESPONSE)
     }
 
-    pub fn error(req: &Parsed<'_>, code: u16) -> Self {
+    pub fn refusal(req: &Parsed<'_>, why: &Refusal) -> Self {
         let mut r = Self::new(req, stun::message::CLASS_ERROR_RESPONSE);
-        r.error_code(code);
-        r.code = code;
+        r.error_code(why.code(), why.reason());
+        r.code = why.code();
+        if let Refusal::UnknownAttributes(unknown) = why {
+            r.unknown_attributes(unknown);
+        }
         r
     }
 
     /// An error answer with an empty reason phrase, for requests that did not authenticate:
     /// answers to them stay small (the reason is for diagnostics only, RFC 8489 §14.8).
-    pub fn bare_error(req: &Parsed<'_>, code: u16) -> Self {
+    pub fn bare_refusal(req: &Parsed<'_>, why: &Refusal) -> Self {
         let mut r = Self::new(req, stun::message::CLASS_ERROR_RESPONSE);
-        let a = ErrorCodeAttribute {
-            code: ErrorCode(code),
-            reason: Vec::new(),
-        };
-        let _ = a.add_to(&mut r.msg);
-        r.code = code;
+        r.error_code(why.code(), "");
+        r.code = why.code();
+        if let Refusal::UnknownAttributes(unknown) = why {
+            r.unknown_attributes(unknown);
+        }
         r
     }
 
@@ -340,25 +359,25 @@ impl Reply {
         self.key.is_some()
     }
 
-    fn error_code(&mut self, code: u16) {
-        let reason = reason(code).as_bytes().to_vec();
+    fn error_code(&mut self, code: u16, reason: &str) {
         let a = ErrorCodeAttribute {
             code: ErrorCode(code),
-            reason,
+            reason: reason.as_bytes().to_vec(),
         };
         // Only fails when the reason is over 763 bytes; ours are short constants.
         let _ = a.add_to(&mut self.msg);
     }
 
     /// ADDRESS-ERROR-CODE for an address family that could not be allocated.
-    pub fn address_error(&mut self, family_v6: bool, code: u16) {
+    pub fn address_error(&mut self, family_v6: bool, why: &Refusal) {
+        let code = why.code();
         let mut v = vec![
             if family_v6 { 2 } else { 1 },
             0,
             (code / 100) as u8,
             (code % 100) as u8,
         ];
-        v.extend_from_slice(reason(code).as_bytes());
+        v.extend_from_slice(why.reason().as_bytes());
         self.msg.add(ATTR_ADDRESS_ERROR_CODE, &v);
     }
 
@@ -430,25 +449,8 @@ pub fn method_name(m: Method) -> &'static str {
     }
 }
 
-/// Short reason phrases (RFC 8489 §14.8, RFC 8656 §18.3 and §15).
-pub fn reason(code: u16) -> &'static str {
-    match code {
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        420 => "Unknown Attribute",
-        437 => "Allocation Mismatch",
-        438 => "Stale Nonce",
-        440 => "Address Family not Supported",
-        441 => "Wrong Credentials",
-        442 => "Unsupported Transport Protocol",
-        443 => "Peer Address Family Mismatch",
-        486 => "Allocation Quota Reached",
-        500 => "Server Error",
-        508 => "Insufficient Capacity",
-        _ => "",
-    }
-}
+/// Short reason phrases of error codes (see [`Refusal`] for the ones the engine sends).
+pub use super::refusal::reason_phrase as reason;
 
 /// The value range of the DATA attribute and the XOR-PEER-ADDRESS of a Send indication,
 /// parsed on the hot path without allocating. `None`: malformed, drop.

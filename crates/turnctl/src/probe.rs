@@ -234,18 +234,9 @@ async fn relay_steps(
     buf[h..h + 16].copy_from_slice(&token);
     let n = write_indication_header(&mut buf, METHOD_SEND, &rand::random(), &peer, token.len())
         .expect("256 bytes hold a Send indication of 16");
-    let t = Instant::now();
-    let r = round_trip(c, &buf[..n], &token, peer, "Data indication").await;
-    p.record(
-        "Send -> Data",
-        t,
-        r.map(|rtt| {
-            (
-                (),
-                format!("{} bytes to {peer} and back, rtt {rtt:.2} ms", token.len()),
-            )
-        }),
-    )?;
+    let detail = |rtt| format!("{} bytes to {peer} and back, rtt {rtt:.2} ms", token.len());
+    let r = echo_step(c, &buf[..n], &token, peer, "Data indication", detail).await;
+    p.record("Send -> Data", r.0, r.1)?;
 
     let t = Instant::now();
     let r = c
@@ -258,21 +249,27 @@ async fn relay_steps(
     buf[CHANNEL_DATA_HEADER..CHANNEL_DATA_HEADER + 16].copy_from_slice(&token);
     let n = write_channel_header(&mut buf, CHANNEL, token.len(), stream)
         .expect("64 bytes hold a ChannelData message of 16");
+    let detail = |rtt| {
+        let len = token.len();
+        format!("{len} bytes on channel {CHANNEL:#06x} and back, rtt {rtt:.2} ms")
+    };
+    let r = echo_step(c, &buf[..n], &token, peer, "ChannelData", detail).await;
+    p.record("ChannelData", r.0, r.1)
+}
+
+/// One relay step: [`round_trip`] with its start time and, when it passed, the verdict's
+/// detail from the RTT.
+async fn echo_step(
+    c: &mut TurnClient,
+    frame: &[u8],
+    token: &[u8],
+    peer: SocketAddr,
+    what: &str,
+    detail: impl FnOnce(f64) -> String,
+) -> (Instant, Result<((), String), ClientError>) {
     let t = Instant::now();
-    let r = round_trip(c, &buf[..n], &token, peer, "ChannelData").await;
-    p.record(
-        "ChannelData",
-        t,
-        r.map(|rtt| {
-            (
-                (),
-                format!(
-                    "{} bytes on channel {CHANNEL:#06x} and back, rtt {rtt:.2} ms",
-                    token.len()
-                ),
-            )
-        }),
-    )
+    let r = round_trip(c, frame, token, peer, what).await;
+    (t, r.map(|rtt| ((), detail(rtt))))
 }
 
 /// Send `frame` (retransmitting every 500 ms: datagrams may be lost) until a message with

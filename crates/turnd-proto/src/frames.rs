@@ -1,7 +1,8 @@
 //! The data-path frames of RFC 8656 from either end: ChannelData (§12.4), Send and Data
 //! indications (§11), and where a frame ends on a TCP/TLS stream (§12.5). These build and
 //! read the bytes in place, without allocating, for a client (`turnctl`) as much as a server.
-//! Control-plane messages are [`Parsed`] and built with the `stun` crate.
+//! Control-plane messages are [`Parsed`](crate::engine::wire::Parsed) and built with the
+//! `stun` crate.
 //!
 //! Every length here comes from the network or from the caller: indexing is denied, a buffer
 //! too short for what is asked gives `None`.
@@ -16,7 +17,7 @@ use stun::message::{
     MessageType, Method, CLASS_INDICATION, MAGIC_COOKIE, MESSAGE_HEADER_SIZE, METHOD_DATA,
 };
 
-use crate::engine::wire::{decode_xor_addr, encode_xor_addr, Parsed};
+use crate::engine::wire::{be16, decode_xor_addr, encode_xor_addr};
 
 /// Bytes before the payload of a ChannelData message (channel number and length).
 pub const CHANNEL_DATA_HEADER: usize = 4;
@@ -132,16 +133,33 @@ pub fn write_indication_header(
 }
 
 /// The peer and the DATA value's range of a Data indication (what a client receives from a
-/// peer without a channel); `None` for anything else or a malformed message.
+/// peer without a channel); `None` for anything else or a malformed message. A walk over the
+/// attributes for the data path (far cheaper than a full
+/// [`Parsed`](crate::engine::wire::Parsed)): the first
+/// of each attribute counts, FINGERPRINT is not checked (indications are not authenticated).
 pub fn parse_data(raw: &[u8]) -> Option<(SocketAddr, Range<usize>)> {
-    let p = Parsed::parse(raw).ok()?;
-    if p.method != METHOD_DATA || p.class != CLASS_INDICATION {
+    let (hdr, _) = raw.split_first_chunk::<MESSAGE_HEADER_SIZE>()?;
+    let [t0, t1, l0, l1, c0, c1, c2, c3, tid @ ..] = *hdr;
+    let len = usize::from(u16::from_be_bytes([l0, l1]));
+    if MessageType::new(METHOD_DATA, CLASS_INDICATION).value() != u16::from_be_bytes([t0, t1])
+        || u32::from_be_bytes([c0, c1, c2, c3]) != MAGIC_COOKIE
+        || MESSAGE_HEADER_SIZE + len != raw.len()
+    {
         return None;
     }
-    let peer = decode_xor_addr(p.get(ATTR_XOR_PEER_ADDRESS)?, &p.tid.0)?;
-    let a = p.attrs().iter().find(|a| a.typ == ATTR_DATA.0)?;
-    let (start, len) = a.value;
-    Some((peer, start..start + len))
+    let (mut peer, mut data) = (None, None);
+    let mut off = MESSAGE_HEADER_SIZE;
+    while let (Some(t), Some(l)) = (be16(raw, off), be16(raw, off + 2)) {
+        let value = off + 4..off + 4 + usize::from(l);
+        let bytes = raw.get(value.clone())?;
+        if t == ATTR_XOR_PEER_ADDRESS.0 && peer.is_none() {
+            peer = Some(decode_xor_addr(bytes, &tid)?);
+        } else if t == ATTR_DATA.0 && data.is_none() {
+            data = Some(value.clone());
+        }
+        off = value.start + padded(value.len());
+    }
+    Some((peer?, data?))
 }
 
 #[cfg(test)]
@@ -207,6 +225,22 @@ mod tests {
         let (peer, r) = parse_data(&m).unwrap();
         assert_eq!(peer, "127.0.0.1:9".parse().unwrap());
         assert_eq!(&m[r], &[1, 2, 3, 4, 5]);
+        let mut wrong_cookie = m.clone();
+        wrong_cookie[4] ^= 1;
+        assert_eq!(parse_data(&wrong_cookie), None);
+        assert_eq!(
+            parse_data(&[&m[..], &[0]].concat()),
+            None,
+            "length mismatch"
+        );
+        // A second DATA does not count; a message without DATA or XOR-PEER-ADDRESS is none.
+        let mut two = m.clone();
+        two.extend_from_slice(&[0x00, 0x13, 0x00, 0x01, 9, 0, 0, 0]);
+        two[3] += 8;
+        assert_eq!(&two[parse_data(&two).unwrap().1], &[1, 2, 3, 4, 5]);
+        let mut no_data = m[..32].to_vec();
+        no_data[3] = 12;
+        assert_eq!(parse_data(&no_data), None);
         for cut in 0..m.len() {
             let _ = parse_data(&m[..cut]);
             let _ = channel_data(&m[..cut]);

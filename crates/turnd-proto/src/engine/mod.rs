@@ -106,6 +106,15 @@ pub struct ClientAddr {
     pub local: SocketAddr,
 }
 
+/// A peer's address: the far side of a relay (XOR-PEER-ADDRESS, the source of a datagram
+/// on a relay socket). A type of its own so it cannot be swapped with a [`RelayAddr`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The local address a relay socket is bound at (not the advertised one behind a NAT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelayAddr(pub SocketAddr);
+
 /// A control-plane message for a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
@@ -116,8 +125,10 @@ pub struct Transmit {
 /// Send `buf[range]` from the relay socket bound at `relay` to `peer`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToPeer {
-    pub relay: SocketAddr,
-    pub peer: SocketAddr,
+    /// The relay socket to send from.
+    pub relay: RelayAddr,
+    /// Where to send.
+    pub peer: PeerAddr,
     pub range: std::ops::Range<usize>,
 }
 

@@ -284,8 +284,14 @@ fn from_peer(
 ) -> Option<(ClientAddr, Vec<u8>)> {
     let mut buf = vec![0xAAu8; HEADROOM + payload.len() + TAILROOM];
     buf[HEADROOM..HEADROOM + payload.len()].copy_from_slice(payload);
-    let out =
-        t.e.handle_peer(t.now, c, relay, p, &mut buf, payload.len())?;
+    let out = t.e.handle_peer(
+        t.now,
+        c,
+        RelayAddr(relay),
+        PeerAddr(p),
+        &mut buf,
+        payload.len(),
+    )?;
     Some((out.client, buf[out.range].to_vec()))
 }
 
@@ -325,7 +331,7 @@ fn full_allocation_life_cycle() {
     let out = t
         .send(c, &send_indication(peer(1), b"hello"))
         .expect("relayed");
-    assert_eq!((out.relay, out.peer), (relay, peer(1)));
+    assert_eq!((out.relay.0, out.peer.0), (relay, peer(1)));
     let si = send_indication(peer(1), b"hello");
     assert_eq!(&si[out.range], b"hello");
 
@@ -348,7 +354,7 @@ fn full_allocation_life_cycle() {
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
     let cd = channel_data(0x4000, b"abc");
     let out = t.send(c, &cd).expect("relayed");
-    assert_eq!((out.peer, &cd[out.range.clone()]), (peer(2), &b"abc"[..]));
+    assert_eq!((out.peer.0, &cd[out.range.clone()]), (peer(2), &b"abc"[..]));
     let (_, bytes) = from_peer(&mut t, c, relay, peer(2), b"defgh").unwrap();
     assert_eq!(bytes, channel_data(0x4000, b"defgh"), "no padding over UDP");
 
@@ -1098,7 +1104,7 @@ fn external_mapping_advertises_the_public_address_and_relays_on_the_private_one(
     let bound = SocketAddr::new("198.51.100.1".parse().unwrap(), advertised.port());
     t.authed(c, &n, Req::new(METHOD_CREATE_PERMISSION).peer(peer(1)));
     let out = t.send(c, &send_indication(peer(1), b"x")).unwrap();
-    assert_eq!(out.relay, bound, "sent from the bound (private) socket");
+    assert_eq!(out.relay.0, bound, "sent from the bound (private) socket");
     let (to, _) = from_peer(&mut t, c, bound, peer(1), b"y").unwrap();
     assert_eq!(
         to, c,
@@ -1181,8 +1187,8 @@ fn mutated_and_random_packets_after_allocate_never_panic_or_grow_state() {
             let _ = t.e.handle_peer(
                 t.now,
                 c,
-                relay,
-                peer(rng.below(3) as u16 + 1),
+                RelayAddr(relay),
+                PeerAddr(peer(rng.below(3) as u16 + 1)),
                 &mut buf,
                 len,
             );

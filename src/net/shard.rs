@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Relay as RelayConfig, Streams};
 use turnd_proto::engine::{
     ClientAddr, Command, Engine, EngineStats, Family, MetricsSnapshot, PeerAddr, PortChoice,
-    RelayAddr, SessionInfo, Shared, Transport, HEADROOM, TAILROOM,
+    RelayAddr, SessionId, SessionInfo, Shared, Transport, HEADROOM, TAILROOM,
 };
 
 use super::health::{panic_message, take_panic_location, Health, LogLimit};
@@ -48,7 +48,7 @@ pub enum ShardRequest {
     Stats(std::sync::mpsc::Sender<EngineStats>),
     Metrics(std::sync::mpsc::Sender<ShardMetrics>),
     Sessions(Option<String>, std::sync::mpsc::Sender<Vec<SessionInfo>>),
-    KillSession(u64, std::sync::mpsc::Sender<bool>),
+    KillSession(SessionId, std::sync::mpsc::Sender<bool>),
     KillUser(String, std::sync::mpsc::Sender<usize>),
     /// New credentials and policy (SIGHUP); allocations keep running.
     Reload(Shared),
@@ -529,12 +529,12 @@ impl Shard {
                 self.reservations.admits(user).map_err(io::Error::other)?;
                 let (even, odd) = bind_pair(&self.relay_cfg, family)?;
                 self.reservations
-                    .hold(token, odd, user, now)
+                    .hold(token.0, odd, user, now)
                     .map_err(io::Error::other)?;
                 even
             }
             PortChoice::Reserved(token) => {
-                self.reservations.take(&token, now).ok_or_else(|| {
+                self.reservations.take(&token.0, now).ok_or_else(|| {
                     io::Error::new(
                         io::ErrorKind::NotFound,
                         "unknown or expired reservation token",

@@ -1040,7 +1040,7 @@ fn even_port_with_r_bit_reserves_and_the_token_claims_the_next_port() {
     let token: [u8; 8] = r.get(ATTR_RESERVATION_TOKEN).unwrap().try_into().unwrap();
     assert!(matches!(
         t.seen.last(),
-        Some(Command::BindRelays { port: PortChoice::EvenReserveNext(x), .. }) if *x == token
+        Some(Command::BindRelays { port: PortChoice::EvenReserveNext(x), .. }) if x.0 == token
     ));
     let c2 = client(2);
     let n2 = t.nonce(c2);
@@ -1054,7 +1054,7 @@ fn even_port_with_r_bit_reserves_and_the_token_claims_the_next_port() {
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
     assert!(matches!(
         t.seen.last(),
-        Some(Command::BindRelays { port: PortChoice::Reserved(x), .. }) if *x == token
+        Some(Command::BindRelays { port: PortChoice::Reserved(x), .. }) if x.0 == token
     ));
     // Plain EVEN-PORT asks for an even port and hands out no token.
     let c3 = client(3);
@@ -1342,3 +1342,11 @@ fn stream_closed_while_the_relay_is_being_bound_frees_the_quota_and_the_socket()
 }
 
 mod advisories;
+
+#[test]
+fn session_ids_carry_their_shard_and_print_as_one_number() {
+    let id = SessionId::new(3, 7);
+    assert_eq!((id.shard(), id.get()), (3, (3 << 48) | 7));
+    assert_eq!(id.to_string(), ((3u64 << 48) | 7).to_string());
+    assert_eq!(id.to_string().parse::<SessionId>(), Ok(id));
+}

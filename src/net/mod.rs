@@ -268,6 +268,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         redact: config.log.redact,
+        rng_seed: None,
     };
     let conn_limits = ConnLimits::new(
         config.streams.max_connections,

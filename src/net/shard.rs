@@ -21,8 +21,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Relay as RelayConfig, Streams};
 use turnd_proto::engine::{
-    ClientAddr, Command, Engine, EngineStats, Family, MetricsSnapshot, PortChoice, SessionInfo,
-    Shared, Transport, HEADROOM, TAILROOM,
+    ClientAddr, Command, Engine, EngineStats, Family, MetricsSnapshot, PeerAddr, PortChoice,
+    RelayAddr, SessionId, SessionInfo, Shared, Transport, HEADROOM, TAILROOM,
 };
 
 use super::health::{panic_message, take_panic_location, Health, LogLimit};
@@ -48,7 +48,7 @@ pub enum ShardRequest {
     Stats(std::sync::mpsc::Sender<EngineStats>),
     Metrics(std::sync::mpsc::Sender<ShardMetrics>),
     Sessions(Option<String>, std::sync::mpsc::Sender<Vec<SessionInfo>>),
-    KillSession(u64, std::sync::mpsc::Sender<bool>),
+    KillSession(SessionId, std::sync::mpsc::Sender<bool>),
     KillUser(String, std::sync::mpsc::Sender<usize>),
     /// New credentials and policy (SIGHUP); allocations keep running.
     Reload(Shared),
@@ -285,8 +285,8 @@ async fn udp_listener(shard: Rc<Shard>, local: SocketAddr, sock: Rc<UdpSocket>) 
             shard.guarded(kind_of(packet), || {
                 let mut engine = shard.engine.borrow_mut();
                 if let Some(out) = engine.handle_client(now, from, packet) {
-                    if let Some(r) = shard.relays.borrow().get(&out.relay) {
-                        send_now(&r.socket, &packet[out.range], out.peer);
+                    if let Some(r) = shard.relays.borrow().get(&out.relay.0) {
+                        send_now(&r.socket, &packet[out.range], out.peer.0);
                     }
                 }
                 shard.drain(&mut engine, now);
@@ -317,7 +317,9 @@ async fn relay_reader(
             };
             shard.guarded("peer datagram", || {
                 let mut engine = shard.engine.borrow_mut();
-                if let Some(out) = engine.handle_peer(now, client, bound, peer, &mut buf, n) {
+                if let Some(out) =
+                    engine.handle_peer(now, client, RelayAddr(bound), PeerAddr(peer), &mut buf, n)
+                {
                     shard.send_to_client(out.client, &buf[out.range]);
                 }
             });
@@ -527,12 +529,12 @@ impl Shard {
                 self.reservations.admits(user).map_err(io::Error::other)?;
                 let (even, odd) = bind_pair(&self.relay_cfg, family)?;
                 self.reservations
-                    .hold(token, odd, user, now)
+                    .hold(token.0, odd, user, now)
                     .map_err(io::Error::other)?;
                 even
             }
             PortChoice::Reserved(token) => {
-                self.reservations.take(&token, now).ok_or_else(|| {
+                self.reservations.take(&token.0, now).ok_or_else(|| {
                     io::Error::new(
                         io::ErrorKind::NotFound,
                         "unknown or expired reservation token",
@@ -571,8 +573,8 @@ impl Shard {
         self.guarded(kind_of(frame), || {
             let mut engine = self.engine.borrow_mut();
             if let Some(out) = engine.handle_client(now, client, frame) {
-                if let Some(r) = self.relays.borrow().get(&out.relay) {
-                    send_now(&r.socket, &frame[out.range], out.peer);
+                if let Some(r) = self.relays.borrow().get(&out.relay.0) {
+                    send_now(&r.socket, &frame[out.range], out.peer.0);
                 }
             }
             self.drain(&mut engine, now);

@@ -396,7 +396,11 @@ impl TurnClient {
                     ClientError::Protocol(format!("{code} without a NONCE from the server"))
                 })?;
                 let key = long_term_key(&creds.username, &realm, &creds.password);
-                self.session = Some(Session { realm, nonce, key });
+                self.session = Some(Session {
+                    realm,
+                    nonce,
+                    key: *key.as_bytes(),
+                });
                 continue;
             }
             let reason = String::from_utf8_lossy(&e.reason).trim().to_string();

@@ -9,6 +9,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use rand::Rng;
+
 use stun::attributes::*;
 use stun::message as msg;
 
@@ -16,7 +18,10 @@ use super::allocation::{Allocation, Channel, Counters, Relay};
 use super::metrics::AuthFailure;
 use super::refusal::{BadRequest, Capacity, Refusal};
 use super::wire::{decode_xor_addr, Parsed, Reply, ATTR_ADDITIONAL_ADDRESS_FAMILY};
-use super::{ClientAddr, Command, Engine, Family, PendingAllocate, PortChoice, Transmit};
+use super::{
+    ClientAddr, Command, Engine, Family, PendingAllocate, PortChoice, ReservationToken, SessionId,
+    Transmit,
+};
 use crate::auth::{Key, Lookup, NonceCheck};
 
 /// First and last channel number. RFC 8656 §12 narrowed the range to 0x4000-0x4FFF, but
@@ -255,7 +260,7 @@ impl Engine {
                 return None;
             }
         };
-        match keys.iter().find(|k| req.integrity_matches(&k[..])) {
+        match keys.iter().find(|k| req.integrity_matches(k.as_bytes())) {
             Some(k) => Some(Authed {
                 user: self.shared.auth.principal(user).to_string(),
                 key: *k,
@@ -339,7 +344,7 @@ impl Engine {
                 if additional.is_some() {
                     return Err(BadRequest::EvenPortDual.into());
                 }
-                PortChoice::EvenReserveNext(rand::random())
+                PortChoice::EvenReserveNext(ReservationToken(self.rng.gen()))
             }
             Some([_]) => PortChoice::Even,
             Some(_) => return Err(BadRequest::EvenPort.into()),
@@ -352,7 +357,7 @@ impl Engine {
             if port != PortChoice::Any || requested.is_some() || additional.is_some() {
                 return Err(BadRequest::ReservationTokenWith.into());
             }
-            port = PortChoice::Reserved(token);
+            port = PortChoice::Reserved(ReservationToken(token));
         }
         let family = |v: &[u8]| match *v {
             [1, _, _, _] => Ok(Family::V4),
@@ -477,7 +482,7 @@ impl Engine {
         }
         r.u32(ATTR_LIFETIME, p.lifetime.as_secs() as u32);
         if let Some(token) = p.reserved {
-            r.add_raw(ATTR_RESERVATION_TOKEN, &token);
+            r.add_raw(ATTR_RESERVATION_TOKEN, &token.0);
         }
         r.xor_addr(ATTR_XORMAPPED_ADDRESS, client.remote);
         let bytes = r.sign(&p.key).finish(self.cfg.software.as_deref());
@@ -485,7 +490,7 @@ impl Engine {
         self.metrics.allocations_created += 1;
         self.next_id += 1;
         let mut a = Allocation {
-            id: self.next_id,
+            id: SessionId::new(self.shard, self.next_id),
             user: p.user,
             key: p.key,
             relays,

@@ -24,6 +24,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 use crate::auth::{Authenticator, FailureBudget, NonceMint};
 use crate::policy::PeerPolicy;
 use crate::settings::{ExternalMapping, Lifetimes};
@@ -103,6 +106,15 @@ pub struct ClientAddr {
     pub local: SocketAddr,
 }
 
+/// A peer's address: the far side of a relay (XOR-PEER-ADDRESS, the source of a datagram
+/// on a relay socket). A type of its own so it cannot be swapped with a [`RelayAddr`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The local address a relay socket is bound at (not the advertised one behind a NAT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelayAddr(pub SocketAddr);
+
 /// A control-plane message for a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
@@ -113,8 +125,10 @@ pub struct Transmit {
 /// Send `buf[range]` from the relay socket bound at `relay` to `peer`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToPeer {
-    pub relay: SocketAddr,
-    pub peer: SocketAddr,
+    /// The relay socket to send from.
+    pub relay: RelayAddr,
+    /// Where to send.
+    pub peer: PeerAddr,
     pub range: std::ops::Range<usize>,
 }
 
@@ -148,10 +162,49 @@ pub enum PortChoice {
     Any,
     Even,
     /// An even port, and hold the next one under this token for a later Allocate.
-    EvenReserveNext([u8; 8]),
+    EvenReserveNext(ReservationToken),
     /// The port held under this token (its family is the reserved socket's).
-    Reserved([u8; 8]),
+    Reserved(ReservationToken),
 }
+
+/// An allocation's id, unique across the shards of a server: the shard number in the top
+/// 16 bits ([`Engine::with_shard`]), a per-engine sequence number below. Shown and parsed as
+/// the decimal number (the admin API's `/api/sessions/{id}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(u64);
+
+impl SessionId {
+    /// The id of the `seq`-th allocation of shard `shard`.
+    pub fn new(shard: u16, seq: u64) -> Self {
+        SessionId(u64::from(shard) << 48 | (seq & ((1 << 48) - 1)))
+    }
+    /// The shard that holds the allocation.
+    pub fn shard(self) -> u16 {
+        (self.0 >> 48) as u16
+    }
+    /// The id as one number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for SessionId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(SessionId)
+    }
+}
+
+/// The RESERVATION-TOKEN of a port held by EVEN-PORT's R bit (RFC 8656 §7.2): 8 random
+/// bytes from the engine's RNG, handed to the client and claimed by its next Allocate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReservationToken(pub [u8; 8]);
 
 /// Requests to the I/O layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +240,10 @@ pub struct EngineConfig {
     pub unix_at_epoch: u64,
     /// Log client addresses and usernames redacted.
     pub redact: bool,
+    /// Seed of the engine's random numbers (reservation tokens, the Data-indication
+    /// transaction ids), so tests can predict them. `None` (every server): seeded from the
+    /// operating system's entropy, so each engine has its own stream.
+    pub rng_seed: Option<u64>,
 }
 
 /// The pluggable parts, shared by all shards and swappable on reload.
@@ -219,10 +276,41 @@ struct PendingAllocate {
     /// Families requested but unavailable: reported in ADDRESS-ERROR-CODE.
     refused_v6: bool,
     /// The token to hand back when the next port was reserved.
-    reserved: Option<[u8; 8]>,
+    reserved: Option<ReservationToken>,
     fingerprint: bool,
 }
 
+/// One shard's TURN state machine: sans-IO, driven by the I/O layer.
+///
+/// # Method groups
+/// - **Inputs**: [`handle_client`](Engine::handle_client) (a datagram or one framed message
+///   from a client), [`handle_peer`](Engine::handle_peer) (a datagram on a relay socket),
+///   [`handle_timeout`](Engine::handle_timeout), [`relay_bound`](Engine::relay_bound) (the
+///   answer to [`Command::BindRelays`]), [`client_closed`](Engine::client_closed).
+/// - **Outputs**: [`poll_command`](Engine::poll_command),
+///   [`poll_transmit`](Engine::poll_transmit), [`poll_timeout`](Engine::poll_timeout); the
+///   data path returns [`ToPeer`] / [`ToClient`] directly from its input.
+/// - **Control**: [`set_shared`](Engine::set_shared) (reload),
+///   [`set_draining`](Engine::set_draining), [`with_shard`](Engine::with_shard).
+/// - **Views**: [`stats`](Engine::stats), [`metrics_snapshot`](Engine::metrics_snapshot),
+///   sessions and [`has_allocation`](Engine::has_allocation), for metrics and the admin API.
+///
+/// # Contract
+/// - After **every** input, drain [`poll_command`](Engine::poll_command) until `None`, then
+///   [`poll_transmit`](Engine::poll_transmit) until `None`, then re-read
+///   [`poll_timeout`](Engine::poll_timeout) and call
+///   [`handle_timeout`](Engine::handle_timeout) when it is due. Commands first: a
+///   transmit may answer an Allocate whose relay the I/O layer must already own.
+/// - `now` never goes backwards between calls (pass a monotonic clock; equal is fine).
+/// - A returned byte range ([`ToPeer::range`], [`ToClient::range`]) indexes the buffer the
+///   caller passed to that same call, and is valid only until the caller's next call on the
+///   engine (or its next write to that buffer). Send it before handing the engine more input.
+/// - Every [`Command::BindRelays`] must be answered with [`relay_bound`](Engine::relay_bound)
+///   for the same client, with one result per requested family, in order (`None` for a
+///   failed bind), even if the client went away meanwhile: the engine releases what is no
+///   longer needed with [`Command::ReleaseRelay`]. An unanswered one leaks a quota slot.
+/// - Random numbers come from [`EngineConfig::rng_seed`]; with a seed, an engine's
+///   reservation tokens and Data-indication transaction ids are reproducible.
 pub struct Engine {
     cfg: EngineConfig,
     shared: Shared,
@@ -234,10 +322,14 @@ pub struct Engine {
     timers: BTreeSet<(Instant, ClientAddr)>,
     transmits: VecDeque<Transmit>,
     commands: VecDeque<Command>,
+    /// Reservation tokens and the seed of `tid_state` ([`EngineConfig::rng_seed`]).
+    rng: StdRng,
     /// State for Data-indication transaction ids (not security relevant).
     tid_state: u64,
-    /// The last allocation id handed out.
+    /// The sequence number of the last allocation id handed out.
     next_id: u64,
+    /// This engine's shard number, in its [`SessionId`]s.
+    shard: u16,
     metrics: EngineMetrics,
     /// Shutting down: new Allocates are refused.
     draining: bool,
@@ -245,8 +337,13 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(cfg: EngineConfig, shared: Shared) -> Self {
-        let tid_state = rand::random::<u64>() | 1;
+        let mut rng = match cfg.rng_seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_entropy(),
+        };
+        let tid_state = rng.gen::<u64>() | 1;
         Engine {
+            rng,
             cfg,
             shared,
             allocations_by_client: HashMap::new(),
@@ -256,14 +353,16 @@ impl Engine {
             commands: VecDeque::new(),
             tid_state,
             next_id: 0,
+            shard: 0,
             metrics: EngineMetrics::default(),
             draining: false,
         }
     }
 
-    /// Number this engine's allocation ids with the shard number in the top 16 bits.
+    /// Number this engine's allocation ids with the shard number in the top 16 bits
+    /// ([`SessionId`]).
     pub fn with_shard(mut self, shard: u16) -> Self {
-        self.next_id = u64::from(shard) << 48;
+        self.shard = shard;
         self
     }
 

@@ -417,8 +417,8 @@ impl Reply {
         self.fingerprint = on;
     }
 
-    pub fn sign(mut self, key: &[u8]) -> Self {
-        self.key = Some(key.to_vec());
+    pub fn sign(mut self, key: &crate::auth::Key) -> Self {
+        self.key = Some(key.as_bytes().to_vec());
         self
     }
 

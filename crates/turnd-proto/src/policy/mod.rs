@@ -194,7 +194,7 @@ fn mapped_ipv4_net(net: Ipv6Net) -> Option<Ipv4Net> {
 /// Allow list > deny list (built-in + configured) > allowed, with two rules on top that the
 /// allow list does not lift: the server's listener addresses are always denied (no relay
 /// loops) and peer port 0 is refused. The server's own IPs (interfaces, relay and external
-/// addresses, see [`PeerFilter::for_server`]) are denied on every port outside the relay
+/// addresses, as the daemon collects them) are denied on every port outside the relay
 /// port range, so relay-to-relay calls keep working; only an allow-list entry naming that
 /// very address (/32 or /128) lifts this.
 #[derive(Debug, Clone)]

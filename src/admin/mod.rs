@@ -195,7 +195,7 @@ async fn kill_session(
     if let Some(r) = refused(&s, &headers) {
         return r;
     }
-    let Ok(id) = id.parse::<u64>() else {
+    let Ok(id) = id.parse::<turnd_proto::engine::SessionId>() else {
         return (StatusCode::BAD_REQUEST, "session ids are decimal numbers\n").into_response();
     };
     let control = s.control.clone();

@@ -135,7 +135,7 @@ impl Control {
         all
     }
 
-    pub fn kill_session(&self, id: u64) -> bool {
+    pub fn kill_session(&self, id: turnd_proto::engine::SessionId) -> bool {
         self.ask_all(|r| ShardRequest::KillSession(id, r))
             .into_iter()
             .any(|k| k)

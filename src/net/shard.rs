@@ -22,8 +22,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Relay as RelayConfig, Streams};
 use turnd_proto::engine::{
-    ClientAddr, Command, Engine, EngineStats, Family, MetricsSnapshot, PortChoice, SessionInfo,
-    Shared, Transport, HEADROOM, TAILROOM,
+    ClientAddr, Command, Engine, EngineStats, Family, MetricsSnapshot, PeerAddr, PortChoice,
+    RelayAddr, SessionId, SessionInfo, Shared, Transport, HEADROOM, TAILROOM,
 };
 
 use super::health::{panic_message, take_panic_location, Health, LogLimit};
@@ -49,7 +49,7 @@ pub enum ShardRequest {
     Stats(std::sync::mpsc::Sender<EngineStats>),
     Metrics(std::sync::mpsc::Sender<ShardMetrics>),
     Sessions(Option<String>, std::sync::mpsc::Sender<Vec<SessionInfo>>),
-    KillSession(u64, std::sync::mpsc::Sender<bool>),
+    KillSession(SessionId, std::sync::mpsc::Sender<bool>),
     KillUser(String, std::sync::mpsc::Sender<usize>),
     /// New credentials and policy (SIGHUP); allocations keep running.
     Reload(Shared),
@@ -309,7 +309,9 @@ async fn relay_reader(
     recv_loop(&shard, &sock, HEADROOM, |now, buf, n, peer| {
         shard.guarded("peer datagram", || {
             let mut engine = shard.engine.borrow_mut();
-            if let Some(out) = engine.handle_peer(now, client, bound, peer, buf, n) {
+            if let Some(out) =
+                engine.handle_peer(now, client, RelayAddr(bound), PeerAddr(peer), buf, n)
+            {
                 shard.send_to_client(out.client, &buf[out.range]);
             }
         });
@@ -514,12 +516,12 @@ impl Shard {
                 self.reservations.admits(user).map_err(io::Error::other)?;
                 let (even, odd) = bind_pair(&self.relay_cfg, family)?;
                 self.reservations
-                    .hold(token, odd, user, now)
+                    .hold(token.0, odd, user, now)
                     .map_err(io::Error::other)?;
                 even
             }
             PortChoice::Reserved(token) => {
-                self.reservations.take(&token, now).ok_or_else(|| {
+                self.reservations.take(&token.0, now).ok_or_else(|| {
                     io::Error::new(
                         io::ErrorKind::NotFound,
                         "unknown or expired reservation token",
@@ -577,8 +579,8 @@ impl Shard {
         self.guarded(kind_of(packet), || {
             let mut engine = self.engine.borrow_mut();
             if let Some(out) = engine.handle_client(now, client, packet) {
-                if let Some(r) = self.relays.borrow().get(&out.relay) {
-                    send_now(&r.socket, &packet[out.range], out.peer);
+                if let Some(r) = self.relays.borrow().get(&out.relay.0) {
+                    send_now(&r.socket, &packet[out.range], out.peer.0);
                 }
             }
             self.flush_outputs(&mut engine, now);

@@ -24,8 +24,9 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use crate::server::Transport;
-use crate::wire::stream_frame_len;
+use turnd_proto::auth::long_term_key;
+use turnd_proto::engine::Transport;
+use turnd_proto::frames::stream_frame_len;
 
 /// A byte stream to the server (TCP or TLS over TCP).
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -394,8 +395,7 @@ impl TurnClient {
                 let nonce = text(&resp, ATTR_NONCE).ok_or_else(|| {
                     ClientError::Protocol(format!("{code} without a NONCE from the server"))
                 })?;
-                let key =
-                    turnd_proto::auth::long_term_key(&creds.username, &realm, &creds.password);
+                let key = long_term_key(&creds.username, &realm, &creds.password);
                 self.session = Some(Session {
                     realm,
                     nonce,

@@ -18,13 +18,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use stun::message::METHOD_SEND;
 use tokio::io::Interest;
 use tokio::time::MissedTickBehavior;
+use turnd_proto::frames::{
+    indication_header_len, padded, write_channel_header, write_indication_header,
+    CHANNEL_DATA_HEADER,
+};
 
 use crate::client::{Conn, Link, TurnClient};
 use crate::mmsg::Batch;
 use crate::stats::Counters;
-use crate::wire::{relayed_payload, send_header_len, write_channel_header, write_send_header};
+use crate::wire::relayed_payload;
 use crate::worker::{Params, CHANNEL};
 
 /// What the data phase sends.
@@ -73,12 +78,12 @@ impl Flow {
         let size = self.params.size;
         match self.params.mode {
             Mode::Send => Frame {
-                payload: send_header_len(&self.peer),
-                len: send_header_len(&self.peer) + ((size + 3) & !3),
+                payload: indication_header_len(&self.peer),
+                len: indication_header_len(&self.peer) + padded(size),
             },
             _ => Frame {
-                payload: 4,
-                len: 4 + if stream { (size + 3) & !3 } else { size },
+                payload: CHANNEL_DATA_HEADER,
+                len: CHANNEL_DATA_HEADER + if stream { padded(size) } else { size },
             },
         }
     }
@@ -87,10 +92,12 @@ impl Flow {
         let size = self.params.size;
         let f = self.frame(stream);
         buf[f.payload..f.payload + size].fill(0);
-        match self.params.mode {
-            Mode::Send => write_send_header(buf, tid, &self.peer, size),
+        let written = match self.params.mode {
+            Mode::Send => write_indication_header(buf, METHOD_SEND, tid, &self.peer, size),
             _ => write_channel_header(buf, CHANNEL, size, stream),
         };
+        // Invariant: the buffers are sized from `frame()` and `size` is at most 8192.
+        assert_eq!(written, Some(f.len), "a frame template fits its buffer");
     }
 
     fn tick(&self) -> Duration {

@@ -16,7 +16,9 @@ use serde_json::json;
 
 use crate::creds::AuthArgs;
 use crate::flow::Mode;
-use crate::server::{ServerUrl, Transport};
+use turnd_proto::engine::Transport;
+
+use crate::server::{parse_transport, ServerUrl};
 use crate::stats::{rtt_histogram, Counters, CpuSample, CpuUse, Rtt};
 use crate::worker::{self, Cmd, DataResult, Params, Reply};
 
@@ -29,7 +31,7 @@ pub struct LoadArgs {
     #[arg(long, short = 's', value_parser = crate::parse_url)]
     pub server: ServerUrl,
     /// Override the URL's transport (give the matching port).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = parse_transport)]
     pub transport: Option<Transport>,
     #[command(flatten)]
     pub auth: AuthArgs,
@@ -429,7 +431,7 @@ impl Report<'_> {
         if as_json {
             let v = json!({
                 "server": a.server.to_string(), "address": self.server.to_string(),
-                "transport": self.transport, "mode": a.mode, "size": a.size, "threads": self.threads,
+                "transport": self.transport.as_str(), "mode": a.mode, "size": a.size, "threads": self.threads,
                 "saturate": self.rate.is_none(), "window": a.window, "rate_per_allocation": self.rate,
                 "duration_s": self.data_secs,
                 "allocations": {"requested": a.allocations, "ok": self.allocated, "failed": self.failed,

@@ -77,6 +77,7 @@ mod tests {
     use std::time::Duration;
 
     use clap::{CommandFactory, Parser};
+    use turnd_proto::engine::Transport;
 
     use super::{Cli, Command};
 
@@ -106,5 +107,27 @@ mod tests {
             (a.duration, a.timeout),
             (Duration::from_secs(10), Duration::from_secs(5))
         );
+    }
+
+    #[test]
+    fn transport_flag_takes_the_proto_crates_transports() {
+        let transport = |v: &str| {
+            let argv = [
+                "turnctl",
+                "load",
+                "-s",
+                "turn:127.0.0.1:9",
+                "--transport",
+                v,
+            ];
+            Cli::try_parse_from(argv).map(|c| match c.command {
+                Command::Load(a) => a.transport,
+                other => panic!("parsed as {other:?}"),
+            })
+        };
+        for t in [Transport::Udp, Transport::Tcp, Transport::Tls] {
+            assert_eq!(transport(t.as_str()).unwrap(), Some(t));
+        }
+        assert!(transport("sctp").is_err());
     }
 }

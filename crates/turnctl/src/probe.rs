@@ -14,8 +14,14 @@ use tokio::net::UdpSocket;
 
 use crate::client::{ClientError, Conn, TlsTarget, TurnClient};
 use crate::creds::AuthArgs;
-use crate::server::{ServerUrl, Transport};
-use crate::wire::{relayed_payload, send_header_len, write_channel_header, write_send_header};
+use stun::message::METHOD_SEND;
+use turnd_proto::engine::Transport;
+use turnd_proto::frames::{
+    indication_header_len, write_channel_header, write_indication_header, CHANNEL_DATA_HEADER,
+};
+
+use crate::server::ServerUrl;
+use crate::wire::relayed_payload;
 
 const CHANNEL: u16 = 0x4000;
 
@@ -115,7 +121,7 @@ pub fn run(args: &ProbeArgs) -> anyhow::Result<bool> {
     };
     if args.json {
         let v = json!({"server": args.server.to_string(), "address": server.to_string(),
-            "transport": args.server.transport, "realm": realm, "ok": ok, "steps": p.steps,
+            "transport": args.server.transport.as_str(), "realm": realm, "ok": ok, "steps": p.steps,
             "summary": summary});
         println!("{v}");
     } else {
@@ -224,21 +230,13 @@ async fn relay_steps(
     let stream = c.conn.transport != Transport::Udp;
     let token: [u8; 16] = rand::random();
     let mut buf = vec![0u8; 256];
-    let h = send_header_len(&peer);
+    let h = indication_header_len(&peer);
     buf[h..h + 16].copy_from_slice(&token);
-    let n = write_send_header(&mut buf, &rand::random(), &peer, token.len());
-    let t = Instant::now();
-    let r = round_trip(c, &buf[..n], &token, peer, "Data indication").await;
-    p.record(
-        "Send -> Data",
-        t,
-        r.map(|rtt| {
-            (
-                (),
-                format!("{} bytes to {peer} and back, rtt {rtt:.2} ms", token.len()),
-            )
-        }),
-    )?;
+    let n = write_indication_header(&mut buf, METHOD_SEND, &rand::random(), &peer, token.len())
+        .expect("256 bytes hold a Send indication of 16");
+    let detail = |rtt| format!("{} bytes to {peer} and back, rtt {rtt:.2} ms", token.len());
+    let r = echo_step(c, &buf[..n], &token, peer, "Data indication", detail).await;
+    p.record("Send -> Data", r.0, r.1)?;
 
     let t = Instant::now();
     let r = c
@@ -248,23 +246,30 @@ async fn relay_steps(
     p.record("ChannelBind", t, r)?;
 
     let mut buf = vec![0u8; 64];
-    buf[4..20].copy_from_slice(&token);
-    let n = write_channel_header(&mut buf, CHANNEL, token.len(), stream);
+    buf[CHANNEL_DATA_HEADER..CHANNEL_DATA_HEADER + 16].copy_from_slice(&token);
+    let n = write_channel_header(&mut buf, CHANNEL, token.len(), stream)
+        .expect("64 bytes hold a ChannelData message of 16");
+    let detail = |rtt| {
+        let len = token.len();
+        format!("{len} bytes on channel {CHANNEL:#06x} and back, rtt {rtt:.2} ms")
+    };
+    let r = echo_step(c, &buf[..n], &token, peer, "ChannelData", detail).await;
+    p.record("ChannelData", r.0, r.1)
+}
+
+/// One relay step: [`round_trip`] with its start time and, when it passed, the verdict's
+/// detail from the RTT.
+async fn echo_step(
+    c: &mut TurnClient,
+    frame: &[u8],
+    token: &[u8],
+    peer: SocketAddr,
+    what: &str,
+    detail: impl FnOnce(f64) -> String,
+) -> (Instant, Result<((), String), ClientError>) {
     let t = Instant::now();
-    let r = round_trip(c, &buf[..n], &token, peer, "ChannelData").await;
-    p.record(
-        "ChannelData",
-        t,
-        r.map(|rtt| {
-            (
-                (),
-                format!(
-                    "{} bytes on channel {CHANNEL:#06x} and back, rtt {rtt:.2} ms",
-                    token.len()
-                ),
-            )
-        }),
-    )
+    let r = round_trip(c, frame, token, peer, what).await;
+    (t, r.map(|rtt| ((), detail(rtt))))
 }
 
 /// Send `frame` (retransmitting every 500 ms: datagrams may be lost) until a message with

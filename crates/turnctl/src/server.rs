@@ -5,25 +5,7 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Context};
-
-/// How turnctl talks to the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    Udp,
-    Tcp,
-    Tls,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
-        }
-    }
-}
+use turnd_proto::engine::Transport;
 
 /// A parsed `turn:HOST[:PORT][?transport=udp|tcp]`, `turns:HOST[:PORT]` or `stun:HOST[:PORT]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +100,14 @@ impl fmt::Display for ServerUrl {
             _ => Ok(()),
         }
     }
+}
+
+/// clap value parser for `--transport`: `udp`, `tcp` or `tls`.
+pub fn parse_transport(s: &str) -> Result<Transport, String> {
+    [Transport::Udp, Transport::Tcp, Transport::Tls]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+        .ok_or_else(|| format!("{s:?}: expected udp, tcp or tls"))
 }
 
 impl ServerUrl {

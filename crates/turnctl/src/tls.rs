@@ -33,10 +33,10 @@ impl TlsArgs {
     /// What a `turns:` connection to `host` needs; `None` for the other transports.
     pub fn target(
         &self,
-        transport: crate::server::Transport,
+        transport: turnd_proto::engine::Transport,
         host: &str,
     ) -> anyhow::Result<Option<crate::client::TlsTarget>> {
-        if transport != crate::server::Transport::Tls {
+        if transport != turnd_proto::engine::Transport::Tls {
             return Ok(None);
         }
         Ok(Some(crate::client::TlsTarget {

@@ -19,8 +19,8 @@ use tokio::task::LocalSet;
 use crate::client::{ClientError, Conn, Credentials, TlsTarget, TurnClient};
 use crate::echo::{self, EchoCount};
 use crate::flow::{self, Flow, Mode};
-use crate::server::Transport;
 use crate::stats::{rtt_histogram, thread_id, Counters};
+use turnd_proto::engine::Transport;
 
 /// The channel number every allocation binds to its echo peer.
 pub const CHANNEL: u16 = 0x4000;

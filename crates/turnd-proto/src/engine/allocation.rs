@@ -36,7 +36,7 @@ pub struct Counters {
 #[derive(Debug)]
 pub struct Allocation {
     /// Unique per server: the shard number in the top 16 bits.
-    pub id: u64,
+    pub id: super::SessionId,
     pub user: String,
     /// The long-term key the allocation was created with; later requests must match it.
     pub key: Key,
@@ -153,7 +153,7 @@ mod tests {
         let now = Instant::now();
         let later = now + Duration::from_secs(300);
         let mut a = Allocation {
-            id: 1,
+            id: crate::engine::SessionId::new(0, 1),
             user: "u".into(),
             key: crate::auth::Key::new([0; 16]),
             relays: vec![],

@@ -18,7 +18,10 @@ use super::allocation::{Allocation, Channel, Counters, Relay};
 use super::metrics::AuthFailure;
 use super::refusal::{BadRequest, Capacity, Refusal};
 use super::wire::{decode_xor_addr, Parsed, Reply, ATTR_ADDITIONAL_ADDRESS_FAMILY};
-use super::{ClientAddr, Command, Engine, Family, PendingAllocate, PortChoice, Transmit};
+use super::{
+    ClientAddr, Command, Engine, Family, PendingAllocate, PortChoice, ReservationToken, SessionId,
+    Transmit,
+};
 use crate::auth::{Key, Lookup, NonceCheck};
 
 /// First and last channel number. RFC 8656 §12 narrowed the range to 0x4000-0x4FFF, but
@@ -341,7 +344,7 @@ impl Engine {
                 if additional.is_some() {
                     return Err(BadRequest::EvenPortDual.into());
                 }
-                PortChoice::EvenReserveNext(self.rng.gen())
+                PortChoice::EvenReserveNext(ReservationToken(self.rng.gen()))
             }
             Some([_]) => PortChoice::Even,
             Some(_) => return Err(BadRequest::EvenPort.into()),
@@ -354,7 +357,7 @@ impl Engine {
             if port != PortChoice::Any || requested.is_some() || additional.is_some() {
                 return Err(BadRequest::ReservationTokenWith.into());
             }
-            port = PortChoice::Reserved(token);
+            port = PortChoice::Reserved(ReservationToken(token));
         }
         let family = |v: &[u8]| match *v {
             [1, _, _, _] => Ok(Family::V4),
@@ -479,7 +482,7 @@ impl Engine {
         }
         r.u32(ATTR_LIFETIME, p.lifetime.as_secs() as u32);
         if let Some(token) = p.reserved {
-            r.add_raw(ATTR_RESERVATION_TOKEN, &token);
+            r.add_raw(ATTR_RESERVATION_TOKEN, &token.0);
         }
         r.xor_addr(ATTR_XORMAPPED_ADDRESS, client.remote);
         let bytes = r.sign(&p.key).finish(self.cfg.software.as_deref());
@@ -487,7 +490,7 @@ impl Engine {
         self.metrics.allocations_created += 1;
         self.next_id += 1;
         let mut a = Allocation {
-            id: self.next_id,
+            id: SessionId::new(self.shard, self.next_id),
             user: p.user,
             key: p.key,
             relays,

@@ -8,7 +8,6 @@
 
 #![deny(clippy::indexing_slicing)]
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::control::{CHANNEL_MAX, CHANNEL_MIN};
@@ -16,7 +15,7 @@ use super::wire::{
     encode_xor_addr, parse_send, ATTR_DATA_BYTES, ATTR_XOR_PEER_ADDRESS_BYTES,
     MSG_DATA_INDICATION_BYTES,
 };
-use super::{ClientAddr, Engine, ToClient, ToPeer, HEADROOM};
+use super::{ClientAddr, Engine, PeerAddr, RelayAddr, ToClient, ToPeer, HEADROOM};
 
 impl Engine {
     pub(super) fn on_send(&mut self, now: Instant, from: ClientAddr, buf: &[u8]) -> Option<ToPeer> {
@@ -28,7 +27,11 @@ impl Engine {
         }
         a.stats.packets_to_peer += 1;
         a.stats.bytes_to_peer += range.len() as u64;
-        Some(ToPeer { relay, peer, range })
+        Some(ToPeer {
+            relay: RelayAddr(relay),
+            peer: PeerAddr(peer),
+            range,
+        })
     }
 
     pub(super) fn on_channel_data(
@@ -55,8 +58,8 @@ impl Engine {
         a.stats.packets_to_peer += 1;
         a.stats.bytes_to_peer += len as u64;
         Some(ToPeer {
-            relay,
-            peer,
+            relay: RelayAddr(relay),
+            peer: PeerAddr(peer),
             range: 4..4 + len,
         })
     }
@@ -69,8 +72,8 @@ impl Engine {
         &mut self,
         now: Instant,
         client: ClientAddr,
-        relay: SocketAddr,
-        peer: SocketAddr,
+        RelayAddr(relay): RelayAddr,
+        PeerAddr(peer): PeerAddr,
         buf: &mut [u8],
         len: usize,
     ) -> Option<ToClient> {

@@ -94,7 +94,7 @@ pub struct MetricsSnapshot {
 /// One allocation as the admin API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionInfo {
-    pub id: u64,
+    pub id: super::SessionId,
     pub user: String,
     pub client: SocketAddr,
     pub transport: Transport,
@@ -211,7 +211,7 @@ impl Engine {
     }
 
     /// End the allocation with this id now; true if this engine had it.
-    pub fn kill_session(&mut self, now: Instant, id: u64) -> bool {
+    pub fn kill_session(&mut self, now: Instant, id: super::SessionId) -> bool {
         let client = self
             .allocations_by_client
             .iter()

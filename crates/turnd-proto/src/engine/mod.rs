@@ -106,6 +106,15 @@ pub struct ClientAddr {
     pub local: SocketAddr,
 }
 
+/// A peer's address: the far side of a relay (XOR-PEER-ADDRESS, the source of a datagram
+/// on a relay socket). A type of its own so it cannot be swapped with a [`RelayAddr`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The local address a relay socket is bound at (not the advertised one behind a NAT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelayAddr(pub SocketAddr);
+
 /// A control-plane message for a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
@@ -116,8 +125,10 @@ pub struct Transmit {
 /// Send `buf[range]` from the relay socket bound at `relay` to `peer`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToPeer {
-    pub relay: SocketAddr,
-    pub peer: SocketAddr,
+    /// The relay socket to send from.
+    pub relay: RelayAddr,
+    /// Where to send.
+    pub peer: PeerAddr,
     pub range: std::ops::Range<usize>,
 }
 
@@ -151,10 +162,49 @@ pub enum PortChoice {
     Any,
     Even,
     /// An even port, and hold the next one under this token for a later Allocate.
-    EvenReserveNext([u8; 8]),
+    EvenReserveNext(ReservationToken),
     /// The port held under this token (its family is the reserved socket's).
-    Reserved([u8; 8]),
+    Reserved(ReservationToken),
 }
+
+/// An allocation's id, unique across the shards of a server: the shard number in the top
+/// 16 bits ([`Engine::with_shard`]), a per-engine sequence number below. Shown and parsed as
+/// the decimal number (the admin API's `/api/sessions/{id}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(u64);
+
+impl SessionId {
+    /// The id of the `seq`-th allocation of shard `shard`.
+    pub fn new(shard: u16, seq: u64) -> Self {
+        SessionId(u64::from(shard) << 48 | (seq & ((1 << 48) - 1)))
+    }
+    /// The shard that holds the allocation.
+    pub fn shard(self) -> u16 {
+        (self.0 >> 48) as u16
+    }
+    /// The id as one number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for SessionId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(SessionId)
+    }
+}
+
+/// The RESERVATION-TOKEN of a port held by EVEN-PORT's R bit (RFC 8656 §7.2): 8 random
+/// bytes from the engine's RNG, handed to the client and claimed by its next Allocate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReservationToken(pub [u8; 8]);
 
 /// Requests to the I/O layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,7 +276,7 @@ struct PendingAllocate {
     /// Families requested but unavailable: reported in ADDRESS-ERROR-CODE.
     refused_v6: bool,
     /// The token to hand back when the next port was reserved.
-    reserved: Option<[u8; 8]>,
+    reserved: Option<ReservationToken>,
     fingerprint: bool,
 }
 
@@ -276,8 +326,10 @@ pub struct Engine {
     rng: StdRng,
     /// State for Data-indication transaction ids (not security relevant).
     tid_state: u64,
-    /// The last allocation id handed out.
+    /// The sequence number of the last allocation id handed out.
     next_id: u64,
+    /// This engine's shard number, in its [`SessionId`]s.
+    shard: u16,
     metrics: EngineMetrics,
     /// Shutting down: new Allocates are refused.
     draining: bool,
@@ -301,14 +353,16 @@ impl Engine {
             commands: VecDeque::new(),
             tid_state,
             next_id: 0,
+            shard: 0,
             metrics: EngineMetrics::default(),
             draining: false,
         }
     }
 
-    /// Number this engine's allocation ids with the shard number in the top 16 bits.
+    /// Number this engine's allocation ids with the shard number in the top 16 bits
+    /// ([`SessionId`]).
     pub fn with_shard(mut self, shard: u16) -> Self {
-        self.next_id = u64::from(shard) << 48;
+        self.shard = shard;
         self
     }
 

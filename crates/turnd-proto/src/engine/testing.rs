@@ -19,8 +19,8 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
 use super::{
-    ClientAddr, Command, Engine, EngineConfig, Family, Quotas, Shared, Transport, HEADROOM,
-    TAILROOM,
+    ClientAddr, Command, Engine, EngineConfig, Family, PeerAddr, Quotas, RelayAddr, Shared,
+    Transport, HEADROOM, TAILROOM,
 };
 use crate::auth::{long_term_key, Authenticator, FailureBudget, Key, Lookup, NonceMint};
 use crate::policy::PeerPolicy;
@@ -448,10 +448,14 @@ impl Harness {
                     .unwrap_or(SocketAddr::from(([198, 51, 100, 1], 1)));
                 let len = usize::from(*len).min(65_507);
                 let mut buf = vec![0xA5u8; HEADROOM + len + TAILROOM];
-                if let Some(out) =
-                    self.engine
-                        .handle_peer(self.now, c, relay, peer_addr(*peer), &mut buf, len)
-                {
+                if let Some(out) = self.engine.handle_peer(
+                    self.now,
+                    c,
+                    RelayAddr(relay),
+                    PeerAddr(peer_addr(*peer)),
+                    &mut buf,
+                    len,
+                ) {
                     self.relayed += 1;
                     assert!(out.range.end <= buf.len(), "range inside the buffer");
                     assert!(out.range.len() >= len, "payload not truncated");

@@ -284,8 +284,14 @@ fn from_peer(
 ) -> Option<(ClientAddr, Vec<u8>)> {
     let mut buf = vec![0xAAu8; HEADROOM + payload.len() + TAILROOM];
     buf[HEADROOM..HEADROOM + payload.len()].copy_from_slice(payload);
-    let out =
-        t.e.handle_peer(t.now, c, relay, p, &mut buf, payload.len())?;
+    let out = t.e.handle_peer(
+        t.now,
+        c,
+        RelayAddr(relay),
+        PeerAddr(p),
+        &mut buf,
+        payload.len(),
+    )?;
     Some((out.client, buf[out.range].to_vec()))
 }
 
@@ -325,7 +331,7 @@ fn full_allocation_life_cycle() {
     let out = t
         .send(c, &send_indication(peer(1), b"hello"))
         .expect("relayed");
-    assert_eq!((out.relay, out.peer), (relay, peer(1)));
+    assert_eq!((out.relay.0, out.peer.0), (relay, peer(1)));
     let si = send_indication(peer(1), b"hello");
     assert_eq!(&si[out.range], b"hello");
 
@@ -348,7 +354,7 @@ fn full_allocation_life_cycle() {
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
     let cd = channel_data(0x4000, b"abc");
     let out = t.send(c, &cd).expect("relayed");
-    assert_eq!((out.peer, &cd[out.range.clone()]), (peer(2), &b"abc"[..]));
+    assert_eq!((out.peer.0, &cd[out.range.clone()]), (peer(2), &b"abc"[..]));
     let (_, bytes) = from_peer(&mut t, c, relay, peer(2), b"defgh").unwrap();
     assert_eq!(bytes, channel_data(0x4000, b"defgh"), "no padding over UDP");
 
@@ -1034,7 +1040,7 @@ fn even_port_with_r_bit_reserves_and_the_token_claims_the_next_port() {
     let token: [u8; 8] = r.get(ATTR_RESERVATION_TOKEN).unwrap().try_into().unwrap();
     assert!(matches!(
         t.seen.last(),
-        Some(Command::BindRelays { port: PortChoice::EvenReserveNext(x), .. }) if *x == token
+        Some(Command::BindRelays { port: PortChoice::EvenReserveNext(x), .. }) if x.0 == token
     ));
     let c2 = client(2);
     let n2 = t.nonce(c2);
@@ -1048,7 +1054,7 @@ fn even_port_with_r_bit_reserves_and_the_token_claims_the_next_port() {
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
     assert!(matches!(
         t.seen.last(),
-        Some(Command::BindRelays { port: PortChoice::Reserved(x), .. }) if *x == token
+        Some(Command::BindRelays { port: PortChoice::Reserved(x), .. }) if x.0 == token
     ));
     // Plain EVEN-PORT asks for an even port and hands out no token.
     let c3 = client(3);
@@ -1098,7 +1104,7 @@ fn external_mapping_advertises_the_public_address_and_relays_on_the_private_one(
     let bound = SocketAddr::new("198.51.100.1".parse().unwrap(), advertised.port());
     t.authed(c, &n, Req::new(METHOD_CREATE_PERMISSION).peer(peer(1)));
     let out = t.send(c, &send_indication(peer(1), b"x")).unwrap();
-    assert_eq!(out.relay, bound, "sent from the bound (private) socket");
+    assert_eq!(out.relay.0, bound, "sent from the bound (private) socket");
     let (to, _) = from_peer(&mut t, c, bound, peer(1), b"y").unwrap();
     assert_eq!(
         to, c,
@@ -1181,8 +1187,8 @@ fn mutated_and_random_packets_after_allocate_never_panic_or_grow_state() {
             let _ = t.e.handle_peer(
                 t.now,
                 c,
-                relay,
-                peer(rng.below(3) as u16 + 1),
+                RelayAddr(relay),
+                PeerAddr(peer(rng.below(3) as u16 + 1)),
                 &mut buf,
                 len,
             );
@@ -1336,3 +1342,11 @@ fn stream_closed_while_the_relay_is_being_bound_frees_the_quota_and_the_socket()
 }
 
 mod advisories;
+
+#[test]
+fn session_ids_carry_their_shard_and_print_as_one_number() {
+    let id = SessionId::new(3, 7);
+    assert_eq!((id.shard(), id.get()), (3, (3 << 48) | 7));
+    assert_eq!(id.to_string(), ((3u64 << 48) | 7).to_string());
+    assert_eq!(id.to_string().parse::<SessionId>(), Ok(id));
+}

@@ -28,12 +28,13 @@ use crate::auth::{Key, Lookup, NonceCheck};
 /// RFC 5766 clients (coturn's own `turnutils_uclient` among them) pick from 0x4000-0x7FFF,
 /// and coturn accepts that range; so do we. Numbers in it cannot be mistaken for STUN.
 pub const CHANNEL_MIN: u16 = 0x4000;
+/// See [`CHANNEL_MIN`].
 pub const CHANNEL_MAX: u16 = 0x7FFF;
 const PROTO_UDP: u8 = 17;
 /// Answers to requests that did not authenticate are smaller than this many times the
 /// request (UDP; issue 10 item 9). `config::validate` bounds the realm so that the smallest
 /// real first Allocate (REQUESTED-TRANSPORT only, 28 bytes) still gets its 401.
-pub const MAX_AMPLIFICATION: usize = 3;
+pub(crate) const MAX_AMPLIFICATION: usize = 3;
 
 /// Attributes understood in requests; other comprehension-required ones get 420.
 const KNOWN: &[AttrType] = &[

@@ -53,9 +53,9 @@ pub struct Allocation {
     /// Peer IP -> when its permission expires.
     pub permissions: HashMap<IpAddr, Instant>,
     /// Channel number -> its binding.
-    pub channels_by_number: HashMap<u16, Channel>,
+    pub channels_by_number: HashMap<super::ChannelNumber, Channel>,
     /// Peer -> its channel number (the reverse of `channels_by_number`).
-    pub channels_by_peer: HashMap<SocketAddr, u16>,
+    pub channels_by_peer: HashMap<SocketAddr, super::ChannelNumber>,
     /// Traffic counters, for the lifecycle log and metrics.
     pub stats: Counters,
     /// (transaction id, response) of recent requests, newest last; grown one slot at a time
@@ -185,7 +185,7 @@ mod tests {
         ];
         for (i, p) in peers.iter().enumerate() {
             a.permissions.insert(p.ip(), later);
-            let n = 0x4000 + i as u16;
+            let n = crate::engine::ChannelNumber::new(0x4000 + i as u16).unwrap();
             a.channels_by_number.insert(
                 n,
                 Channel {
@@ -202,7 +202,10 @@ mod tests {
             "the address is still allowed"
         );
         assert_eq!(a.channels_by_number.len(), 1);
-        assert_eq!(a.channels_by_peer.get(&peers[2]), Some(&0x4002));
+        assert_eq!(
+            a.channels_by_peer.get(&peers[2]).map(|n| n.get()),
+            Some(0x4002)
+        );
         assert_eq!(a.retain_allowed(&Tight), (0, 0));
     }
 }

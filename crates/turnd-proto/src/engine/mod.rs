@@ -65,7 +65,7 @@ pub mod fault {
 }
 
 pub use allocation::Allocation;
-pub use control::{CHANNEL_MAX, CHANNEL_MIN};
+pub use control::{ChannelNumber, CHANNEL_MAX, CHANNEL_MIN};
 pub use metrics::{EngineMetrics, MetricsSnapshot, SessionInfo};
 pub use quota::Quotas;
 pub use refusal::{BadRequest, Capacity, Refusal};

@@ -1,6 +1,7 @@
 //! Prometheus text exposition of the shards' snapshots. Metric names are constants and each
 //! is described (HELP/TYPE) exactly once.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::net::ShardMetrics;
@@ -33,6 +34,20 @@ const FAMILIES: [&str; 3] = ["ipv4", "ipv6", "dual"];
 
 fn describe(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The shards' counters of one labelled family, added up by label.
+fn summed<K: Ord + Copy>(
+    shards: &[ShardMetrics],
+    map: impl Fn(&ShardMetrics) -> &BTreeMap<K, u64>,
+) -> BTreeMap<K, u64> {
+    let mut total = BTreeMap::new();
+    for s in shards {
+        for (k, v) in map(s) {
+            *total.entry(*k).or_insert(0) += v;
+        }
+    }
+    total
 }
 
 /// Render every metric from the shards' snapshots (shard index = position).
@@ -103,13 +118,7 @@ pub fn render(shards: &[ShardMetrics]) -> String {
         "counter",
         "STUN/TURN responses sent, by method and code (0: success).",
     );
-    let mut responses = std::collections::BTreeMap::new();
-    for s in shards {
-        for (k, v) in &s.engine.counters.responses {
-            *responses.entry(*k).or_insert(0u64) += v;
-        }
-    }
-    for ((method, code), n) in responses {
+    for ((method, code), n) in summed(shards, |s| &s.engine.counters.responses) {
         let _ = writeln!(
             o,
             "{RESPONSES_TOTAL}{{method=\"{method}\",code=\"{code}\"}} {n}"
@@ -122,13 +131,7 @@ pub fn render(shards: &[ShardMetrics]) -> String {
         "counter",
         "Error answers sent, by why (finer than the code: bad_request_lifetime, quota, ...).",
     );
-    let mut refusals = std::collections::BTreeMap::new();
-    for s in shards {
-        for (k, v) in &s.engine.counters.refusals {
-            *refusals.entry(*k).or_insert(0u64) += v;
-        }
-    }
-    for (reason, n) in refusals {
+    for (reason, n) in summed(shards, |s| &s.engine.counters.refusals) {
         let _ = writeln!(o, "{REFUSALS_TOTAL}{{reason=\"{reason}\"}} {n}");
     }
 

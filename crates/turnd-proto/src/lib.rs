@@ -12,6 +12,8 @@
 //! No tokio, no sockets, no clock, no HTTP or TLS: the daemon (`turnd`) does the I/O.
 //! See ARCHITECTURE.md for the crates and the data flow.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod auth;
 pub mod engine;
 pub mod frames;

@@ -76,6 +76,8 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// The authenticator for `[auth]`: static users' keys derived once, REST secrets kept for
+    /// lookups.
     pub fn from_config(auth: &settings::Auth, realm: &str) -> Self {
         let mut keys_by_user = HashMap::with_capacity(auth.users.len());
         for user in &auth.users {

@@ -80,6 +80,7 @@ pub trait Authenticator: Send + Sync {
 /// Result of checking a nonce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NonceCheck {
+    /// Ours, for this client, and fresh.
     Valid,
     /// Ours, for this client, but older than the nonce lifetime: answer 438.
     Stale,

@@ -28,12 +28,30 @@ use crate::auth::{Key, Lookup, NonceCheck};
 /// RFC 5766 clients (coturn's own `turnutils_uclient` among them) pick from 0x4000-0x7FFF,
 /// and coturn accepts that range; so do we. Numbers in it cannot be mistaken for STUN.
 pub const CHANNEL_MIN: u16 = 0x4000;
+/// See [`CHANNEL_MIN`].
 pub const CHANNEL_MAX: u16 = 0x7FFF;
+
+/// A channel number, in [`CHANNEL_MIN`]..=[`CHANNEL_MAX`] by construction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelNumber(u16);
+
+impl ChannelNumber {
+    /// `n` if it is a channel number; `None` otherwise.
+    pub fn new(n: u16) -> Option<Self> {
+        (CHANNEL_MIN..=CHANNEL_MAX)
+            .contains(&n)
+            .then_some(ChannelNumber(n))
+    }
+    /// The number, as on the wire.
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
 const PROTO_UDP: u8 = 17;
 /// Answers to requests that did not authenticate are smaller than this many times the
 /// request (UDP; issue 10 item 9). `config::validate` bounds the realm so that the smallest
 /// real first Allocate (REQUESTED-TRANSPORT only, 28 bytes) still gets its 401.
-pub const MAX_AMPLIFICATION: usize = 3;
+pub(crate) const MAX_AMPLIFICATION: usize = 3;
 
 /// Attributes understood in requests; other comprehension-required ones get 420.
 const KNOWN: &[AttrType] = &[
@@ -647,9 +665,9 @@ impl Engine {
             Some(&[a, b, _, _]) => u16::from_be_bytes([a, b]),
             _ => return Err(BadRequest::ChannelNumber.into()),
         };
-        if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&number) {
+        let Some(number) = ChannelNumber::new(number) else {
             return Err(BadRequest::ChannelRange.into());
-        }
+        };
         let peer = match *self.checked_peers(&from, req)? {
             [p] => p,
             _ => return Err(BadRequest::ChannelPeers.into()),

@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use super::control::{CHANNEL_MAX, CHANNEL_MIN};
+use super::control::ChannelNumber;
 use super::wire::{
     encode_xor_addr, parse_send, ATTR_DATA_BYTES, ATTR_XOR_PEER_ADDRESS_BYTES,
     MSG_DATA_INDICATION_BYTES,
@@ -43,9 +43,9 @@ impl Engine {
         let &[n0, n1, l0, l1, ..] = buf else {
             return None;
         };
-        let number = u16::from_be_bytes([n0, n1]);
+        let number = ChannelNumber::new(u16::from_be_bytes([n0, n1]))?;
         let len = usize::from(u16::from_be_bytes([l0, l1]));
-        if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&number) || 4 + len > buf.len() {
+        if 4 + len > buf.len() {
             return None;
         }
         let a = self.allocations_by_client.get_mut(&from)?;
@@ -97,7 +97,7 @@ impl Engine {
                 };
                 let out = buf.get_mut(start..HEADROOM + padded)?;
                 let (h, rest) = out.split_first_chunk_mut::<4>()?;
-                let ([n0, n1], [l0, l1]) = (number.to_be_bytes(), len16.to_be_bytes());
+                let ([n0, n1], [l0, l1]) = (number.get().to_be_bytes(), len16.to_be_bytes());
                 *h = [n0, n1, l0, l1];
                 rest.get_mut(len..)?.fill(0);
                 start..HEADROOM + padded

@@ -65,7 +65,7 @@ pub mod fault {
 }
 
 pub use allocation::Allocation;
-pub use control::{CHANNEL_MAX, CHANNEL_MIN};
+pub use control::{ChannelNumber, CHANNEL_MAX, CHANNEL_MIN};
 pub use metrics::{EngineMetrics, MetricsSnapshot, SessionInfo};
 pub use quota::Quotas;
 pub use refusal::{BadRequest, Capacity, Refusal};
@@ -79,8 +79,11 @@ pub const TAILROOM: usize = 4;
 /// How a client reaches us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Transport {
+    /// Plain UDP.
     Udp,
+    /// TCP (RFC 6062 framing of STUN and ChannelData).
     Tcp,
+    /// TLS over TCP.
     Tls,
 }
 
@@ -89,6 +92,7 @@ impl Transport {
     pub fn is_stream(self) -> bool {
         !matches!(self, Transport::Udp)
     }
+    /// The metrics and log label.
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Udp => "udp",
@@ -101,8 +105,11 @@ impl Transport {
 /// The client side of a 5-tuple: transport, the client's address, and our listener address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientAddr {
+    /// How the client reaches us.
     pub transport: Transport,
+    /// The client's address (after any NAT).
     pub remote: SocketAddr,
+    /// Our listener address the client sent to.
     pub local: SocketAddr,
 }
 
@@ -118,7 +125,9 @@ pub struct RelayAddr(pub SocketAddr);
 /// A control-plane message for a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
+    /// The client to send to.
     pub to: ClientAddr,
+    /// The encoded STUN message.
     pub bytes: Vec<u8>,
 }
 
@@ -129,24 +138,30 @@ pub struct ToPeer {
     pub relay: RelayAddr,
     /// Where to send.
     pub peer: PeerAddr,
+    /// The bytes to send, in the buffer the caller passed in.
     pub range: std::ops::Range<usize>,
 }
 
 /// Send `buf[range]` to `client`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToClient {
+    /// Where to send.
     pub client: ClientAddr,
+    /// The bytes to send, in the buffer the caller passed in.
     pub range: std::ops::Range<usize>,
 }
 
 /// Address families of relay sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
+    /// IPv4.
     V4,
+    /// IPv6.
     V6,
 }
 
 impl Family {
+    /// The family of `addr`.
     pub fn of(addr: &SocketAddr) -> Family {
         if addr.is_ipv4() {
             Family::V4
@@ -159,7 +174,9 @@ impl Family {
 /// Which relay port an Allocate asks for (RFC 8656 §7.2, EVEN-PORT and RESERVATION-TOKEN).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PortChoice {
+    /// Any port of the relay range.
     Any,
+    /// An even port (EVEN-PORT without the R bit).
     Even,
     /// An even port, and hold the next one under this token for a later Allocate.
     EvenReserveNext(ReservationToken),
@@ -212,8 +229,11 @@ pub enum Command {
     /// Bind one relay socket per family (in order) for `client`'s pending Allocate, then call
     /// [`Engine::relay_bound`] with the results in the same order.
     BindRelays {
+        /// The client whose Allocate waits.
         client: ClientAddr,
+        /// One relay per family, in this order.
         families: Vec<Family>,
+        /// Which port to bind.
         port: PortChoice,
     },
     /// Close the relay socket bound at this address; its port is free again.
@@ -225,14 +245,23 @@ pub enum Command {
 /// Fixed settings of an engine.
 #[derive(Clone)]
 pub struct EngineConfig {
+    /// REALM of challenges and of the long-term keys.
     pub realm: String,
+    /// SOFTWARE on answers to authenticated requests; `None`: never sent.
     pub software: Option<String>,
+    /// Allocation, permission, channel and reservation lifetimes.
     pub lifetimes: Lifetimes,
+    /// IPv4 relays are offered.
     pub relay_v4: bool,
+    /// IPv6 relays are offered.
     pub relay_v6: bool,
+    /// 1:1 NAT mappings: advertise `public` for relays bound at `private`.
     pub external: Vec<ExternalMapping>,
+    /// Permissions per allocation; more are refused with 508.
     pub max_permissions: usize,
+    /// Channels per allocation; more are refused with 508.
     pub max_channels: usize,
+    /// How long a nonce is valid before 438.
     pub nonce_lifetime: Duration,
     /// The instant all shards count nonce time from.
     pub epoch: Instant,
@@ -249,20 +278,30 @@ pub struct EngineConfig {
 /// The pluggable parts, shared by all shards and swappable on reload.
 #[derive(Clone)]
 pub struct Shared {
+    /// Credentials.
     pub auth: Arc<dyn Authenticator>,
+    /// Which peers relays may talk to.
     pub policy: Arc<dyn PeerPolicy>,
+    /// Issues and checks nonces (one key for all shards).
     pub nonces: Arc<NonceMint>,
+    /// Per-IP budgets of answers to unauthenticated requests.
     pub budget: Arc<FailureBudget>,
+    /// Allocation quotas, counted across shards.
     pub quotas: Arc<Quotas>,
 }
 
 /// Counts of what an engine holds (tests and metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EngineStats {
+    /// Live allocations.
     pub allocations: usize,
+    /// Allocates waiting for their relay sockets.
     pub pending_allocations: usize,
+    /// Live permissions.
     pub permissions: usize,
+    /// Live channels.
     pub channels: usize,
+    /// Entries in the timer set (at most one per allocation).
     pub timers: usize,
 }
 
@@ -336,6 +375,7 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// An engine with no allocations.
     pub fn new(cfg: EngineConfig, shared: Shared) -> Self {
         let mut rng = match cfg.rng_seed {
             Some(seed) => StdRng::seed_from_u64(seed),
@@ -397,6 +437,7 @@ impl Engine {
         &self.shared.quotas
     }
 
+    /// What the engine holds now.
     pub fn stats(&self) -> EngineStats {
         let mut s = EngineStats {
             allocations: self.allocations_by_client.len(),
@@ -429,6 +470,7 @@ impl Engine {
         }
     }
 
+    /// Does `client` have an allocation?
     pub fn has_allocation(&self, client: &ClientAddr) -> bool {
         self.allocations_by_client.contains_key(client)
     }
@@ -442,18 +484,22 @@ impl Engine {
         self.delete_allocation(now, client, "connection closed");
     }
 
+    /// The next control-plane answer to send, if any (see the contract on [`Engine`]).
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }
 
+    /// The next request to the I/O layer, if any (see the contract on [`Engine`]).
     pub fn poll_command(&mut self) -> Option<Command> {
         self.commands.pop_front()
     }
 
+    /// When [`Engine::handle_timeout`] must be called next; `None`: no timer.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.first().map(|(t, _)| *t)
     }
 
+    /// Expire allocations, permissions and channels whose deadline is at or before `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some(&(at, client)) = self.timers.first() {
             if at > now {

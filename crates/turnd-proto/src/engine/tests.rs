@@ -1350,3 +1350,18 @@ fn session_ids_carry_their_shard_and_print_as_one_number() {
     assert_eq!(id.to_string(), ((3u64 << 48) | 7).to_string());
     assert_eq!(id.to_string().parse::<SessionId>(), Ok(id));
 }
+
+#[test]
+fn channel_numbers_exist_only_in_range() {
+    assert_eq!(
+        ChannelNumber::new(CHANNEL_MIN).map(ChannelNumber::get),
+        Some(0x4000)
+    );
+    assert_eq!(
+        ChannelNumber::new(CHANNEL_MAX).map(ChannelNumber::get),
+        Some(0x7FFF)
+    );
+    for n in [0, 0x3FFF, 0x8000, 0xFFFF] {
+        assert_eq!(ChannelNumber::new(n), None, "{n:#x}");
+    }
+}

@@ -44,6 +44,7 @@ pub const ATTR_XOR_PEER_ADDRESS_BYTES: [u8; 2] = ATTR_XOR_PEER_ADDRESS.0.to_be_b
 /// DATA's type as it starts the attribute on the wire.
 pub const ATTR_DATA_BYTES: [u8; 2] = ATTR_DATA.0.to_be_bytes();
 
+/// ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §18.11).
 pub const ATTR_ADDITIONAL_ADDRESS_FAMILY: AttrType = AttrType(0x8000);
 /// ADDRESS-ERROR-CODE (RFC 8656 §18.12).
 pub const ATTR_ADDRESS_ERROR_CODE: AttrType = AttrType(0x8001);
@@ -59,15 +60,21 @@ const MI_LEN: usize = 20;
 /// offset 65,535 (issue 10, item 12).
 #[derive(Debug, Clone, Copy)]
 pub struct Attr {
+    /// The attribute type.
     pub typ: u16,
+    /// (offset, length) of the value in the message.
     pub value: (usize, usize),
 }
 
 /// A parsed STUN message borrowing the datagram.
 pub struct Parsed<'a> {
+    /// The whole message.
     pub raw: &'a [u8],
+    /// Its method.
     pub method: Method,
+    /// Its class.
     pub class: MessageClass,
+    /// Its transaction id.
     pub tid: TransactionId,
     /// Attributes up to and including MESSAGE-INTEGRITY (later ones dropped, FINGERPRINT
     /// excluded), in message order.
@@ -75,15 +82,20 @@ pub struct Parsed<'a> {
     n_attrs: usize,
     /// Offset of the MESSAGE-INTEGRITY attribute header, if present.
     pub integrity_at: Option<usize>,
+    /// Ends with a valid FINGERPRINT.
     pub has_fingerprint: bool,
 }
 
 /// Why a message is not valid STUN; such messages are dropped without an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Malformed {
+    /// Shorter than a header, the top two bits set, or no magic cookie.
     Header,
+    /// The header's length disagrees with the datagram.
     Length,
+    /// An attribute runs past the message.
     Attribute,
+    /// A FINGERPRINT that does not match.
     Fingerprint,
 }
 
@@ -102,6 +114,7 @@ pub fn be32(buf: &[u8], off: usize) -> Option<u32> {
 }
 
 impl<'a> Parsed<'a> {
+    /// Parse and validate `raw` (header, attribute walk, FINGERPRINT); no allocation.
     pub fn parse(raw: &'a [u8]) -> Result<Self, Malformed> {
         let Some((hdr, _)) = raw.split_first_chunk::<MESSAGE_HEADER_SIZE>() else {
             return Err(Malformed::Header);
@@ -172,6 +185,7 @@ impl<'a> Parsed<'a> {
         Ok(p)
     }
 
+    /// The attributes up to MESSAGE-INTEGRITY, in message order.
     pub fn attrs(&self) -> &[Attr] {
         self.attrs.get(..self.n_attrs).unwrap_or_default()
     }
@@ -198,6 +212,7 @@ impl<'a> Parsed<'a> {
             .map(|a| self.value_of(a))
     }
 
+    /// Does the message carry an attribute of type `t`?
     pub fn has(&self, t: AttrType) -> bool {
         self.attrs().iter().any(|a| a.typ == t.0)
     }
@@ -213,6 +228,7 @@ impl<'a> Parsed<'a> {
         out
     }
 
+    /// The value of `t` as UTF-8 text, if present and valid.
     pub fn text(&self, t: AttrType) -> Option<&'a str> {
         self.get(t).and_then(|v| std::str::from_utf8(v).ok())
     }
@@ -315,6 +331,7 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// An empty answer of `class` to `req` (same method and transaction id).
     pub fn new(req: &Parsed<'_>, class: MessageClass) -> Self {
         let mut msg = Message::new();
         msg.typ = MessageType::new(req.method, class);
@@ -328,10 +345,12 @@ impl Reply {
         }
     }
 
+    /// A success answer to `req`.
     pub fn success(req: &Parsed<'_>) -> Self {
         Self::new(req, stun::message::CLASS_SUCCESS_RESPONSE)
     }
 
+    /// The error answer for `why` (code, reason phrase, UNKNOWN-ATTRIBUTES for 420).
     pub fn refusal(req: &Parsed<'_>, why: &Refusal) -> Self {
         let mut r = Self::new(req, stun::message::CLASS_ERROR_RESPONSE);
         r.error_code(why.code(), why.reason());
@@ -386,10 +405,12 @@ impl Reply {
         method_name(self.msg.typ.method)
     }
 
+    /// Add an attribute with a raw value.
     pub fn add_raw(&mut self, t: AttrType, v: &[u8]) {
         self.msg.add(t, v);
     }
 
+    /// Add an XOR-encoded address attribute of type `t`.
     pub fn xor_addr(&mut self, t: AttrType, addr: SocketAddr) {
         let x = XorMappedAddress {
             ip: addr.ip(),
@@ -399,14 +420,17 @@ impl Reply {
         let _ = x.add_to_as(&mut self.msg, t);
     }
 
+    /// Add a text attribute.
     pub fn text(&mut self, t: AttrType, s: &str) {
         let _ = TextAttribute::new(t, s.to_string()).add_to(&mut self.msg);
     }
 
+    /// Add a 32-bit attribute.
     pub fn u32(&mut self, t: AttrType, v: u32) {
         self.msg.add(t, &v.to_be_bytes());
     }
 
+    /// Add UNKNOWN-ATTRIBUTES listing `types`.
     pub fn unknown_attributes(&mut self, types: &[u16]) {
         let v: Vec<u8> = types.iter().flat_map(|t| t.to_be_bytes()).collect();
         self.msg.add(ATTR_UNKNOWN_ATTRIBUTES, &v);
@@ -417,11 +441,15 @@ impl Reply {
         self.fingerprint = on;
     }
 
+    /// Sign with MESSAGE-INTEGRITY under `key` when finished (every answer to an authenticated
+    /// request).
     pub fn sign(mut self, key: &crate::auth::Key) -> Self {
         self.key = Some(key.as_bytes().to_vec());
         self
     }
 
+    /// Encode: SOFTWARE if given, MESSAGE-INTEGRITY if signed, FINGERPRINT if the request had
+    /// one.
     pub fn finish(mut self, software: Option<&str>) -> Vec<u8> {
         if let Some(s) = software {
             self.text(ATTR_SOFTWARE, s);
@@ -437,6 +465,7 @@ impl Reply {
     }
 }
 
+/// The metrics label of method `m`.
 pub fn method_name(m: Method) -> &'static str {
     use stun::message as msg;
     match m {

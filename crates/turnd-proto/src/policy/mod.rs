@@ -17,6 +17,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::settings;
 
+/// Which peers a relay may exchange datagrams with (see the module's CONTRACT).
 pub trait PeerPolicy: Send + Sync {
     /// May a relay exchange datagrams with `peer`?
     fn permits(&self, peer: SocketAddr) -> bool;
@@ -47,8 +48,11 @@ pub trait PeerPolicy: Send + Sync {
 /// not a peer a relay should reach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reserved {
+    /// The network, as text.
     pub net: &'static str,
+    /// The RFC that reserves it.
     pub rfc: &'static str,
+    /// What it is.
     pub note: &'static str,
 }
 
@@ -226,6 +230,8 @@ pub struct PeerFilter {
 }
 
 impl PeerFilter {
+    /// A filter from the operator's policy and the server's own listener addresses; add its own
+    /// IPs with [`PeerFilter::with_own_ips`].
     pub fn new(policy: &settings::Policy, own_addresses: Vec<SocketAddr>) -> Self {
         let mut own = Vec::new();
         let mut own_wildcard_ports = Vec::new();

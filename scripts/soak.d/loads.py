@@ -423,9 +423,9 @@ def holders(ctx, name, specs, max_opens):
 
 
 def stop_reader(ctx, name, deadline, flood_pps, max_cycles):
-    """A TCP client that allocates, permits a peer and stops reading while the peer floods
-    its relay. The server must disconnect it (write queue full) and free the allocation
-    within `deadline` s; the cycle repeats. Not gated (a cycle may last `deadline`): it
+    """A TCP or TLS client (in turn) that allocates, permits a peer and stops reading while
+    the peer floods its relay. The server must disconnect it (write queue full) and free the
+    allocation within `deadline` s; the cycle repeats. Not gated (a cycle may last `deadline`): it
     holds at most one allocation and one connection, inside the growth floors."""
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer.bind((ctx.host, 0))
@@ -436,9 +436,9 @@ def stop_reader(ctx, name, deadline, flood_pps, max_cycles):
                 break
             user = f"stopreader-{os.getpid()}-{seq}"
             username, password = ctx.creds(user)
-            conn = None
+            conn, transport = None, ("tcp", "tls")[seq % 2]
             try:
-                conn = turn.Conn("tcp", ctx.server_for("tcp"))
+                conn = turn.Conn(transport, ctx.server_for(transport), tls_context=ctx.tls_context)
                 conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
                 c = turn.Client(conn, username, password)
                 c.allocate(600)
@@ -471,10 +471,10 @@ def stop_reader(ctx, name, deadline, flood_pps, max_cycles):
             conn.close()
             ctx.stats.add(name, "packets flooded", sent)
             if gone is not None:
-                ctx.stats.add(name, "disconnected by server")
+                ctx.stats.add(name, f"{transport} disconnected by server")
                 ctx.stats.value(name, "disconnect_s", gone)
             elif ctx.running():
-                ctx.stats.add(name, "overstay (never disconnected)")
+                ctx.stats.add(name, f"{transport} overstay (never disconnected)")
             time.sleep(3.0)
     finally:
         peer.close()

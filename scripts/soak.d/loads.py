@@ -227,15 +227,21 @@ def pool(ctx, name, transport, index):
                     ctx.stats.add(name, "echo lost")
             except Exception as e:
                 ctx.stats.add(name, f"replaced after {code_of(e)}")
+                ctx.stats.value(name, "failed_at_s", round(time.monotonic() - ctx.t0, 1))
                 if c:
                     c.conn.close()
                 c = None
-                gate.sleep(0.5, ctx.stop)
+                gate.checkpoint(ctx.stop)  # a failing member must not hold up the sampler
+                time.sleep(0.5)  # not gate.sleep: a paused gate must not turn this into a spin
                 continue
             gate.checkpoint(ctx.stop)
             gate.sleep(5.0, ctx.stop)
     finally:
         if c:
+            try:
+                c.refresh(0)  # a UDP allocation would otherwise live out its lifetime
+            except Exception as e:
+                ctx.stats.add(name, f"release {code_of(e)}")
             c.conn.close()
         gate.leave()
 

@@ -223,6 +223,7 @@ def pool(ctx, name, transport, index):
                     c = open_allocation(ctx, transport, f"pool-{transport}-{index}-{seq}")
                     ctx.stats.add(name, "created")
                 c.refresh(600)
+                c.bind_channel(ECHO_CHANNEL, ctx.echo_addr)  # permissions last 5 min, channels 10
                 if not c.echo(ECHO_CHANNEL, os.urandom(64)):
                     ctx.stats.add(name, "echo lost")
             except Exception as e:
@@ -270,13 +271,15 @@ def killer(ctx, name, period):
                 v = random.choice(victims)
                 if n % 2:
                     status, _ = ctx.http(ctx.admin_port, "DELETE", f"/api/sessions/{v['id']}", True)
-                    ctx.stats.add(name, "killed" if status == 204 else f"kill {status}")
+                    gone = "already gone" if status == 404 else f"kill {status}"  # replaced meanwhile
+                    ctx.stats.add(name, "killed" if status == 204 else gone)
                 else:
                     status, body = ctx.http(
                         ctx.admin_port, "DELETE", f"/api/users/{v['user']}/sessions", True
                     )
                     ended = json.loads(body).get("ended", 0) if status == 200 else 0
-                    ctx.stats.add(name, "killed" if ended >= 1 else f"kill user {status}")
+                    gone = "already gone" if status == 200 else f"kill user {status}"
+                    ctx.stats.add(name, "killed" if ended >= 1 else gone)
             except Exception as e:
                 ctx.stats.add(name, code_of(e))
     finally:

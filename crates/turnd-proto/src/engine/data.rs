@@ -22,7 +22,9 @@ impl Engine {
         let (peer, range) = parse_send(buf)?;
         let a = self.allocations_by_client.get_mut(&from)?;
         let relay = a.relay_for(&peer)?.bound;
-        if !a.permitted(&peer.ip(), now) || !self.shared.policy.permits_for(&a.user, peer) {
+        // The permission covers the IP (installed through the policy, pruned on reload);
+        // what is left to check per packet depends on the port.
+        if !a.permitted(&peer.ip(), now) || !self.shared.policy.permits_port_for(&a.user, peer) {
             return None;
         }
         a.stats.packets_to_peer += 1;
@@ -79,7 +81,12 @@ impl Engine {
     ) -> Option<ToClient> {
         let tid = self.next_tid();
         let a = self.allocations_by_client.get_mut(&client)?;
-        if !a.relays.iter().any(|r| r.bound == relay) || !a.permitted(&peer.ip(), now) {
+        if !a.relays.iter().any(|r| r.bound == relay)
+            || !a.permitted(&peer.ip(), now)
+            || !self.shared.policy.permits_port_for(&a.user, peer)
+        {
+            // No permission, or a port the policy refuses on a permitted IP (the server's own
+            // services outside the relay range, port 0, a listener): dropped.
             return None;
         }
         let len16 = u16::try_from(len).ok()?;

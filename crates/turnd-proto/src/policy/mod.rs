@@ -42,6 +42,14 @@ pub trait PeerPolicy: Send + Sync {
     fn permits_permission_for(&self, _user: &str, peer: SocketAddr) -> bool {
         self.permits_permission(peer)
     }
+    /// The checks of [`Self::permits_for`] that depend on the port, for a datagram to or from
+    /// `peer` whose IP already has a permission: the engine calls this per Send and per peer
+    /// datagram instead of the whole policy, since the IP-level lists were checked when the
+    /// permission was installed and a reload removes permissions the new policy forbids
+    /// (`Allocation::retain_allowed`). The default is the whole check.
+    fn permits_port_for(&self, user: &str, peer: SocketAddr) -> bool {
+        self.permits_for(user, peer)
+    }
 }
 
 /// One entry of the built-in deny list: the network, the RFC that reserves it, and why it is
@@ -331,6 +339,13 @@ impl PeerPolicy for PeerFilter {
 
     fn permits_permission(&self, peer: SocketAddr) -> bool {
         !self.is_own_service(canonical(peer.ip()), peer.port()) && self.permits_ip(peer.ip())
+    }
+
+    fn permits_port_for(&self, _user: &str, peer: SocketAddr) -> bool {
+        let ip = canonical(peer.ip());
+        peer.port() != 0
+            && !self.is_listener(ip, peer.port())
+            && !self.is_own_service(ip, peer.port())
     }
 }
 

@@ -409,3 +409,27 @@ fn siit_translated_form_is_canonicalised() {
     }
     assert!(f.permits(sa("[::ffff:0:808:808]:53")));
 }
+
+/// The per-packet check after a permission (Send, peer datagrams) keeps every port rule of
+/// `permits` and skips only the IP lists, which the permission already passed.
+#[test]
+fn per_packet_port_check_keeps_the_port_rules() {
+    let f = filter(&[], &[], &["0.0.0.0:3478"]).with_own_ips([ip("8.8.4.4")], RELAY_PORTS);
+    for peer in [
+        "8.8.4.4:5353",
+        "8.8.4.4:3478",
+        "1.1.1.1:0",
+        "[::ffff:8.8.4.4]:53",
+    ] {
+        assert!(!f.permits_port_for("alice", sa(peer)), "{peer}");
+        assert!(!f.permits(sa(peer)), "{peer}");
+    }
+    for peer in ["8.8.4.4:49152", "1.1.1.1:53", "[2606:4700:4700::1111]:443"] {
+        assert!(f.permits_port_for("alice", sa(peer)), "{peer}");
+        assert_eq!(
+            f.permits_port_for("alice", sa(peer)),
+            f.permits(sa(peer)),
+            "{peer}"
+        );
+    }
+}

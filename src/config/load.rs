@@ -568,6 +568,24 @@ fn apply_auth(a: RawAuth, c: &mut Config, base: &Path, problems: &mut Vec<Proble
         a.challenge_budget_per_sec,
     );
     set(&mut c.auth.failure_budget_per_sec, a.failure_budget_per_sec);
+    if let Some(list) = a.password_algorithms {
+        let mut algs = Vec::new();
+        for (i, name) in list.iter().enumerate() {
+            match turnd_proto::auth::PasswordAlgorithm::from_name(name) {
+                Some(alg) if !algs.contains(&alg) => algs.push(alg),
+                Some(_) => problems.push(Problem::new(
+                    format!("auth.password_algorithms[{i}]"),
+                    "is listed twice",
+                )),
+                None => problems.push(Problem::new(
+                    format!("auth.password_algorithms[{i}]"),
+                    format!("\"{}\" is not \"sha256\" or \"md5\"", name.escape_debug()),
+                )),
+            }
+        }
+        c.auth.password_algorithms = algs;
+    }
+    set(&mut c.auth.userhash, a.userhash);
 }
 
 /// `[[auth.user]]`: a name and exactly one of `key` or `password`.

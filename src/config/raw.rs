@@ -218,6 +218,9 @@ pub struct RawAuth {
     pub nonce_lifetime: Option<Dur>,
     pub challenge_budget_per_sec: Option<u32>,
     pub failure_budget_per_sec: Option<u32>,
+    /// `["sha256", "md5"]`: RFC 8489 password algorithms offered, in order.
+    pub password_algorithms: Option<Vec<String>>,
+    pub userhash: Option<bool>,
 }
 
 /// `[[auth.user]] name = "bob"` with exactly one of `key` (32 hex digits) or `password`.

@@ -843,3 +843,31 @@ fn signaling_mint_and_http_limits() {
     let e = error(&format!("{MINIMAL}[signaling]\nheader_timeout = \"0s\"\n"));
     assert!(e.contains("signaling.header_timeout"), "{e}");
 }
+
+#[test]
+fn password_algorithms_and_userhash() {
+    use turnd_proto::auth::PasswordAlgorithm as Alg;
+    let base = "[auth]\nusers = [\"alice:wonderland\"]\n";
+    let c = load(base).unwrap();
+    assert_eq!(
+        c.auth.password_algorithms,
+        vec![Alg::Md5],
+        "default: MD5 only"
+    );
+    assert!(!c.auth.userhash);
+    let c = load(&format!(
+        "{base}password_algorithms = [\"sha256\", \"md5\"]\nuserhash = true\n"
+    ))
+    .unwrap();
+    assert_eq!(c.auth.password_algorithms, vec![Alg::Sha256, Alg::Md5]);
+    assert!(c.auth.userhash);
+    let e = error(&format!("{base}password_algorithms = [\"sha1\"]\n"));
+    assert!(
+        e.contains("auth.password_algorithms[0]") && e.contains("sha1"),
+        "{e}"
+    );
+    let e = error(&format!("{base}password_algorithms = [\"md5\", \"md5\"]\n"));
+    assert!(e.contains("listed twice"), "{e}");
+    let e = error(&format!("{base}password_algorithms = []\n"));
+    assert!(e.contains("auth.password_algorithms"), "{e}");
+}

@@ -293,6 +293,12 @@ impl Config {
                 "must be at least 1: with 0 no client ever gets the 401 that starts authentication",
             ));
         }
+        if a.password_algorithms.is_empty() {
+            p.push(Problem::new(
+                "auth.password_algorithms",
+                "must list at least one of \"sha256\", \"md5\"",
+            ));
+        }
         if a.failure_budget_per_sec == 0 {
             p.push(Problem::new(
                 "auth.failure_budget_per_sec",

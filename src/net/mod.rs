@@ -282,6 +282,10 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         redact: config.log.redact,
+        auth_features: turnd_proto::engine::integrity::AuthFeatures {
+            algorithms: config.auth.password_algorithms.clone(),
+            userhash: config.auth.userhash,
+        },
     };
     let conn_limits = ConnLimits::new(
         config.streams.max_connections,

@@ -74,6 +74,11 @@ pub struct Auth {
     /// Answers to requests whose MESSAGE-INTEGRITY, nonce or user failed (401, 438, 400)
     /// allowed per source IP per second (burst: twice that); more are dropped.
     pub failure_budget_per_sec: u32,
+    /// RFC 8489 password algorithms offered in PASSWORD-ALGORITHMS, in order. `[Md5]` (the
+    /// default) offers nothing: RFC 5389 challenges, no nonce cookie.
+    pub password_algorithms: Vec<crate::auth::PasswordAlgorithm>,
+    /// Look USERHASH (RFC 8489 §14.4) up for static users; turns the nonce cookie on.
+    pub userhash: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -112,6 +117,8 @@ impl Default for Auth {
             nonce_lifetime: Duration::from_secs(600),
             challenge_budget_per_sec: 200,
             failure_budget_per_sec: 200,
+            password_algorithms: vec![crate::auth::PasswordAlgorithm::Md5],
+            userhash: false,
         }
     }
 }

@@ -17,7 +17,7 @@ use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use sha1::Sha1;
 
-use super::{Authenticator, Key, Lookup};
+use super::{sha256_key, userhash, Authenticator, Key, Lookup, Sha256Key};
 use crate::settings;
 
 /// MD5(user:realm:password).
@@ -67,6 +67,10 @@ pub fn mint_secret(configured: Option<&settings::Redacted>) -> Vec<u8> {
 pub struct Credentials {
     realm: String,
     keys_by_user: HashMap<String, Key>,
+    /// SHA-256 keys of the static users configured with a password (RFC 8489 §9.2.2).
+    sha256_by_user: HashMap<String, Sha256Key>,
+    /// USERHASH -> static username (RFC 8489 §14.4).
+    user_by_hash: HashMap<[u8; 32], String>,
     /// TURN REST shared secrets, all accepted (rotation).
     secrets: Vec<Vec<u8>>,
     rest_separator: char,
@@ -78,7 +82,19 @@ pub struct Credentials {
 impl Credentials {
     pub fn from_config(auth: &settings::Auth, realm: &str) -> Self {
         let mut keys_by_user = HashMap::with_capacity(auth.users.len());
+        let (mut sha256_by_user, mut user_by_hash) = (HashMap::new(), HashMap::new());
         for user in &auth.users {
+            if keys_by_user.contains_key(&user.name) {
+                continue;
+            }
+            if let settings::Credential::Password(password) = &user.credential {
+                if let Some(k) = sha256_key(&user.name, realm, password) {
+                    sha256_by_user.insert(user.name.clone(), k);
+                }
+            }
+            user_by_hash
+                .entry(userhash(&user.name, realm))
+                .or_insert_with(|| user.name.clone());
             let key = match &user.credential {
                 settings::Credential::Password(password) => {
                     long_term_key(&user.name, realm, password)
@@ -91,6 +107,8 @@ impl Credentials {
         Credentials {
             realm: realm.to_string(),
             keys_by_user,
+            sha256_by_user,
+            user_by_hash,
             secrets: auth.secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
             rest_separator: auth.rest_separator,
             rest_max_skew_secs: auth.rest_max_skew.as_secs(),
@@ -106,6 +124,18 @@ impl Credentials {
 
     /// The REST path: Unknown unless secrets are configured and the username carries an expiry.
     fn lookup_rest(&self, username: &str, unix_now: u64) -> Lookup {
+        self.rest_keys(username, unix_now, |password| {
+            Some(long_term_key(username, &self.realm, password))
+        })
+    }
+
+    /// The REST path with `derive` making each secret's key from its password.
+    fn rest_keys<K>(
+        &self,
+        username: &str,
+        unix_now: u64,
+        derive: impl Fn(&str) -> Option<K>,
+    ) -> Lookup<K> {
         let minted = rest_user(username, self.rest_separator)
             .is_some_and(|u| u.starts_with(MINTED_USER_PREFIX));
         let secrets = if minted {
@@ -124,7 +154,7 @@ impl Credentials {
         }
         let keys = secrets
             .iter()
-            .map(|secret| long_term_key(username, &self.realm, &rest_password(secret, username)))
+            .filter_map(|secret| derive(&rest_password(secret, username)))
             .collect();
         Lookup::Keys(keys)
     }
@@ -139,6 +169,30 @@ impl Authenticator for Credentials {
             return Lookup::Keys(vec![*key]);
         }
         self.lookup_rest(username, unix_now)
+    }
+
+    fn lookup_sha256(&self, username: &str, realm: &str, unix_now: u64) -> Lookup<Sha256Key> {
+        if realm != self.realm {
+            return Lookup::Unknown;
+        }
+        if self.keys_by_user.contains_key(username) {
+            // A static user: only those configured with a password have a SHA-256 key.
+            return match self.sha256_by_user.get(username) {
+                Some(k) => Lookup::Keys(vec![*k]),
+                None => Lookup::Unknown,
+            };
+        }
+        self.rest_keys(username, unix_now, |password| {
+            sha256_key(username, &self.realm, password)
+        })
+    }
+
+    fn user_of_hash(&self, hash: &[u8], realm: &str) -> Option<String> {
+        if realm != self.realm {
+            return None;
+        }
+        let hash: [u8; 32] = hash.try_into().ok()?;
+        self.user_by_hash.get(&hash).cloned()
     }
 
     fn principal<'a>(&self, username: &'a str) -> &'a str {
@@ -217,6 +271,7 @@ mod tests {
             nonce_lifetime: Duration::from_secs(600),
             challenge_budget_per_sec: 50,
             failure_budget_per_sec: 50,
+            ..Default::default()
         }
     }
 

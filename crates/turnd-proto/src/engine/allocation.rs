@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use crate::auth::Key;
 use crate::policy::PeerPolicy;
 
 /// How many recent responses an allocation keeps for retransmitted requests.
@@ -39,7 +38,7 @@ pub struct Allocation {
     pub id: u64,
     pub user: String,
     /// The long-term key the allocation was created with; later requests must match it.
-    pub key: Key,
+    pub key: super::integrity::Signer,
     pub relays: Vec<Relay>,
     pub created: Instant,
     pub expires: Instant,
@@ -155,7 +154,7 @@ mod tests {
         let mut a = Allocation {
             id: 1,
             user: "u".into(),
-            key: [0; 16],
+            key: crate::engine::integrity::Signer::new(&[0; 16], None),
             relays: vec![],
             created: now,
             expires: later,

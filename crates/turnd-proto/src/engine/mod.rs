@@ -31,6 +31,7 @@ use crate::settings::{ExternalMapping, Lifetimes};
 mod allocation;
 mod control;
 mod data;
+pub mod integrity;
 pub mod metrics;
 mod quota;
 pub mod wire;
@@ -185,6 +186,8 @@ pub struct EngineConfig {
     pub unix_at_epoch: u64,
     /// Log client addresses and usernames redacted.
     pub redact: bool,
+    /// RFC 8489 security features offered (SHA-256, USERHASH); default: MD5 only.
+    pub auth_features: integrity::AuthFeatures,
 }
 
 /// The pluggable parts, shared by all shards and swappable on reload.
@@ -210,7 +213,7 @@ pub struct EngineStats {
 /// An Allocate waiting for its relay sockets.
 struct PendingAllocate {
     user: String,
-    key: crate::auth::Key,
+    key: integrity::Signer,
     tid: [u8; 12],
     lifetime: Duration,
     families: Vec<Family>,

@@ -257,6 +257,7 @@ impl Harness {
             epoch: now,
             unix_at_epoch: 1_700_000_000,
             redact: true,
+            auth_features: Default::default(),
         };
         let users = USERS
             .iter()

@@ -76,6 +76,7 @@ fn engine_with(max_total: usize, max_per_user: usize) -> T {
         epoch: now,
         unix_at_epoch: 1_700_000_000,
         redact: false,
+        auth_features: Default::default(),
     };
     let shared = Shared {
         auth: Arc::new(TestAuth),
@@ -1264,3 +1265,4 @@ fn stream_closed_while_the_relay_is_being_bound_frees_the_quota_and_the_socket()
 }
 
 mod advisories;
+mod sha256;

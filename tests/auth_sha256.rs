@@ -18,11 +18,15 @@ use turnd_proto::auth::PasswordAlgorithm;
 /// `userhash = true`; stopped on drop.
 struct Turnd(Option<turnd::Running>);
 
+/// The HMAC-SHA256 REST secret these tests configure next to the SHA-1 one.
+const SECRET_SHA256: &str = "rest-sha256-secret";
+
 impl Turnd {
     fn start() -> Turnd {
         let mut c = turnd::Config::for_tests();
         c.auth.password_algorithms = vec![PasswordAlgorithm::Sha256, PasswordAlgorithm::Md5];
         c.auth.userhash = true;
+        c.auth.secrets_sha256 = vec![SECRET_SHA256.into()];
         Turnd(Some(turnd::start(c).expect("turnd starts")))
     }
 
@@ -141,4 +145,72 @@ fn aioice_relays_with_sha256_on_v4() {
     let turnd = Turnd::start();
     aioice_relay(turnd.addr(V4), V4);
     turnd.assert_allocations_settle(0);
+}
+
+/// base64(HMAC-SHA256(secret, username)) computed by Python's `hmac` module.
+fn python_rest_password_sha256(secret: &str, username: &str) -> String {
+    require_tool("python3");
+    let o = Command::new("python3")
+        .args([
+            "-c",
+            "import base64,hashlib,hmac,sys; print(base64.b64encode(hmac.new(\
+             sys.argv[1].encode(), sys.argv[2].encode(), hashlib.sha256).digest()).decode())",
+            secret,
+            username,
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// A SHA-256 REST credential (password from Python) works with an MD5 client (uclient) and
+/// with the SHA-256 client; the same name with the SHA-1 formula under this secret fails.
+#[test]
+fn rest_credentials_with_hmac_sha256() {
+    let turnd = Turnd::start();
+    let expiry = unix_now() + 3600;
+    let username = format!("{expiry}:alice");
+    let password = python_rest_password_sha256(SECRET_SHA256, &username);
+    let (ok, report) = python_client(turnd.addr(V4), &username, &password, &[]);
+    assert!(ok, "SHA-256 key: {report}");
+    let peer = EchoPeer::start(V4);
+    let u = Uclient::new(turnd.addr(V4))
+        .user(&username, &password)
+        .peer(peer.addr())
+        .no_rtcp()
+        .messages(5)
+        .length(100);
+    let r = u.run();
+    r.assert_all_relayed(u.expected_messages());
+    let (same, sha1_password) = rest_credentials(SECRET_SHA256, "alice", expiry);
+    assert_eq!(same, username);
+    let (ok, report) = python_client(turnd.addr(V4), &username, &sha1_password, &[]);
+    assert!(!ok && report.contains("\"code\": 401"), "{report}");
+}
+
+/// `turnctl creds --hmac sha256` prints what Python computes.
+#[test]
+fn turnctl_creds_hmac_sha256_matches_python() {
+    let o = Command::new(env!("CARGO_BIN_EXE_turnctl"))
+        .args([
+            "creds", "--user", "bob", "--ttl", "1h", "--hmac", "sha256", "--json",
+        ])
+        .env("TURNCTL_SECRET", SECRET_SHA256)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (username, password) = (
+        v["username"].as_str().unwrap(),
+        v["password"].as_str().unwrap(),
+    );
+    assert!(username.ends_with(":bob"), "{username}");
+    assert_eq!(
+        password,
+        python_rest_password_sha256(SECRET_SHA256, username)
+    );
+    let turnd = Turnd::start();
+    let (ok, report) = python_client(turnd.addr(V4), username, password, &[]);
+    assert!(ok, "{report}");
 }

@@ -213,6 +213,8 @@ pub struct RawAuth {
     pub secrets: Option<Vec<String>>,
     /// A file with one secret per line, read at load time.
     pub secret_file: Option<PathBuf>,
+    /// `[[auth.secret]] value = "..." hmac = "sha1" | "sha256"` tables. Secret.
+    pub secret: Option<Vec<RawSecret>>,
     pub rest_separator: Option<Separator>,
     pub rest_max_skew: Option<Dur>,
     pub nonce_lifetime: Option<Dur>,
@@ -221,6 +223,15 @@ pub struct RawAuth {
     /// `["sha256", "md5"]`: RFC 8489 password algorithms offered, in order.
     pub password_algorithms: Option<Vec<String>>,
     pub userhash: Option<bool>,
+}
+
+/// `[[auth.secret]]`: a TURN REST secret and the HMAC its passwords use (default "sha1").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecret {
+    /// Secret.
+    pub value: String,
+    pub hmac: Option<String>,
 }
 
 /// `[[auth.user]] name = "bob"` with exactly one of `key` (32 hex digits) or `password`.

@@ -871,3 +871,25 @@ fn password_algorithms_and_userhash() {
     let e = error(&format!("{base}password_algorithms = []\n"));
     assert!(e.contains("auth.password_algorithms"), "{e}");
 }
+
+#[test]
+fn rest_secrets_of_both_hmac_kinds() {
+    let c = load(
+        "[auth]\nsecrets = [\"old\"]\n\n[[auth.secret]]\nvalue = \"new256\"\nhmac = \"sha256\"\n\n\
+         [[auth.secret]]\nvalue = \"another1\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.auth.secrets, vec!["old", "another1"]);
+    assert_eq!(c.auth.secrets_sha256, vec!["new256"]);
+    // SHA-256 secrets alone are enough to authenticate.
+    let c = load("[[auth.secret]]\nvalue = \"only\"\nhmac = \"sha256\"\n").unwrap();
+    assert_eq!(c.auth.secrets_sha256, vec!["only"]);
+    let e = error("[[auth.secret]]\nvalue = \"hidden-value\"\nhmac = \"md5\"\n");
+    assert!(e.contains("auth.secret[0].hmac"), "{e}");
+    let e = error("[[auth.secret]]\nvalue = [\"hidden-value\"]\n");
+    assert!(
+        e.contains("auth.secret[0].value") && !e.contains("hidden"),
+        "{e}"
+    );
+    assert!(is_secret_key("auth.secret[0].value") && is_secret_key("auth.secret"));
+}

@@ -62,6 +62,9 @@ pub struct Auth {
     pub users: Vec<StaticUser>,
     /// TURN REST shared secrets; any of them is accepted (rotation).
     pub secrets: Vec<String>,
+    /// TURN REST shared secrets whose passwords are base64(HMAC-SHA256(secret, username));
+    /// accepted next to `secrets` (rotation between kinds too).
+    pub secrets_sha256: Vec<String>,
     /// Separator in `expiry<sep>user` REST usernames.
     pub rest_separator: char,
     /// Clock skew tolerated on REST expiry timestamps.
@@ -112,6 +115,7 @@ impl Default for Auth {
         Auth {
             users: vec![],
             secrets: vec![],
+            secrets_sha256: vec![],
             rest_separator: ':',
             rest_max_skew: Duration::from_secs(60),
             nonce_lifetime: Duration::from_secs(600),

@@ -17,7 +17,9 @@ use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use sha1::Sha1;
 
-use super::{sha256_key, userhash, Authenticator, Key, Lookup, Sha256Key};
+use super::{
+    rest_password_with, sha256_key, userhash, Authenticator, Key, Lookup, RestHmac, Sha256Key,
+};
 use crate::settings;
 
 /// MD5(user:realm:password).
@@ -71,12 +73,12 @@ pub struct Credentials {
     sha256_by_user: HashMap<String, Sha256Key>,
     /// USERHASH -> static username (RFC 8489 §14.4).
     user_by_hash: HashMap<[u8; 32], String>,
-    /// TURN REST shared secrets, all accepted (rotation).
-    secrets: Vec<Vec<u8>>,
+    /// TURN REST shared secrets with their HMAC, all accepted (rotation).
+    secrets: Vec<(RestHmac, Vec<u8>)>,
     rest_separator: char,
     rest_max_skew_secs: u64,
     /// Signs minted (`web:`) usernames only; see [`MINTED_USER_PREFIX`].
-    mint_secret: Vec<u8>,
+    mint_secret: (RestHmac, Vec<u8>),
 }
 
 impl Credentials {
@@ -109,16 +111,25 @@ impl Credentials {
             keys_by_user,
             sha256_by_user,
             user_by_hash,
-            secrets: auth.secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            secrets: (auth.secrets.iter().map(|s| (RestHmac::Sha1, s)))
+                .chain(auth.secrets_sha256.iter().map(|s| (RestHmac::Sha256, s)))
+                .map(|(h, s)| (h, s.as_bytes().to_vec()))
+                .collect(),
             rest_separator: auth.rest_separator,
             rest_max_skew_secs: auth.rest_max_skew.as_secs(),
-            mint_secret: Vec::new(),
+            mint_secret: (RestHmac::Sha1, Vec::new()),
         }
     }
 
     /// Accept credentials minted by `/api/ice-servers` with `secret` (see [`mint_secret`]).
     pub fn with_mint_secret(mut self, secret: Vec<u8>) -> Self {
-        self.mint_secret = secret;
+        self.mint_secret = (RestHmac::Sha1, secret);
+        self
+    }
+
+    /// The same with the HMAC kind the minted passwords use.
+    pub fn with_mint_secret_kind(mut self, hmac: RestHmac, secret: Vec<u8>) -> Self {
+        self.mint_secret = (hmac, secret);
         self
     }
 
@@ -143,7 +154,7 @@ impl Credentials {
         } else {
             &self.secrets[..]
         };
-        if secrets.iter().all(Vec::is_empty) {
+        if secrets.iter().all(|(_, s)| s.is_empty()) {
             return Lookup::Unknown;
         }
         let Some(expiry) = rest_expiry(username, self.rest_separator) else {
@@ -154,7 +165,7 @@ impl Credentials {
         }
         let keys = secrets
             .iter()
-            .filter_map(|secret| derive(&rest_password(secret, username)))
+            .filter_map(|(hmac, secret)| derive(&rest_password_with(*hmac, secret, username)))
             .collect();
         Lookup::Keys(keys)
     }
@@ -222,7 +233,7 @@ impl fmt::Debug for Credentials {
             .field("rest_secrets", &self.secrets.len())
             .field("rest_separator", &self.rest_separator)
             .field("rest_max_skew_secs", &self.rest_max_skew_secs)
-            .field("mint_secret", &!self.mint_secret.is_empty())
+            .field("mint_secret", &!self.mint_secret.1.is_empty())
             .finish()
     }
 }
@@ -393,6 +404,35 @@ mod tests {
             "realm",
             REST_PASSWORD_SECRET2
         )));
+    }
+
+    #[test]
+    fn rest_secrets_of_mixed_kinds_during_rotation() {
+        let mut a = auth(vec![], &["old-sha1"]);
+        a.secrets_sha256 = vec!["new-sha256".into()];
+        let creds = Credentials::from_config(&a, "realm");
+        let name = "1700000000:alice";
+        let Lookup::Keys(keys) = creds.lookup(name, "realm", NOW) else {
+            panic!("REST username not accepted");
+        };
+        // Python: base64(hmac.new(b"new-sha256", name, "sha256").digest())
+        let sha256_password = "nvcbeFgYKaXsjPccb07k1yOOqVmSQtLys5Vbxdxjd64=";
+        assert_eq!(
+            rest_password_with(RestHmac::Sha256, b"new-sha256", name),
+            sha256_password
+        );
+        assert_eq!(
+            keys,
+            vec![
+                long_term_key(name, "realm", &rest_password(b"old-sha1", name)),
+                long_term_key(name, "realm", sha256_password),
+            ]
+        );
+        let Lookup::Keys(k256) = creds.lookup_sha256(name, "realm", NOW) else {
+            panic!("no SHA-256 keys");
+        };
+        assert_eq!(k256.len(), 2);
+        assert!(k256.contains(&sha256_key(name, "realm", sha256_password).unwrap()));
     }
 
     #[test]

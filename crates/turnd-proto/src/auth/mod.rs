@@ -71,4 +71,6 @@ pub use creds::{
     long_term_key, mint_secret, rest_password, rest_username, Credentials, MINTED_USER_PREFIX,
 };
 pub use nonce::NonceMint;
-pub use sha256::{opaque_string, sha256_key, userhash, PasswordAlgorithm, Sha256Key};
+pub use sha256::{
+    opaque_string, rest_password_with, sha256_key, userhash, PasswordAlgorithm, RestHmac, Sha256Key,
+};

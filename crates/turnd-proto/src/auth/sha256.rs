@@ -90,6 +90,52 @@ pub fn userhash(username: &str, realm: &str) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// The HMAC of a TURN REST secret: the password is base64(HMAC-<hash>(secret, username)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RestHmac {
+    /// HMAC-SHA1, draft-uberti-behave-turn-rest-00 and coturn (the default).
+    #[default]
+    Sha1,
+    /// HMAC-SHA256.
+    Sha256,
+}
+
+impl RestHmac {
+    /// The config and `turnctl` spelling (`"sha1"`, `"sha256"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RestHmac::Sha1 => "sha1",
+            RestHmac::Sha256 => "sha256",
+        }
+    }
+
+    /// The kind for a config spelling.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "sha1" => Some(RestHmac::Sha1),
+            "sha256" => Some(RestHmac::Sha256),
+            _ => None,
+        }
+    }
+}
+
+/// TURN REST password with `hmac`: base64(HMAC-SHA1 or HMAC-SHA256(secret, username)).
+pub fn rest_password_with(hmac: RestHmac, secret: &[u8], username: &str) -> String {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    match hmac {
+        RestHmac::Sha1 => super::creds::rest_password(secret, username),
+        RestHmac::Sha256 => {
+            // Invariant: HMAC accepts keys of any length.
+            let mut mac =
+                Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+            mac.update(username.as_bytes());
+            STANDARD.encode(mac.finalize().into_bytes())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +179,19 @@ mod tests {
         );
         let direct: [u8; 32] = Sha256::digest(format!("{USER}:{REALM}:TheMatrIX")).into();
         assert_eq!(a, direct);
+    }
+
+    #[test]
+    fn rest_password_sha256_is_base64_hmac_sha256() {
+        // Python: base64.b64encode(hmac.new(b"secret", b"1700003600:alice", "sha256").digest())
+        assert_eq!(
+            rest_password_with(RestHmac::Sha256, b"secret", "1700003600:alice"),
+            "mcMSaa7ZOJuc8jGwTcdKyMK7Lal/NBLqea7qr/npVlQ="
+        );
+        assert_eq!(
+            rest_password_with(RestHmac::Sha1, b"secret", "1700003600:alice"),
+            super::super::creds::rest_password(b"secret", "1700003600:alice")
+        );
     }
 
     #[test]

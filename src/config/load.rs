@@ -456,6 +456,14 @@ fn apply(raw: RawConfig, c: &mut Config, base: &Path, problems: &mut Vec<Problem
                 Err(m) => problems.push(Problem::new(key, m)),
             }
         }
+        match sg.mint_hmac.as_deref().map(RestHmac::from_name) {
+            None => {}
+            Some(Some(h)) => c.mint_hmac = h,
+            Some(None) => problems.push(Problem::new(
+                "signaling.mint_hmac",
+                "must be \"sha1\" or \"sha256\"",
+            )),
+        }
         set(&mut c.mint_per_minute, sg.mint_per_minute);
         set(
             &mut c.mint_allocations_per_client,

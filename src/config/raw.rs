@@ -124,6 +124,8 @@ pub struct RawSignaling {
     pub mint: Option<MintMode>,
     pub mint_token_file: Option<PathBuf>,
     pub mint_secret_file: Option<PathBuf>,
+    /// "sha1" | "sha256": the HMAC of minted passwords.
+    pub mint_hmac: Option<String>,
     pub mint_per_minute: Option<u32>,
     pub mint_allocations_per_client: Option<usize>,
     pub mint_allocations: Option<usize>,

@@ -206,7 +206,8 @@ impl Control {
         let shared = Shared {
             // The HTTP listener keeps the mint secret it started with: so does auth.
             auth: Arc::new(
-                Credentials::from_config(&new.auth, &old.realm).with_mint_secret(
+                Credentials::from_config(&new.auth, &old.realm).with_mint_secret_kind(
+                    old.signaling.mint_hmac,
                     turnd_proto::auth::mint_secret(old.signaling.mint_secret.as_ref()),
                 ),
             ),

@@ -244,7 +244,8 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     };
     let shared = Shared {
         auth: Arc::new(
-            Credentials::from_config(&config.auth, &config.realm).with_mint_secret(
+            Credentials::from_config(&config.auth, &config.realm).with_mint_secret_kind(
+                config.signaling.mint_hmac,
                 turnd_proto::auth::mint_secret(config.signaling.mint_secret.as_ref()),
             ),
         ),

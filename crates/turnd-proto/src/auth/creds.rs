@@ -436,6 +436,23 @@ mod tests {
     }
 
     #[test]
+    fn minted_credentials_follow_the_mint_hmac() {
+        let creds = Credentials::from_config(&auth(vec![], &["op-secret"]), "realm")
+            .with_mint_secret_kind(RestHmac::Sha256, b"mint".to_vec());
+        let name = "1700000000:web:192.0.2.0/24";
+        let good = rest_password_with(RestHmac::Sha256, b"mint", name);
+        assert_eq!(
+            creds.lookup(name, "realm", NOW),
+            Lookup::Keys(vec![long_term_key(name, "realm", &good)])
+        );
+        // The SHA-1 formula under the mint secret, or the operator's secret, does not sign it.
+        let Lookup::Keys(keys) = creds.lookup(name, "realm", NOW) else {
+            panic!()
+        };
+        assert!(!keys.contains(&long_term_key(name, "realm", &rest_password(b"mint", name))));
+    }
+
+    #[test]
     fn rest_expired_usernames() {
         let creds = Credentials::from_config(&auth(vec![], &["secret"]), "realm");
         // Skew is 60 s: expiry + 60 == now is still fine, one second later it is not.

@@ -612,6 +612,9 @@ fn apply_auth(a: RawAuth, c: &mut Config, base: &Path, problems: &mut Vec<Proble
         c.auth.password_algorithms = algs;
     }
     set(&mut c.auth.userhash, a.userhash);
+    if let Some(p) = a.revocations_file {
+        c.auth.revocations_file = Some(base.join(p));
+    }
 }
 
 /// `[[auth.user]]`: a name and exactly one of `key` or `password`.

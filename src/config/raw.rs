@@ -225,6 +225,8 @@ pub struct RawAuth {
     /// `["sha256", "md5"]`: RFC 8489 password algorithms offered, in order.
     pub password_algorithms: Option<Vec<String>>,
     pub userhash: Option<bool>,
+    /// The admin API's revocations, relative to the config file.
+    pub revocations_file: Option<PathBuf>,
 }
 
 /// `[[auth.secret]]`: a TURN REST secret and the HMAC its passwords use (default "sha1").

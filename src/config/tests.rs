@@ -870,6 +870,10 @@ fn password_algorithms_and_userhash() {
     assert!(e.contains("listed twice"), "{e}");
     let e = error(&format!("{base}password_algorithms = []\n"));
     assert!(e.contains("auth.password_algorithms"), "{e}");
+    assert_eq!(c.auth.revocations_file, None);
+    let c = load(&format!("{base}revocations_file = \"rev.json\"\n")).unwrap();
+    let p = c.auth.revocations_file.unwrap();
+    assert!(p.ends_with("rev.json") && p.is_absolute() == Path::new(FILE).is_absolute());
 }
 
 #[test]

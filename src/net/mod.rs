@@ -21,6 +21,7 @@ mod control;
 pub mod health;
 pub mod peer_filter;
 pub mod relay;
+mod revocations;
 mod shard;
 pub mod stream;
 pub mod tls;
@@ -242,13 +243,20 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     } else {
         None
     };
-    let shared = Shared {
-        auth: Arc::new(
-            Credentials::from_config(&config.auth, &config.realm).with_mint_secret_kind(
-                config.signaling.mint_hmac,
-                turnd_proto::auth::mint_secret(config.signaling.mint_secret.as_ref()),
-            ),
+    let revocations = Arc::new(revocations::RevocationStore::open(
+        config.auth.revocations_file.as_deref(),
+    )?);
+    let base_auth: Arc<dyn turnd_proto::auth::Authenticator> = Arc::new(
+        Credentials::from_config(&config.auth, &config.realm).with_mint_secret_kind(
+            config.signaling.mint_hmac,
+            turnd_proto::auth::mint_secret(config.signaling.mint_secret.as_ref()),
         ),
+    );
+    let shared = Shared {
+        auth: Arc::new(turnd_proto::auth::Revoking::new(
+            base_auth.clone(),
+            revocations.current(),
+        )),
         policy: Arc::new(policy),
         nonces: Arc::new(NonceMint::new(rand::random())),
         budget: Arc::new(FailureBudget::split(
@@ -386,7 +394,8 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             reservations,
             health,
         )
-        .with_probe(probe.clone()),
+        .with_probe(probe.clone())
+        .with_revocations(revocations, base_auth),
     );
     let http_shutdown = tokio_util::sync::CancellationToken::new();
     if let Some(c) = &certificate {

@@ -82,6 +82,9 @@ pub struct Auth {
     pub password_algorithms: Vec<crate::auth::PasswordAlgorithm>,
     /// Look USERHASH (RFC 8489 §14.4) up for static users; turns the nonce cookie on.
     pub userhash: bool,
+    /// Where the admin API keeps revocations (JSON, written atomically); `None`: in memory
+    /// only (they survive SIGHUP, not a restart).
+    pub revocations_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -123,6 +126,7 @@ impl Default for Auth {
             failure_budget_per_sec: 200,
             password_algorithms: vec![crate::auth::PasswordAlgorithm::Md5],
             userhash: false,
+            revocations_file: None,
         }
     }
 }

@@ -64,6 +64,7 @@ pub enum NonceCheck {
 mod budget;
 mod creds;
 mod nonce;
+mod revocation;
 mod sha256;
 
 pub use budget::FailureBudget;
@@ -71,6 +72,7 @@ pub use creds::{
     long_term_key, mint_secret, rest_password, rest_username, Credentials, MINTED_USER_PREFIX,
 };
 pub use nonce::NonceMint;
+pub use revocation::{Revocations, Revoked, Revoking};
 pub use sha256::{
     opaque_string, rest_password_with, sha256_key, userhash, PasswordAlgorithm, RestHmac, Sha256Key,
 };

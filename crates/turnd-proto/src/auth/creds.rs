@@ -147,7 +147,9 @@ impl Credentials {
         unix_now: u64,
         derive: impl Fn(&str) -> Option<K>,
     ) -> Lookup<K> {
-        let minted = rest_user(username, self.rest_separator)
+        // Expiry and user part come from the name without its binding; the HMAC covers all.
+        let (unbound, _) = super::split_binding(username, self.rest_separator);
+        let minted = rest_user(unbound, self.rest_separator)
             .is_some_and(|u| u.starts_with(MINTED_USER_PREFIX));
         let secrets = if minted {
             std::slice::from_ref(&self.mint_secret)
@@ -157,7 +159,7 @@ impl Credentials {
         if secrets.iter().all(|(_, s)| s.is_empty()) {
             return Lookup::Unknown;
         }
-        let Some(expiry) = rest_expiry(username, self.rest_separator) else {
+        let Some(expiry) = rest_expiry(unbound, self.rest_separator) else {
             return Lookup::Unknown;
         };
         if expiry.saturating_add(self.rest_max_skew_secs) < unix_now {
@@ -198,6 +200,11 @@ impl Authenticator for Credentials {
         })
     }
 
+    fn permits_client(&self, username: &str, client: std::net::IpAddr) -> bool {
+        self.keys_by_user.contains_key(username)
+            || super::binding_permits(username, self.rest_separator, client)
+    }
+
     fn user_of_hash(&self, hash: &[u8], realm: &str) -> Option<String> {
         if realm != self.realm {
             return None;
@@ -210,7 +217,9 @@ impl Authenticator for Credentials {
         if self.keys_by_user.contains_key(username) {
             return username;
         }
-        rest_user(username, self.rest_separator).unwrap_or(username)
+        // A bound name's principal is its user part without the binding.
+        let (unbound, _) = super::split_binding(username, self.rest_separator);
+        rest_user(unbound, self.rest_separator).unwrap_or(username)
     }
 }
 

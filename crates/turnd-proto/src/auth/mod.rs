@@ -44,6 +44,13 @@ pub trait Authenticator: Send + Sync {
         Lookup::Unknown
     }
 
+    /// Whether a client at `client` may use `username`: false for a bound TURN REST username
+    /// (`...<sep>ip=<prefix>`) used from outside its binding. By default always.
+    fn permits_client(&self, username: &str, client: std::net::IpAddr) -> bool {
+        let _ = (username, client);
+        true
+    }
+
     /// The username whose USERHASH (RFC 8489 §14.4) is `hash`, if known; by default none.
     fn user_of_hash(&self, hash: &[u8], realm: &str) -> Option<String> {
         let _ = (hash, realm);
@@ -61,12 +68,14 @@ pub enum NonceCheck {
     Invalid,
 }
 
+mod binding;
 mod budget;
 mod creds;
 mod nonce;
 mod revocation;
 mod sha256;
 
+pub use binding::{bind_username, binding_permits, parse_binding, split_binding};
 pub use budget::FailureBudget;
 pub use creds::{
     long_term_key, mint_secret, rest_password, rest_username, Credentials, MINTED_USER_PREFIX,

@@ -113,6 +113,10 @@ impl Authenticator for Revoking {
         // The lookup that follows refuses a revoked name.
         self.inner.user_of_hash(hash, realm)
     }
+
+    fn permits_client(&self, username: &str, client: std::net::IpAddr) -> bool {
+        self.inner.permits_client(username, client)
+    }
 }
 
 #[cfg(test)]

@@ -206,7 +206,8 @@ impl Engine {
             Named::User(u) => u,
             Named::UnknownHash => String::new(),
         };
-        let keys = match self.candidate_keys(&user, realm, alg, self.unix_secs(now)) {
+        let unix_now = self.unix_secs(now);
+        let keys = match self.candidate_keys(&user, realm, alg, unix_now, from.remote.ip()) {
             Lookup::Keys(keys) if !user.is_empty() => keys,
             Lookup::Expired => {
                 let _ = req.verify(&[0u8; 16]);

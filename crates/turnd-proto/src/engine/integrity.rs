@@ -345,15 +345,20 @@ impl Engine {
         })
     }
 
-    /// The candidate signers for `user` under `alg`.
+    /// The candidate keys for `user` under `alg`; `Unknown` (401, like an unknown user) for
+    /// a bound credential used from outside its binding.
     pub(super) fn candidate_keys(
         &self,
         user: &str,
         realm: &str,
         alg: PasswordAlgorithm,
         unix_now: u64,
+        client: std::net::IpAddr,
     ) -> Lookup<Vec<u8>> {
         let auth = &self.shared.auth;
+        if !auth.permits_client(user, client) {
+            return Lookup::Unknown;
+        }
         match alg {
             PasswordAlgorithm::Md5 => map_keys(auth.lookup(user, realm, unix_now)),
             PasswordAlgorithm::Sha256 => map_keys(auth.lookup_sha256(user, realm, unix_now)),

@@ -1265,4 +1265,5 @@ fn stream_closed_while_the_relay_is_being_bound_frees_the_quota_and_the_socket()
 }
 
 mod advisories;
+mod bound;
 mod sha256;

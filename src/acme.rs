@@ -24,7 +24,7 @@ use instant_acme::{
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Acme;
-use crate::net::tls::{self, ReloadableCert};
+use crate::tls::{self, ReloadableCert};
 
 const ACCOUNT_FILE: &str = "account.json";
 const CERT_FILE: &str = "cert.pem";

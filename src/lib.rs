@@ -11,11 +11,13 @@ pub mod config;
 pub mod http;
 pub mod net;
 pub mod probe;
+pub mod server;
 pub mod systemd;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Config;
-pub use net::{start, Running};
+pub use server::{start, Running};
 
 // Panic containment in the shards (ARCHITECTURE.md) catches unwinding panics.
 #[cfg(panic = "abort")]

@@ -108,7 +108,7 @@ impl Probe {
         md5.update(config.realm.as_bytes());
         md5.update(b":");
         md5.update(password.as_bytes());
-        let key: Key = md5.finalize().into();
+        let key = Key::from(<[u8; 16]>::from(md5.finalize()));
         Ok(Arc::new(Probe {
             user,
             password,

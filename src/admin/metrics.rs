@@ -1,16 +1,30 @@
-//! Prometheus text exposition of the shards' snapshots. Metric names are constants and each
-//! is described (HELP/TYPE) exactly once.
+//! `/metrics`: the shards' snapshots rendered by `prometheus-client` in the Prometheus text
+//! format (0.0.4). Nothing is counted here: the shards count in plain integers on their
+//! threads (zero per-packet cost beyond that), the admin API takes one snapshot per shard at
+//! scrape time, and [`ShardsCollector`] turns those snapshots into metric families. Each
+//! family is one `family(...)` call below: a name (a constant, as exposed, counters with
+//! their `_total`), its HELP, its type, and its samples.
 
-use std::fmt::Write;
+use std::fmt;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::exemplar::Exemplar;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use turnd_proto::engine::metrics::{AuthFailure, Traffic, DURATION_BUCKETS};
 
 use crate::net::ShardMetrics;
-use turnd_proto::engine::metrics::{AuthFailure, DURATION_BUCKETS};
+use crate::tls::HandshakeFailure;
 
 pub const BUILD_INFO: &str = "turnd_build_info";
 pub const ALLOCATIONS_ACTIVE: &str = "turnd_allocations_active";
 pub const ALLOCATIONS_TOTAL: &str = "turnd_allocations_total";
 pub const ALLOCATION_DURATION: &str = "turnd_allocation_duration_seconds";
 pub const RESPONSES_TOTAL: &str = "turnd_responses_total";
+pub const REFUSALS_TOTAL: &str = "turnd_refusals_total";
 pub const AUTH_FAILURES_TOTAL: &str = "turnd_auth_failures_total";
 pub const STALE_NONCE_TOTAL: &str = "turnd_stale_nonce_total";
 pub const POLICY_DENIALS_TOTAL: &str = "turnd_policy_denials_total";
@@ -32,76 +46,180 @@ pub const READY_PROBE_FAILURES_TOTAL: &str = "turnd_ready_probe_failures_total";
 pub const UDP_KERNEL_DROPS_TOTAL: &str = "turnd_udp_kernel_drops_total";
 pub const ALLOCATIONS_LIMIT: &str = "turnd_allocations_limit";
 
-/// A Prometheus label value with `\`, `"` and newlines escaped.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// The `Content-Type` of [`render`]'s output.
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+const TRANSPORTS: [&str; 3] = ["udp", "tcp", "tls"];
+const FAMILIES: [&str; 3] = ["ipv4", "ipv6", "dual"];
+
+/// Render every metric from the shards' snapshots (shard index = position) and the
+/// process-wide values.
+pub fn render(shards: &[ShardMetrics], process: &ProcessMetrics) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ShardsCollector(shards.to_vec())));
+    registry.register_collector(Box::new(ProcessCollector(process.clone())));
+    let mut out = String::with_capacity(8 * 1024);
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+    out
 }
 
-/// The metrics that are not per shard: certificate expiry, the ready probe, kernel drops.
-pub fn render_process(out: &mut String, control: &crate::net::Control) {
-    let o = out;
-    describe(
-        o,
-        ALLOCATIONS_LIMIT,
-        "gauge",
-        "The configured cap on allocations in total (policy.max_allocations).",
-    );
-    let _ = writeln!(o, "{ALLOCATIONS_LIMIT} {}", control.max_allocations());
-    describe(
-        o,
-        TLS_CERTIFICATE_EXPIRY,
-        "gauge",
-        "When each served certificate expires (notAfter, Unix seconds), end entity first.",
-    );
-    if let Some(cert) = control.certificate() {
-        for e in cert.expiry() {
-            let _ = writeln!(
-                o,
-                "{TLS_CERTIFICATE_EXPIRY}{{index=\"{}\",subject=\"{}\"}} {}",
-                e.index,
-                label(&e.subject),
-                e.not_after
-            );
+/// One scrape's snapshots, one per shard, as a custom collector.
+#[derive(Debug)]
+pub struct ShardsCollector(pub Vec<ShardMetrics>);
+
+/// One sample's value, as the family's type encodes it.
+enum Value {
+    Counter(u64),
+    Gauge(u64),
+}
+
+impl Value {
+    fn encode(&self, e: prometheus_client::encoding::MetricEncoder<'_>) -> fmt::Result {
+        match self {
+            Value::Counter(v) => ConstCounter::new(*v).encode(e),
+            Value::Gauge(v) => ConstGauge::new(*v).encode(e),
         }
     }
-    describe(
-        o,
-        READY_PROBE_SUCCESS,
-        "gauge",
-        "1 if the last round of the ready probe relayed through the server, else 0.",
-    );
-    describe(
-        o,
-        READY_PROBE_FAILURES_TOTAL,
-        "counter",
-        "Rounds of the ready probe that failed.",
-    );
-    if let Some(p) = control.probe() {
-        let st = p.status();
-        let _ = writeln!(o, "{READY_PROBE_SUCCESS} {}", u8::from(st.ok()));
-        let _ = writeln!(o, "{READY_PROBE_FAILURES_TOTAL} {}", st.failures());
+}
+
+/// Describe `name` (HELP/TYPE once) and write its samples. A counter's `name` ends in
+/// `_total` as exposed; prometheus-client adds that suffix itself.
+fn family<L: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) -> fmt::Result {
+    let base = match kind {
+        MetricType::Counter => name.strip_suffix("_total").unwrap_or(name),
+        _ => name,
+    };
+    let mut m = enc.encode_descriptor(base, help, None, kind)?;
+    for (labels, v) in samples {
+        let value = match kind {
+            MetricType::Counter => Value::Counter(v),
+            _ => Value::Gauge(v),
+        };
+        value.encode(m.encode_family(&labels)?)?;
     }
-    describe(
-        o,
-        UDP_KERNEL_DROPS_TOTAL,
-        "counter",
-        "UDP datagrams the kernel dropped for a full socket buffer (RcvbufErrors, \
-         SndbufErrors of /proc/net/snmp and snmp6). Host-wide, or network-namespace-wide: \
-         other processes' sockets count too.",
-    );
-    if let Some(d) = kernel_drops() {
-        let _ = writeln!(o, "{UDP_KERNEL_DROPS_TOTAL}{{reason=\"rcvbuf\"}} {}", d.0);
-        let _ = writeln!(o, "{UDP_KERNEL_DROPS_TOTAL}{{reason=\"sndbuf\"}} {}", d.1);
+    Ok(())
+}
+
+/// A family of one sample without labels.
+fn single(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    v: u64,
+) -> fmt::Result {
+    let base = match kind {
+        MetricType::Counter => name.strip_suffix("_total").unwrap_or(name),
+        _ => name,
+    };
+    let m = enc.encode_descriptor(base, help, None, kind)?;
+    match kind {
+        MetricType::Counter => Value::Counter(v),
+        _ => Value::Gauge(v),
+    }
+    .encode(m)
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The metrics that are not per shard, read at scrape time: the allocation cap, the served
+/// certificates' expiry, the ready probe, the kernel's UDP drops.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessMetrics {
+    pub allocations_limit: u64,
+    pub certificates: Vec<crate::tls::Expiry>,
+    /// (last round relayed, failed rounds), when the ready probe runs.
+    pub probe: Option<(bool, u64)>,
+    /// (RcvbufErrors, SndbufErrors), when /proc/net/snmp can be read.
+    pub kernel_drops: Option<(u64, u64)>,
+}
+
+impl ProcessMetrics {
+    pub fn read(control: &crate::net::Control) -> Self {
+        ProcessMetrics {
+            allocations_limit: control.max_allocations() as u64,
+            certificates: control
+                .certificate()
+                .map(|c| c.expiry())
+                .unwrap_or_default(),
+            probe: control.probe().map(|p| {
+                let st = p.status();
+                (st.ok(), st.failures())
+            }),
+            kernel_drops: kernel_drops(),
+        }
+    }
+}
+
+/// The process-wide values as a collector.
+#[derive(Debug)]
+pub struct ProcessCollector(pub ProcessMetrics);
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+        use MetricType::{Counter, Gauge};
+        let p = &self.0;
+        let e = &mut enc;
+        let help = "The configured cap on allocations in total (policy.max_allocations).";
+        single(e, ALLOCATIONS_LIMIT, help, Gauge, p.allocations_limit)?;
+        // notAfter is a Unix time: i64, as the certificate says.
+        let help =
+            "When each served certificate expires (notAfter, Unix seconds), end entity first.";
+        let mut m = e.encode_descriptor(TLS_CERTIFICATE_EXPIRY, help, None, Gauge)?;
+        for c in &p.certificates {
+            let labels: Labels = vec![
+                ("index", c.index.to_string()),
+                ("subject", c.subject.clone()),
+            ];
+            ConstGauge::new(c.not_after).encode(m.encode_family(&labels)?)?;
+        }
+        let (ok, failures) = match p.probe {
+            Some((ok, failures)) => (Some(u64::from(ok)), Some(failures)),
+            None => (None, None),
+        };
+        let help = "1 if the last round of the ready probe relayed through the server, else 0.";
+        optional(e, READY_PROBE_SUCCESS, help, Gauge, ok)?;
+        let help = "Rounds of the ready probe that failed.";
+        optional(e, READY_PROBE_FAILURES_TOTAL, help, Counter, failures)?;
+        let drops = p
+            .kernel_drops
+            .map(|(rcv, snd)| [("rcvbuf", rcv), ("sndbuf", snd)])
+            .into_iter()
+            .flatten()
+            .map(|(reason, n)| (vec![("reason", reason.to_string())], n));
+        let help = "UDP datagrams the kernel dropped for a full socket buffer (RcvbufErrors, \
+             SndbufErrors of /proc/net/snmp and snmp6). Host-wide, or network-namespace-wide: \
+             other processes' sockets count too.";
+        family(e, UDP_KERNEL_DROPS_TOTAL, help, Counter, drops)
+    }
+}
+
+/// A family of at most one sample without labels: described always, a sample when known.
+fn optional(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    v: Option<u64>,
+) -> fmt::Result {
+    match v {
+        Some(v) => single(enc, name, help, kind, v),
+        None => family(enc, name, help, kind, std::iter::empty::<(Labels, u64)>()),
     }
 }
 
 /// (RcvbufErrors, SndbufErrors) summed over UDP and UDP6 of this network namespace.
 fn kernel_drops() -> Option<(u64, u64)> {
-    let v4 = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let v4 = std::fs::read_to_string("/proc/self/net/snmp").ok()?;
     let (mut rcv, mut snd) = parse_snmp_udp(&v4)?;
-    if let Ok(v6) = std::fs::read_to_string("/proc/net/snmp6") {
+    if let Ok(v6) = std::fs::read_to_string("/proc/self/net/snmp6") {
         for line in v6.lines() {
             let mut it = line.split_whitespace();
             match (it.next(), it.next().and_then(|n| n.parse::<u64>().ok())) {
@@ -126,275 +244,238 @@ fn parse_snmp_udp(text: &str) -> Option<(u64, u64)> {
     Some((get("RcvbufErrors")?, get("SndbufErrors")?))
 }
 
-const TRANSPORTS: [&str; 3] = ["udp", "tcp", "tls"];
-const FAMILIES: [&str; 3] = ["ipv4", "ipv6", "dual"];
+impl Collector for ShardsCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+        use MetricType::{Counter, Gauge};
+        let shards = &self.0;
+        let e = &mut enc;
+        let sum = |f: &dyn Fn(&ShardMetrics) -> u64| -> u64 { shards.iter().map(f).sum() };
 
-fn describe(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
+        let version: Labels = vec![("version", env!("CARGO_PKG_VERSION").to_string())];
+        family(e, BUILD_INFO, "Build information.", Gauge, [(version, 1)])?;
 
-/// Render every metric from the shards' snapshots (shard index = position).
-pub fn render(shards: &[ShardMetrics]) -> String {
-    let mut out = String::with_capacity(8 * 1024);
-    let o = &mut out;
-    describe(o, BUILD_INFO, "gauge", "Build information.");
-    let _ = writeln!(
-        o,
-        "{BUILD_INFO}{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
-    );
-
-    describe(
-        o,
-        ALLOCATIONS_ACTIVE,
-        "gauge",
-        "Live allocations by client transport and relay family.",
-    );
-    for (t, tname) in TRANSPORTS.iter().enumerate() {
-        for (f, fname) in FAMILIES.iter().enumerate() {
-            let n: u64 = shards.iter().map(|s| s.engine.allocations[t][f]).sum();
-            let _ = writeln!(
-                o,
-                "{ALLOCATIONS_ACTIVE}{{transport=\"{tname}\",family=\"{fname}\"}} {n}"
-            );
+        let mut active: Vec<(Labels, u64)> = Vec::new();
+        for (t, tname) in TRANSPORTS.iter().enumerate() {
+            for (f, fname) in FAMILIES.iter().enumerate() {
+                let n = sum(&|s| s.engine.allocations[t][f]);
+                let labels = vec![
+                    ("transport", tname.to_string()),
+                    ("family", fname.to_string()),
+                ];
+                active.push((labels, n));
+            }
         }
-    }
-    let sum = |f: &dyn Fn(&ShardMetrics) -> u64| -> u64 { shards.iter().map(f).sum() };
-    describe(o, ALLOCATIONS_TOTAL, "counter", "Allocations created.");
-    let _ = writeln!(
-        o,
-        "{ALLOCATIONS_TOTAL} {}",
-        sum(&|s| s.engine.counters.allocations_created)
-    );
+        let help = "Live allocations by client transport and relay family.";
+        family(e, ALLOCATIONS_ACTIVE, help, Gauge, active)?;
+        let created = sum(&|s| s.engine.counters.allocations_created);
+        single(
+            e,
+            ALLOCATIONS_TOTAL,
+            "Allocations created.",
+            Counter,
+            created,
+        )?;
 
-    describe(
-        o,
-        ALLOCATION_DURATION,
-        "histogram",
-        "How long ended allocations lived.",
-    );
-    let mut cumulative = 0;
-    for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-        cumulative += sum(&|s| s.engine.counters.duration_buckets[i]);
-        let _ = writeln!(
-            o,
-            "{ALLOCATION_DURATION}_bucket{{le=\"{bound}\"}} {cumulative}"
-        );
-    }
-    cumulative += sum(&|s| s.engine.counters.duration_buckets[DURATION_BUCKETS.len()]);
-    let _ = writeln!(
-        o,
-        "{ALLOCATION_DURATION}_bucket{{le=\"+Inf\"}} {cumulative}"
-    );
-    let total_secs: f64 = shards
-        .iter()
-        .map(|s| s.engine.counters.duration_sum_secs)
-        .sum();
-    let _ = writeln!(
-        o,
-        "{ALLOCATION_DURATION}_sum {total_secs}\n{ALLOCATION_DURATION}_count {cumulative}"
-    );
+        // Per-bucket counts; the encoder makes them cumulative and adds +Inf.
+        let mut buckets: Vec<(f64, u64)> = DURATION_BUCKETS
+            .iter()
+            .enumerate()
+            .map(|(i, bound)| {
+                (
+                    *bound as f64,
+                    sum(&|s| s.engine.counters.duration_buckets[i]),
+                )
+            })
+            .collect();
+        let overflow = sum(&|s| s.engine.counters.duration_buckets[DURATION_BUCKETS.len()]);
+        buckets.push((f64::INFINITY, overflow));
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let total_secs: f64 = shards
+            .iter()
+            .map(|s| s.engine.counters.duration_sum_secs)
+            .sum();
+        let help = "How long ended allocations lived.";
+        enc.encode_descriptor(ALLOCATION_DURATION, help, None, MetricType::Histogram)?
+            .encode_histogram::<NoLabelSet>(
+                total_secs,
+                count,
+                &buckets,
+                None::<&std::collections::HashMap<usize, Exemplar<NoLabelSet, f64>>>,
+            )?;
+        let e = &mut enc;
 
-    describe(
-        o,
-        RESPONSES_TOTAL,
-        "counter",
-        "STUN/TURN responses sent, by method and code (0: success).",
-    );
-    let mut responses = std::collections::BTreeMap::new();
-    for s in shards {
-        for (k, v) in &s.engine.counters.responses {
-            *responses.entry(*k).or_insert(0u64) += v;
+        let mut responses = std::collections::BTreeMap::new();
+        for s in shards {
+            for (k, v) in &s.engine.counters.responses {
+                *responses.entry(*k).or_insert(0u64) += v;
+            }
         }
-    }
-    for ((method, code), n) in responses {
-        let _ = writeln!(
-            o,
-            "{RESPONSES_TOTAL}{{method=\"{method}\",code=\"{code}\"}} {n}"
-        );
-    }
-
-    describe(
-        o,
-        AUTH_FAILURES_TOTAL,
-        "counter",
-        "Requests refused by authentication, by reason.",
-    );
-    for why in AuthFailure::ALL {
-        let n = sum(&|s| {
-            s.engine
-                .counters
-                .auth_failures
-                .get(&why)
-                .copied()
-                .unwrap_or(0)
+        let responses = responses.into_iter().map(|((method, code), n)| {
+            let labels: Labels = vec![("method", method.to_string()), ("code", code.to_string())];
+            (labels, n)
         });
-        let _ = writeln!(
-            o,
-            "{AUTH_FAILURES_TOTAL}{{reason=\"{}\"}} {n}",
-            why.as_str()
-        );
-    }
-    describe(o, STALE_NONCE_TOTAL, "counter", "438 Stale Nonce answers.");
-    let stale = sum(&|s| {
-        s.engine
-            .counters
-            .auth_failures
-            .get(&AuthFailure::Nonce)
-            .copied()
-            .unwrap_or(0)
-    });
-    let _ = writeln!(o, "{STALE_NONCE_TOTAL} {stale}");
-    describe(
-        o,
-        POLICY_DENIALS_TOTAL,
-        "counter",
-        "Requests refused by the peer policy (403).",
-    );
-    let _ = writeln!(
-        o,
-        "{POLICY_DENIALS_TOTAL} {}",
-        sum(&|s| s.engine.counters.policy_denials)
-    );
-    describe(
-        o,
-        QUOTA_REFUSALS_TOTAL,
-        "counter",
-        "Allocations refused by quotas (486).",
-    );
-    let _ = writeln!(
-        o,
-        "{QUOTA_REFUSALS_TOTAL} {}",
-        sum(&|s| s.engine.counters.quota_refusals)
-    );
+        let help = "STUN/TURN responses sent, by method and code (0: success).";
+        family(e, RESPONSES_TOTAL, help, Counter, responses)?;
 
-    describe(
-        o,
-        RELAYED_PACKETS_TOTAL,
-        "counter",
-        "Relayed packets by direction and client transport.",
-    );
-    describe(
-        o,
-        RELAYED_BYTES_TOTAL,
-        "counter",
-        "Relayed payload bytes by direction and client transport.",
-    );
-    for (t, tname) in TRANSPORTS.iter().enumerate() {
-        let tr = |f: &dyn Fn(&turnd_proto::engine::metrics::Traffic) -> u64| {
-            sum(&|s| f(&s.engine.traffic))
-        };
-        for (dir, p, b) in [
-            (
-                "to_peer",
-                tr(&|x| x.packets_to_peer[t]),
-                tr(&|x| x.bytes_to_peer[t]),
-            ),
-            (
-                "to_client",
-                tr(&|x| x.packets_to_client[t]),
-                tr(&|x| x.bytes_to_client[t]),
-            ),
-        ] {
-            let _ = writeln!(
-                o,
-                "{RELAYED_PACKETS_TOTAL}{{direction=\"{dir}\",transport=\"{tname}\"}} {p}"
-            );
-            let _ = writeln!(
-                o,
-                "{RELAYED_BYTES_TOTAL}{{direction=\"{dir}\",transport=\"{tname}\"}} {b}"
-            );
+        let mut refusals = std::collections::BTreeMap::new();
+        for s in shards {
+            for (reason, n) in &s.engine.counters.refusals {
+                *refusals.entry(*reason).or_insert(0u64) += n;
+            }
         }
-    }
-    describe(o, PERMISSIONS_ACTIVE, "gauge", "Installed permissions.");
-    let _ = writeln!(o, "{PERMISSIONS_ACTIVE} {}", sum(&|s| s.engine.permissions));
-    describe(o, CHANNELS_ACTIVE, "gauge", "Bound channels.");
-    let _ = writeln!(o, "{CHANNELS_ACTIVE} {}", sum(&|s| s.engine.channels));
+        let refusals = refusals
+            .into_iter()
+            .map(|(reason, n)| (vec![("reason", reason.to_string())], n));
+        let help =
+            "Error answers sent, by why (finer than the code: bad_request_lifetime, quota, ...).";
+        family(e, REFUSALS_TOTAL, help, Counter, refusals)?;
 
-    describe(
-        o,
-        CONNECTIONS_ACTIVE,
-        "gauge",
-        "Open TCP and TLS client connections.",
-    );
-    let _ = writeln!(
-        o,
-        "{CONNECTIONS_ACTIVE}{{transport=\"tcp\"}} {}",
-        sum(&|s| s.streams_open[0])
-    );
-    let _ = writeln!(
-        o,
-        "{CONNECTIONS_ACTIVE}{{transport=\"tls\"}} {}",
-        sum(&|s| s.streams_open[1])
-    );
-    describe(
-        o,
-        CONNECTIONS_REFUSED_TOTAL,
-        "counter",
-        "Connections refused by the connection caps.",
-    );
-    let _ = writeln!(
-        o,
-        "{CONNECTIONS_REFUSED_TOTAL} {}",
-        sum(&|s| s.connections_refused)
-    );
-    describe(
-        o,
-        TLS_HANDSHAKE_FAILURES_TOTAL,
-        "counter",
-        "TLS handshakes that failed or timed out, by reason.",
-    );
-    for why in crate::net::tls::HandshakeFailure::ALL {
-        let n = sum(&|s| s.handshake_failures[why.index()]);
-        let r = why.as_str();
-        let _ = writeln!(o, "{TLS_HANDSHAKE_FAILURES_TOTAL}{{reason=\"{r}\"}} {n}");
-    }
-    describe(
-        o,
-        ENGINE_PANICS_TOTAL,
-        "counter",
-        "Inputs dropped because handling them panicked (the shard went on).",
-    );
-    let _ = writeln!(o, "{ENGINE_PANICS_TOTAL} {}", sum(&|s| s.engine_panics));
-    describe(
-        o,
-        RESERVATIONS_HELD,
-        "gauge",
-        "Relay ports held by EVEN-PORT reservations.",
-    );
-    // The table is shared: every shard reports the same number.
-    let held = shards
-        .iter()
-        .map(|s| s.reservations_held)
-        .max()
-        .unwrap_or(0);
-    let _ = writeln!(o, "{RESERVATIONS_HELD} {held}");
+        let auth = |why: AuthFailure| {
+            sum(&|s| {
+                s.engine
+                    .counters
+                    .auth_failures
+                    .get(&why)
+                    .copied()
+                    .unwrap_or(0)
+            })
+        };
+        let reasons =
+            AuthFailure::ALL.map(|why| (vec![("reason", why.as_str().to_string())], auth(why)));
+        let help = "Requests refused by authentication, by reason.";
+        family(e, AUTH_FAILURES_TOTAL, help, Counter, reasons)?;
+        let stale = auth(AuthFailure::Nonce);
+        single(
+            e,
+            STALE_NONCE_TOTAL,
+            "438 Stale Nonce answers.",
+            Counter,
+            stale,
+        )?;
+        let denials = sum(&|s| s.engine.counters.policy_denials);
+        let help = "Requests refused by the peer policy (403).";
+        single(e, POLICY_DENIALS_TOTAL, help, Counter, denials)?;
+        let quota = sum(&|s| s.engine.counters.quota_refusals);
+        let help = "Allocations refused by quotas (486).";
+        single(e, QUOTA_REFUSALS_TOTAL, help, Counter, quota)?;
 
-    describe(
-        o,
-        SHARD_ALLOCATIONS,
-        "gauge",
-        "Live allocations per shard (load balance).",
-    );
-    describe(
-        o,
-        SHARD_RELAYED_PACKETS_TOTAL,
-        "counter",
-        "Relayed packets per shard (load balance).",
-    );
-    for (i, s) in shards.iter().enumerate() {
-        let allocs: u64 = s.engine.allocations.iter().flatten().sum();
-        let t = &s.engine.traffic;
-        let pkts: u64 = t.packets_to_peer.iter().chain(&t.packets_to_client).sum();
-        let _ = writeln!(o, "{SHARD_ALLOCATIONS}{{shard=\"{i}\"}} {allocs}");
-        let _ = writeln!(o, "{SHARD_RELAYED_PACKETS_TOTAL}{{shard=\"{i}\"}} {pkts}");
+        let traffic = |pick: &dyn Fn(&Traffic, usize) -> [u64; 2]| -> Vec<(Labels, u64)> {
+            let mut v = Vec::new();
+            for (dir, d) in [("to_peer", 0), ("to_client", 1)] {
+                for (t, tname) in TRANSPORTS.iter().enumerate() {
+                    let n = sum(&|s| pick(&s.engine.traffic, t)[d]);
+                    let labels = vec![
+                        ("direction", dir.to_string()),
+                        ("transport", tname.to_string()),
+                    ];
+                    v.push((labels, n));
+                }
+            }
+            v
+        };
+        let packets = traffic(&|x, t| [x.packets_to_peer[t], x.packets_to_client[t]]);
+        let help = "Relayed packets by direction and client transport.";
+        family(e, RELAYED_PACKETS_TOTAL, help, Counter, packets)?;
+        let bytes = traffic(&|x, t| [x.bytes_to_peer[t], x.bytes_to_client[t]]);
+        let help = "Relayed payload bytes by direction and client transport.";
+        family(e, RELAYED_BYTES_TOTAL, help, Counter, bytes)?;
+
+        let permissions = sum(&|s| s.engine.permissions);
+        single(
+            e,
+            PERMISSIONS_ACTIVE,
+            "Installed permissions.",
+            Gauge,
+            permissions,
+        )?;
+        let channels = sum(&|s| s.engine.channels);
+        single(e, CHANNELS_ACTIVE, "Bound channels.", Gauge, channels)?;
+
+        let conns = [("tcp", 0), ("tls", 1)].map(|(t, i)| {
+            (
+                vec![("transport", t.to_string())],
+                sum(&|s| s.streams_open[i]),
+            )
+        });
+        let help = "Open TCP and TLS client connections.";
+        family(e, CONNECTIONS_ACTIVE, help, Gauge, conns)?;
+        let refused = sum(&|s| s.connections_refused);
+        let help = "Connections refused by the connection caps.";
+        single(e, CONNECTIONS_REFUSED_TOTAL, help, Counter, refused)?;
+        let failures = HandshakeFailure::ALL.map(|why| {
+            let n = sum(&|s| s.handshake_failures[why.index()]);
+            (vec![("reason", why.as_str().to_string())], n)
+        });
+        let help = "TLS handshakes that failed or timed out, by reason.";
+        family(e, TLS_HANDSHAKE_FAILURES_TOTAL, help, Counter, failures)?;
+        let panics = sum(&|s| s.engine_panics);
+        let help = "Inputs dropped because handling them panicked (the shard went on).";
+        single(e, ENGINE_PANICS_TOTAL, help, Counter, panics)?;
+        // The table is shared: every shard reports the same number.
+        let held = shards
+            .iter()
+            .map(|s| s.reservations_held)
+            .max()
+            .unwrap_or(0);
+        let help = "Relay ports held by EVEN-PORT reservations.";
+        single(e, RESERVATIONS_HELD, help, Gauge, held)?;
+
+        let per_shard = |f: &dyn Fn(&ShardMetrics) -> u64| -> Vec<(Labels, u64)> {
+            let shard = |i: usize| vec![("shard", i.to_string())];
+            shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (shard(i), f(s)))
+                .collect()
+        };
+        let allocs = per_shard(&|s| s.engine.allocations.iter().flatten().sum());
+        let help = "Live allocations per shard (load balance).";
+        family(e, SHARD_ALLOCATIONS, help, Gauge, allocs)?;
+        let pkts = per_shard(&|s| {
+            let t = &s.engine.traffic;
+            t.packets_to_peer.iter().chain(&t.packets_to_client).sum()
+        });
+        let help = "Relayed packets per shard (load balance).";
+        family(e, SHARD_RELAYED_PACKETS_TOTAL, help, Counter, pkts)
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn assert_line(text: &str, line: &str) {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+
+    /// Two shards with a bit of everything.
+    fn sample() -> Vec<ShardMetrics> {
+        let mut a = ShardMetrics::default();
+        a.engine.counters.allocations_created = 3;
+        a.engine.counters.responses.insert(("allocate", 401), 2);
+        a.engine.counters.responses.insert(("allocate", 0), 3);
+        a.engine
+            .counters
+            .auth_failures
+            .insert(AuthFailure::Nonce, 4);
+        a.engine.counters.refusals.insert("stale_nonce", 4);
+        a.engine.counters.duration_buckets[0] = 1;
+        a.engine.counters.duration_buckets[DURATION_BUCKETS.len()] = 2;
+        a.engine.counters.duration_sum_secs = 20_005.5;
+        a.engine.allocations[0][1] = 2;
+        a.engine.traffic.packets_to_peer[0] = 7;
+        a.engine.traffic.bytes_to_client[2] = 900;
+        a.streams_open = [1, 2];
+        a.handshake_failures[HandshakeFailure::Alert.index()] = 5;
+        a.reservations_held = 1;
+        let mut b = a.clone();
+        b.engine.counters.responses.insert(("refresh", 0), 1);
+        b.engine_panics = 6;
+        vec![a, b]
+    }
 
     #[test]
     fn snmp_udp_counters_are_found_by_name() {
@@ -411,6 +492,89 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(label("CN=a\"b\\c\nd"), "CN=a\\\"b\\\\c\\nd");
+        let process = ProcessMetrics {
+            certificates: vec![crate::tls::Expiry {
+                index: 0,
+                subject: "CN=a\"b\\c\nd".to_string(),
+                not_after: 1_899_936_000,
+            }],
+            ..Default::default()
+        };
+        let text = render(&[], &process);
+        let line = concat!(
+            "turnd_tls_certificate_expiry_seconds{index=\"0\",",
+            "subject=\"CN=a\\\"b\\\\c\\nd\"} 1899936000"
+        );
+        assert_line(&text, line);
+    }
+
+    #[test]
+    fn process_families_are_described_and_sampled_when_known() {
+        let process = ProcessMetrics {
+            allocations_limit: 100,
+            certificates: Vec::new(),
+            probe: Some((true, 2)),
+            kernel_drops: Some((7, 5)),
+        };
+        let text = render(&[], &process);
+        for line in [
+            "turnd_allocations_limit 100",
+            "# TYPE turnd_tls_certificate_expiry_seconds gauge",
+            "turnd_ready_probe_success 1",
+            "turnd_ready_probe_failures_total 2",
+            "turnd_udp_kernel_drops_total{reason=\"rcvbuf\"} 7",
+            "turnd_udp_kernel_drops_total{reason=\"sndbuf\"} 5",
+        ] {
+            assert_line(&text, line);
+        }
+        let none = render(&[], &ProcessMetrics::default());
+        assert!(none.contains("# HELP turnd_ready_probe_success "));
+        assert!(!none
+            .lines()
+            .any(|l| l.starts_with("turnd_ready_probe_success ")));
+    }
+
+    #[test]
+    fn families_keep_their_names_labels_and_help() {
+        let text = render(&sample(), &ProcessMetrics::default());
+        for line in [
+            "# HELP turnd_allocations_total Allocations created.",
+            "# TYPE turnd_allocations_total counter",
+            "turnd_allocations_total 6",
+            concat!(
+                "turnd_build_info{version=\"",
+                env!("CARGO_PKG_VERSION"),
+                "\"} 1"
+            ),
+            "# TYPE turnd_allocations_active gauge",
+            "turnd_allocations_active{transport=\"udp\",family=\"ipv6\"} 4",
+            "turnd_allocations_active{transport=\"tls\",family=\"dual\"} 0",
+            "# TYPE turnd_allocation_duration_seconds histogram",
+            "turnd_allocation_duration_seconds_bucket{le=\"10\"} 2",
+            "turnd_allocation_duration_seconds_bucket{le=\"14400\"} 2",
+            "turnd_allocation_duration_seconds_bucket{le=\"+Inf\"} 6",
+            "turnd_allocation_duration_seconds_sum 40011.0",
+            "turnd_allocation_duration_seconds_count 6",
+            "turnd_responses_total{method=\"allocate\",code=\"401\"} 4",
+            "turnd_responses_total{method=\"refresh\",code=\"0\"} 1",
+            "turnd_auth_failures_total{reason=\"challenge\"} 0",
+            "turnd_stale_nonce_total 8",
+            "turnd_refusals_total{reason=\"stale_nonce\"} 8",
+            "turnd_relayed_packets_total{direction=\"to_peer\",transport=\"udp\"} 14",
+            "turnd_relayed_bytes_total{direction=\"to_client\",transport=\"tls\"} 1800",
+            "turnd_connections_active{transport=\"tls\"} 4",
+            "turnd_tls_handshake_failures_total{reason=\"alert\"} 10",
+            "turnd_engine_panics_total 6",
+            "turnd_reservations_held 1",
+            "turnd_shard_allocations{shard=\"1\"} 2",
+            "turnd_shard_relayed_packets_total{shard=\"0\"} 7",
+        ] {
+            assert_line(&text, line);
+        }
+        // Each family is described exactly once.
+        let helps: Vec<_> = text.lines().filter(|l| l.starts_with("# HELP ")).collect();
+        let unique: std::collections::HashSet<_> = helps.iter().collect();
+        assert_eq!(helps.len(), unique.len());
+        assert_eq!(helps.len(), 26);
     }
 }

@@ -124,14 +124,10 @@ async fn get_metrics(State(s): State<AdminState>, headers: HeaderMap) -> Respons
         }
     }
     let control = s.control.clone();
-    match ask(move || {
-        let mut text = metrics::render(&control.metrics());
-        metrics::render_process(&mut text, &control);
-        text
-    })
-    .await
+    match ask(move || metrics::render(&control.metrics(), &metrics::ProcessMetrics::read(&control)))
+        .await
     {
-        Ok(text) => ([("content-type", "text/plain; version=0.0.4")], text).into_response(),
+        Ok(text) => ([("content-type", metrics::CONTENT_TYPE)], text).into_response(),
         Err(r) => r,
     }
 }
@@ -214,7 +210,7 @@ async fn kill_session(
     if let Some(r) = refused(&s, &headers) {
         return r;
     }
-    let Ok(id) = id.parse::<u64>() else {
+    let Ok(id) = id.parse::<turnd_proto::engine::SessionId>() else {
         return (StatusCode::BAD_REQUEST, "session ids are decimal numbers\n").into_response();
     };
     let control = s.control.clone();

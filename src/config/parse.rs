@@ -53,48 +53,21 @@ pub fn socket_addr(s: &str) -> Result<std::net::SocketAddr, String> {
     })
 }
 
-/// A duration such as `"90s"`, `"10m"`, `"1h"`, `"500ms"` or `"1h30m"`; a unit is required.
+/// A duration such as `"90s"`, `"10m"`, `"1h"`, `"500ms"` or `"1h30m"`, parsed by
+/// `humantime` (which also takes its long unit names, e.g. `"5min"`, `"2 hours"`); a unit is
+/// required.
 pub fn duration(s: &str) -> Result<Duration, String> {
+    use humantime::DurationError as E;
     const HELP: &str =
         "expected a duration such as \"500ms\", \"90s\", \"10m\", \"1h\" or \"1h30m\"";
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return Err(HELP.into());
-    }
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(HELP.into());
+    humantime::parse_duration(s.trim()).map_err(|e| match e {
+        E::UnknownUnit { unit, .. } if unit.is_empty() => {
+            format!("a unit is required (ms, s, m, h or d); {HELP}")
         }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| "the number is too large".to_string())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(1),
-            "s" => Duration::from_secs(1),
-            "m" => Duration::from_secs(60),
-            "h" => Duration::from_secs(3600),
-            "d" => Duration::from_secs(86_400),
-            "" => return Err(format!("a unit is required (ms, s, m, h or d); {HELP}")),
-            _ => return Err(format!("unknown unit (use ms, s, m, h or d); {HELP}")),
-        };
-        rest = &rest[unit_len..];
-        let part = u32::try_from(n)
-            .ok()
-            .and_then(|n| unit.checked_mul(n))
-            .ok_or_else(|| "the duration is too large".to_string())?;
-        total = total
-            .checked_add(part)
-            .ok_or_else(|| "the duration is too large".to_string())?;
-    }
-    Ok(total)
+        E::UnknownUnit { .. } => format!("unknown unit (use ms, s, m, h or d); {HELP}"),
+        E::NumberOverflow => "the duration is too large".to_string(),
+        E::InvalidCharacter(_) | E::NumberExpected(_) | E::Empty => HELP.to_string(),
+    })
 }
 
 /// A port range `"MIN-MAX"` (both inclusive) or a single port.
@@ -230,7 +203,18 @@ mod tests {
         assert_eq!(duration("10m"), Ok(Duration::from_secs(600)));
         assert_eq!(duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(duration("2d"), Ok(Duration::from_secs(172_800)));
-        for bad in ["", "10", "m", "10x", "1.5h", "-1s", "99999999999999999999s"] {
+        // humantime's grammar: long unit names and fractions too.
+        assert_eq!(duration("5 minutes"), Ok(Duration::from_secs(300)));
+        assert_eq!(duration("1.5h"), Ok(Duration::from_secs(5400)));
+        for bad in [
+            "",
+            "10",
+            "m",
+            "10x",
+            "5 fortnights",
+            "-1s",
+            "99999999999999999999s",
+        ] {
             assert!(duration(bad).is_err(), "{bad:?}");
         }
     }

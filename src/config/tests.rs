@@ -312,8 +312,8 @@ fn bad_values_name_line_and_key() {
             "2: lifetimes.channel: \"10\": a unit is required",
         ),
         (
-            "[lifetimes]\npermission = \"5 minutes\"\n",
-            "2: lifetimes.permission: \"5 minutes\": unknown unit",
+            "[lifetimes]\npermission = \"5 fortnights\"\n",
+            "2: lifetimes.permission: \"5 fortnights\": unknown unit",
         ),
         (
             "[auth]\nrest_max_skew = 60\n",

@@ -451,8 +451,8 @@ mod tests {
     #[test]
     fn body_has_a_credential_for_the_clients_prefix_signed_with_the_mint_secret() {
         let mut s = setup();
-        s.certificate = Some(crate::net::tls::ReloadableCert::new(
-            crate::net::tls::self_signed().unwrap(),
+        s.certificate = Some(crate::tls::ReloadableCert::new(
+            crate::tls::self_signed().unwrap(),
         ));
         s.cfg.mint_secret = Some(crate::config::Redacted("mint-secret-0123456789".into()));
         let ice = IceServers::new(&s);

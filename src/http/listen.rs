@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::net::tls::ReloadableCert;
+use crate::tls::ReloadableCert;
 
 /// rustls config for HTTPS: TLS 1.2 and 1.3, ALPN `http/1.1`, certificate from `cert`.
 pub fn http_tls_config(cert: Arc<ReloadableCert>) -> anyhow::Result<Arc<rustls::ServerConfig>> {

@@ -19,7 +19,7 @@ use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
 use crate::config;
-use crate::net::tls::ReloadableCert;
+use crate::tls::ReloadableCert;
 
 pub mod ice;
 pub mod limits;

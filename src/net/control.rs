@@ -1,7 +1,7 @@
 //! Cross-shard control: every question to the shards goes by message, answered on the
 //! shard's own thread, so nothing on the data path is shared or locked.
 //!
-//! Used by [`super::Running`] (tests, main) and by the admin API.
+//! Used by [`crate::Running`] (tests, main) and by the admin API.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,9 +14,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::health::Health;
 use super::relay::Reservations;
 use super::shard::{ShardMetrics, ShardRequest};
-use super::tls::ReloadableCert;
 use super::Stats;
 use crate::config::Config;
+use crate::tls::ReloadableCert;
 use turnd_proto::auth::Credentials;
 use turnd_proto::engine::{SessionInfo, Shared};
 
@@ -45,7 +45,7 @@ pub struct Control {
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
 impl Control {
-    pub(super) fn new(
+    pub(crate) fn new(
         shards: Vec<UnboundedSender<ShardRequest>>,
         own: Vec<SocketAddr>,
         certificate: Option<Arc<ReloadableCert>>,
@@ -71,7 +71,7 @@ impl Control {
     }
 
     /// With the revocation store the shards' authenticator was built with.
-    pub(super) fn with_revocations(
+    pub(crate) fn with_revocations(
         mut self,
         store: Arc<super::revocations::RevocationStore>,
         base_auth: Arc<dyn turnd_proto::auth::Authenticator>,
@@ -144,7 +144,7 @@ impl Control {
     }
 
     /// With the ready probe, whose credential and policy exception survive reloads.
-    pub(super) fn with_probe(mut self, probe: Option<Arc<crate::probe::Probe>>) -> Self {
+    pub(crate) fn with_probe(mut self, probe: Option<Arc<crate::probe::Probe>>) -> Self {
         self.probe = probe;
         self
     }
@@ -215,7 +215,7 @@ impl Control {
         all
     }
 
-    pub fn kill_session(&self, id: u64) -> bool {
+    pub fn kill_session(&self, id: turnd_proto::engine::SessionId) -> bool {
         self.ask_all(|r| ShardRequest::KillSession(id, r))
             .into_iter()
             .any(|k| k)
@@ -237,7 +237,7 @@ impl Control {
         self.draining.load(Ordering::Relaxed)
     }
 
-    pub(super) fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.tell_all(|| ShardRequest::Stop);
     }
 

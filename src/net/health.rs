@@ -32,7 +32,7 @@ impl Health {
     }
 
     /// From now on tasks and threads end on purpose.
-    pub(super) fn set_stopping(&self) {
+    pub(crate) fn set_stopping(&self) {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
@@ -81,7 +81,7 @@ impl Health {
 
     /// Marks `what` of `shard` gone when dropped (a task or thread ending by return, panic or
     /// cancellation), unless the server is stopping.
-    pub(super) fn guard(self: &Arc<Self>, shard: usize, what: &'static str) -> Guard {
+    pub(crate) fn guard(self: &Arc<Self>, shard: usize, what: &'static str) -> Guard {
         Guard {
             health: self.clone(),
             shard,
@@ -90,7 +90,7 @@ impl Health {
     }
 }
 
-pub(super) struct Guard {
+pub(crate) struct Guard {
     health: Arc<Health>,
     shard: usize,
     what: &'static str,
@@ -115,7 +115,7 @@ pub(super) fn take_panic_location() -> Option<String> {
 /// Install (once per process) a panic hook that keeps panics on shard threads off stderr:
 /// the shard logs them itself, rate-limited and without the payload of formatted messages
 /// (which might carry request data). Other threads get the previous hook.
-pub(super) fn install_panic_hook() {
+pub(crate) fn install_panic_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
@@ -136,7 +136,7 @@ pub(super) fn install_panic_hook() {
 }
 
 /// Shard threads are named `turnd-shard-<i>`.
-pub(super) const SHARD_THREAD_PREFIX: &str = "turnd-shard-";
+pub(crate) const SHARD_THREAD_PREFIX: &str = "turnd-shard-";
 
 /// The panic payload if it is a string literal (it cannot carry request data); formatted
 /// messages are withheld.

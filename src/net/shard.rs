@@ -10,6 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -21,14 +22,14 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Relay as RelayConfig, Streams};
 use turnd_proto::engine::{
-    ClientAddr, Command, Engine, EngineStats, Family, MetricsSnapshot, PortChoice, SessionInfo,
-    Shared, Transport, HEADROOM, TAILROOM,
+    ClientAddr, Command, Engine, EngineStats, Family, MetricsSnapshot, PeerAddr, PortChoice,
+    RelayAddr, SessionId, SessionInfo, Shared, Transport, HEADROOM, TAILROOM,
 };
 
 use super::health::{panic_message, take_panic_location, Health, LogLimit};
 use super::relay::{bind_pair, bind_relay, Reservations};
-use super::stream::{accept_loop, Closed, ConnLimits, StreamConn};
-use super::tls::HandshakeFailure;
+use super::stream::{accept_loop, Closed, ConnLimits, StreamTable};
+use crate::tls::HandshakeFailure;
 
 /// Largest datagram we receive: a UDP payload is at most 65535 bytes.
 const MAX_DATAGRAM: usize = 65535;
@@ -48,7 +49,7 @@ pub enum ShardRequest {
     Stats(std::sync::mpsc::Sender<EngineStats>),
     Metrics(std::sync::mpsc::Sender<ShardMetrics>),
     Sessions(Option<String>, std::sync::mpsc::Sender<Vec<SessionInfo>>),
-    KillSession(u64, std::sync::mpsc::Sender<bool>),
+    KillSession(SessionId, std::sync::mpsc::Sender<bool>),
     KillUser(String, std::sync::mpsc::Sender<usize>),
     /// New credentials and policy (SIGHUP); allocations keep running.
     Reload(Shared),
@@ -78,17 +79,12 @@ struct RelaySocket {
 }
 
 pub struct Shard {
-    pub(super) engine: RefCell<Engine>,
+    engine: RefCell<Engine>,
     relay_cfg: RelayConfig,
     udp_listeners: HashMap<SocketAddr, Rc<UdpSocket>>,
     relays: RefCell<HashMap<SocketAddr, RelaySocket>>,
-    pub(super) streams: RefCell<HashMap<ClientAddr, Rc<StreamConn>>>,
-    pub(super) streams_cfg: Streams,
-    pub(super) conn_limits: Arc<ConnLimits>,
+    streams: StreamTable,
     reservations: Arc<Reservations>,
-    pub(super) redact: bool,
-    pub(super) handshake_failures: [Cell<u64>; HandshakeFailure::COUNT],
-    pub(super) connections_refused: Cell<u64>,
     buf: RefCell<Box<[u8]>>,
     timer_changed: Notify,
     index: usize,
@@ -136,13 +132,8 @@ pub fn run(
             relay_cfg: setup.relay_cfg,
             udp_listeners,
             relays: RefCell::new(HashMap::new()),
-            streams: RefCell::new(HashMap::new()),
-            streams_cfg: setup.streams_cfg,
-            conn_limits: setup.conn_limits,
+            streams: StreamTable::new(setup.streams_cfg, setup.conn_limits, setup.redact),
             reservations: setup.reservations,
-            redact: setup.redact,
-            handshake_failures: Default::default(),
-            connections_refused: Cell::new(0),
             buf: RefCell::new(vec![0u8; HEADROOM + MAX_DATAGRAM + TAILROOM].into_boxed_slice()),
             timer_changed: Notify::new(),
             index: setup.index,
@@ -203,9 +194,7 @@ pub fn run(
         for (_, r) in shard.relays.borrow_mut().drain() {
             r.task.abort();
         }
-        for (_, c) in shard.streams.borrow_mut().drain() {
-            c.close(Closed::ByServer);
-        }
+        shard.streams.close_all();
         Ok(())
     })
 }
@@ -252,7 +241,17 @@ fn kind_of(buf: &[u8]) -> &'static str {
     }
 }
 
-async fn udp_listener(shard: Rc<Shard>, local: SocketAddr, sock: Rc<UdpSocket>) {
+/// The one receive loop of a shard's UDP sockets, client listeners and relay sockets alike:
+/// wait for readiness, receive up to [`RECV_BATCH`] datagrams into the shard's buffer at
+/// `offset` (relay sockets leave [`HEADROOM`] for the ChannelData or Data indication header)
+/// and hand each to `on_datagram` as (now, buffer, length, sender), then yield. It ends when
+/// the socket fails or `on_datagram` says `Break`.
+async fn recv_loop(
+    shard: &Shard,
+    sock: &UdpSocket,
+    offset: usize,
+    mut on_datagram: impl FnMut(Instant, &mut [u8], usize, SocketAddr) -> ControlFlow<()>,
+) {
     loop {
         if sock.readable().await.is_err() {
             return;
@@ -260,41 +259,44 @@ async fn udp_listener(shard: Rc<Shard>, local: SocketAddr, sock: Rc<UdpSocket>) 
         let now = Instant::now();
         for _ in 0..RECV_BATCH {
             let mut buf = shard.buf.borrow_mut();
-            let (n, remote) = match sock.try_recv_from(&mut buf[..MAX_DATAGRAM]) {
+            let (n, from) = match sock.try_recv_from(&mut buf[offset..offset + MAX_DATAGRAM]) {
                 Ok(r) => r,
                 // WouldBlock: drained. Other errors (ICMP-induced on unconnected sockets)
                 // concern one packet; readiness stays set, so the next wake-up goes on.
                 Err(_) => break,
             };
-            #[cfg(feature = "fault-injection")]
-            {
-                use turnd_proto::engine::fault;
-                if buf[..n].starts_with(fault::END_LISTENER) {
-                    return;
-                }
-                if buf[..n].starts_with(fault::END_SHARD) {
-                    shard.fault_end_shard.notify_one();
-                }
+            if on_datagram(now, &mut buf, n, from).is_break() {
+                return;
             }
-            let from = ClientAddr {
-                transport: Transport::Udp,
-                remote,
-                local,
-            };
-            let packet = &buf[..n];
-            shard.guarded(kind_of(packet), || {
-                let mut engine = shard.engine.borrow_mut();
-                if let Some(out) = engine.handle_client(now, from, packet) {
-                    if let Some(r) = shard.relays.borrow().get(&out.relay) {
-                        send_now(&r.socket, &packet[out.range], out.peer);
-                    }
-                }
-                shard.drain(&mut engine, now);
-            });
         }
         // Let the shard's other sockets, its timer and its requests run.
         tokio::task::yield_now().await;
     }
+}
+
+/// Datagrams from clients on one UDP listener socket.
+async fn udp_listener(shard: Rc<Shard>, local: SocketAddr, sock: Rc<UdpSocket>) {
+    recv_loop(&shard, &sock, 0, |now, buf, n, remote| {
+        let packet = &buf[..n];
+        #[cfg(feature = "fault-injection")]
+        {
+            use turnd_proto::engine::fault;
+            if packet.starts_with(fault::END_LISTENER) {
+                return ControlFlow::Break(());
+            }
+            if packet.starts_with(fault::END_SHARD) {
+                shard.fault_end_shard.notify_one();
+            }
+        }
+        let from = ClientAddr {
+            transport: Transport::Udp,
+            remote,
+            local,
+        };
+        shard.on_client_packet(now, from, packet);
+        ControlFlow::Continue(())
+    })
+    .await
 }
 
 /// Datagrams from peers on one relay socket of `client`'s allocation.
@@ -304,26 +306,18 @@ async fn relay_reader(
     bound: SocketAddr,
     sock: Rc<UdpSocket>,
 ) {
-    loop {
-        if sock.readable().await.is_err() {
-            return;
-        }
-        let now = Instant::now();
-        for _ in 0..RECV_BATCH {
-            let mut buf = shard.buf.borrow_mut();
-            let (n, peer) = match sock.try_recv_from(&mut buf[HEADROOM..HEADROOM + MAX_DATAGRAM]) {
-                Ok(r) => r,
-                Err(_) => break,
-            };
-            shard.guarded("peer datagram", || {
-                let mut engine = shard.engine.borrow_mut();
-                if let Some(out) = engine.handle_peer(now, client, bound, peer, &mut buf, n) {
-                    shard.send_to_client(out.client, &buf[out.range]);
-                }
-            });
-        }
-        tokio::task::yield_now().await;
-    }
+    recv_loop(&shard, &sock, HEADROOM, |now, buf, n, peer| {
+        shard.guarded("peer datagram", || {
+            let mut engine = shard.engine.borrow_mut();
+            if let Some(out) =
+                engine.handle_peer(now, client, RelayAddr(bound), PeerAddr(peer), buf, n)
+            {
+                shard.send_to_client(out.client, &buf[out.range]);
+            }
+        });
+        ControlFlow::Continue(())
+    })
+    .await
 }
 
 /// Drop expired EVEN-PORT reservations (shared by all shards; any shard's sweep frees them).
@@ -354,7 +348,7 @@ async fn timer(shard: Rc<Shard>) {
                 let done = shard.guarded("timer", || {
                     let mut engine = shard.engine.borrow_mut();
                     engine.handle_timeout(now);
-                    shard.drain(&mut engine, now);
+                    shard.flush_outputs(&mut engine, now);
                 });
                 if done.is_none() {
                     // A deadline whose handling panics may still be due: never spin on it.
@@ -375,7 +369,7 @@ impl Shard {
     /// the panicking step had half done stays half done (e.g. a quota slot taken for an
     /// Allocate that never completes, a timer entry for an allocation already gone, queued
     /// answers not sent); other allocations are untouched.
-    pub(super) fn guarded<T>(&self, what: &'static str, step: impl FnOnce() -> T) -> Option<T> {
+    fn guarded<T>(&self, what: &'static str, step: impl FnOnce() -> T) -> Option<T> {
         match catch_unwind(AssertUnwindSafe(step)) {
             Ok(v) => Some(v),
             Err(payload) => {
@@ -404,13 +398,11 @@ impl Shard {
                 let _ = reply.send(self.engine.borrow().stats());
             }
             ShardRequest::Metrics(reply) => {
-                let streams = self.streams.borrow();
-                let count = |t| streams.keys().filter(|c| c.transport == t).count() as u64;
                 let _ = reply.send(ShardMetrics {
                     engine: self.engine.borrow().metrics_snapshot(),
-                    streams_open: [count(Transport::Tcp), count(Transport::Tls)],
-                    handshake_failures: self.handshake_failures.each_ref().map(Cell::get),
-                    connections_refused: self.connections_refused.get(),
+                    streams_open: self.streams.open(),
+                    handshake_failures: self.streams.handshake_failures(),
+                    connections_refused: self.streams.refused(),
                     engine_panics: self.engine_panics.get(),
                     reservations_held: self.reservations.len() as u64,
                 });
@@ -421,12 +413,12 @@ impl Shard {
             ShardRequest::KillSession(id, reply) => {
                 let mut engine = self.engine.borrow_mut();
                 let _ = reply.send(engine.kill_session(now, id));
-                self.drain(&mut engine, now);
+                self.flush_outputs(&mut engine, now);
             }
             ShardRequest::KillUser(user, reply) => {
                 let mut engine = self.engine.borrow_mut();
                 let _ = reply.send(engine.kill_user(now, &user));
-                self.drain(&mut engine, now);
+                self.flush_outputs(&mut engine, now);
             }
             ShardRequest::Reload(shared) => {
                 let (permissions, channels) = self.engine.borrow_mut().set_shared(shared);
@@ -445,8 +437,9 @@ impl Shard {
         true
     }
 
-    /// Carry out the engine's commands and send its control-plane messages.
-    pub(super) fn drain(self: &Rc<Self>, engine: &mut Engine, now: Instant) {
+    /// Carry out the engine's commands and send its control-plane messages (not to be
+    /// confused with graceful drain, [`ShardRequest::Drain`]).
+    fn flush_outputs(self: &Rc<Self>, engine: &mut Engine, now: Instant) {
         let mut any = false;
         loop {
             let mut progressed = false;
@@ -500,11 +493,7 @@ impl Shard {
                     r.task.abort();
                 }
             }
-            Command::CloseClient(client) => {
-                if let Some(c) = self.streams.borrow().get(&client) {
-                    c.close(Closed::ByServer);
-                }
-            }
+            Command::CloseClient(client) => self.streams.close(&client, Closed::ByServer),
         }
     }
 
@@ -527,12 +516,12 @@ impl Shard {
                 self.reservations.admits(user).map_err(io::Error::other)?;
                 let (even, odd) = bind_pair(&self.relay_cfg, family)?;
                 self.reservations
-                    .hold(token, odd, user, now)
+                    .hold(token.0, odd, user, now)
                     .map_err(io::Error::other)?;
                 even
             }
             PortChoice::Reserved(token) => {
-                self.reservations.take(&token, now).ok_or_else(|| {
+                self.reservations.take(&token.0, now).ok_or_else(|| {
                     io::Error::new(
                         io::ErrorKind::NotFound,
                         "unknown or expired reservation token",
@@ -557,25 +546,44 @@ impl Shard {
                     send_now(s, bytes, to.remote);
                 }
             }
-            Transport::Tcp | Transport::Tls => {
-                if let Some(c) = self.streams.borrow().get(&to) {
-                    c.push(bytes);
-                }
-            }
+            Transport::Tcp | Transport::Tls => self.streams.push(&to, bytes),
         }
     }
 
-    /// One complete frame from a stream client.
-    pub(super) fn on_client_frame(self: &Rc<Self>, client: ClientAddr, frame: &[u8]) {
+    /// The shard's stream connections.
+    pub(super) fn streams(&self) -> &StreamTable {
+        &self.streams
+    }
+
+    /// Whether a stream client still has an allocation (idle connections without one close).
+    pub(super) fn has_allocation(&self, client: &ClientAddr) -> bool {
+        self.engine.borrow().has_allocation(client)
+    }
+
+    /// A stream connection ended: free its allocation at once.
+    pub(super) fn client_closed(self: &Rc<Self>, client: ClientAddr) {
         let now = Instant::now();
-        self.guarded(kind_of(frame), || {
+        let mut engine = self.engine.borrow_mut();
+        engine.client_closed(now, client);
+        self.flush_outputs(&mut engine, now);
+    }
+
+    /// One datagram or complete stream frame from a client: the engine's data-plane answer
+    /// goes straight out of the relay socket, its other outputs are flushed.
+    pub(super) fn on_client_packet(
+        self: &Rc<Self>,
+        now: Instant,
+        client: ClientAddr,
+        packet: &[u8],
+    ) {
+        self.guarded(kind_of(packet), || {
             let mut engine = self.engine.borrow_mut();
-            if let Some(out) = engine.handle_client(now, client, frame) {
-                if let Some(r) = self.relays.borrow().get(&out.relay) {
-                    send_now(&r.socket, &frame[out.range], out.peer);
+            if let Some(out) = engine.handle_client(now, client, packet) {
+                if let Some(r) = self.relays.borrow().get(&out.relay.0) {
+                    send_now(&r.socket, &packet[out.range], out.peer.0);
                 }
             }
-            self.drain(&mut engine, now);
+            self.flush_outputs(&mut engine, now);
         });
     }
 }

@@ -23,7 +23,8 @@ use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 
 use super::shard::Shard;
-use super::tls::{log_handshake_failure, HandshakeFailure};
+use crate::config::Streams;
+use crate::tls::{log_handshake_failure, HandshakeFailure};
 use turnd_proto::engine::{ClientAddr, Transport};
 
 /// The largest STUN message a client may send on a stream other than a Send indication.
@@ -62,7 +63,7 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, Closed> {
                     return Err(Closed::Garbage);
                 }
             }
-            let is_send = [b0, b1] == [0x00, 0x16];
+            let is_send = [b0, b1] == turnd_proto::engine::wire::MSG_SEND_INDICATION_BYTES;
             if len % 4 != 0 || (!is_send && 20 + len > MAX_STUN_REQUEST) || len > MAX_PAYLOAD + 48 {
                 return Err(Closed::Oversized);
             }
@@ -204,6 +205,70 @@ impl StreamConn {
     }
 }
 
+/// The shard's stream connections and what only they use: the connection table (by client
+/// address), the stream settings, the server-wide caps, and the per-shard counters of refused
+/// connections and failed handshakes. The shard owns one; this module keeps it up to date and
+/// the shard reaches connections only through its methods.
+pub struct StreamTable {
+    conns: RefCell<HashMap<ClientAddr, Rc<StreamConn>>>,
+    cfg: Streams,
+    limits: Arc<ConnLimits>,
+    redact: bool,
+    handshake_failures: [Cell<u64>; HandshakeFailure::COUNT],
+    refused: Cell<u64>,
+}
+
+impl StreamTable {
+    pub fn new(cfg: Streams, limits: Arc<ConnLimits>, redact: bool) -> Self {
+        StreamTable {
+            conns: RefCell::new(HashMap::new()),
+            cfg,
+            limits,
+            redact,
+            handshake_failures: Default::default(),
+            refused: Cell::new(0),
+        }
+    }
+
+    /// Queue bytes for a stream client; nothing happens if it is gone.
+    pub fn push(&self, to: &ClientAddr, bytes: &[u8]) {
+        if let Some(c) = self.conns.borrow().get(to) {
+            c.push(bytes);
+        }
+    }
+
+    /// Close one connection (its task then frees the allocation).
+    pub fn close(&self, client: &ClientAddr, why: Closed) {
+        if let Some(c) = self.conns.borrow().get(client) {
+            c.close(why);
+        }
+    }
+
+    /// Close every connection (the shard stops).
+    pub fn close_all(&self) {
+        for (_, c) in self.conns.borrow_mut().drain() {
+            c.close(Closed::ByServer);
+        }
+    }
+
+    /// Open connections: [tcp, tls].
+    pub fn open(&self) -> [u64; 2] {
+        let conns = self.conns.borrow();
+        let count = |t| conns.keys().filter(|c| c.transport == t).count() as u64;
+        [count(Transport::Tcp), count(Transport::Tls)]
+    }
+
+    /// Failed TLS handshakes by reason (`HandshakeFailure::ALL` order).
+    pub fn handshake_failures(&self) -> [u64; HandshakeFailure::COUNT] {
+        self.handshake_failures.each_ref().map(Cell::get)
+    }
+
+    /// Connections refused by the caps.
+    pub fn refused(&self) -> u64 {
+        self.refused.get()
+    }
+}
+
 /// Accept connections on one listener (TCP, or TLS when `tls` is set) for this shard.
 pub async fn accept_loop(
     shard: Rc<Shard>,
@@ -225,10 +290,9 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let Some(slot) = shard.conn_limits.acquire(remote.ip()) else {
-            shard
-                .connections_refused
-                .set(shard.connections_refused.get() + 1);
+        let streams = shard.streams();
+        let Some(slot) = streams.limits.acquire(remote.ip()) else {
+            streams.refused.set(streams.refused.get() + 1);
             tracing::debug!(%local, "connection refused: connection cap reached");
             continue;
         };
@@ -253,15 +317,16 @@ pub async fn accept_loop(
 /// Run the TLS handshake (within `handshake_timeout`), then serve; a failure is counted by
 /// reason and logged at most once per interval and reason.
 async fn serve_tls(shard: Rc<Shard>, client: ClientAddr, tcp: TcpStream, acceptor: TlsAcceptor) {
-    let timeout = shard.streams_cfg.handshake_timeout;
+    let streams = shard.streams();
+    let timeout = streams.cfg.handshake_timeout;
     let (why, error) = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => return serve(shard, client, stream).await,
         Ok(Err(e)) => (HandshakeFailure::of(&e), Some(e)),
         Err(_) => (HandshakeFailure::Timeout, None),
     };
-    let n = &shard.handshake_failures[why.index()];
+    let n = &streams.handshake_failures[why.index()];
     n.set(n.get() + 1);
-    let who = crate::telemetry::Redactor::new(shard.redact).addr(&client.remote);
+    let who = crate::telemetry::Redactor::new(streams.redact).addr(&client.remote);
     log_handshake_failure(why, &who, error.as_ref());
 }
 
@@ -287,9 +352,10 @@ async fn serve<S>(shard: Rc<Shard>, client: ClientAddr, io: S)
 where
     S: AsyncRead + AsyncWrite + Unpin + TcpOf,
 {
-    let cfg = &shard.streams_cfg;
+    let streams = shard.streams();
+    let cfg = &streams.cfg;
     let conn = Rc::new(StreamConn::new(cfg.write_queue_bytes));
-    shard.streams.borrow_mut().insert(client, conn.clone());
+    streams.conns.borrow_mut().insert(client, conn.clone());
     let (mut rd, mut wr) = tokio::io::split(io);
     let why = tokio::select! {
         why = read_loop(&shard, client, &mut rd) => why,
@@ -315,14 +381,10 @@ where
         }
     }
     drop(io);
-    shard.streams.borrow_mut().remove(&client);
-    {
-        let mut engine = shard.engine.borrow_mut();
-        engine.client_closed(Instant::now(), client);
-        shard.drain(&mut engine, Instant::now());
-    }
+    streams.conns.borrow_mut().remove(&client);
+    shard.client_closed(client);
     tracing::debug!(
-        client = %crate::telemetry::redact_addr(&client.remote, shard.redact),
+        client = %crate::telemetry::redact_addr(&client.remote, streams.redact),
         transport = client.transport.as_str(),
         reason = ?why,
         "stream closed"
@@ -334,7 +396,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     client: ClientAddr,
     mut rd: R,
 ) -> Closed {
-    let cfg = &shard.streams_cfg;
+    let cfg = &shard.streams().cfg;
     let mut buf = BytesMut::with_capacity(4096);
     let mut got_frame = false;
     let mut deadline = tokio::time::Instant::now() + cfg.first_frame_timeout;
@@ -348,7 +410,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             let frame = buf.split_to(n);
             got_frame = true;
             deadline = tokio::time::Instant::now() + cfg.idle_timeout;
-            shard.on_client_frame(client, &frame);
+            shard.on_client_packet(Instant::now(), client, &frame);
         }
         if buf.capacity() - buf.len() < 2048 {
             buf.reserve(4096);
@@ -363,7 +425,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 if !got_frame {
                     return Closed::FirstFrameTimeout;
                 }
-                if !shard.engine.borrow().has_allocation(&client) {
+                if !shard.has_allocation(&client) {
                     return Closed::Idle;
                 }
                 deadline = tokio::time::Instant::now() + cfg.idle_timeout;

@@ -27,10 +27,12 @@ pub struct Redactor {
 }
 
 impl Redactor {
+    /// Redaction on (`true`) or off.
     pub fn new(on: bool) -> Self {
         Redactor { on }
     }
 
+    /// Is redaction on?
     pub fn is_on(&self) -> bool {
         self.on
     }

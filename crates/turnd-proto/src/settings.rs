@@ -20,18 +20,24 @@ impl std::fmt::Debug for Redacted {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The relay port range, both ends included.
 pub struct PortRange {
+    /// First port.
     pub min: u16,
+    /// Last port.
     pub max: u16,
 }
 
 impl PortRange {
+    /// How many ports.
     pub fn len(&self) -> u32 {
         u32::from(self.max) - u32::from(self.min) + 1
     }
+    /// Never empty (`min <= max` is validated).
     pub fn is_empty(&self) -> bool {
         false
     }
+    /// Is `port` in the range?
     pub fn contains(&self, port: u16) -> bool {
         (self.min..=self.max).contains(&port)
     }
@@ -40,25 +46,34 @@ impl PortRange {
 /// 1:1 NAT mapping: relays bind `private` and advertise `public`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExternalMapping {
+    /// The address advertised to clients.
     pub public: IpAddr,
+    /// The address relay sockets bind.
     pub private: IpAddr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// A static user's credential.
 pub enum Credential {
+    /// The password.
     Password(String),
     /// MD5(user:realm:password), as `turnadmin -k` prints it.
     Key([u8; 16]),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// A user from `[auth] users`.
 pub struct StaticUser {
+    /// The username.
     pub name: String,
+    /// Its credential.
     pub credential: Credential,
 }
 
 #[derive(Debug, Clone, PartialEq)]
+/// The `[auth]` section: users, REST secrets, nonce lifetime, answer budgets.
 pub struct Auth {
+    /// Static users.
     pub users: Vec<StaticUser>,
     /// TURN REST shared secrets; any of them is accepted (rotation).
     pub secrets: Vec<String>,
@@ -88,14 +103,19 @@ pub struct Auth {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+/// The `[policy]` section: peer allow/deny lists and quotas.
 pub struct Policy {
     /// Peers allowed even when in the deny list.
     pub allow_peers: Vec<IpNet>,
     /// Peers denied in addition to the built-in special-purpose list.
     pub deny_peers: Vec<IpNet>,
+    /// Allocations on the whole server.
     pub max_allocations: usize,
+    /// Allocations per user.
     pub max_allocations_per_user: usize,
+    /// Permissions per allocation.
     pub max_permissions_per_allocation: usize,
+    /// Channels per allocation.
     pub max_channels_per_allocation: usize,
     /// Ports held by EVEN-PORT's R bit per user (each also counts as an allocation of the
     /// user's quota); 0 refuses R with 508.
@@ -103,10 +123,15 @@ pub struct Policy {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
+/// The `[lifetimes]` section.
 pub struct Lifetimes {
+    /// Allocation lifetime when the client asks for none (and the minimum).
     pub allocation_default: Duration,
+    /// The longest allocation lifetime granted.
     pub allocation_max: Duration,
+    /// Permission lifetime (RFC 8656: 300 s).
     pub permission: Duration,
+    /// Channel binding lifetime (RFC 8656: 600 s).
     pub channel: Duration,
     /// How long a port reserved with EVEN-PORT's R bit is held (RFC 8656 §7.2: 30 s).
     pub reservation: Duration,

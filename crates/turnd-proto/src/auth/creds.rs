@@ -30,7 +30,7 @@ pub fn long_term_key(user: &str, realm: &str, password: &str) -> Key {
     md5.update(realm.as_bytes());
     md5.update(b":");
     md5.update(password.as_bytes());
-    md5.finalize().into()
+    Key::new(md5.finalize().into())
 }
 
 /// TURN REST password: base64(HMAC-SHA1(secret, username)).
@@ -82,6 +82,8 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// The authenticator for `[auth]`: static users' keys derived once, REST secrets kept for
+    /// lookups.
     pub fn from_config(auth: &settings::Auth, realm: &str) -> Self {
         let mut keys_by_user = HashMap::with_capacity(auth.users.len());
         let (mut sha256_by_user, mut user_by_hash) = (HashMap::new(), HashMap::new());
@@ -101,7 +103,7 @@ impl Credentials {
                 settings::Credential::Password(password) => {
                     long_term_key(&user.name, realm, password)
                 }
-                settings::Credential::Key(key) => *key,
+                settings::Credential::Key(key) => Key::new(*key),
             };
             // The first definition of a name wins, like the first duplicate attribute.
             keys_by_user.entry(user.name.clone()).or_insert(key);
@@ -360,7 +362,10 @@ mod tests {
         let key = [7u8; 16];
         let users = vec![user("bob", settings::Credential::Key(key))];
         let creds = Credentials::from_config(&auth(users, &[]), "realm");
-        assert_eq!(creds.lookup("bob", "realm", NOW), Lookup::Keys(vec![key]));
+        assert_eq!(
+            creds.lookup("bob", "realm", NOW),
+            Lookup::Keys(vec![Key::new(key)])
+        );
     }
 
     #[test]
@@ -382,7 +387,7 @@ mod tests {
         let creds = Credentials::from_config(&auth(users, &["secret"]), "realm");
         assert_eq!(
             creds.lookup("1700000000:alice", "realm", NOW),
-            Lookup::Keys(vec![key])
+            Lookup::Keys(vec![Key::new(key)])
         );
     }
 

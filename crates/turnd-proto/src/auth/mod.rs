@@ -10,8 +10,47 @@
 //! - [`FailureBudget`] rate-limits answers to requests that did not authenticate per source
 //!   IP (port ignored), fixed memory: plain challenges and failed MESSAGE-INTEGRITY apart.
 
-/// The long-term key: MD5(username ":" realm ":" password).
-pub type Key = [u8; 16];
+/// The long-term key: MD5(username ":" realm ":" password). Its `Debug` prints nothing of
+/// the key (an `Allocation` derives `Debug` and holds one).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Key([u8; 16]);
+
+impl Key {
+    /// A key from its 16 bytes.
+    pub const fn new(bytes: [u8; 16]) -> Self {
+        Key(bytes)
+    }
+
+    /// The key's bytes, for MESSAGE-INTEGRITY.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(<redacted>)")
+    }
+}
+
+impl From<[u8; 16]> for Key {
+    fn from(bytes: [u8; 16]) -> Self {
+        Key(bytes)
+    }
+}
+
+impl TryFrom<Vec<u8>> for Key {
+    type Error = Vec<u8>;
+    fn try_from(v: Vec<u8>) -> Result<Self, Vec<u8>> {
+        <[u8; 16]>::try_from(v).map(Key)
+    }
+}
+
+impl AsRef<[u8]> for Key {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
 
 /// What the authenticator knows about a username.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,11 +100,25 @@ pub trait Authenticator: Send + Sync {
 /// Result of checking a nonce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NonceCheck {
+    /// Ours, for this client, and fresh.
     Valid,
     /// Ours, for this client, but older than the nonce lifetime: answer 438.
     Stale,
     /// Not ours, or for another client address: answer 438.
     Invalid,
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::Key;
+
+    #[test]
+    fn key_debug_prints_nothing_of_the_key() {
+        let k = Key::new([0xab; 16]);
+        let shown = format!("{k:?}");
+        assert_eq!(shown, "Key(<redacted>)");
+        assert!(!shown.contains("171") && !shown.to_lowercase().contains("ab"));
+    }
 }
 
 mod binding;

@@ -31,6 +31,8 @@ const NONCE_LEN: usize = (RAW_LEN * 8).div_ceil(6);
 /// Nonces stamped up to this far in the future are accepted (shards' clocks may differ).
 const FUTURE_TOLERANCE_SECS: u64 = 5;
 
+/// Issues and checks stateless nonces: an HMAC over the client address and the issue time,
+/// under a key shared by all shards.
 pub struct NonceMint {
     /// HMAC-SHA256 already keyed; cloned per nonce so the key schedule runs once.
     mac: Hmac<Sha256>,

@@ -33,20 +33,29 @@ pub struct Counters {
 }
 
 #[derive(Debug)]
+/// One allocation: its user and key, relay sockets, permissions, channels and counters.
 pub struct Allocation {
     /// Unique per server: the shard number in the top 16 bits.
-    pub id: u64,
+    pub id: super::SessionId,
+    /// The principal (quotas, logs, the session API).
     pub user: String,
     /// The long-term key the allocation was created with; later requests must match it.
     pub key: super::integrity::Signer,
+    /// One relay per family (two for a dual allocation).
     pub relays: Vec<Relay>,
+    /// When the Allocate succeeded.
     pub created: Instant,
+    /// When it expires unless refreshed.
     pub expires: Instant,
     /// Where this allocation sits in the engine's timer set.
     pub wake_at: Instant,
+    /// Peer IP -> when its permission expires.
     pub permissions: HashMap<IpAddr, Instant>,
-    pub channels_by_number: HashMap<u16, Channel>,
-    pub channels_by_peer: HashMap<SocketAddr, u16>,
+    /// Channel number -> its binding.
+    pub channels_by_number: HashMap<super::ChannelNumber, Channel>,
+    /// Peer -> its channel number (the reverse of `channels_by_number`).
+    pub channels_by_peer: HashMap<SocketAddr, super::ChannelNumber>,
+    /// Traffic counters, for the lifecycle log and metrics.
     pub stats: Counters,
     /// (transaction id, response) of recent requests, newest last; grown one slot at a time
     /// (most allocations only ever hold their Allocate response).
@@ -54,20 +63,24 @@ pub struct Allocation {
 }
 
 impl Allocation {
+    /// The relay of `peer`'s family.
     pub fn relay_for(&self, peer: &SocketAddr) -> Option<&Relay> {
         self.relays
             .iter()
             .find(|r| r.bound.is_ipv4() == peer.is_ipv4())
     }
 
+    /// Does the allocation have a relay of `peer`'s family?
     pub fn has_family_of(&self, peer: &SocketAddr) -> bool {
         self.relay_for(peer).is_some()
     }
 
+    /// Is there an unexpired permission for `ip`?
     pub fn permitted(&self, ip: &IpAddr, now: Instant) -> bool {
         self.permissions.get(ip).is_some_and(|e| *e > now)
     }
 
+    /// Keep `response` to answer a retransmission of transaction `tid`.
     pub fn remember(&mut self, tid: [u8; 12], response: &[u8]) {
         if self.recent.len() == RECENT_RESPONSES {
             self.recent.remove(0);
@@ -76,6 +89,7 @@ impl Allocation {
         self.recent.push((tid, response.into()));
     }
 
+    /// The kept response to transaction `tid`, if any.
     pub fn recalled(&self, tid: &[u8; 12]) -> Option<&[u8]> {
         self.recent
             .iter()
@@ -152,7 +166,7 @@ mod tests {
         let now = Instant::now();
         let later = now + Duration::from_secs(300);
         let mut a = Allocation {
-            id: 1,
+            id: crate::engine::SessionId::new(0, 1),
             user: "u".into(),
             key: crate::engine::integrity::Signer::new(&[0; 16], None),
             relays: vec![],
@@ -172,7 +186,7 @@ mod tests {
         ];
         for (i, p) in peers.iter().enumerate() {
             a.permissions.insert(p.ip(), later);
-            let n = 0x4000 + i as u16;
+            let n = crate::engine::ChannelNumber::new(0x4000 + i as u16).unwrap();
             a.channels_by_number.insert(
                 n,
                 Channel {
@@ -189,7 +203,10 @@ mod tests {
             "the address is still allowed"
         );
         assert_eq!(a.channels_by_number.len(), 1);
-        assert_eq!(a.channels_by_peer.get(&peers[2]), Some(&0x4002));
+        assert_eq!(
+            a.channels_by_peer.get(&peers[2]).map(|n| n.get()),
+            Some(0x4002)
+        );
         assert_eq!(a.retain_allowed(&Tight), (0, 0));
     }
 }

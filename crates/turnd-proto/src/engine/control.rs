@@ -9,26 +9,50 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use rand::Rng;
+
 use stun::attributes::*;
 use stun::message as msg;
 
 use super::allocation::{Allocation, Channel, Counters, Relay};
 use super::integrity::{Named, Signer};
 use super::metrics::AuthFailure;
+use super::refusal::{BadRequest, Capacity, Refusal};
 use super::wire::{decode_xor_addr, Parsed, Reply, ATTR_ADDITIONAL_ADDRESS_FAMILY};
-use super::{ClientAddr, Command, Engine, Family, PendingAllocate, PortChoice, Transmit};
+use super::{
+    ClientAddr, Command, Engine, Family, PendingAllocate, PortChoice, ReservationToken, SessionId,
+    Transmit,
+};
 use crate::auth::{Lookup, NonceCheck};
 
 /// First and last channel number. RFC 8656 §12 narrowed the range to 0x4000-0x4FFF, but
 /// RFC 5766 clients (coturn's own `turnutils_uclient` among them) pick from 0x4000-0x7FFF,
 /// and coturn accepts that range; so do we. Numbers in it cannot be mistaken for STUN.
 pub const CHANNEL_MIN: u16 = 0x4000;
+/// See [`CHANNEL_MIN`].
 pub const CHANNEL_MAX: u16 = 0x7FFF;
+
+/// A channel number, in [`CHANNEL_MIN`]..=[`CHANNEL_MAX`] by construction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelNumber(u16);
+
+impl ChannelNumber {
+    /// `n` if it is a channel number; `None` otherwise.
+    pub fn new(n: u16) -> Option<Self> {
+        (CHANNEL_MIN..=CHANNEL_MAX)
+            .contains(&n)
+            .then_some(ChannelNumber(n))
+    }
+    /// The number, as on the wire.
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
 const PROTO_UDP: u8 = 17;
 /// Answers to requests that did not authenticate are smaller than this many times the
 /// request (UDP; issue 10 item 9). `config::validate` bounds the realm so that the smallest
 /// real first Allocate (REQUESTED-TRANSPORT only, 28 bytes) still gets its 401.
-pub const MAX_AMPLIFICATION: usize = 3;
+pub(crate) const MAX_AMPLIFICATION: usize = 3;
 
 /// Attributes understood in requests; other comprehension-required ones get 420.
 const KNOWN: &[AttrType] = &[
@@ -53,6 +77,22 @@ const KNOWN: &[AttrType] = &[
     ATTR_PASSWORD_ALGORITHM,
     ATTR_USER_HASH,
 ];
+
+/// What a handler of an authenticated request answers; the dispatcher ([`Engine::authed`])
+/// signs it, or turns the [`Refusal`] into a signed error answer.
+enum Answer {
+    /// Send this now.
+    Now(Reply),
+    /// Send this now and keep it for retransmissions of the request.
+    Cached(Reply),
+    /// Answered later: [`Engine::relay_bound`] answers the Allocate.
+    Later,
+    /// Nothing to answer.
+    None,
+}
+
+type Handled = Result<Answer, Refusal>;
+type Handler = fn(&mut Engine, Instant, ClientAddr, &Parsed<'_>, Authed) -> Handled;
 
 /// Who sent an authenticated request.
 struct Authed {
@@ -104,6 +144,7 @@ impl Engine {
         from: ClientAddr,
         req: &Parsed<'_>,
         r: Reply,
+        why: &Refusal,
         guessing: bool,
     ) -> bool {
         let (method, code) = (r.method_name(), r.code);
@@ -125,6 +166,7 @@ impl Engine {
             return false;
         }
         self.metrics.count_response(method, code);
+        self.metrics.count_refusal(why);
         self.transmits.push_back(Transmit { to: from, bytes });
         true
     }
@@ -132,9 +174,9 @@ impl Engine {
     fn on_binding(&mut self, now: Instant, from: ClientAddr, req: &Parsed<'_>) {
         let unknown = req.unknown_required(KNOWN);
         if !unknown.is_empty() {
-            let mut r = Reply::bare_error(req, 420);
-            r.unknown_attributes(&unknown);
-            self.answer_unauthenticated(now, from, req, r, false);
+            let why = Refusal::UnknownAttributes(unknown);
+            let r = Reply::bare_refusal(req, &why);
+            self.answer_unauthenticated(now, from, req, r, &why, false);
             return;
         }
         let mut r = Reply::success(req);
@@ -144,20 +186,14 @@ impl Engine {
 
     /// Authenticate (RFC 8489 §9.2.4), answer a retransmission from the cache, check for
     /// unknown attributes, then call `handler`.
-    fn authed(
-        &mut self,
-        now: Instant,
-        from: ClientAddr,
-        req: &Parsed<'_>,
-        handler: fn(&mut Self, Instant, ClientAddr, &Parsed<'_>, Authed),
-    ) {
+    fn authed(&mut self, now: Instant, from: ClientAddr, req: &Parsed<'_>, handler: Handler) {
         let Some(authed) = self.authenticate(now, from, req) else {
             return;
         };
         if let Some(a) = self.allocations_by_client.get(&from) {
             if a.user != authed.user {
                 self.metrics.count_auth_failure(AuthFailure::WrongUser);
-                return self.reply(from, Reply::error(req, 441).sign(&authed.key));
+                return self.refuse(from, req, &authed.key, Refusal::WrongCredentials);
             }
             if let Some(cached) = a.recalled(&req.tid.0) {
                 let bytes = cached.to_vec();
@@ -171,35 +207,64 @@ impl Engine {
         }
         let unknown = req.unknown_required(KNOWN);
         if !unknown.is_empty() {
-            let mut r = Reply::error(req, 420);
-            r.unknown_attributes(&unknown);
-            return self.reply(from, r.sign(&authed.key));
+            let why = Refusal::UnknownAttributes(unknown);
+            return self.refuse(from, req, &authed.key, why);
         }
-        handler(self, now, from, req, authed);
+        let key = authed.key;
+        match handler(self, now, from, req, authed) {
+            Ok(Answer::Now(r)) => self.reply(from, r.sign(&key)),
+            Ok(Answer::Cached(r)) => {
+                // Signed here like every answer; kept for retransmissions, not counted as a
+                // response (as before the refactor: only the Allocate success is).
+                let bytes = r.sign(&key).finish(self.cfg.software.as_deref());
+                if let Some(a) = self.allocations_by_client.get_mut(&from) {
+                    a.remember(req.tid.0, &bytes);
+                }
+                self.transmits.push_back(Transmit { to: from, bytes });
+            }
+            Ok(Answer::Later | Answer::None) => {}
+            Err(why) => self.refuse(from, req, &key, why),
+        }
+    }
+
+    /// The error answer to an authenticated request: signed, counted by refusal.
+    fn refuse(&mut self, to: ClientAddr, req: &Parsed<'_>, key: &Signer, why: Refusal) {
+        self.metrics.count_refusal(&why);
+        self.reply(to, Reply::refusal(req, &why).sign(key));
     }
 
     fn authenticate(&mut self, now: Instant, from: ClientAddr, req: &Parsed<'_>) -> Option<Authed> {
         if !req.has_integrity() {
-            self.challenge(now, from, req, 401, AuthFailure::Challenge);
+            self.challenge(
+                now,
+                from,
+                req,
+                Refusal::Unauthorized,
+                AuthFailure::Challenge,
+            );
             return None;
         }
+        let missing = Refusal::BadRequest(BadRequest::MissingCredentials);
         let (Some(realm), Some(nonce)) = (req.text(ATTR_REALM), req.get(ATTR_NONCE)) else {
-            self.answer_unauthenticated(now, from, req, Reply::error(req, 400), true);
+            let r = Reply::refusal(req, &missing);
+            self.answer_unauthenticated(now, from, req, r, &missing, true);
             return None;
         };
         // RFC 8489 §9.2.4: nonce (and its cookie), password algorithm, USERNAME or USERHASH.
         let (check, cookie) = self.check_nonce(nonce, from.remote, self.clock_secs(now));
         let named = self.named_user(req, cookie, realm);
         let Some(named) = named else {
-            self.answer_unauthenticated(now, from, req, Reply::error(req, 400), true);
+            let r = Reply::refusal(req, &missing);
+            self.answer_unauthenticated(now, from, req, r, &missing, true);
             return None;
         };
         if check != NonceCheck::Valid {
-            self.challenge(now, from, req, 438, AuthFailure::Nonce);
+            self.challenge(now, from, req, Refusal::StaleNonce, AuthFailure::Nonce);
             return None;
         }
         let Ok(alg) = self.password_algorithm(req, cookie) else {
-            self.answer_unauthenticated(now, from, req, Reply::error(req, 400), true);
+            let why = Refusal::BadRequest(BadRequest::PasswordAlgorithm);
+            self.answer_unauthenticated(now, from, req, Reply::refusal(req, &why), &why, true);
             return None;
         };
         let user = match named {
@@ -211,13 +276,19 @@ impl Engine {
             Lookup::Keys(keys) if !user.is_empty() => keys,
             Lookup::Expired => {
                 let _ = req.verify(&[0u8; 16]);
-                self.challenge(now, from, req, 401, AuthFailure::Expired);
+                self.challenge(now, from, req, Refusal::Unauthorized, AuthFailure::Expired);
                 return None;
             }
             _ => {
                 // Spend the same HMAC work as for a known user.
                 let _ = req.verify(&[0u8; 16]);
-                self.challenge(now, from, req, 401, AuthFailure::UnknownUser);
+                self.challenge(
+                    now,
+                    from,
+                    req,
+                    Refusal::Unauthorized,
+                    AuthFailure::UnknownUser,
+                );
                 return None;
             }
         };
@@ -227,7 +298,13 @@ impl Engine {
                 key,
             }),
             None => {
-                self.challenge(now, from, req, 401, AuthFailure::BadPassword);
+                self.challenge(
+                    now,
+                    from,
+                    req,
+                    Refusal::Unauthorized,
+                    AuthFailure::BadPassword,
+                );
                 None
             }
         }
@@ -241,15 +318,15 @@ impl Engine {
         now: Instant,
         from: ClientAddr,
         req: &Parsed<'_>,
-        code: u16,
+        refusal: Refusal,
         why: AuthFailure,
     ) {
         let guessing = req.integrity_at.is_some();
         let build = |e: &Self, nonce: &str, features: bool| {
             let mut r = if guessing {
-                Reply::error(req, code)
+                Reply::refusal(req, &refusal)
             } else {
-                Reply::bare_error(req, code)
+                Reply::bare_refusal(req, &refusal)
             };
             r.text(ATTR_REALM, &e.cfg.realm);
             r.text(ATTR_NONCE, nonce);
@@ -269,18 +346,18 @@ impl Engine {
                 r = build(self, &self.issue_plain_nonce(from.remote, secs), false);
             }
         }
-        if self.answer_unauthenticated(now, from, req, r, guessing) {
+        if self.answer_unauthenticated(now, from, req, r, &refusal, guessing) {
             self.metrics.count_auth_failure(why);
         }
     }
 
-    fn requested_lifetime(&self, req: &Parsed<'_>) -> Result<Option<Duration>, ()> {
+    fn requested_lifetime(&self, req: &Parsed<'_>) -> Result<Option<Duration>, BadRequest> {
         match req.get(ATTR_LIFETIME) {
             None => Ok(None),
             Some(&[a, b, c, d]) => Ok(Some(Duration::from_secs(u64::from(u32::from_be_bytes([
                 a, b, c, d,
             ]))))),
-            Some(_) => Err(()),
+            Some(_) => Err(BadRequest::Lifetime),
         }
     }
 
@@ -291,15 +368,20 @@ impl Engine {
             .clamp(l.allocation_default, l.allocation_max)
     }
 
-    fn on_allocate(&mut self, _now: Instant, from: ClientAddr, req: &Parsed<'_>, au: Authed) {
+    fn on_allocate(
+        &mut self,
+        _now: Instant,
+        from: ClientAddr,
+        req: &Parsed<'_>,
+        au: Authed,
+    ) -> Handled {
         if self.allocations_by_client.contains_key(&from) {
-            return self.reply(from, Reply::error(req, 437).sign(&au.key));
+            return Err(Refusal::AllocationMismatch);
         }
-        let err = |e: &mut Self, code| e.reply(from, Reply::error(req, code).sign(&au.key));
         match req.get(ATTR_REQUESTED_TRANSPORT) {
             Some(&[PROTO_UDP, _, _, _]) => {}
-            Some(&[_, _, _, _]) => return err(self, 442),
-            _ => return err(self, 400),
+            Some(&[_, _, _, _]) => return Err(Refusal::UnsupportedTransport),
+            _ => return Err(BadRequest::RequestedTransport.into()),
         }
         let requested = req.get(ATTR_REQUESTED_ADDRESS_FAMILY);
         let additional = req.get(ATTR_ADDITIONAL_ADDRESS_FAMILY);
@@ -308,40 +390,37 @@ impl Engine {
             Some([flags]) if flags & 0x80 != 0 => {
                 // R bit: reserve the next port too; not with a dual allocation.
                 if additional.is_some() {
-                    return err(self, 400);
+                    return Err(BadRequest::EvenPortDual.into());
                 }
-                PortChoice::EvenReserveNext(rand::random())
+                PortChoice::EvenReserveNext(ReservationToken(self.rng.gen()))
             }
             Some([_]) => PortChoice::Even,
-            Some(_) => return err(self, 400),
+            Some(_) => return Err(BadRequest::EvenPort.into()),
         };
         if let Some(token) = req.get(ATTR_RESERVATION_TOKEN) {
             // With EVEN-PORT or a family the request is malformed (RFC 8656 §7.2).
             let Ok(token) = <[u8; 8]>::try_from(token) else {
-                return err(self, 400);
+                return Err(BadRequest::ReservationToken.into());
             };
             if port != PortChoice::Any || requested.is_some() || additional.is_some() {
-                return err(self, 400);
+                return Err(BadRequest::ReservationTokenWith.into());
             }
-            port = PortChoice::Reserved(token);
+            port = PortChoice::Reserved(ReservationToken(token));
         }
         let family = |v: &[u8]| match *v {
             [1, _, _, _] => Ok(Family::V4),
             [2, _, _, _] => Ok(Family::V6),
-            [_, _, _, _] => Err(440),
-            _ => Err(400),
+            [_, _, _, _] => Err(Refusal::FamilyNotSupported),
+            _ => Err(Refusal::BadRequest(BadRequest::AddressFamily)),
         };
         let (mut families, mut refused_v6) = (Vec::with_capacity(2), false);
         match (requested, additional) {
-            (Some(_), Some(_)) => return err(self, 400),
-            (Some(v), None) => match family(v) {
-                Ok(f) => families.push(f),
-                Err(code) => return err(self, code),
-            },
+            (Some(_), Some(_)) => return Err(BadRequest::BothFamilies.into()),
+            (Some(v), None) => families.push(family(v)?),
             (None, Some(v)) => {
                 // Dual allocation: IPv4 plus the additional family, which must be IPv6.
                 if family(v) != Ok(Family::V6) {
-                    return err(self, 400);
+                    return Err(BadRequest::AddressFamily.into());
                 }
                 families.push(Family::V4);
                 if self.cfg.relay_v6 {
@@ -357,17 +436,15 @@ impl Engine {
             Family::V6 => self.cfg.relay_v6,
         };
         if !matches!(port, PortChoice::Reserved(_)) && !families.iter().all(available) {
-            return err(self, 440);
+            return Err(Refusal::FamilyNotSupported);
         }
-        let Ok(lifetime) = self.requested_lifetime(req) else {
-            return err(self, 400);
-        };
+        let lifetime = self.requested_lifetime(req)?;
         if self.draining {
             // Shutting down: no new allocations.
-            return err(self, 508);
+            return Err(Refusal::Capacity(Capacity::Draining));
         }
         if !self.shared.quotas.acquire(&au.user) {
-            return err(self, 486);
+            return Err(Refusal::Quota);
         }
         self.pending_by_client.insert(
             from,
@@ -390,6 +467,7 @@ impl Engine {
             families,
             port,
         });
+        Ok(Answer::Later)
     }
 
     /// The I/O layer's answer to [`Command::BindRelays`]: bound addresses, in order, or
@@ -417,7 +495,7 @@ impl Engine {
             .collect();
         // A fake request header, so replies carry the right method, id and fingerprint.
         let mut hdr = [0u8; 20];
-        hdr[0..2].copy_from_slice(&0x0003u16.to_be_bytes());
+        hdr[0..2].copy_from_slice(&super::wire::MSG_ALLOCATE_REQUEST.to_be_bytes());
         hdr[4..8].copy_from_slice(&msg::MAGIC_COOKIE.to_be_bytes());
         hdr[8..20].copy_from_slice(&p.tid);
         let Ok(req) = Parsed::parse(&hdr) else {
@@ -429,7 +507,9 @@ impl Engine {
                 self.commands.push_back(Command::ReleaseRelay(r.bound));
             }
             self.shared.quotas.release(&p.user);
-            let mut r = Reply::error(&req, 508);
+            let why = Refusal::Capacity(Capacity::RelayPorts);
+            self.metrics.count_refusal(&why);
+            let mut r = Reply::refusal(&req, &why);
             r.set_fingerprint(p.fingerprint);
             self.reply(client, r.sign(&p.key));
             return;
@@ -441,11 +521,16 @@ impl Engine {
             r.xor_addr(ATTR_XOR_RELAYED_ADDRESS, relay.advertised);
         }
         if p.refused_v6 || (p.families.len() == 2 && relays.len() == 1) {
-            r.address_error(true, if p.refused_v6 { 440 } else { 508 });
+            let why = if p.refused_v6 {
+                Refusal::FamilyNotSupported
+            } else {
+                Refusal::Capacity(Capacity::RelayPorts)
+            };
+            r.address_error(true, &why);
         }
         r.u32(ATTR_LIFETIME, p.lifetime.as_secs() as u32);
         if let Some(token) = p.reserved {
-            r.add_raw(ATTR_RESERVATION_TOKEN, &token);
+            r.add_raw(ATTR_RESERVATION_TOKEN, &token.0);
         }
         r.xor_addr(ATTR_XORMAPPED_ADDRESS, client.remote);
         let bytes = r.sign(&p.key).finish(self.cfg.software.as_deref());
@@ -453,7 +538,7 @@ impl Engine {
         self.metrics.allocations_created += 1;
         self.next_id += 1;
         let mut a = Allocation {
-            id: self.next_id,
+            id: SessionId::new(self.shard, self.next_id),
             user: p.user,
             key: p.key,
             relays,
@@ -492,72 +577,81 @@ impl Engine {
         bound
     }
 
-    fn on_refresh(&mut self, now: Instant, from: ClientAddr, req: &Parsed<'_>, au: Authed) {
-        let key = au.key;
+    fn on_refresh(
+        &mut self,
+        now: Instant,
+        from: ClientAddr,
+        req: &Parsed<'_>,
+        _: Authed,
+    ) -> Handled {
         let Some(a) = self.allocations_by_client.get(&from) else {
-            return self.reply(from, Reply::error(req, 437).sign(&key));
+            return Err(Refusal::AllocationMismatch);
         };
         if let Some(v) = req.get(ATTR_REQUESTED_ADDRESS_FAMILY) {
             let v6 = match *v {
                 [1, _, _, _] => false,
                 [2, _, _, _] => true,
-                _ => return self.reply(from, Reply::error(req, 400).sign(&key)),
+                _ => return Err(BadRequest::AddressFamily.into()),
             };
             if !a.relays.iter().any(|r| r.bound.is_ipv6() == v6) {
-                return self.reply(from, Reply::error(req, 443).sign(&key));
+                return Err(Refusal::PeerFamilyMismatch);
             }
         }
-        let Ok(requested) = self.requested_lifetime(req) else {
-            return self.reply(from, Reply::error(req, 400).sign(&key));
-        };
+        let requested = self.requested_lifetime(req)?;
         if requested == Some(Duration::ZERO) {
             self.delete_allocation(now, from, "refreshed with lifetime 0");
             let mut r = Reply::success(req);
             r.u32(ATTR_LIFETIME, 0);
-            return self.reply(from, r.sign(&key));
+            return Ok(Answer::Now(r));
         }
         let lifetime = self.clamp_lifetime(requested);
         let mut r = Reply::success(req);
         r.u32(ATTR_LIFETIME, lifetime.as_secs() as u32);
-        let bytes = r.sign(&key).finish(self.cfg.software.as_deref());
-        if let Some(a) = self.allocations_by_client.get_mut(&from) {
-            a.expires = now + lifetime;
-            a.remember(req.tid.0, &bytes);
-            tracing::info!(
-                event = "allocation refreshed",
-                user = %crate::redact::redact_user(&a.user, self.cfg.redact),
-                client = %crate::redact::redact_addr(&from.remote, self.cfg.redact),
-                transport = from.transport.as_str(),
-                lifetime_s = lifetime.as_secs(),
-                bytes_to_peer = a.stats.bytes_to_peer,
-                bytes_to_client = a.stats.bytes_to_client,
-                "allocation refreshed"
-            );
-            let next = a.next_deadline();
-            self.schedule(from, next);
-        }
-        self.transmits.push_back(Transmit { to: from, bytes });
+        let Some(a) = self.allocations_by_client.get_mut(&from) else {
+            return Ok(Answer::None);
+        };
+        a.expires = now + lifetime;
+        tracing::info!(
+            event = "allocation refreshed",
+            user = %crate::redact::redact_user(&a.user, self.cfg.redact),
+            client = %crate::redact::redact_addr(&from.remote, self.cfg.redact),
+            transport = from.transport.as_str(),
+            lifetime_s = lifetime.as_secs(),
+            bytes_to_peer = a.stats.bytes_to_peer,
+            bytes_to_client = a.stats.bytes_to_client,
+            "allocation refreshed"
+        );
+        let next = a.next_deadline();
+        self.schedule(from, next);
+        Ok(Answer::Cached(r))
     }
 
     /// Decode the XOR-PEER-ADDRESS values and check them against the allocation and the
-    /// policy. `Err` is the error code to answer.
-    fn checked_peers(&self, from: &ClientAddr, req: &Parsed<'_>) -> Result<Vec<SocketAddr>, u16> {
-        let a = self.allocations_by_client.get(from).ok_or(437u16)?;
+    /// policy.
+    fn checked_peers(
+        &self,
+        from: &ClientAddr,
+        req: &Parsed<'_>,
+    ) -> Result<Vec<SocketAddr>, Refusal> {
+        let a = self
+            .allocations_by_client
+            .get(from)
+            .ok_or(Refusal::AllocationMismatch)?;
         let mut peers = Vec::new();
         for v in req.get_all(ATTR_XOR_PEER_ADDRESS) {
-            peers.push(decode_xor_addr(v, &req.tid.0).ok_or(400u16)?);
+            peers.push(decode_xor_addr(v, &req.tid.0).ok_or(BadRequest::PeerAddress)?);
         }
         if peers.is_empty() {
-            return Err(400);
+            return Err(BadRequest::NoPeer.into());
         }
         if peers.iter().any(|p| !a.has_family_of(p)) {
-            return Err(443);
+            return Err(Refusal::PeerFamilyMismatch);
         }
         if peers
             .iter()
             .any(|p| !self.shared.policy.permits_permission_for(&a.user, *p))
         {
-            return Err(403);
+            return Err(Refusal::ForbiddenPeer);
         }
         Ok(peers)
     }
@@ -567,70 +661,73 @@ impl Engine {
         now: Instant,
         from: ClientAddr,
         req: &Parsed<'_>,
-        au: Authed,
-    ) {
-        let peers = match self.checked_peers(&from, req) {
-            Ok(p) => p,
-            Err(code) => return self.reply(from, Reply::error(req, code).sign(&au.key)),
-        };
+        _: Authed,
+    ) -> Handled {
+        let peers = self.checked_peers(&from, req)?;
         let expires = now + self.cfg.lifetimes.permission;
         let max = self.cfg.max_permissions;
         let Some(a) = self.allocations_by_client.get_mut(&from) else {
-            return;
+            return Ok(Answer::None);
         };
         let new = peers
             .iter()
             .filter(|p| !a.permissions.contains_key(&p.ip()))
             .count();
         if a.permissions.len() + new > max {
-            return self.reply(from, Reply::error(req, 508).sign(&au.key));
+            return Err(Refusal::Capacity(Capacity::Permissions));
         }
         for p in &peers {
             a.permissions.insert(p.ip(), expires);
         }
         let next = a.next_deadline();
         self.schedule(from, next);
-        self.reply(from, Reply::success(req).sign(&au.key));
+        Ok(Answer::Now(Reply::success(req)))
     }
 
-    fn on_channel_bind(&mut self, now: Instant, from: ClientAddr, req: &Parsed<'_>, au: Authed) {
-        let bad = |e: &mut Self, code| e.reply(from, Reply::error(req, code).sign(&au.key));
+    fn on_channel_bind(
+        &mut self,
+        now: Instant,
+        from: ClientAddr,
+        req: &Parsed<'_>,
+        _: Authed,
+    ) -> Handled {
         let number = match req.get(ATTR_CHANNEL_NUMBER) {
             Some(&[a, b, _, _]) => u16::from_be_bytes([a, b]),
-            _ => return bad(self, 400),
+            _ => return Err(BadRequest::ChannelNumber.into()),
         };
-        if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&number) {
-            return bad(self, 400);
-        }
-        let peer = match self.checked_peers(&from, req).as_deref() {
-            Ok(&[p]) => p,
-            Ok(_) => return bad(self, 400),
-            Err(&code) => return bad(self, code),
+        let Some(number) = ChannelNumber::new(number) else {
+            return Err(BadRequest::ChannelRange.into());
+        };
+        let peer = match *self.checked_peers(&from, req)? {
+            [p] => p,
+            _ => return Err(BadRequest::ChannelPeers.into()),
         };
         let user = self
             .allocations_by_client
             .get(&from)
             .map(|a| a.user.as_str());
         if !user.is_some_and(|u| self.shared.policy.permits_for(u, peer)) {
-            return bad(self, 403);
+            return Err(Refusal::ForbiddenPeer);
         }
         let (channel_ttl, perm_ttl) = (self.cfg.lifetimes.channel, self.cfg.lifetimes.permission);
         let max_channels = self.cfg.max_channels;
         let max_perms = self.cfg.max_permissions;
         let Some(a) = self.allocations_by_client.get_mut(&from) else {
-            return;
+            return Ok(Answer::None);
         };
         match (
             a.channels_by_number.get(&number),
             a.channels_by_peer.get(&peer),
         ) {
-            (Some(c), _) if c.peer != peer => return bad(self, 400),
-            (_, Some(n)) if *n != number => return bad(self, 400),
-            (None, None) if a.channels_by_number.len() >= max_channels => return bad(self, 508),
+            (Some(c), _) if c.peer != peer => return Err(BadRequest::ChannelRebind.into()),
+            (_, Some(n)) if *n != number => return Err(BadRequest::ChannelRebind.into()),
+            (None, None) if a.channels_by_number.len() >= max_channels => {
+                return Err(Refusal::Capacity(Capacity::Channels))
+            }
             _ => {}
         }
         if !a.permissions.contains_key(&peer.ip()) && a.permissions.len() >= max_perms {
-            return bad(self, 508);
+            return Err(Refusal::Capacity(Capacity::Permissions));
         }
         a.channels_by_number.insert(
             number,
@@ -643,6 +740,6 @@ impl Engine {
         a.permissions.insert(peer.ip(), now + perm_ttl);
         let next = a.next_deadline();
         self.schedule(from, next);
-        self.reply(from, Reply::success(req).sign(&au.key));
+        Ok(Answer::Now(Reply::success(req)))
     }
 }

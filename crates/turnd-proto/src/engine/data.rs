@@ -8,12 +8,14 @@
 
 #![deny(clippy::indexing_slicing)]
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::control::{CHANNEL_MAX, CHANNEL_MIN};
-use super::wire::{encode_xor_addr, parse_send};
-use super::{ClientAddr, Engine, ToClient, ToPeer, HEADROOM};
+use super::control::ChannelNumber;
+use super::wire::{
+    encode_xor_addr, parse_send, ATTR_DATA_BYTES, ATTR_XOR_PEER_ADDRESS_BYTES,
+    MSG_DATA_INDICATION_BYTES,
+};
+use super::{ClientAddr, Engine, PeerAddr, RelayAddr, ToClient, ToPeer, HEADROOM};
 
 impl Engine {
     pub(super) fn on_send(&mut self, now: Instant, from: ClientAddr, buf: &[u8]) -> Option<ToPeer> {
@@ -25,7 +27,11 @@ impl Engine {
         }
         a.stats.packets_to_peer += 1;
         a.stats.bytes_to_peer += range.len() as u64;
-        Some(ToPeer { relay, peer, range })
+        Some(ToPeer {
+            relay: RelayAddr(relay),
+            peer: PeerAddr(peer),
+            range,
+        })
     }
 
     pub(super) fn on_channel_data(
@@ -37,9 +43,9 @@ impl Engine {
         let &[n0, n1, l0, l1, ..] = buf else {
             return None;
         };
-        let number = u16::from_be_bytes([n0, n1]);
+        let number = ChannelNumber::new(u16::from_be_bytes([n0, n1]))?;
         let len = usize::from(u16::from_be_bytes([l0, l1]));
-        if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&number) || 4 + len > buf.len() {
+        if 4 + len > buf.len() {
             return None;
         }
         let a = self.allocations_by_client.get_mut(&from)?;
@@ -52,8 +58,8 @@ impl Engine {
         a.stats.packets_to_peer += 1;
         a.stats.bytes_to_peer += len as u64;
         Some(ToPeer {
-            relay,
-            peer,
+            relay: RelayAddr(relay),
+            peer: PeerAddr(peer),
             range: 4..4 + len,
         })
     }
@@ -66,8 +72,8 @@ impl Engine {
         &mut self,
         now: Instant,
         client: ClientAddr,
-        relay: SocketAddr,
-        peer: SocketAddr,
+        RelayAddr(relay): RelayAddr,
+        PeerAddr(peer): PeerAddr,
         buf: &mut [u8],
         len: usize,
     ) -> Option<ToClient> {
@@ -91,7 +97,7 @@ impl Engine {
                 };
                 let out = buf.get_mut(start..HEADROOM + padded)?;
                 let (h, rest) = out.split_first_chunk_mut::<4>()?;
-                let ([n0, n1], [l0, l1]) = (number.to_be_bytes(), len16.to_be_bytes());
+                let ([n0, n1], [l0, l1]) = (number.get().to_be_bytes(), len16.to_be_bytes());
                 *h = [n0, n1, l0, l1];
                 rest.get_mut(len..)?.fill(0);
                 start..HEADROOM + padded
@@ -110,19 +116,22 @@ impl Engine {
                     stun::message::MAGIC_COOKIE.to_be_bytes(),
                 );
                 let [t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11] = tid;
+                let [m0, m1] = MSG_DATA_INDICATION_BYTES;
                 *hdr = [
-                    0x00, 0x17, b0, b1, c0, c1, c2, c3, t0, t1, t2, t3, t4, t5, t6, t7, t8, t9,
-                    t10, t11,
+                    m0, m1, b0, b1, c0, c1, c2, c3, t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10,
+                    t11,
                 ];
                 let (pa, data_hdr) = attrs.split_at_mut_checked(peer_attr)?;
                 let (pa_hdr, pa_val) = pa.split_first_chunk_mut::<4>()?;
-                *pa_hdr = [0x00, 0x12, 0, (peer_attr - 4) as u8];
+                let [p0, p1] = ATTR_XOR_PEER_ADDRESS_BYTES;
+                *pa_hdr = [p0, p1, 0, (peer_attr - 4) as u8];
                 if encode_xor_addr(peer, &tid, pa_val) != peer_attr - 4 {
                     return None;
                 }
                 let [l0, l1] = len16.to_be_bytes();
                 let d: &mut [u8; 4] = data_hdr.try_into().ok()?;
-                *d = [0x00, 0x13, l0, l1];
+                let [d0, d1] = ATTR_DATA_BYTES;
+                *d = [d0, d1, l0, l1];
                 rest.get_mut(len..)?.fill(0);
                 start..HEADROOM + padded
             }

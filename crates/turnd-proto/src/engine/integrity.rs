@@ -174,7 +174,7 @@ impl Signing for Signer {
 
 impl Signing for Key {
     fn signer(&self) -> Signer {
-        Signer::new(self, None)
+        Signer::new(self.as_bytes(), None)
     }
 }
 
@@ -366,9 +366,9 @@ impl Engine {
     }
 }
 
-fn map_keys<const N: usize>(l: Lookup<[u8; N]>) -> Lookup<Vec<u8>> {
+fn map_keys<K: AsRef<[u8]>>(l: Lookup<K>) -> Lookup<Vec<u8>> {
     match l {
-        Lookup::Keys(k) => Lookup::Keys(k.iter().map(|k| k.to_vec()).collect()),
+        Lookup::Keys(k) => Lookup::Keys(k.iter().map(|k| k.as_ref().to_vec()).collect()),
         Lookup::Unknown => Lookup::Unknown,
         Lookup::Expired => Lookup::Expired,
     }

@@ -17,8 +17,11 @@ pub enum AuthFailure {
     Challenge,
     /// Stale or foreign nonce (438).
     Nonce,
+    /// A username the authenticator does not know.
     UnknownUser,
+    /// A TURN REST username past its expiry.
     Expired,
+    /// MESSAGE-INTEGRITY matched none of the user's keys.
     BadPassword,
     /// Another user on an existing allocation (441).
     WrongUser,
@@ -27,6 +30,7 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
+    /// Every reason, in the order metrics list them.
     pub const ALL: [AuthFailure; 7] = [
         AuthFailure::Challenge,
         AuthFailure::Nonce,
@@ -36,6 +40,7 @@ impl AuthFailure {
         AuthFailure::WrongUser,
         AuthFailure::Budget,
     ];
+    /// The metrics label.
     pub fn as_str(self) -> &'static str {
         match self {
             AuthFailure::Challenge => "challenge",
@@ -55,23 +60,34 @@ pub const DURATION_BUCKETS: [u64; 7] = [10, 60, 300, 600, 1800, 3600, 14400];
 /// Traffic by transport of the client leg: [udp, tcp, tls].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Traffic {
+    /// Packets relayed client -> peer.
     pub packets_to_peer: [u64; 3],
+    /// Payload bytes relayed client -> peer.
     pub bytes_to_peer: [u64; 3],
+    /// Packets relayed peer -> client.
     pub packets_to_client: [u64; 3],
+    /// Payload bytes relayed peer -> client.
     pub bytes_to_client: [u64; 3],
 }
 
 /// Counters of one engine since it started.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EngineMetrics {
+    /// Allocations that succeeded.
     pub allocations_created: u64,
     /// (method name, error code or 0 for success) -> responses sent.
     pub responses: BTreeMap<(&'static str, u16), u64>,
+    /// Authentication failures by reason.
     pub auth_failures: BTreeMap<AuthFailure, u64>,
+    /// [`Refusal::label`](super::Refusal::label) -> error answers sent for it.
+    pub refusals: BTreeMap<&'static str, u64>,
+    /// 403 answers.
     pub policy_denials: u64,
+    /// 486 answers.
     pub quota_refusals: u64,
     /// Histogram of ended allocations' durations: counts per bucket (+Inf last), sum.
     pub duration_buckets: [u64; DURATION_BUCKETS.len() + 1],
+    /// Sum of ended allocations' durations, in seconds.
     pub duration_sum_secs: f64,
     /// Traffic of allocations that have ended (live ones are added in snapshots).
     pub traffic: Traffic,
@@ -80,10 +96,13 @@ pub struct EngineMetrics {
 /// A point-in-time view of an engine for `/metrics`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MetricsSnapshot {
+    /// The engine's counters.
     pub counters: EngineMetrics,
     /// Live allocations by [transport][family: 0 = IPv4 relay, 1 = IPv6 relay, 2 = dual].
     pub allocations: [[u64; 3]; 3],
+    /// Live permissions.
     pub permissions: u64,
+    /// Live channels.
     pub channels: u64,
     /// Traffic of ended and live allocations.
     pub traffic: Traffic,
@@ -92,18 +111,31 @@ pub struct MetricsSnapshot {
 /// One allocation as the admin API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionInfo {
-    pub id: u64,
+    /// The allocation's id (carries the shard).
+    pub id: super::SessionId,
+    /// The principal.
     pub user: String,
+    /// The client's address.
     pub client: SocketAddr,
+    /// How the client reaches us.
     pub transport: Transport,
+    /// Advertised relay addresses.
     pub relays: Vec<SocketAddr>,
+    /// When the allocation was created (wall clock).
     pub created: SystemTime,
+    /// When it expires unless refreshed (wall clock).
     pub expires: SystemTime,
+    /// Payload bytes relayed client -> peer.
     pub bytes_to_peer: u64,
+    /// Payload bytes relayed peer -> client.
     pub bytes_to_client: u64,
+    /// Packets relayed client -> peer.
     pub packets_to_peer: u64,
+    /// Packets relayed peer -> client.
     pub packets_to_client: u64,
+    /// Live permissions.
     pub permissions: usize,
+    /// Live channels.
     pub channels: usize,
 }
 
@@ -123,6 +155,10 @@ impl EngineMetrics {
             486 => self.quota_refusals += 1,
             _ => {}
         }
+    }
+
+    pub(super) fn count_refusal(&mut self, why: &super::Refusal) {
+        *self.refusals.entry(why.label()).or_default() += 1;
     }
 
     pub(super) fn count_auth_failure(&mut self, why: AuthFailure) {
@@ -155,6 +191,7 @@ fn add_traffic(t: &mut Traffic, transport: Transport, c: &super::allocation::Cou
 }
 
 impl Engine {
+    /// The engine's counters plus what it holds now, for `/metrics` (computed at scrape time).
     pub fn metrics_snapshot(&self) -> MetricsSnapshot {
         let mut s = MetricsSnapshot {
             counters: self.metrics.clone(),
@@ -205,7 +242,7 @@ impl Engine {
     }
 
     /// End the allocation with this id now; true if this engine had it.
-    pub fn kill_session(&mut self, now: Instant, id: u64) -> bool {
+    pub fn kill_session(&mut self, now: Instant, id: super::SessionId) -> bool {
         let client = self
             .allocations_by_client
             .iter()

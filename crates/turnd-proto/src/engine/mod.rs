@@ -24,6 +24,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 use crate::auth::{Authenticator, FailureBudget, NonceMint};
 use crate::policy::PeerPolicy;
 use crate::settings::{ExternalMapping, Lifetimes};
@@ -34,6 +37,7 @@ mod data;
 pub mod integrity;
 pub mod metrics;
 mod quota;
+pub mod refusal;
 pub mod wire;
 
 #[cfg(test)]
@@ -62,9 +66,10 @@ pub mod fault {
 }
 
 pub use allocation::Allocation;
-pub use control::{CHANNEL_MAX, CHANNEL_MIN};
+pub use control::{ChannelNumber, CHANNEL_MAX, CHANNEL_MIN};
 pub use metrics::{EngineMetrics, MetricsSnapshot, SessionInfo};
 pub use quota::Quotas;
+pub use refusal::{BadRequest, Capacity, Refusal};
 
 /// Bytes the caller leaves free before a peer datagram: the largest Data indication header
 /// (20 header + 24 XOR-PEER-ADDRESS for IPv6 + 4 DATA header).
@@ -75,8 +80,11 @@ pub const TAILROOM: usize = 4;
 /// How a client reaches us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Transport {
+    /// Plain UDP.
     Udp,
+    /// TCP (RFC 6062 framing of STUN and ChannelData).
     Tcp,
+    /// TLS over TCP.
     Tls,
 }
 
@@ -85,6 +93,7 @@ impl Transport {
     pub fn is_stream(self) -> bool {
         !matches!(self, Transport::Udp)
     }
+    /// The metrics and log label.
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Udp => "udp",
@@ -97,41 +106,63 @@ impl Transport {
 /// The client side of a 5-tuple: transport, the client's address, and our listener address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientAddr {
+    /// How the client reaches us.
     pub transport: Transport,
+    /// The client's address (after any NAT).
     pub remote: SocketAddr,
+    /// Our listener address the client sent to.
     pub local: SocketAddr,
 }
+
+/// A peer's address: the far side of a relay (XOR-PEER-ADDRESS, the source of a datagram
+/// on a relay socket). A type of its own so it cannot be swapped with a [`RelayAddr`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The local address a relay socket is bound at (not the advertised one behind a NAT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelayAddr(pub SocketAddr);
 
 /// A control-plane message for a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
+    /// The client to send to.
     pub to: ClientAddr,
+    /// The encoded STUN message.
     pub bytes: Vec<u8>,
 }
 
 /// Send `buf[range]` from the relay socket bound at `relay` to `peer`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToPeer {
-    pub relay: SocketAddr,
-    pub peer: SocketAddr,
+    /// The relay socket to send from.
+    pub relay: RelayAddr,
+    /// Where to send.
+    pub peer: PeerAddr,
+    /// The bytes to send, in the buffer the caller passed in.
     pub range: std::ops::Range<usize>,
 }
 
 /// Send `buf[range]` to `client`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToClient {
+    /// Where to send.
     pub client: ClientAddr,
+    /// The bytes to send, in the buffer the caller passed in.
     pub range: std::ops::Range<usize>,
 }
 
 /// Address families of relay sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
+    /// IPv4.
     V4,
+    /// IPv6.
     V6,
 }
 
 impl Family {
+    /// The family of `addr`.
     pub fn of(addr: &SocketAddr) -> Family {
         if addr.is_ipv4() {
             Family::V4
@@ -144,13 +175,54 @@ impl Family {
 /// Which relay port an Allocate asks for (RFC 8656 §7.2, EVEN-PORT and RESERVATION-TOKEN).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PortChoice {
+    /// Any port of the relay range.
     Any,
+    /// An even port (EVEN-PORT without the R bit).
     Even,
     /// An even port, and hold the next one under this token for a later Allocate.
-    EvenReserveNext([u8; 8]),
+    EvenReserveNext(ReservationToken),
     /// The port held under this token (its family is the reserved socket's).
-    Reserved([u8; 8]),
+    Reserved(ReservationToken),
 }
+
+/// An allocation's id, unique across the shards of a server: the shard number in the top
+/// 16 bits ([`Engine::with_shard`]), a per-engine sequence number below. Shown and parsed as
+/// the decimal number (the admin API's `/api/sessions/{id}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(u64);
+
+impl SessionId {
+    /// The id of the `seq`-th allocation of shard `shard`.
+    pub fn new(shard: u16, seq: u64) -> Self {
+        SessionId(u64::from(shard) << 48 | (seq & ((1 << 48) - 1)))
+    }
+    /// The shard that holds the allocation.
+    pub fn shard(self) -> u16 {
+        (self.0 >> 48) as u16
+    }
+    /// The id as one number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for SessionId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(SessionId)
+    }
+}
+
+/// The RESERVATION-TOKEN of a port held by EVEN-PORT's R bit (RFC 8656 §7.2): 8 random
+/// bytes from the engine's RNG, handed to the client and claimed by its next Allocate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReservationToken(pub [u8; 8]);
 
 /// Requests to the I/O layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,8 +230,11 @@ pub enum Command {
     /// Bind one relay socket per family (in order) for `client`'s pending Allocate, then call
     /// [`Engine::relay_bound`] with the results in the same order.
     BindRelays {
+        /// The client whose Allocate waits.
         client: ClientAddr,
+        /// One relay per family, in this order.
         families: Vec<Family>,
+        /// Which port to bind.
         port: PortChoice,
     },
     /// Close the relay socket bound at this address; its port is free again.
@@ -171,14 +246,23 @@ pub enum Command {
 /// Fixed settings of an engine.
 #[derive(Clone)]
 pub struct EngineConfig {
+    /// REALM of challenges and of the long-term keys.
     pub realm: String,
+    /// SOFTWARE on answers to authenticated requests; `None`: never sent.
     pub software: Option<String>,
+    /// Allocation, permission, channel and reservation lifetimes.
     pub lifetimes: Lifetimes,
+    /// IPv4 relays are offered.
     pub relay_v4: bool,
+    /// IPv6 relays are offered.
     pub relay_v6: bool,
+    /// 1:1 NAT mappings: advertise `public` for relays bound at `private`.
     pub external: Vec<ExternalMapping>,
+    /// Permissions per allocation; more are refused with 508.
     pub max_permissions: usize,
+    /// Channels per allocation; more are refused with 508.
     pub max_channels: usize,
+    /// How long a nonce is valid before 438.
     pub nonce_lifetime: Duration,
     /// The instant all shards count nonce time from.
     pub epoch: Instant,
@@ -188,25 +272,39 @@ pub struct EngineConfig {
     pub redact: bool,
     /// RFC 8489 security features offered (SHA-256, USERHASH); default: MD5 only.
     pub auth_features: integrity::AuthFeatures,
+    /// Seed of the engine's random numbers (reservation tokens, the Data-indication
+    /// transaction ids), so tests can predict them. `None` (every server): seeded from the
+    /// operating system's entropy, so each engine has its own stream.
+    pub rng_seed: Option<u64>,
 }
 
 /// The pluggable parts, shared by all shards and swappable on reload.
 #[derive(Clone)]
 pub struct Shared {
+    /// Credentials.
     pub auth: Arc<dyn Authenticator>,
+    /// Which peers relays may talk to.
     pub policy: Arc<dyn PeerPolicy>,
+    /// Issues and checks nonces (one key for all shards).
     pub nonces: Arc<NonceMint>,
+    /// Per-IP budgets of answers to unauthenticated requests.
     pub budget: Arc<FailureBudget>,
+    /// Allocation quotas, counted across shards.
     pub quotas: Arc<Quotas>,
 }
 
 /// Counts of what an engine holds (tests and metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EngineStats {
+    /// Live allocations.
     pub allocations: usize,
+    /// Allocates waiting for their relay sockets.
     pub pending_allocations: usize,
+    /// Live permissions.
     pub permissions: usize,
+    /// Live channels.
     pub channels: usize,
+    /// Entries in the timer set (at most one per allocation).
     pub timers: usize,
 }
 
@@ -220,10 +318,41 @@ struct PendingAllocate {
     /// Families requested but unavailable: reported in ADDRESS-ERROR-CODE.
     refused_v6: bool,
     /// The token to hand back when the next port was reserved.
-    reserved: Option<[u8; 8]>,
+    reserved: Option<ReservationToken>,
     fingerprint: bool,
 }
 
+/// One shard's TURN state machine: sans-IO, driven by the I/O layer.
+///
+/// # Method groups
+/// - **Inputs**: [`handle_client`](Engine::handle_client) (a datagram or one framed message
+///   from a client), [`handle_peer`](Engine::handle_peer) (a datagram on a relay socket),
+///   [`handle_timeout`](Engine::handle_timeout), [`relay_bound`](Engine::relay_bound) (the
+///   answer to [`Command::BindRelays`]), [`client_closed`](Engine::client_closed).
+/// - **Outputs**: [`poll_command`](Engine::poll_command),
+///   [`poll_transmit`](Engine::poll_transmit), [`poll_timeout`](Engine::poll_timeout); the
+///   data path returns [`ToPeer`] / [`ToClient`] directly from its input.
+/// - **Control**: [`set_shared`](Engine::set_shared) (reload),
+///   [`set_draining`](Engine::set_draining), [`with_shard`](Engine::with_shard).
+/// - **Views**: [`stats`](Engine::stats), [`metrics_snapshot`](Engine::metrics_snapshot),
+///   sessions and [`has_allocation`](Engine::has_allocation), for metrics and the admin API.
+///
+/// # Contract
+/// - After **every** input, drain [`poll_command`](Engine::poll_command) until `None`, then
+///   [`poll_transmit`](Engine::poll_transmit) until `None`, then re-read
+///   [`poll_timeout`](Engine::poll_timeout) and call
+///   [`handle_timeout`](Engine::handle_timeout) when it is due. Commands first: a
+///   transmit may answer an Allocate whose relay the I/O layer must already own.
+/// - `now` never goes backwards between calls (pass a monotonic clock; equal is fine).
+/// - A returned byte range ([`ToPeer::range`], [`ToClient::range`]) indexes the buffer the
+///   caller passed to that same call, and is valid only until the caller's next call on the
+///   engine (or its next write to that buffer). Send it before handing the engine more input.
+/// - Every [`Command::BindRelays`] must be answered with [`relay_bound`](Engine::relay_bound)
+///   for the same client, with one result per requested family, in order (`None` for a
+///   failed bind), even if the client went away meanwhile: the engine releases what is no
+///   longer needed with [`Command::ReleaseRelay`]. An unanswered one leaks a quota slot.
+/// - Random numbers come from [`EngineConfig::rng_seed`]; with a seed, an engine's
+///   reservation tokens and Data-indication transaction ids are reproducible.
 pub struct Engine {
     cfg: EngineConfig,
     shared: Shared,
@@ -235,19 +364,29 @@ pub struct Engine {
     timers: BTreeSet<(Instant, ClientAddr)>,
     transmits: VecDeque<Transmit>,
     commands: VecDeque<Command>,
+    /// Reservation tokens and the seed of `tid_state` ([`EngineConfig::rng_seed`]).
+    rng: StdRng,
     /// State for Data-indication transaction ids (not security relevant).
     tid_state: u64,
-    /// The last allocation id handed out.
+    /// The sequence number of the last allocation id handed out.
     next_id: u64,
+    /// This engine's shard number, in its [`SessionId`]s.
+    shard: u16,
     metrics: EngineMetrics,
     /// Shutting down: new Allocates are refused.
     draining: bool,
 }
 
 impl Engine {
+    /// An engine with no allocations.
     pub fn new(cfg: EngineConfig, shared: Shared) -> Self {
-        let tid_state = rand::random::<u64>() | 1;
+        let mut rng = match cfg.rng_seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_entropy(),
+        };
+        let tid_state = rng.gen::<u64>() | 1;
         Engine {
+            rng,
             cfg,
             shared,
             allocations_by_client: HashMap::new(),
@@ -257,14 +396,16 @@ impl Engine {
             commands: VecDeque::new(),
             tid_state,
             next_id: 0,
+            shard: 0,
             metrics: EngineMetrics::default(),
             draining: false,
         }
     }
 
-    /// Number this engine's allocation ids with the shard number in the top 16 bits.
+    /// Number this engine's allocation ids with the shard number in the top 16 bits
+    /// ([`SessionId`]).
     pub fn with_shard(mut self, shard: u16) -> Self {
-        self.next_id = u64::from(shard) << 48;
+        self.shard = shard;
         self
     }
 
@@ -299,6 +440,7 @@ impl Engine {
         &self.shared.quotas
     }
 
+    /// What the engine holds now.
     pub fn stats(&self) -> EngineStats {
         let mut s = EngineStats {
             allocations: self.allocations_by_client.len(),
@@ -319,7 +461,7 @@ impl Engine {
         fault::check(buf);
         match buf.first()? >> 6 {
             0 => {
-                if buf.len() >= 20 && buf.starts_with(&[0x00, 0x16]) {
+                if buf.len() >= 20 && buf.starts_with(&wire::MSG_SEND_INDICATION_BYTES) {
                     // Send indication: the hot path.
                     return self.on_send(now, from, buf);
                 }
@@ -331,6 +473,7 @@ impl Engine {
         }
     }
 
+    /// Does `client` have an allocation?
     pub fn has_allocation(&self, client: &ClientAddr) -> bool {
         self.allocations_by_client.contains_key(client)
     }
@@ -344,18 +487,22 @@ impl Engine {
         self.delete_allocation(now, client, "connection closed");
     }
 
+    /// The next control-plane answer to send, if any (see the contract on [`Engine`]).
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }
 
+    /// The next request to the I/O layer, if any (see the contract on [`Engine`]).
     pub fn poll_command(&mut self) -> Option<Command> {
         self.commands.pop_front()
     }
 
+    /// When [`Engine::handle_timeout`] must be called next; `None`: no timer.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.first().map(|(t, _)| *t)
     }
 
+    /// Expire allocations, permissions and channels whose deadline is at or before `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some(&(at, client)) = self.timers.first() {
             if at > now {

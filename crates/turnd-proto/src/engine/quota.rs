@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+/// Allocation quotas shared by all shards: a server-wide total and a per-user count.
 pub struct Quotas {
     max_total: AtomicUsize,
     max_per_user: AtomicUsize,
@@ -20,6 +21,7 @@ pub struct Quotas {
 }
 
 impl Quotas {
+    /// At most `max_total` allocations, `max_per_user` per user.
     pub fn new(max_total: usize, max_per_user: usize) -> Self {
         Quotas {
             max_total: AtomicUsize::new(max_total),
@@ -75,6 +77,7 @@ impl Quotas {
         true
     }
 
+    /// Give back one allocation of `user`.
     pub fn release(&self, user: &str) {
         let mut by_user = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = by_user.get_mut(user) {
@@ -89,6 +92,7 @@ impl Quotas {
         }
     }
 
+    /// Allocations counted now, all users.
     pub fn total(&self) -> usize {
         self.total.load(Ordering::Relaxed)
     }

@@ -19,19 +19,24 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
 use super::{
-    ClientAddr, Command, Engine, EngineConfig, Family, Quotas, Shared, Transport, HEADROOM,
-    TAILROOM,
+    ClientAddr, Command, Engine, EngineConfig, Family, PeerAddr, Quotas, RelayAddr, Shared,
+    Transport, HEADROOM, TAILROOM,
 };
 use crate::auth::{long_term_key, Authenticator, FailureBudget, Key, Lookup, NonceMint};
 use crate::policy::PeerPolicy;
 use crate::settings::Lifetimes;
 
+/// The realm of the harness's engine.
 pub const REALM: &str = "fuzz";
+/// The harness's users and passwords.
 pub const USERS: [(&str, &str); 2] = [("alice", "secret"), ("bob", "hunter2")];
 /// Quotas of the harness engine: allocations in total and per user.
 pub const MAX_TOTAL: usize = 6;
+/// The harness engine's allocations per user.
 pub const MAX_PER_USER: usize = 4;
+/// The harness engine's permissions per allocation.
 pub const MAX_PERMISSIONS: usize = 4;
+/// The harness engine's channels per allocation.
 pub const MAX_CHANNELS: usize = 3;
 /// Clients the steps choose from (index modulo this).
 pub const CLIENTS: usize = 6;
@@ -41,7 +46,9 @@ const MAGIC: [u8; 4] = 0x2112_A442u32.to_be_bytes();
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub enum AttrType {
+    /// One of the attribute types the engine understands (index, wrapping).
     Known(u8),
+    /// Any type.
     Any(u16),
 }
 
@@ -49,15 +56,19 @@ pub enum AttrType {
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub enum Value {
+    /// Raw bytes.
     Bytes(Vec<u8>),
+    /// A 32-bit number.
     U32(u32),
     /// A family byte then three zero bytes (REQUESTED-/ADDITIONAL-ADDRESS-FAMILY).
     Family(u8),
     /// An XOR-encoded peer address (see [`peer_addr`]).
     Peer(u8),
+    /// A CHANNEL-NUMBER value.
     Channel(u16),
     /// The last RESERVATION-TOKEN handed out (or zeros).
     Token,
+    /// An EVEN-PORT flags byte.
     EvenPort(u8),
     /// REQUESTED-TRANSPORT UDP.
     Udp,
@@ -65,8 +76,11 @@ pub enum Value {
 
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
+/// One attribute of a generated request.
 pub struct Attr {
+    /// Its type.
     pub typ: AttrType,
+    /// Its value.
     pub value: Value,
     /// Cut the value to this many bytes (lengths are where parsers go wrong).
     pub truncate: Option<u8>,
@@ -74,20 +88,29 @@ pub struct Attr {
 
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
+/// The method of a generated request.
 pub enum Method {
+    /// Allocate.
     Allocate,
+    /// Refresh.
     Refresh,
+    /// CreatePermission.
     CreatePermission,
+    /// ChannelBind.
     ChannelBind,
+    /// Binding.
     Binding,
+    /// Any other method number.
     Other(u16),
 }
 
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
+/// How a generated request is signed.
 pub enum Signing {
     /// The right user's key, a fresh nonce.
     Good,
+    /// With a key from a wrong password.
     WrongKey,
     /// USERNAME, REALM and NONCE but no MESSAGE-INTEGRITY.
     Unsigned,
@@ -99,48 +122,78 @@ pub enum Signing {
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub enum Step {
+    /// A STUN request.
     Request {
+        /// Which client (index, wrapping).
         client: u8,
+        /// Which user (of [`USERS`]).
         user: bool,
+        /// The method.
         method: Method,
+        /// Attributes before MESSAGE-INTEGRITY.
         attrs: Vec<Attr>,
         /// Attributes after MESSAGE-INTEGRITY: never acted on.
         after_integrity: Vec<Attr>,
+        /// How it is signed.
         signing: Signing,
+        /// End with FINGERPRINT.
         fingerprint: bool,
         /// Reuse a transaction id (retransmissions hit the response cache).
         tid: u8,
     },
+    /// A Send indication.
     Send {
+        /// Which client.
         client: u8,
+        /// Which peer.
         peer: u8,
+        /// Payload bytes.
         data_len: u16,
+        /// More attributes.
         extra: Vec<Attr>,
     },
+    /// A ChannelData message.
     ChannelData {
+        /// Which client.
         client: u8,
+        /// The channel number.
         number: u16,
+        /// Payload bytes.
         len: u16,
+        /// A length field other than the payload's.
         declared: Option<u16>,
     },
+    /// A datagram from a peer on a relay.
     FromPeer {
+        /// Which client's allocation.
         client: u8,
+        /// Which of its relays.
         relay: u8,
+        /// Which peer.
         peer: u8,
+        /// Payload bytes.
         len: u16,
     },
+    /// Arbitrary bytes from a client.
     Raw {
+        /// Which client.
         client: u8,
+        /// The bytes.
         bytes: Vec<u8>,
     },
     /// Answer the pending relay binds (`ok`: bind them, otherwise fail).
     ServeBinds {
+        /// Bind them, or fail them.
         ok: bool,
     },
+    /// Let time pass.
     Advance {
+        /// Seconds.
         secs: u16,
     },
+    /// A stream client's connection closes.
     Close {
+        /// Which client.
         client: u8,
     },
 }
@@ -209,7 +262,9 @@ impl PeerPolicy for Policy {
 
 /// The engine under test, its clock, and the relay ports it holds.
 pub struct Harness {
+    /// The engine under test.
     pub engine: Engine,
+    /// The injected clock.
     pub now: Instant,
     nonces: Arc<NonceMint>,
     quotas: Arc<Quotas>,
@@ -234,6 +289,8 @@ impl Default for Harness {
 }
 
 impl Harness {
+    /// A harness around a fresh, seeded engine with the users of [`USERS`] and a fixed test
+    /// peer policy.
     pub fn new() -> Self {
         let now = Instant::now();
         let nonces = Arc::new(NonceMint::new([9; 32]));
@@ -258,6 +315,7 @@ impl Harness {
             unix_at_epoch: 1_700_000_000,
             redact: true,
             auth_features: Default::default(),
+            rng_seed: Some(0),
         };
         let users = USERS
             .iter()
@@ -287,6 +345,7 @@ impl Harness {
         }
     }
 
+    /// The address of client `n`.
     pub fn client(n: u8) -> ClientAddr {
         let n = usize::from(n) % CLIENTS;
         let transport = match n % 3 {
@@ -373,7 +432,7 @@ impl Harness {
                         Signing::WrongKey => long_term_key(user, REALM, "wrong"),
                         _ => long_term_key(user, REALM, pass),
                     };
-                    sign(&mut msg, &key);
+                    sign(&mut msg, key.as_bytes());
                 }
                 for a in after_integrity.iter().take(4) {
                     let (t, v) = self.attr_bytes(a, &tid);
@@ -448,10 +507,14 @@ impl Harness {
                     .unwrap_or(SocketAddr::from(([198, 51, 100, 1], 1)));
                 let len = usize::from(*len).min(65_507);
                 let mut buf = vec![0xA5u8; HEADROOM + len + TAILROOM];
-                if let Some(out) =
-                    self.engine
-                        .handle_peer(self.now, c, relay, peer_addr(*peer), &mut buf, len)
-                {
+                if let Some(out) = self.engine.handle_peer(
+                    self.now,
+                    c,
+                    RelayAddr(relay),
+                    PeerAddr(peer_addr(*peer)),
+                    &mut buf,
+                    len,
+                ) {
                     self.relayed += 1;
                     assert!(out.range.end <= buf.len(), "range inside the buffer");
                     assert!(out.range.len() >= len, "payload not truncated");

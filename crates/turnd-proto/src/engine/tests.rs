@@ -77,6 +77,7 @@ fn engine_with(max_total: usize, max_per_user: usize) -> T {
         unix_at_epoch: 1_700_000_000,
         redact: false,
         auth_features: Default::default(),
+        rng_seed: Some(7),
     };
     let shared = Shared {
         auth: Arc::new(TestAuth),
@@ -170,6 +171,13 @@ impl Req {
     }
     fn bytes(&self) -> Vec<u8> {
         self.m.raw.clone()
+    }
+    /// The same attributes in a new transaction.
+    fn clone_req(&self) -> Self {
+        let mut m = self.m.clone();
+        m.new_transaction_id().unwrap();
+        m.write_header();
+        Req { m }
     }
 }
 
@@ -277,8 +285,14 @@ fn from_peer(
 ) -> Option<(ClientAddr, Vec<u8>)> {
     let mut buf = vec![0xAAu8; HEADROOM + payload.len() + TAILROOM];
     buf[HEADROOM..HEADROOM + payload.len()].copy_from_slice(payload);
-    let out =
-        t.e.handle_peer(t.now, c, relay, p, &mut buf, payload.len())?;
+    let out = t.e.handle_peer(
+        t.now,
+        c,
+        RelayAddr(relay),
+        PeerAddr(p),
+        &mut buf,
+        payload.len(),
+    )?;
     Some((out.client, buf[out.range].to_vec()))
 }
 
@@ -318,7 +332,7 @@ fn full_allocation_life_cycle() {
     let out = t
         .send(c, &send_indication(peer(1), b"hello"))
         .expect("relayed");
-    assert_eq!((out.relay, out.peer), (relay, peer(1)));
+    assert_eq!((out.relay.0, out.peer.0), (relay, peer(1)));
     let si = send_indication(peer(1), b"hello");
     assert_eq!(&si[out.range], b"hello");
 
@@ -341,7 +355,7 @@ fn full_allocation_life_cycle() {
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
     let cd = channel_data(0x4000, b"abc");
     let out = t.send(c, &cd).expect("relayed");
-    assert_eq!((out.peer, &cd[out.range.clone()]), (peer(2), &b"abc"[..]));
+    assert_eq!((out.peer.0, &cd[out.range.clone()]), (peer(2), &b"abc"[..]));
     let (_, bytes) = from_peer(&mut t, c, relay, peer(2), b"defgh").unwrap();
     assert_eq!(bytes, channel_data(0x4000, b"defgh"), "no padding over UDP");
 
@@ -522,6 +536,37 @@ fn allocate_errors() {
         "failures leave no state"
     );
     assert_eq!(t.e.shared.quotas.total(), 0);
+}
+
+#[test]
+fn refusals_are_counted_by_reason_not_only_by_code() {
+    let mut t = engine();
+    let c = client(1);
+    let n = t.nonce(c);
+    let code = |t: &mut T, r: Req| error_code(&t.authed(c, &n, r));
+    assert_eq!(code(&mut t, Req::new(METHOD_ALLOCATE)), Some(400));
+    let both = Req::new(METHOD_ALLOCATE)
+        .transport_udp()
+        .raw(ATTR_REQUESTED_ADDRESS_FAMILY, &[1, 0, 0, 0])
+        .raw(wire::ATTR_ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+    assert_eq!(code(&mut t, both), Some(400));
+    let lifetime = Req::new(METHOD_ALLOCATE)
+        .transport_udp()
+        .raw(ATTR_LIFETIME, &[0; 3]);
+    assert_eq!(code(&mut t, lifetime.clone_req()), Some(400));
+    assert_eq!(code(&mut t, lifetime), Some(400));
+    assert_eq!(code(&mut t, Req::new(METHOD_REFRESH)), Some(437));
+    let m = t.e.metrics_snapshot().counters;
+    let expected: std::collections::BTreeMap<&str, u64> = [
+        ("unauthorized", 1),
+        ("bad_request_requested_transport", 1),
+        ("bad_request_both_families", 1),
+        ("bad_request_lifetime", 2),
+        ("allocation_mismatch", 1),
+    ]
+    .into();
+    assert_eq!(m.refusals, expected);
+    assert_eq!(m.responses.get(&("allocate", 400)), Some(&4));
 }
 
 #[test]
@@ -948,6 +993,39 @@ fn send_indication_with_bad_fingerprint_or_unknown_attribute_is_dropped() {
 }
 
 #[test]
+fn a_seeded_engine_hands_out_predictable_tokens_and_transaction_ids() {
+    use rand::{Rng, SeedableRng};
+    let run = |seed: u64| {
+        let mut t = engine();
+        t.e = Engine::new(
+            EngineConfig {
+                rng_seed: Some(seed),
+                ..t.e.cfg.clone()
+            },
+            t.e.shared.clone(),
+        );
+        let c = client(1);
+        let n = t.nonce(c);
+        let r = t.authed(
+            c,
+            &n,
+            Req::new(METHOD_ALLOCATE)
+                .transport_udp()
+                .raw(ATTR_EVEN_PORT, &[0x80]),
+        );
+        let token: [u8; 8] = r.get(ATTR_RESERVATION_TOKEN).unwrap().try_into().unwrap();
+        (token, t.e.next_tid())
+    };
+    let (token, tid) = run(42);
+    assert_eq!(run(42), (token, tid), "same seed, same numbers");
+    assert_ne!(run(43).0, token, "another seed, another token");
+    // The documented derivation: the first draw seeds the tid state, the next is the token.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let _tid_state = rng.gen::<u64>();
+    assert_eq!(rng.gen::<[u8; 8]>(), token);
+}
+
+#[test]
 fn even_port_with_r_bit_reserves_and_the_token_claims_the_next_port() {
     let mut t = engine();
     let c = client(1);
@@ -963,7 +1041,7 @@ fn even_port_with_r_bit_reserves_and_the_token_claims_the_next_port() {
     let token: [u8; 8] = r.get(ATTR_RESERVATION_TOKEN).unwrap().try_into().unwrap();
     assert!(matches!(
         t.seen.last(),
-        Some(Command::BindRelays { port: PortChoice::EvenReserveNext(x), .. }) if *x == token
+        Some(Command::BindRelays { port: PortChoice::EvenReserveNext(x), .. }) if x.0 == token
     ));
     let c2 = client(2);
     let n2 = t.nonce(c2);
@@ -977,7 +1055,7 @@ fn even_port_with_r_bit_reserves_and_the_token_claims_the_next_port() {
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
     assert!(matches!(
         t.seen.last(),
-        Some(Command::BindRelays { port: PortChoice::Reserved(x), .. }) if *x == token
+        Some(Command::BindRelays { port: PortChoice::Reserved(x), .. }) if x.0 == token
     ));
     // Plain EVEN-PORT asks for an even port and hands out no token.
     let c3 = client(3);
@@ -1027,7 +1105,7 @@ fn external_mapping_advertises_the_public_address_and_relays_on_the_private_one(
     let bound = SocketAddr::new("198.51.100.1".parse().unwrap(), advertised.port());
     t.authed(c, &n, Req::new(METHOD_CREATE_PERMISSION).peer(peer(1)));
     let out = t.send(c, &send_indication(peer(1), b"x")).unwrap();
-    assert_eq!(out.relay, bound, "sent from the bound (private) socket");
+    assert_eq!(out.relay.0, bound, "sent from the bound (private) socket");
     let (to, _) = from_peer(&mut t, c, bound, peer(1), b"y").unwrap();
     assert_eq!(
         to, c,
@@ -1110,8 +1188,8 @@ fn mutated_and_random_packets_after_allocate_never_panic_or_grow_state() {
             let _ = t.e.handle_peer(
                 t.now,
                 c,
-                relay,
-                peer(rng.below(3) as u16 + 1),
+                RelayAddr(relay),
+                PeerAddr(peer(rng.below(3) as u16 + 1)),
                 &mut buf,
                 len,
             );
@@ -1267,3 +1345,26 @@ fn stream_closed_while_the_relay_is_being_bound_frees_the_quota_and_the_socket()
 mod advisories;
 mod bound;
 mod sha256;
+
+#[test]
+fn session_ids_carry_their_shard_and_print_as_one_number() {
+    let id = SessionId::new(3, 7);
+    assert_eq!((id.shard(), id.get()), (3, (3 << 48) | 7));
+    assert_eq!(id.to_string(), ((3u64 << 48) | 7).to_string());
+    assert_eq!(id.to_string().parse::<SessionId>(), Ok(id));
+}
+
+#[test]
+fn channel_numbers_exist_only_in_range() {
+    assert_eq!(
+        ChannelNumber::new(CHANNEL_MIN).map(ChannelNumber::get),
+        Some(0x4000)
+    );
+    assert_eq!(
+        ChannelNumber::new(CHANNEL_MAX).map(ChannelNumber::get),
+        Some(0x7FFF)
+    );
+    for n in [0, 0x3FFF, 0x8000, 0xFFFF] {
+        assert_eq!(ChannelNumber::new(n), None, "{n:#x}");
+    }
+}

@@ -26,6 +26,23 @@ use stun::textattrs::TextAttribute;
 use stun::xoraddr::XorMappedAddress;
 
 use super::integrity::{Signer, Signing};
+use super::refusal::Refusal;
+
+/// ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §18.11).
+/// STUN message type of an Allocate request (RFC 8656 §17).
+pub const MSG_ALLOCATE_REQUEST: u16 = 0x0003;
+/// STUN message type of a Send indication (RFC 8656 §17).
+pub const MSG_SEND_INDICATION: u16 = 0x0016;
+/// STUN message type of a Data indication (RFC 8656 §17).
+pub const MSG_DATA_INDICATION: u16 = 0x0017;
+/// [`MSG_SEND_INDICATION`] as it starts a message on the wire.
+pub const MSG_SEND_INDICATION_BYTES: [u8; 2] = MSG_SEND_INDICATION.to_be_bytes();
+/// [`MSG_DATA_INDICATION`] as it starts a message on the wire.
+pub const MSG_DATA_INDICATION_BYTES: [u8; 2] = MSG_DATA_INDICATION.to_be_bytes();
+/// XOR-PEER-ADDRESS's type as it starts the attribute on the wire.
+pub const ATTR_XOR_PEER_ADDRESS_BYTES: [u8; 2] = ATTR_XOR_PEER_ADDRESS.0.to_be_bytes();
+/// DATA's type as it starts the attribute on the wire.
+pub const ATTR_DATA_BYTES: [u8; 2] = ATTR_DATA.0.to_be_bytes();
 
 /// ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §18.11).
 pub const ATTR_ADDITIONAL_ADDRESS_FAMILY: AttrType = AttrType(0x8000);
@@ -43,15 +60,21 @@ const MI_LEN: usize = 20;
 /// offset 65,535 (issue 10, item 12).
 #[derive(Debug, Clone, Copy)]
 pub struct Attr {
+    /// The attribute type.
     pub typ: u16,
+    /// (offset, length) of the value in the message.
     pub value: (usize, usize),
 }
 
 /// A parsed STUN message borrowing the datagram.
 pub struct Parsed<'a> {
+    /// The whole message.
     pub raw: &'a [u8],
+    /// Its method.
     pub method: Method,
+    /// Its class.
     pub class: MessageClass,
+    /// Its transaction id.
     pub tid: TransactionId,
     /// Attributes up to and including MESSAGE-INTEGRITY (later ones dropped, FINGERPRINT
     /// excluded), in message order.
@@ -62,15 +85,20 @@ pub struct Parsed<'a> {
     /// Offset of the MESSAGE-INTEGRITY-SHA256 attribute header, if present (RFC 8489
     /// §14.6; checked in `integrity`).
     pub integrity_sha256_at: Option<usize>,
+    /// Ends with a valid FINGERPRINT.
     pub has_fingerprint: bool,
 }
 
 /// Why a message is not valid STUN; such messages are dropped without an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Malformed {
+    /// Shorter than a header, the top two bits set, or no magic cookie.
     Header,
+    /// The header's length disagrees with the datagram.
     Length,
+    /// An attribute runs past the message.
     Attribute,
+    /// A FINGERPRINT that does not match.
     Fingerprint,
 }
 
@@ -89,6 +117,7 @@ pub fn be32(buf: &[u8], off: usize) -> Option<u32> {
 }
 
 impl<'a> Parsed<'a> {
+    /// Parse and validate `raw` (header, attribute walk, FINGERPRINT); no allocation.
     pub fn parse(raw: &'a [u8]) -> Result<Self, Malformed> {
         let Some((hdr, _)) = raw.split_first_chunk::<MESSAGE_HEADER_SIZE>() else {
             return Err(Malformed::Header);
@@ -171,6 +200,7 @@ impl<'a> Parsed<'a> {
         Ok(p)
     }
 
+    /// The attributes up to MESSAGE-INTEGRITY, in message order.
     pub fn attrs(&self) -> &[Attr] {
         self.attrs.get(..self.n_attrs).unwrap_or_default()
     }
@@ -197,6 +227,7 @@ impl<'a> Parsed<'a> {
             .map(|a| self.value_of(a))
     }
 
+    /// Does the message carry an attribute of type `t`?
     pub fn has(&self, t: AttrType) -> bool {
         self.attrs().iter().any(|a| a.typ == t.0)
     }
@@ -212,6 +243,7 @@ impl<'a> Parsed<'a> {
         out
     }
 
+    /// The value of `t` as UTF-8 text, if present and valid.
     pub fn text(&self, t: AttrType) -> Option<&'a str> {
         self.get(t).and_then(|v| std::str::from_utf8(v).ok())
     }
@@ -315,6 +347,7 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// An empty answer of `class` to `req` (same method and transaction id).
     pub fn new(req: &Parsed<'_>, class: MessageClass) -> Self {
         let mut msg = Message::new();
         msg.typ = MessageType::new(req.method, class);
@@ -328,27 +361,31 @@ impl Reply {
         }
     }
 
+    /// A success answer to `req`.
     pub fn success(req: &Parsed<'_>) -> Self {
         Self::new(req, stun::message::CLASS_SUCCESS_RESPONSE)
     }
 
-    pub fn error(req: &Parsed<'_>, code: u16) -> Self {
+    /// The error answer for `why` (code, reason phrase, UNKNOWN-ATTRIBUTES for 420).
+    pub fn refusal(req: &Parsed<'_>, why: &Refusal) -> Self {
         let mut r = Self::new(req, stun::message::CLASS_ERROR_RESPONSE);
-        r.error_code(code);
-        r.code = code;
+        r.error_code(why.code(), why.reason());
+        r.code = why.code();
+        if let Refusal::UnknownAttributes(unknown) = why {
+            r.unknown_attributes(unknown);
+        }
         r
     }
 
     /// An error answer with an empty reason phrase, for requests that did not authenticate:
     /// answers to them stay small (the reason is for diagnostics only, RFC 8489 §14.8).
-    pub fn bare_error(req: &Parsed<'_>, code: u16) -> Self {
+    pub fn bare_refusal(req: &Parsed<'_>, why: &Refusal) -> Self {
         let mut r = Self::new(req, stun::message::CLASS_ERROR_RESPONSE);
-        let a = ErrorCodeAttribute {
-            code: ErrorCode(code),
-            reason: Vec::new(),
-        };
-        let _ = a.add_to(&mut r.msg);
-        r.code = code;
+        r.error_code(why.code(), "");
+        r.code = why.code();
+        if let Refusal::UnknownAttributes(unknown) = why {
+            r.unknown_attributes(unknown);
+        }
         r
     }
 
@@ -357,25 +394,25 @@ impl Reply {
         self.key.is_some()
     }
 
-    fn error_code(&mut self, code: u16) {
-        let reason = reason(code).as_bytes().to_vec();
+    fn error_code(&mut self, code: u16, reason: &str) {
         let a = ErrorCodeAttribute {
             code: ErrorCode(code),
-            reason,
+            reason: reason.as_bytes().to_vec(),
         };
         // Only fails when the reason is over 763 bytes; ours are short constants.
         let _ = a.add_to(&mut self.msg);
     }
 
     /// ADDRESS-ERROR-CODE for an address family that could not be allocated.
-    pub fn address_error(&mut self, family_v6: bool, code: u16) {
+    pub fn address_error(&mut self, family_v6: bool, why: &Refusal) {
+        let code = why.code();
         let mut v = vec![
             if family_v6 { 2 } else { 1 },
             0,
             (code / 100) as u8,
             (code % 100) as u8,
         ];
-        v.extend_from_slice(reason(code).as_bytes());
+        v.extend_from_slice(why.reason().as_bytes());
         self.msg.add(ATTR_ADDRESS_ERROR_CODE, &v);
     }
 
@@ -384,10 +421,12 @@ impl Reply {
         method_name(self.msg.typ.method)
     }
 
+    /// Add an attribute with a raw value.
     pub fn add_raw(&mut self, t: AttrType, v: &[u8]) {
         self.msg.add(t, v);
     }
 
+    /// Add an XOR-encoded address attribute of type `t`.
     pub fn xor_addr(&mut self, t: AttrType, addr: SocketAddr) {
         let x = XorMappedAddress {
             ip: addr.ip(),
@@ -397,14 +436,17 @@ impl Reply {
         let _ = x.add_to_as(&mut self.msg, t);
     }
 
+    /// Add a text attribute.
     pub fn text(&mut self, t: AttrType, s: &str) {
         let _ = TextAttribute::new(t, s.to_string()).add_to(&mut self.msg);
     }
 
+    /// Add a 32-bit attribute.
     pub fn u32(&mut self, t: AttrType, v: u32) {
         self.msg.add(t, &v.to_be_bytes());
     }
 
+    /// Add UNKNOWN-ATTRIBUTES listing `types`.
     pub fn unknown_attributes(&mut self, types: &[u16]) {
         let v: Vec<u8> = types.iter().flat_map(|t| t.to_be_bytes()).collect();
         self.msg.add(ATTR_UNKNOWN_ATTRIBUTES, &v);
@@ -415,11 +457,15 @@ impl Reply {
         self.fingerprint = on;
     }
 
+    /// Sign with MESSAGE-INTEGRITY (or MESSAGE-INTEGRITY-SHA256, as the signer says) under
+    /// `key` when finished (every answer to an authenticated request).
     pub fn sign<K: Signing + ?Sized>(mut self, key: &K) -> Self {
         self.key = Some(key.signer());
         self
     }
 
+    /// Encode: SOFTWARE if given, MESSAGE-INTEGRITY if signed, FINGERPRINT if the request had
+    /// one.
     pub fn finish(mut self, software: Option<&str>) -> Vec<u8> {
         if let Some(s) = software {
             self.text(ATTR_SOFTWARE, s);
@@ -434,6 +480,7 @@ impl Reply {
     }
 }
 
+/// The metrics label of method `m`.
 pub fn method_name(m: Method) -> &'static str {
     use stun::message as msg;
     match m {
@@ -446,25 +493,8 @@ pub fn method_name(m: Method) -> &'static str {
     }
 }
 
-/// Short reason phrases (RFC 8489 §14.8, RFC 8656 §18.3 and §15).
-pub fn reason(code: u16) -> &'static str {
-    match code {
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        420 => "Unknown Attribute",
-        437 => "Allocation Mismatch",
-        438 => "Stale Nonce",
-        440 => "Address Family not Supported",
-        441 => "Wrong Credentials",
-        442 => "Unsupported Transport Protocol",
-        443 => "Peer Address Family Mismatch",
-        486 => "Allocation Quota Reached",
-        500 => "Server Error",
-        508 => "Insufficient Capacity",
-        _ => "",
-    }
-}
+/// Short reason phrases of error codes (see [`Refusal`] for the ones the engine sends).
+pub use super::refusal::reason_phrase as reason;
 
 /// The value range of the DATA attribute and the XOR-PEER-ADDRESS of a Send indication,
 /// parsed on the hot path without allocating. `None`: malformed, drop.

@@ -17,6 +17,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::settings;
 
+/// Which peers a relay may exchange datagrams with (see the module's CONTRACT).
 pub trait PeerPolicy: Send + Sync {
     /// May a relay exchange datagrams with `peer`?
     fn permits(&self, peer: SocketAddr) -> bool;
@@ -47,8 +48,11 @@ pub trait PeerPolicy: Send + Sync {
 /// not a peer a relay should reach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reserved {
+    /// The network, as text.
     pub net: &'static str,
+    /// The RFC that reserves it.
     pub rfc: &'static str,
+    /// What it is.
     pub note: &'static str,
 }
 
@@ -207,7 +211,7 @@ fn mapped_ipv4_net(net: Ipv6Net) -> Option<Ipv4Net> {
 /// Allow list > deny list (built-in + configured) > allowed, with two rules on top that the
 /// allow list does not lift: the server's listener addresses are always denied (no relay
 /// loops) and peer port 0 is refused. The server's own IPs (interfaces, relay and external
-/// addresses, see [`PeerFilter::for_server`]) are denied on every port outside the relay
+/// addresses, as the daemon collects them) are denied on every port outside the relay
 /// port range, so relay-to-relay calls keep working; only an allow-list entry naming that
 /// very address (/32 or /128) lifts this.
 #[derive(Debug, Clone)]
@@ -226,6 +230,8 @@ pub struct PeerFilter {
 }
 
 impl PeerFilter {
+    /// A filter from the operator's policy and the server's own listener addresses; add its own
+    /// IPs with [`PeerFilter::with_own_ips`].
     pub fn new(policy: &settings::Policy, own_addresses: Vec<SocketAddr>) -> Self {
         let mut own = Vec::new();
         let mut own_wildcard_ports = Vec::new();

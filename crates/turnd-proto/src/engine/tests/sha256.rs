@@ -86,12 +86,12 @@ fn rfc5769_long_term_request_is_rebuilt_and_verifies_with_the_md5_key() {
     m.add(ATTR_USERNAME, VECTOR_USER.as_bytes());
     m.add(ATTR_NONCE, b"f//499k954d6OL34oL9FSTvy64sA");
     m.add(ATTR_REALM, VECTOR_REALM.as_bytes());
-    Signer::new(&key, None).add_to(&mut m);
+    Signer::new(key.as_bytes(), None).add_to(&mut m);
     assert_eq!(hex::encode(&m.raw), RFC5769_LONG_TERM);
     let raw = unhex(RFC5769_LONG_TERM);
     let p = Parsed::parse(&raw).unwrap();
-    assert!(p.integrity_matches(&key));
-    assert!(p.verify(&key).is_some_and(|s| !s.is_sha256()));
+    assert!(p.integrity_matches(key.as_bytes()));
+    assert!(p.verify(key.as_bytes()).is_some_and(|s| !s.is_sha256()));
 }
 
 #[test]
@@ -123,7 +123,9 @@ fn engine_features(algorithms: &[Alg], userhash: bool) -> T {
         },
         settings::StaticUser {
             name: "keyed".into(),
-            credential: settings::Credential::Key(auth::long_term_key("keyed", REALM, "pw")),
+            credential: settings::Credential::Key(
+                *auth::long_term_key("keyed", REALM, "pw").as_bytes(),
+            ),
         },
     ];
     let a = settings::Auth {
@@ -192,9 +194,9 @@ impl Sha {
             req = req.raw(ATTR_PASSWORD_ALGORITHM, &a);
         }
         let key = match self.algorithm {
-            Some([0, 1, _, _]) | None => {
-                auth::long_term_key(self.user, REALM, self.password).to_vec()
-            }
+            Some([0, 1, _, _]) | None => auth::long_term_key(self.user, REALM, self.password)
+                .as_bytes()
+                .to_vec(),
             _ => auth::sha256_key(self.user, REALM, self.password)
                 .unwrap()
                 .to_vec(),

@@ -1,0 +1,360 @@
+//! The data path of one allocation during `turnctl load`: send ChannelData or Send
+//! indications to this thread's echo peer through the relay, receive the echoes, and record
+//! their round-trip times.
+//!
+//! Each payload starts with its send time (ns since the run started) and a sequence number.
+//! With `--rate` a pacer sends on a schedule (open loop); with `--saturate` each allocation
+//! keeps `window` packets in flight and sends one for each echo (closed loop), forgiving
+//! what has not come back after [`STALL`]. Frames are built once into fixed buffers and only
+//! stamped per packet; UDP goes out and in with `sendmmsg`/`recvmmsg`, streams with one
+//! write per batch. Nothing is allocated per packet.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use stun::message::METHOD_SEND;
+use tokio::io::Interest;
+use tokio::time::MissedTickBehavior;
+use turnd_proto::frames::{
+    indication_header_len, padded, write_channel_header, write_indication_header,
+    CHANNEL_DATA_HEADER,
+};
+
+use crate::client::{Conn, Link, TurnClient};
+use crate::mmsg::Batch;
+use crate::stats::Counters;
+use crate::wire::relayed_payload;
+use crate::worker::{Params, CHANNEL};
+
+/// What the data phase sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// ChannelData to a bound channel.
+    Channel,
+    /// Send indications (and Data indications back).
+    Send,
+    /// No data: hold the allocations for the duration (memory per allocation).
+    Idle,
+}
+
+/// How long echoes may still arrive after the deadline.
+const DRAIN: Duration = Duration::from_millis(500);
+/// In saturation, packets not echoed for this long are given up as lost.
+const STALL: Duration = Duration::from_millis(200);
+/// Send time (8 bytes) and sequence number (4 bytes) at the start of each payload.
+pub const STAMP: usize = 12;
+
+/// One data phase of one worker thread, shared by its allocation tasks.
+pub struct Flow {
+    pub params: Arc<Params>,
+    pub peer: SocketAddr,
+    pub start: Instant,
+    pub deadline: Instant,
+    /// Allocations in this phase on this thread (to stagger paced senders).
+    pub allocations: usize,
+    pub hist: RefCell<Histogram<u64>>,
+    pub sent: Cell<u64>,
+    pub received: Cell<u64>,
+}
+
+/// Layout of the frames one allocation sends.
+#[derive(Clone, Copy)]
+struct Frame {
+    /// Offset of the payload.
+    payload: usize,
+    /// Bytes on the wire (padded on streams).
+    len: usize,
+}
+
+impl Flow {
+    fn frame(&self, stream: bool) -> Frame {
+        let size = self.params.size;
+        match self.params.mode {
+            Mode::Send => Frame {
+                payload: indication_header_len(&self.peer),
+                len: indication_header_len(&self.peer) + padded(size),
+            },
+            _ => Frame {
+                payload: CHANNEL_DATA_HEADER,
+                len: CHANNEL_DATA_HEADER + if stream { padded(size) } else { size },
+            },
+        }
+    }
+
+    fn write_template(&self, buf: &mut [u8], stream: bool, tid: &[u8; 12]) {
+        let size = self.params.size;
+        let f = self.frame(stream);
+        buf[f.payload..f.payload + size].fill(0);
+        let written = match self.params.mode {
+            Mode::Send => write_indication_header(buf, METHOD_SEND, tid, &self.peer, size),
+            _ => write_channel_header(buf, CHANNEL, size, stream),
+        };
+        // Invariant: the buffers are sized from `frame()` and `size` is at most 8192.
+        assert_eq!(written, Some(f.len), "a frame template fits its buffer");
+    }
+
+    fn tick(&self) -> Duration {
+        match self.params.rate {
+            Some(r) => Duration::from_secs_f64(1.0 / r).max(Duration::from_millis(1)),
+            None => Duration::from_millis(50),
+        }
+    }
+
+    fn ns(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.start).as_nanos() as u64
+    }
+
+    /// Count and time one message from the server; false when it is not one of our echoes.
+    fn on_echo(&self, msg: &[u8], now_ns: u64, hist: &mut Histogram<u64>) -> bool {
+        let Some(p) = relayed_payload(msg) else {
+            return false;
+        };
+        if p.len() < STAMP {
+            return false;
+        }
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&p[..8]);
+        let us = (now_ns.saturating_sub(u64::from_be_bytes(ts)) / 1000).clamp(1, 60_000_000);
+        let _ = hist.record(us);
+        true
+    }
+}
+
+fn stamp(frame: &mut [u8], payload: usize, ns: u64, seq: u32) {
+    frame[payload..payload + 8].copy_from_slice(&ns.to_be_bytes());
+    frame[payload + 8..payload + STAMP].copy_from_slice(&seq.to_be_bytes());
+}
+
+/// When to send: on a schedule, or to keep a window full.
+struct Pacer {
+    rate: Option<f64>,
+    window: u64,
+    start: Instant,
+    sent: u64,
+    received: u64,
+    /// Packets given up on (saturation only).
+    forgiven: u64,
+    last_rx: Instant,
+}
+
+impl Pacer {
+    fn new(f: &Flow, index: usize) -> Pacer {
+        let start = match f.params.rate {
+            Some(_) => f.start + f.tick().mul_f64(index as f64 / f.allocations.max(1) as f64),
+            None => f.start,
+        };
+        Pacer {
+            rate: f.params.rate,
+            window: f.params.window as u64,
+            start,
+            sent: 0,
+            received: 0,
+            forgiven: 0,
+            last_rx: start,
+        }
+    }
+
+    fn due(&self, now: Instant) -> usize {
+        match self.rate {
+            Some(r) => {
+                let elapsed = now.saturating_duration_since(self.start).as_secs_f64();
+                ((elapsed * r) as u64 + 1).saturating_sub(self.sent) as usize
+            }
+            None => self
+                .window
+                .saturating_sub(self.sent - self.received.min(self.sent) - self.forgiven)
+                as usize,
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        let in_flight = self.sent.saturating_sub(self.received + self.forgiven);
+        if self.rate.is_none() && in_flight > 0 && now.duration_since(self.last_rx) > STALL {
+            self.forgiven += in_flight;
+            self.last_rx = now;
+        }
+    }
+}
+
+/// Drive one allocation's data path until the deadline (plus a short drain); gives the
+/// client back for the release phase.
+pub async fn run(client: TurnClient, f: Rc<Flow>, index: usize) -> TurnClient {
+    let mut pacer = Pacer::new(&f, index);
+    let client = match client.conn.link {
+        Link::Udp(_) => udp(client, &f, &mut pacer).await,
+        Link::Stream(_) => stream(client, &f, &mut pacer).await,
+    };
+    f.sent.set(f.sent.get() + pacer.sent);
+    f.received.set(f.received.get() + pacer.received);
+    client
+}
+
+async fn udp(client: TurnClient, f: &Flow, pacer: &mut Pacer) -> TurnClient {
+    let Link::Udp(sock) = &client.conn.link else {
+        return client;
+    };
+    let fd = sock.as_raw_fd();
+    let totals = &f.params.totals;
+    let fr = f.frame(false);
+    let tx_cap = if f.params.rate.is_none() {
+        f.params.window.min(64)
+    } else {
+        16
+    };
+    let mut tx = Batch::new(tx_cap, fr.len);
+    let tid: [u8; 12] = rand::random();
+    for i in 0..tx_cap {
+        f.write_template(tx.slot_mut(i), false, &tid);
+    }
+    let mut rx = Batch::new(32, fr.len + 64);
+    tokio::time::sleep_until(pacer.start.into()).await;
+    let mut tick = tokio::time::interval_at(pacer.start.into(), f.tick());
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        let now = Instant::now();
+        if now >= f.deadline {
+            break;
+        }
+        let k = pacer.due(now).min(tx_cap);
+        if k > 0 {
+            let ns = f.ns(now);
+            for i in 0..k {
+                stamp(
+                    tx.slot_mut(i),
+                    fr.payload,
+                    ns,
+                    (pacer.sent + i as u64) as u32,
+                );
+            }
+            let n = tx.send(fd, k, |_| fr.len).unwrap_or(0) as u64;
+            pacer.sent += n;
+            Counters::add(&totals.sent, n);
+        }
+        tokio::select! {
+            biased;
+            r = sock.readable() => {
+                if r.is_err() { break }
+                udp_receive(sock, &mut rx, f, pacer);
+            }
+            _ = tick.tick() => pacer.on_tick(Instant::now()),
+        }
+    }
+    let end = tokio::time::Instant::from(f.deadline + DRAIN);
+    while pacer.received < pacer.sent {
+        tokio::select! {
+            r = sock.readable() => {
+                if r.is_err() { break }
+                udp_receive(sock, &mut rx, f, pacer);
+            }
+            _ = tokio::time::sleep_until(end) => break,
+        }
+    }
+    client
+}
+
+fn udp_receive(sock: &tokio::net::UdpSocket, rx: &mut Batch, f: &Flow, pacer: &mut Pacer) {
+    let fd = sock.as_raw_fd();
+    let mut hist = f.hist.borrow_mut();
+    loop {
+        let n = match sock.try_io(Interest::READABLE, || rx.recv(fd)) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => continue, // a one-shot ICMP error
+        };
+        let now = Instant::now();
+        let ns = f.ns(now);
+        let mut got = 0u64;
+        let mut bytes = 0u64;
+        for i in 0..n {
+            if f.on_echo(rx.packet(i), ns, &mut hist) {
+                got += 1;
+                bytes += f.params.size as u64;
+            }
+        }
+        if got > 0 {
+            pacer.received += got;
+            pacer.last_rx = now;
+            Counters::add(&f.params.totals.received, got);
+            Counters::add(&f.params.totals.received_bytes, bytes);
+        }
+    }
+}
+
+async fn stream(mut client: TurnClient, f: &Flow, pacer: &mut Pacer) -> TurnClient {
+    let fr = f.frame(true);
+    let tx_cap = if f.params.rate.is_none() {
+        f.params.window.min(64)
+    } else {
+        16
+    };
+    let mut out = vec![0u8; tx_cap * fr.len];
+    let tid: [u8; 12] = rand::random();
+    for frame in out.chunks_mut(fr.len) {
+        f.write_template(frame, true, &tid);
+    }
+    tokio::time::sleep_until(pacer.start.into()).await;
+    let mut tick = tokio::time::interval_at(pacer.start.into(), f.tick());
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let conn = &mut client.conn;
+    loop {
+        let now = Instant::now();
+        if now >= f.deadline {
+            break;
+        }
+        let k = pacer.due(now).min(tx_cap);
+        if k > 0 {
+            let ns = f.ns(now);
+            for (i, frame) in out.chunks_mut(fr.len).take(k).enumerate() {
+                stamp(frame, fr.payload, ns, (pacer.sent + i as u64) as u32);
+            }
+            if conn.send(&out[..k * fr.len]).await.is_err() {
+                return client;
+            }
+            pacer.sent += k as u64;
+            Counters::add(&f.params.totals.sent, k as u64);
+        }
+        let filled = tokio::select! {
+            biased;
+            r = conn.fill() => Some(r),
+            _ = tick.tick() => None,
+        };
+        match filled {
+            Some(Ok(())) => stream_receive(conn, f, pacer),
+            Some(Err(_)) => return client,
+            None => pacer.on_tick(Instant::now()),
+        }
+    }
+    let end = tokio::time::Instant::from(f.deadline + DRAIN);
+    while pacer.received < pacer.sent {
+        match tokio::time::timeout_at(end, conn.fill()).await {
+            Ok(Ok(())) => stream_receive(conn, f, pacer),
+            _ => break,
+        }
+    }
+    client
+}
+
+fn stream_receive(conn: &mut Conn, f: &Flow, pacer: &mut Pacer) {
+    let now = Instant::now();
+    let ns = f.ns(now);
+    let mut hist = f.hist.borrow_mut();
+    let mut got = 0u64;
+    while let Ok(Some(r)) = conn.next_frame() {
+        if f.on_echo(conn.frame(r), ns, &mut hist) {
+            got += 1;
+        }
+    }
+    if got > 0 {
+        pacer.received += got;
+        pacer.last_rx = now;
+        Counters::add(&f.params.totals.received, got);
+        Counters::add(&f.params.totals.received_bytes, got * f.params.size as u64);
+    }
+}

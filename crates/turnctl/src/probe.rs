@@ -1,0 +1,306 @@
+//! `turnctl probe`: does this TURN server work over this transport with these credentials?
+//!
+//! Steps, each with a verdict line: Binding (mapped address), Allocate (relayed address,
+//! lifetime), CreatePermission, a Send indication to a UDP echo peer and the Data
+//! indication back (RTT), ChannelBind and a ChannelData round trip, Refresh(0). The first
+//! failing step ends the probe (after a best-effort Refresh(0)); the exit code is 0 only
+//! when every step passed. `--stun-only` stops after Binding: the container HEALTHCHECK.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::net::UdpSocket;
+
+use crate::client::{ClientError, Conn, TlsTarget, TurnClient};
+use crate::creds::AuthArgs;
+use stun::message::METHOD_SEND;
+use turnd_proto::engine::Transport;
+use turnd_proto::frames::{
+    indication_header_len, write_channel_header, write_indication_header, CHANNEL_DATA_HEADER,
+};
+
+use crate::server::ServerUrl;
+use crate::wire::relayed_payload;
+
+const CHANNEL: u16 = 0x4000;
+
+#[derive(clap::Args, Debug)]
+pub struct ProbeArgs {
+    /// turn:HOST:PORT[?transport=udp|tcp] or turns:HOST:PORT.
+    #[arg(long, short = 's', value_parser = crate::parse_url)]
+    pub server: ServerUrl,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// A UDP echo peer to relay to (e.g. coturn's turnutils_peer). Default: one turnctl binds
+    /// itself, on loopback for a server on this machine, else on this host's address
+    /// towards the server; for a remote server that address must be reachable from it.
+    #[arg(long)]
+    pub peer: Option<SocketAddr>,
+    /// Ask for an IPv6 relay.
+    #[arg(long)]
+    pub ipv6: bool,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
+    /// Time allowed for each step.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Only the STUN Binding step: no credentials or peer needed. For container health
+    /// checks: it proves the listener and its shard answer.
+    #[arg(long)]
+    pub stun_only: bool,
+}
+
+/// One step's verdict.
+#[derive(Debug, serde::Serialize)]
+pub struct Step {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+    pub ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<u16>,
+}
+
+struct Probe {
+    steps: Vec<Step>,
+    json: bool,
+}
+
+impl Probe {
+    fn record<T>(
+        &mut self,
+        name: &'static str,
+        started: Instant,
+        r: Result<(T, String), ClientError>,
+    ) -> Option<T> {
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (ok, detail, code, value) = match r {
+            Ok((v, detail)) => (true, detail, None, Some(v)),
+            Err(e) => (false, e.to_string(), e.code(), None),
+        };
+        if !self.json {
+            let verdict = if ok { "ok  " } else { "FAIL" };
+            println!("  {verdict} {name:<17} {detail}  ({ms:.1} ms)");
+        }
+        self.steps.push(Step {
+            name,
+            ok,
+            detail,
+            ms,
+            code,
+        });
+        value
+    }
+}
+
+/// Run the probe; Ok(true) when every step passed.
+pub fn run(args: &ProbeArgs) -> anyhow::Result<bool> {
+    let server = args.server.resolve()?;
+    let tls = args.tls.target(args.server.transport, &args.server.host)?;
+    let creds = args.auth.credentials()?;
+    if !args.json {
+        println!("probe {} ({server})", args.server);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut p = Probe {
+        steps: Vec::new(),
+        json: args.json,
+    };
+    let realm = rt.block_on(steps(&mut p, args, server, tls, creds));
+    let failed = p.steps.iter().find(|s| !s.ok);
+    let ok = failed.is_none();
+    let summary = match failed {
+        None => format!("PASS: all {} checks passed", p.steps.len()),
+        Some(s) => format!("FAIL: {} failed: {}", s.name, s.detail),
+    };
+    if args.json {
+        let v = json!({"server": args.server.to_string(), "address": server.to_string(),
+            "transport": args.server.transport.as_str(), "realm": realm, "ok": ok, "steps": p.steps,
+            "summary": summary});
+        println!("{v}");
+    } else {
+        println!("{summary}");
+    }
+    Ok(ok)
+}
+
+async fn steps(
+    p: &mut Probe,
+    args: &ProbeArgs,
+    server: SocketAddr,
+    tls: Option<TlsTarget>,
+    creds: Option<crate::client::Credentials>,
+) -> Option<String> {
+    let t = Instant::now();
+    let conn = Conn::connect(server, args.server.transport, tls.as_ref(), args.timeout).await;
+    let mut c = match conn {
+        Ok(conn) => TurnClient::new(conn, creds, args.timeout),
+        Err(e) => {
+            p.record::<()>("Binding", t, Err(e));
+            return None;
+        }
+    };
+    let t = Instant::now();
+    let r = c
+        .binding()
+        .await
+        .map(|m| ((), format!("mapped address {m}")));
+    p.record("Binding", t, r)?;
+    if args.stun_only {
+        return None;
+    }
+
+    let t = Instant::now();
+    let r = c.allocate(args.ipv6).await.map(|a| {
+        (
+            a,
+            format!("relayed address {}, lifetime {} s", a.relayed, a.lifetime),
+        )
+    });
+    let alloc = p.record("Allocate", t, r)?;
+    let realm = c.realm().map(str::to_string);
+    if relay_steps(p, args, &mut c, alloc.relayed).await.is_none() {
+        // Free the allocation anyway; its result is not a step of its own.
+        c.timeout = Duration::from_secs(1);
+        let _ = c.refresh(0).await;
+        return realm;
+    }
+    let t = Instant::now();
+    let r = c
+        .refresh(0)
+        .await
+        .map(|_| ((), "allocation deleted".to_string()));
+    p.record("Refresh(0)", t, r);
+    realm
+}
+
+/// The echo peer: `--peer`, or a socket of ours on an address the relay can reach.
+async fn echo_peer(
+    args: &ProbeArgs,
+    c: &TurnClient,
+    relayed: SocketAddr,
+) -> Result<SocketAddr, ClientError> {
+    if let Some(peer) = args.peer {
+        return Ok(peer);
+    }
+    let ip: IpAddr = if c.conn.server.ip().is_loopback() || relayed.ip().is_loopback() {
+        if relayed.is_ipv4() {
+            Ipv4Addr::LOCALHOST.into()
+        } else {
+            Ipv6Addr::LOCALHOST.into()
+        }
+    } else if c.conn.local.is_ipv4() == relayed.is_ipv4() {
+        c.conn.local.ip()
+    } else {
+        return Err(ClientError::Protocol(format!(
+            "no local address of the relay's family ({relayed}) for an echo peer: give --peer"
+        )));
+    };
+    let sock = UdpSocket::bind(SocketAddr::new(ip, 0))
+        .await
+        .map_err(ClientError::Io)?;
+    let addr = sock.local_addr().map_err(ClientError::Io)?;
+    tokio::task::spawn(crate::echo::simple(sock));
+    Ok(addr)
+}
+
+async fn relay_steps(
+    p: &mut Probe,
+    args: &ProbeArgs,
+    c: &mut TurnClient,
+    relayed: SocketAddr,
+) -> Option<()> {
+    let t = Instant::now();
+    let peer = match echo_peer(args, c, relayed).await {
+        Ok(peer) => peer,
+        Err(e) => return p.record("CreatePermission", t, Err(e)),
+    };
+    let r = c
+        .create_permission(peer)
+        .await
+        .map(|_| ((), format!("peer {peer}")));
+    p.record("CreatePermission", t, r)?;
+
+    let stream = c.conn.transport != Transport::Udp;
+    let token: [u8; 16] = rand::random();
+    let mut buf = vec![0u8; 256];
+    let h = indication_header_len(&peer);
+    buf[h..h + 16].copy_from_slice(&token);
+    let n = write_indication_header(&mut buf, METHOD_SEND, &rand::random(), &peer, token.len())
+        .expect("256 bytes hold a Send indication of 16");
+    let detail = |rtt| format!("{} bytes to {peer} and back, rtt {rtt:.2} ms", token.len());
+    let r = echo_step(c, &buf[..n], &token, peer, "Data indication", detail).await;
+    p.record("Send -> Data", r.0, r.1)?;
+
+    let t = Instant::now();
+    let r = c
+        .channel_bind(CHANNEL, peer)
+        .await
+        .map(|_| ((), format!("channel {CHANNEL:#06x} -> {peer}")));
+    p.record("ChannelBind", t, r)?;
+
+    let mut buf = vec![0u8; 64];
+    buf[CHANNEL_DATA_HEADER..CHANNEL_DATA_HEADER + 16].copy_from_slice(&token);
+    let n = write_channel_header(&mut buf, CHANNEL, token.len(), stream)
+        .expect("64 bytes hold a ChannelData message of 16");
+    let detail = |rtt| {
+        let len = token.len();
+        format!("{len} bytes on channel {CHANNEL:#06x} and back, rtt {rtt:.2} ms")
+    };
+    let r = echo_step(c, &buf[..n], &token, peer, "ChannelData", detail).await;
+    p.record("ChannelData", r.0, r.1)
+}
+
+/// One relay step: [`round_trip`] with its start time and, when it passed, the verdict's
+/// detail from the RTT.
+async fn echo_step(
+    c: &mut TurnClient,
+    frame: &[u8],
+    token: &[u8],
+    peer: SocketAddr,
+    what: &str,
+    detail: impl FnOnce(f64) -> String,
+) -> (Instant, Result<((), String), ClientError>) {
+    let t = Instant::now();
+    let r = round_trip(c, frame, token, peer, what).await;
+    (t, r.map(|rtt| ((), detail(rtt))))
+}
+
+/// Send `frame` (retransmitting every 500 ms: datagrams may be lost) until a message with
+/// `token` as its relayed payload comes back; returns the RTT of the last send in ms.
+async fn round_trip(
+    c: &mut TurnClient,
+    frame: &[u8],
+    token: &[u8],
+    peer: SocketAddr,
+    what: &str,
+) -> Result<f64, ClientError> {
+    let deadline = tokio::time::Instant::now() + c.timeout;
+    loop {
+        let sent = Instant::now();
+        c.conn.send(frame).await.map_err(ClientError::Io)?;
+        let wait = (tokio::time::Instant::now() + Duration::from_millis(500)).min(deadline);
+        loop {
+            match tokio::time::timeout_at(wait, c.conn.recv()).await {
+                Ok(Ok(msg)) if relayed_payload(msg) == Some(token) => {
+                    return Ok(sent.elapsed().as_secs_f64() * 1000.0);
+                }
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => return Err(ClientError::Io(e)),
+                Err(_) => break,
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ClientError::Protocol(format!(
+                "no {what} back from peer {peer} within {:.1}s (the peer does not echo, or the relay cannot reach it)",
+                c.timeout.as_secs_f64()
+            )));
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! One load-generator thread: a current-thread runtime with many allocations and one echo
+//! peer, driven phase by phase by `load.rs` over a channel ([`Cmd`] in, [`Reply`] out).
+//!
+//! Phases: allocate (`lanes` allocations in flight), prepare (CreatePermission and, in
+//! channel mode, ChannelBind to this thread's echo peer), data (one task per allocation,
+//! see `flow.rs`), hold (idle allocations), release (Refresh 0).
+
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::net::UdpSocket;
+use tokio::task::LocalSet;
+
+use crate::client::{ClientError, Conn, Credentials, TlsTarget, TurnClient};
+use crate::echo::{self, EchoCount};
+use crate::flow::{self, Flow, Mode};
+use crate::stats::{rtt_histogram, thread_id, Counters};
+use turnd_proto::engine::Transport;
+
+/// The channel number every allocation binds to its echo peer.
+pub const CHANNEL: u16 = 0x4000;
+
+/// What every worker thread needs to know.
+pub struct Params {
+    pub server: SocketAddr,
+    pub transport: Transport,
+    pub tls: Option<TlsTarget>,
+    pub creds: Option<Credentials>,
+    pub timeout: Duration,
+    pub ipv6: bool,
+    pub mode: Mode,
+    pub size: usize,
+    /// Packets per second per allocation; `None`: saturate with `window` in flight.
+    pub rate: Option<f64>,
+    pub window: usize,
+    /// Control-plane transactions in flight per thread.
+    pub lanes: usize,
+    pub peer_ip: IpAddr,
+    pub totals: Arc<Counters>,
+    pub first_error: Mutex<Option<String>>,
+}
+
+impl Params {
+    fn note_error(&self, what: &str, e: &ClientError) {
+        let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+        if first.is_none() {
+            *first = Some(format!("{what} failed: {e}"));
+        }
+    }
+}
+
+pub enum Cmd {
+    Allocate(usize),
+    Prepare,
+    Data { start: Instant, deadline: Instant },
+    Hold(Instant),
+    Release,
+}
+
+/// What a data phase measured on one thread.
+pub struct DataResult {
+    pub sent: u64,
+    pub received: u64,
+    pub at_peer: u64,
+    pub hist: Histogram<u64>,
+}
+
+pub enum Reply {
+    /// The thread runs; its kernel thread id (for CPU accounting).
+    Ready(i64),
+    /// Allocations this thread holds after a phase.
+    Done(usize),
+    Data(DataResult),
+    Failed(String),
+}
+
+struct Worker {
+    params: Arc<Params>,
+    clients: Vec<TurnClient>,
+    peer: Rc<UdpSocket>,
+    peer_addr: SocketAddr,
+}
+
+/// Start a worker thread; it ends when `cmds` is closed.
+pub fn spawn(
+    index: usize,
+    params: Arc<Params>,
+    cmds: Receiver<Cmd>,
+    replies: Sender<(usize, Reply)>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("turnctl-load-{index}"))
+        .spawn(move || {
+            if let Err(e) = thread_main(index, params, &cmds, &replies) {
+                let _ = replies.send((index, Reply::Failed(format!("{e:#}"))));
+            }
+        })
+}
+
+fn thread_main(
+    index: usize,
+    params: Arc<Params>,
+    cmds: &Receiver<Cmd>,
+    replies: &Sender<(usize, Reply)>,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = LocalSet::new();
+    let peer = local.block_on(&rt, UdpSocket::bind(SocketAddr::new(params.peer_ip, 0)))?;
+    let _ = socket2::SockRef::from(&peer).set_recv_buffer_size(4 << 20);
+    let _ = socket2::SockRef::from(&peer).set_send_buffer_size(4 << 20);
+    let peer_addr = peer.local_addr()?;
+    let mut w = Worker {
+        params,
+        clients: Vec::new(),
+        peer: Rc::new(peer),
+        peer_addr,
+    };
+    let _ = replies.send((index, Reply::Ready(thread_id())));
+    for cmd in cmds {
+        let reply = match cmd {
+            Cmd::Allocate(n) => Reply::Done(local.block_on(&rt, w.allocate(n))),
+            Cmd::Prepare => Reply::Done(local.block_on(&rt, w.prepare())),
+            Cmd::Data { start, deadline } => {
+                Reply::Data(local.block_on(&rt, w.data(start, deadline)))
+            }
+            Cmd::Hold(until) => {
+                local.block_on(&rt, async { tokio::time::sleep_until(until.into()).await });
+                Reply::Done(w.clients.len())
+            }
+            Cmd::Release => Reply::Done(local.block_on(&rt, w.release())),
+        };
+        if replies.send((index, reply)).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Run `job` over `items` with at most `lanes` of them in flight; returns what the jobs
+/// return, in no particular order.
+async fn in_lanes<T, R, F, Fut>(items: Vec<T>, lanes: usize, job: F) -> Vec<R>
+where
+    T: 'static,
+    R: 'static,
+    F: Fn(T) -> Fut + Clone + 'static,
+    Fut: std::future::Future<Output = R> + 'static,
+{
+    let queue = Rc::new(RefCell::new(items));
+    let out = Rc::new(RefCell::new(Vec::new()));
+    let mut handles = Vec::new();
+    for _ in 0..lanes.max(1) {
+        let (queue, out, job) = (queue.clone(), out.clone(), job.clone());
+        handles.push(tokio::task::spawn_local(async move {
+            loop {
+                let Some(item) = queue.borrow_mut().pop() else {
+                    break;
+                };
+                let r = job(item).await;
+                out.borrow_mut().push(r);
+            }
+        }));
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+    Rc::try_unwrap(out)
+        .map(RefCell::into_inner)
+        .unwrap_or_default()
+}
+
+async fn allocate_one(p: &Params) -> Result<TurnClient, ClientError> {
+    let conn = Conn::connect(p.server, p.transport, p.tls.as_ref(), p.timeout).await?;
+    let mut c = TurnClient::new(conn, p.creds.clone(), p.timeout);
+    c.allocate(p.ipv6).await?;
+    Ok(c)
+}
+
+impl Worker {
+    async fn allocate(&mut self, n: usize) -> usize {
+        let p = self.params.clone();
+        let results = in_lanes((0..n).collect(), p.lanes, move |_| {
+            let p = p.clone();
+            async move {
+                let mut r = allocate_one(&p).await;
+                // 437 on a fresh port: a previous run left state for this 5-tuple on the
+                // server (coturn keeps it for a while even after Refresh 0, turnd until the
+                // lifetime ends when a run was killed); another local port will do.
+                for _ in 0..8 {
+                    if !matches!(&r, Err(e) if e.code() == Some(437)) {
+                        break;
+                    }
+                    r = allocate_one(&p).await;
+                }
+                match r {
+                    Ok(c) => {
+                        Counters::add(&p.totals.allocated, 1);
+                        Some(c)
+                    }
+                    Err(e) => {
+                        Counters::add(&p.totals.alloc_failed, 1);
+                        p.note_error("Allocate", &e);
+                        None
+                    }
+                }
+            }
+        })
+        .await;
+        self.clients.extend(results.into_iter().flatten());
+        self.clients.len()
+    }
+
+    /// Permissions (and channels) to this thread's echo peer; allocations that fail are
+    /// released and dropped.
+    async fn prepare(&mut self) -> usize {
+        let (p, peer) = (self.params.clone(), self.peer_addr);
+        let clients = std::mem::take(&mut self.clients);
+        let results = in_lanes(clients, p.lanes, move |mut c: TurnClient| {
+            let p = p.clone();
+            async move {
+                let r = async {
+                    c.create_permission(peer)
+                        .await
+                        .map_err(|e| ("CreatePermission", e))?;
+                    if p.mode == Mode::Channel {
+                        c.channel_bind(CHANNEL, peer)
+                            .await
+                            .map_err(|e| ("ChannelBind", e))?;
+                    }
+                    Ok(())
+                }
+                .await;
+                match r {
+                    Ok(()) => Some(c),
+                    Err((what, e)) => {
+                        p.note_error(what, &e);
+                        let _ = c.refresh(0).await;
+                        None
+                    }
+                }
+            }
+        })
+        .await;
+        self.clients = results.into_iter().flatten().collect();
+        self.clients.len()
+    }
+
+    async fn data(&mut self, start: Instant, deadline: Instant) -> DataResult {
+        let p = &self.params;
+        let count = Rc::new(EchoCount::default());
+        let slot = p.size + 128;
+        let peer_task = tokio::task::spawn_local(echo::batched(
+            self.peer.clone(),
+            slot,
+            count.clone(),
+            p.totals.clone(),
+        ));
+        let n = self.clients.len().max(1);
+        let f = Rc::new(Flow {
+            params: self.params.clone(),
+            peer: self.peer_addr,
+            start,
+            deadline,
+            allocations: n,
+            hist: RefCell::new(rtt_histogram()),
+            sent: Default::default(),
+            received: Default::default(),
+        });
+        let mut tasks = Vec::new();
+        for (i, c) in std::mem::take(&mut self.clients).into_iter().enumerate() {
+            tasks.push(tokio::task::spawn_local(flow::run(c, f.clone(), i)));
+        }
+        for t in tasks {
+            if let Ok(c) = t.await {
+                self.clients.push(c);
+            }
+        }
+        // Late echoes still in the peer's queue are part of this run.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        peer_task.abort();
+        let hist = f.hist.replace(rtt_histogram());
+        DataResult {
+            sent: f.sent.get(),
+            received: f.received.get(),
+            at_peer: count.packets.get(),
+            hist,
+        }
+    }
+
+    async fn release(&mut self) -> usize {
+        let p = self.params.clone();
+        let clients = std::mem::take(&mut self.clients);
+        let ok = in_lanes(clients, p.lanes, |mut c: TurnClient| async move {
+            c.refresh(0).await.is_ok()
+        })
+        .await;
+        ok.into_iter().filter(|x| *x).count()
+    }
+}

@@ -266,6 +266,23 @@ impl Authenticator for ProbeAuth {
             p => p,
         }
     }
+
+    fn lookup_sha256(
+        &self,
+        username: &str,
+        realm: &str,
+        unix_now: u64,
+    ) -> Lookup<turnd_proto::auth::Sha256Key> {
+        self.inner.lookup_sha256(username, realm, unix_now)
+    }
+
+    fn user_of_hash(&self, hash: &[u8], realm: &str) -> Option<String> {
+        self.inner.user_of_hash(hash, realm)
+    }
+
+    fn permits_client(&self, username: &str, client: std::net::IpAddr) -> bool {
+        self.inner.permits_client(username, client)
+    }
 }
 
 struct ProbePolicy {
@@ -542,5 +559,22 @@ mod tests {
         assert_eq!(auth.lookup(&p.user, "another-realm", 0), Lookup::Unknown);
         // Names are random per process.
         assert_ne!(probe().0.user, p.user);
+    }
+
+    /// The wrapper forwards the SHA-256, USERHASH and binding questions (before it did,
+    /// `ready_probe = true` turned every SHA-256 login and USERHASH into a 401, and let a
+    /// bound credential through from anywhere).
+    #[test]
+    fn the_probe_wrapper_forwards_sha256_userhash_and_bindings() {
+        let (p, c) = probe();
+        let inner = Credentials::from_config(&c.auth, &c.realm);
+        let want = inner.lookup_sha256("dev", &c.realm, 0);
+        assert!(matches!(want, Lookup::Keys(_)));
+        let auth = p.wrap_auth(Arc::new(inner));
+        assert_eq!(auth.lookup_sha256("dev", &c.realm, 0), want);
+        let hash = turnd_proto::auth::userhash("dev", &c.realm);
+        assert_eq!(auth.user_of_hash(&hash, &c.realm).as_deref(), Some("dev"));
+        let bound = "4000000000:dev:ip=192.0.2.0/24";
+        assert!(!auth.permits_client(bound, "127.0.0.1".parse().unwrap()));
     }
 }

@@ -203,11 +203,20 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     } else {
         None
     };
-    let shared = Shared {
-        auth: Arc::new(
-            Credentials::from_config(&config.auth, &config.realm)
-                .with_mint_secret(auth::mint_secret(config.signaling.mint_secret.as_ref())),
+    let revocations = Arc::new(crate::net::revocations::RevocationStore::open(
+        config.auth.revocations_file.as_deref(),
+    )?);
+    let base_auth: Arc<dyn auth::Authenticator> = Arc::new(
+        Credentials::from_config(&config.auth, &config.realm).with_mint_secret_kind(
+            config.signaling.mint_hmac,
+            auth::mint_secret(config.signaling.mint_secret.as_ref()),
         ),
+    );
+    let shared = Shared {
+        auth: Arc::new(auth::Revoking::new(
+            base_auth.clone(),
+            revocations.current(),
+        )),
         policy: Arc::new(policy),
         nonces: Arc::new(NonceMint::new(rand::random())),
         budget: Arc::new(FailureBudget::split(
@@ -243,6 +252,10 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             .map_or(0, |d| d.as_secs()),
         redact: config.log.redact,
         rng_seed: None,
+        auth_features: turnd_proto::engine::integrity::AuthFeatures {
+            algorithms: config.auth.password_algorithms.clone(),
+            userhash: config.auth.userhash,
+        },
     };
     let conn_limits = ConnLimits::new(
         config.streams.max_connections,
@@ -342,7 +355,8 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             reservations,
             health,
         )
-        .with_probe(probe.clone()),
+        .with_probe(probe.clone())
+        .with_revocations(revocations, base_auth),
     );
     let http_shutdown = tokio_util::sync::CancellationToken::new();
     if let Some(c) = &certificate {

@@ -7,6 +7,7 @@
 //! - `GET /api/sessions[?user=U]`, `DELETE /api/sessions/{id}`,
 //!   `DELETE /api/users/{user}/sessions`: need `Authorization: Bearer <token>`; without a
 //!   configured token the session API is off.
+//! - `GET/POST/DELETE /api/revocations` ([`revocations`]): the same token.
 //!
 //! Handlers are thin: each asks the shards through [`Control`] on a blocking thread.
 
@@ -27,6 +28,14 @@ use crate::net::Control;
 use turnd_proto::engine::SessionInfo;
 
 pub mod metrics;
+mod revocations;
+
+/// Wall-clock seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 #[derive(Clone)]
 struct AdminState {
@@ -57,6 +66,12 @@ pub async fn serve(
         .route("/api/sessions", get(list_sessions))
         .route("/api/sessions/{id}", delete(kill_session))
         .route("/api/users/{user}/sessions", delete(kill_user))
+        .route(
+            "/api/revocations",
+            get(revocations::list)
+                .post(revocations::add)
+                .delete(revocations::remove),
+        )
         .with_state(state);
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;

@@ -15,6 +15,7 @@ use std::fmt;
 use std::path::Path;
 
 use toml_edit::ImDocument;
+use turnd_proto::auth::{PasswordAlgorithm, RestHmac};
 
 use super::locate::{guess_path, line_at, path_at, span_of};
 use super::raw::{MintMode, RawAuth, RawConfig, RawUser};
@@ -233,10 +234,11 @@ const ROOT_KEYS: [&str; 3] = ["realm", "workers", "software"];
 
 /// Keys whose values are secret, with array indices removed (`auth.user[2].key` ->
 /// `auth.user.key`). Their sub-keys are secret too. Add `admin.token` with `[admin]`.
-const SECRET_KEYS: [&str; 5] = [
+const SECRET_KEYS: [&str; 6] = [
     "admin.token",
     "auth.users",
     "auth.secrets",
+    "auth.secret.value",
     "auth.user.key",
     "auth.user.password",
 ];
@@ -256,6 +258,7 @@ pub fn is_secret_key(key: &str) -> bool {
     }
     plain == "auth"
         || plain == "auth.user"
+        || plain == "auth.secret"
         || SECRET_KEYS.iter().any(|s| {
             plain
                 .strip_prefix(s)
@@ -453,6 +456,14 @@ fn apply(raw: RawConfig, c: &mut Config, base: &Path, problems: &mut Vec<Problem
                 Err(m) => problems.push(Problem::new(key, m)),
             }
         }
+        match sg.mint_hmac.as_deref().map(RestHmac::from_name) {
+            None => {}
+            Some(Some(h)) => c.mint_hmac = h,
+            Some(None) => problems.push(Problem::new(
+                "signaling.mint_hmac",
+                "must be \"sha1\" or \"sha256\"",
+            )),
+        }
         set(&mut c.mint_per_minute, sg.mint_per_minute);
         set(
             &mut c.mint_allocations_per_client,
@@ -557,8 +568,23 @@ fn apply_auth(a: RawAuth, c: &mut Config, base: &Path, problems: &mut Vec<Proble
             Err(m) => problems.push(Problem::new("auth.secret_file", m)),
         }
     }
-    if !secrets.is_empty() {
+    let mut secrets_sha256 = Vec::new();
+    for (i, t) in a.secret.into_iter().flatten().enumerate() {
+        if t.value.is_empty() {
+            problems.push(Problem::new(format!("auth.secret[{i}].value"), "is empty"));
+        }
+        match t.hmac.as_deref().map(RestHmac::from_name) {
+            None | Some(Some(RestHmac::Sha1)) => secrets.push(t.value),
+            Some(Some(RestHmac::Sha256)) => secrets_sha256.push(t.value),
+            Some(None) => problems.push(Problem::new(
+                format!("auth.secret[{i}].hmac"),
+                "must be \"sha1\" or \"sha256\"",
+            )),
+        }
+    }
+    if !secrets.is_empty() || !secrets_sha256.is_empty() {
         c.auth.secrets = secrets;
+        c.auth.secrets_sha256 = secrets_sha256;
     }
     set(&mut c.auth.rest_separator, a.rest_separator.map(|v| v.0));
     set(&mut c.auth.rest_max_skew, a.rest_max_skew.map(|v| v.0));
@@ -568,6 +594,27 @@ fn apply_auth(a: RawAuth, c: &mut Config, base: &Path, problems: &mut Vec<Proble
         a.challenge_budget_per_sec,
     );
     set(&mut c.auth.failure_budget_per_sec, a.failure_budget_per_sec);
+    if let Some(list) = a.password_algorithms {
+        let mut algs = Vec::new();
+        for (i, name) in list.iter().enumerate() {
+            match PasswordAlgorithm::from_name(name) {
+                Some(alg) if !algs.contains(&alg) => algs.push(alg),
+                Some(_) => problems.push(Problem::new(
+                    format!("auth.password_algorithms[{i}]"),
+                    "is listed twice",
+                )),
+                None => problems.push(Problem::new(
+                    format!("auth.password_algorithms[{i}]"),
+                    format!("\"{}\" is not \"sha256\" or \"md5\"", name.escape_debug()),
+                )),
+            }
+        }
+        c.auth.password_algorithms = algs;
+    }
+    set(&mut c.auth.userhash, a.userhash);
+    if let Some(p) = a.revocations_file {
+        c.auth.revocations_file = Some(base.join(p));
+    }
 }
 
 /// `[[auth.user]]`: a name and exactly one of `key` or `password`.

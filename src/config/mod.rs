@@ -120,6 +120,8 @@ pub struct Signaling {
     /// The secret minted credentials are signed with (from `mint_secret_file`); `None`: a
     /// random one per process. Never one of the `[auth]` secrets.
     pub mint_secret: Option<Redacted>,
+    /// The HMAC of minted passwords (`mint_hmac`, default SHA-1).
+    pub mint_hmac: turnd_proto::auth::RestHmac,
     /// Credentials minted per minute in total, whatever their source.
     pub mint_per_minute: u32,
     /// Allocations with minted credentials: per client network (never above
@@ -300,6 +302,7 @@ impl Config {
                 mint: Mint::Off,
                 mint_token: None,
                 mint_secret: None,
+                mint_hmac: turnd_proto::auth::RestHmac::Sha1,
                 mint_per_minute: 600,
                 mint_allocations_per_client: 10,
                 mint_allocations: 1000,

@@ -124,6 +124,8 @@ pub struct RawSignaling {
     pub mint: Option<MintMode>,
     pub mint_token_file: Option<PathBuf>,
     pub mint_secret_file: Option<PathBuf>,
+    /// "sha1" | "sha256": the HMAC of minted passwords.
+    pub mint_hmac: Option<String>,
     pub mint_per_minute: Option<u32>,
     pub mint_allocations_per_client: Option<usize>,
     pub mint_allocations: Option<usize>,
@@ -213,11 +215,27 @@ pub struct RawAuth {
     pub secrets: Option<Vec<String>>,
     /// A file with one secret per line, read at load time.
     pub secret_file: Option<PathBuf>,
+    /// `[[auth.secret]] value = "..." hmac = "sha1" | "sha256"` tables. Secret.
+    pub secret: Option<Vec<RawSecret>>,
     pub rest_separator: Option<Separator>,
     pub rest_max_skew: Option<Dur>,
     pub nonce_lifetime: Option<Dur>,
     pub challenge_budget_per_sec: Option<u32>,
     pub failure_budget_per_sec: Option<u32>,
+    /// `["sha256", "md5"]`: RFC 8489 password algorithms offered, in order.
+    pub password_algorithms: Option<Vec<String>>,
+    pub userhash: Option<bool>,
+    /// The admin API's revocations, relative to the config file.
+    pub revocations_file: Option<PathBuf>,
+}
+
+/// `[[auth.secret]]`: a TURN REST secret and the HMAC its passwords use (default "sha1").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecret {
+    /// Secret.
+    pub value: String,
+    pub hmac: Option<String>,
 }
 
 /// `[[auth.user]] name = "bob"` with exactly one of `key` (32 hex digits) or `password`.

@@ -843,3 +843,57 @@ fn signaling_mint_and_http_limits() {
     let e = error(&format!("{MINIMAL}[signaling]\nheader_timeout = \"0s\"\n"));
     assert!(e.contains("signaling.header_timeout"), "{e}");
 }
+
+#[test]
+fn password_algorithms_and_userhash() {
+    use turnd_proto::auth::PasswordAlgorithm as Alg;
+    let base = "[auth]\nusers = [\"alice:wonderland\"]\n";
+    let c = load(base).unwrap();
+    assert_eq!(
+        c.auth.password_algorithms,
+        vec![Alg::Md5],
+        "default: MD5 only"
+    );
+    assert!(!c.auth.userhash);
+    let c = load(&format!(
+        "{base}password_algorithms = [\"sha256\", \"md5\"]\nuserhash = true\n"
+    ))
+    .unwrap();
+    assert_eq!(c.auth.password_algorithms, vec![Alg::Sha256, Alg::Md5]);
+    assert!(c.auth.userhash);
+    let e = error(&format!("{base}password_algorithms = [\"sha1\"]\n"));
+    assert!(
+        e.contains("auth.password_algorithms[0]") && e.contains("sha1"),
+        "{e}"
+    );
+    let e = error(&format!("{base}password_algorithms = [\"md5\", \"md5\"]\n"));
+    assert!(e.contains("listed twice"), "{e}");
+    let e = error(&format!("{base}password_algorithms = []\n"));
+    assert!(e.contains("auth.password_algorithms"), "{e}");
+    assert_eq!(c.auth.revocations_file, None);
+    let c = load(&format!("{base}revocations_file = \"rev.json\"\n")).unwrap();
+    let p = c.auth.revocations_file.unwrap();
+    assert!(p.ends_with("rev.json") && p.is_absolute() == Path::new(FILE).is_absolute());
+}
+
+#[test]
+fn rest_secrets_of_both_hmac_kinds() {
+    let c = load(
+        "[auth]\nsecrets = [\"old\"]\n\n[[auth.secret]]\nvalue = \"new256\"\nhmac = \"sha256\"\n\n\
+         [[auth.secret]]\nvalue = \"another1\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.auth.secrets, vec!["old", "another1"]);
+    assert_eq!(c.auth.secrets_sha256, vec!["new256"]);
+    // SHA-256 secrets alone are enough to authenticate.
+    let c = load("[[auth.secret]]\nvalue = \"only\"\nhmac = \"sha256\"\n").unwrap();
+    assert_eq!(c.auth.secrets_sha256, vec!["only"]);
+    let e = error("[[auth.secret]]\nvalue = \"hidden-value\"\nhmac = \"md5\"\n");
+    assert!(e.contains("auth.secret[0].hmac"), "{e}");
+    let e = error("[[auth.secret]]\nvalue = [\"hidden-value\"]\n");
+    assert!(
+        e.contains("auth.secret[0].value") && !e.contains("hidden"),
+        "{e}"
+    );
+    assert!(is_secret_key("auth.secret[0].value") && is_secret_key("auth.secret"));
+}

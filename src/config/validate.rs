@@ -257,7 +257,7 @@ impl Config {
 
     fn check_auth(&self, p: &mut Vec<Problem>) {
         let a = &self.auth;
-        if a.users.is_empty() && a.secrets.is_empty() {
+        if a.users.is_empty() && a.secrets.is_empty() && a.secrets_sha256.is_empty() {
             p.push(Problem::new(
                 "auth",
                 "no users and no secrets: nobody could authenticate (set auth.users, \
@@ -275,7 +275,11 @@ impl Config {
                 ));
             }
         }
-        if a.secrets.iter().any(String::is_empty) {
+        if a.secrets
+            .iter()
+            .chain(&a.secrets_sha256)
+            .any(String::is_empty)
+        {
             p.push(Problem::new("auth.secrets", "a secret is empty"));
         }
         if a.rest_separator.is_ascii_digit() {
@@ -291,6 +295,12 @@ impl Config {
             p.push(Problem::new(
                 "auth.challenge_budget_per_sec",
                 "must be at least 1: with 0 no client ever gets the 401 that starts authentication",
+            ));
+        }
+        if a.password_algorithms.is_empty() {
+            p.push(Problem::new(
+                "auth.password_algorithms",
+                "must list at least one of \"sha256\", \"md5\"",
             ));
         }
         if a.failure_budget_per_sec == 0 {
@@ -504,7 +514,7 @@ impl Config {
                     "the secret must be at least 16 characters",
                 ));
             }
-            if self.auth.secrets.contains(&m.0) {
+            if self.auth.secrets.contains(&m.0) || self.auth.secrets_sha256.contains(&m.0) {
                 p.push(Problem::new(
                     "signaling.mint_secret_file",
                     "must differ from every [auth] secret",

@@ -41,7 +41,7 @@ use subtle::ConstantTimeEq;
 
 use super::{json_error, App, HttpSetup, Remote};
 use crate::config::Mint;
-use turnd_proto::auth::{mint_secret, rest_password, rest_username, MINTED_USER_PREFIX};
+use turnd_proto::auth::{mint_secret, rest_password_with, rest_username, MINTED_USER_PREFIX};
 
 /// Cells of the per-client limiter; a power of two.
 const RATE_CELLS: usize = 4096;
@@ -130,6 +130,8 @@ pub struct IceServers {
     mint: Mint,
     token: Option<Arc<str>>,
     secret: Vec<u8>,
+    /// `[signaling] mint_hmac`.
+    hmac: turnd_proto::auth::RestHmac,
     separator: char,
     ttl: Duration,
     public_host: Option<String>,
@@ -148,6 +150,7 @@ impl IceServers {
             mint: cfg.mint,
             token: cfg.mint_token.as_ref().map(|t| Arc::from(t.0.as_str())),
             secret: mint_secret(cfg.mint_secret.as_ref()),
+            hmac: cfg.mint_hmac,
             separator: setup.rest_separator,
             ttl: cfg.credential_ttl,
             public_host: cfg.public_host.as_deref().and_then(normalise_host),
@@ -201,7 +204,7 @@ impl IceServers {
         let (stun, turn) = self.urls(host);
         let user = format!("{MINTED_USER_PREFIX}{}", client_prefix(client));
         let username = rest_username(unix_now + self.ttl.as_secs(), &user, self.separator);
-        let credential = rest_password(&self.secret, &username);
+        let credential = rest_password_with(self.hmac, &self.secret, &username);
         let mut servers = Vec::new();
         if !stun.is_empty() {
             servers.push(serde_json::json!({ "urls": stun }));
@@ -465,12 +468,27 @@ mod tests {
         assert_eq!(username, "4600:web:192.0.2.0/24");
         assert_eq!(
             turn["credential"].as_str().unwrap(),
-            rest_password(b"mint-secret-0123456789", username)
+            turnd_proto::auth::rest_password(b"mint-secret-0123456789", username)
         );
         let v6 = ice.body("2001:db8:1:2:aaaa::1".parse().unwrap(), "h", 1_000);
         assert_eq!(
             v6["iceServers"][1]["username"],
             "4600:web:2001:db8:1:2::/64"
+        );
+    }
+
+    #[test]
+    fn minted_passwords_follow_mint_hmac() {
+        let mut s = setup();
+        s.cfg.mint_secret = Some(crate::config::Redacted("mint-secret-0123456789".into()));
+        s.cfg.mint_hmac = turnd_proto::auth::RestHmac::Sha256;
+        let body = IceServers::new(&s).body("192.0.2.77".parse().unwrap(), "h", 1_000);
+        let turn = &body["iceServers"][1];
+        assert_eq!(turn["username"], "4600:web:192.0.2.0/24");
+        // Python: base64(hmac.new(b"mint-secret-0123456789", username, "sha256").digest())
+        assert_eq!(
+            turn["credential"],
+            "/bw1DFodqDv7bUfGAllrGaeZxMPkNf+ObgRveymFuNY="
         );
     }
 

@@ -37,6 +37,9 @@ pub struct Control {
     reservations: Arc<Reservations>,
     health: Arc<Health>,
     probe: Option<Arc<crate::probe::Probe>>,
+    revocations: Arc<super::revocations::RevocationStore>,
+    /// The users and secrets in force, before revocations and the probe are added.
+    base_auth: Mutex<Option<Arc<dyn turnd_proto::auth::Authenticator>>>,
 }
 
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
@@ -60,7 +63,84 @@ impl Control {
             reservations,
             health,
             probe: None,
+            revocations: Arc::new(
+                super::revocations::RevocationStore::open(None).expect("no file to read"),
+            ),
+            base_auth: Mutex::new(None),
         }
+    }
+
+    /// With the revocation store the shards' authenticator was built with.
+    pub(crate) fn with_revocations(
+        mut self,
+        store: Arc<super::revocations::RevocationStore>,
+        base_auth: Arc<dyn turnd_proto::auth::Authenticator>,
+    ) -> Self {
+        self.revocations = store;
+        self.base_auth = Mutex::new(Some(base_auth));
+        self
+    }
+
+    /// The revocations in force (JSON for the admin API).
+    pub fn revocations(&self) -> serde_json::Value {
+        super::revocations::to_json(&self.revocations.current())
+    }
+
+    /// Revoke `what` until `until_unix` (stored first; on a write error nothing changes),
+    /// hand the shards the new set, and end the live allocations of a revoked principal.
+    /// Returns how many allocations ended.
+    pub fn revoke(
+        &self,
+        what: turnd_proto::auth::Revoked,
+        until_unix: u64,
+        unix_now: u64,
+    ) -> anyhow::Result<usize> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        self.revocations.change(unix_now, |s| {
+            s.insert(what.clone(), until_unix);
+            true
+        })?;
+        self.push_auth(&mut current);
+        drop(current);
+        Ok(match &what {
+            turnd_proto::auth::Revoked::User(u) if until_unix > unix_now => self.kill_user(u),
+            _ => 0,
+        })
+    }
+
+    /// Lift a revocation; whether there was one.
+    pub fn unrevoke(
+        &self,
+        what: &turnd_proto::auth::Revoked,
+        unix_now: u64,
+    ) -> anyhow::Result<bool> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, changed) = self.revocations.change(unix_now, |s| s.remove(what))?;
+        self.push_auth(&mut current);
+        Ok(changed)
+    }
+
+    /// Rebuild the authenticator with the current revocations and hand it to every shard.
+    fn push_auth(&self, current: &mut (Config, Shared)) {
+        let base = self
+            .base_auth
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(base) = base else { return };
+        let auth: Arc<dyn turnd_proto::auth::Authenticator> = Arc::new(
+            turnd_proto::auth::Revoking::new(base, self.revocations.current()),
+        );
+        let auth = match &self.probe {
+            Some(p) => p.wrap_auth(auth),
+            None => auth,
+        };
+        let shared = Shared {
+            auth,
+            ..current.1.clone()
+        };
+        self.tell_all(|| ShardRequest::Reload(shared.clone()));
+        current.1 = shared;
     }
 
     /// With the ready probe, whose credential and policy exception survive reloads.
@@ -180,6 +260,8 @@ impl Control {
         if let (Some(cert), Some(files)) = (&self.certificate, &new.tls) {
             cert.reload(&files.cert, &files.key)?;
         }
+        self.revocations
+            .reload(new.auth.revocations_file.as_deref())?;
         let mut report = ReloadReport::default();
         let checks: [(&'static str, bool); 9] = [
             ("admin", old.admin != new.admin),
@@ -203,13 +285,19 @@ impl Control {
         );
         self.reservations
             .set_per_user(new.policy.max_reservations_per_user);
-        let shared = Shared {
-            // The HTTP listener keeps the mint secret it started with: so does auth.
-            auth: Arc::new(
-                Credentials::from_config(&new.auth, &old.realm).with_mint_secret(
-                    turnd_proto::auth::mint_secret(old.signaling.mint_secret.as_ref()),
-                ),
+        // The HTTP listener keeps the mint secret it started with: so does auth.
+        let base: Arc<dyn turnd_proto::auth::Authenticator> = Arc::new(
+            Credentials::from_config(&new.auth, &old.realm).with_mint_secret_kind(
+                old.signaling.mint_hmac,
+                turnd_proto::auth::mint_secret(old.signaling.mint_secret.as_ref()),
             ),
+        );
+        *self.base_auth.lock().unwrap_or_else(|e| e.into_inner()) = Some(base.clone());
+        let shared = Shared {
+            auth: Arc::new(turnd_proto::auth::Revoking::new(
+                base,
+                self.revocations.current(),
+            )),
             policy: Arc::new(policy),
             // The same nonce key: nonces handed out before the reload stay valid.
             nonces: old_shared.nonces.clone(),

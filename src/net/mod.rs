@@ -8,6 +8,7 @@ mod control;
 pub mod health;
 pub mod peer_filter;
 pub mod relay;
+pub mod revocations;
 pub mod shard;
 pub mod stream;
 

@@ -8,5 +8,7 @@
 
 mod common;
 
+mod auth_sha256;
+mod bound_credentials;
 mod interop_streams;
 mod interop_udp;

@@ -93,7 +93,26 @@ async fn answered(sock: &UdpSocket, to: SocketAddr, reqs: &[Vec<u8>]) -> usize {
 
 #[tokio::test]
 async fn answers_to_unauthenticated_requests_stay_under_3x() {
-    let s = server(|_| {});
+    under_3x(false).await;
+}
+
+/// With RFC 8489 SHA-256 on, challenges carry the nonce cookie and PASSWORD-ALGORITHMS (24
+/// bytes more): still under 3x, the smallest Allocate getting the plain challenge.
+#[tokio::test]
+async fn answers_stay_under_3x_with_sha256_and_userhash_on() {
+    under_3x(true).await;
+}
+
+async fn under_3x(features: bool) {
+    let s = server(|c| {
+        if features {
+            c.auth.password_algorithms = vec![
+                turnd_proto::auth::PasswordAlgorithm::Sha256,
+                turnd_proto::auth::PasswordAlgorithm::Md5,
+            ];
+            c.auth.userhash = true;
+        }
+    });
     let mut cases: Vec<(&str, SocketAddr, Message, bool)> = Vec::new();
     for (name, addr) in [("v4", s.udp[0]), ("v6", s.udp[1])] {
         let binding = header(METHOD_BINDING);
@@ -174,9 +193,18 @@ async fn answers_to_unauthenticated_requests_stay_under_3x() {
         if name.contains("unknown method") {
             failures.push(format!("{name}: answered"));
         }
+        // PASSWORD-ALGORITHMS (0x8002) only with the features on, and only where it fits:
+        // with a 16-byte realm the full challenge is 104 bytes (112 with FINGERPRINT), so of
+        // these only the 100-byte request with bad credentials gets it; the others get the
+        // plain challenge.
+        let offered = parse(&a).contains(AttrType(0x8002));
+        let room = name.contains("(438)");
+        if offered != (features && room) {
+            failures.push(format!("{name}: PASSWORD-ALGORITHMS offered: {offered}"));
+        }
     }
     eprintln!(
-        "amplification (realm {} B, software {} B):\n  {}",
+        "amplification (realm {} B, software {} B, SHA-256 {features}):\n  {}",
         LONG_REALM.len(),
         long_software().len(),
         report.join("\n  ")

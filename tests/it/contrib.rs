@@ -105,14 +105,23 @@ async fn every_metric_named_in_contrib_exists_in_metrics() {
     c.admin.ready_probe_interval = Duration::from_secs(1);
     let srv = turnd::start(c).unwrap();
     let admin = srv.admin.unwrap();
-    let (status, text) = crate::raw::http("GET", admin, "/metrics", None).await;
-    assert_eq!(status, 200);
-    let exported: BTreeSet<String> = text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| base_name(l.split(['{', ' ']).next().unwrap_or("")).to_string())
-        .collect();
-    let missing: Vec<_> = named.difference(&exported).collect();
+    // Some series exist only once the ready probe's first round has been answered (its
+    // thread races this scrape): scrape again until all are there, for at most 5 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (text, missing) = loop {
+        let (status, text) = crate::raw::http("GET", admin, "/metrics", None).await;
+        assert_eq!(status, 200);
+        let exported: BTreeSet<String> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| base_name(l.split(['{', ' ']).next().unwrap_or("")).to_string())
+            .collect();
+        let missing: Vec<String> = named.difference(&exported).cloned().collect();
+        if missing.is_empty() || std::time::Instant::now() >= deadline {
+            break (text, missing);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
         missing.is_empty(),
         "named in contrib/ but not in /metrics: {missing:?}\n{text}"

@@ -35,6 +35,7 @@ mod ops_ready;
 mod policy_netns;
 mod reload_policy;
 mod reservations;
+mod revocation;
 mod stream_inprocess;
 mod turnctl;
 mod udp_inprocess;

@@ -34,6 +34,34 @@ pub struct AuthArgs {
     /// Separator between expiry and user in TURN REST usernames.
     #[arg(long, default_value_t = ':')]
     pub separator: char,
+    /// HMAC of TURN REST passwords, as the secret's `hmac` in turnd's `[[auth.secret]]`.
+    #[arg(long, value_enum, default_value_t = Hmac::Sha1)]
+    pub hmac: Hmac,
+    /// Bind generated TURN REST credentials to a client address or prefix
+    /// (`<expiry>:<user>:ip=203.0.113.0/24`): turnd refuses them from elsewhere.
+    #[arg(long, value_name = "ADDR[/LEN]", value_parser = parse_bind_ip)]
+    pub bind_ip: Option<ipnet::IpNet>,
+}
+
+fn parse_bind_ip(s: &str) -> Result<ipnet::IpNet, String> {
+    turnd_proto::auth::parse_binding(s)
+        .ok_or_else(|| format!("{s}: expected an IP address or a prefix like 203.0.113.0/24"))
+}
+
+/// `--hmac`: base64(HMAC-SHA1 or HMAC-SHA256(secret, username)).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hmac {
+    Sha1,
+    Sha256,
+}
+
+impl From<Hmac> for turnd_proto::auth::RestHmac {
+    fn from(h: Hmac) -> Self {
+        match h {
+            Hmac::Sha1 => turnd_proto::auth::RestHmac::Sha1,
+            Hmac::Sha256 => turnd_proto::auth::RestHmac::Sha256,
+        }
+    }
 }
 
 fn first_line(path: &PathBuf) -> anyhow::Result<String> {
@@ -57,8 +85,15 @@ impl AuthArgs {
     pub fn credentials(&self) -> anyhow::Result<Option<Credentials>> {
         if let Some(secret) = self.secret()? {
             let user = self.user.as_deref().unwrap_or("");
-            let (username, password) =
-                rest_credentials(&secret, user, self.ttl, self.separator, unix_now());
+            let (username, password) = rest_credentials_bound(
+                self.hmac.into(),
+                &secret,
+                user,
+                self.ttl,
+                self.separator,
+                unix_now(),
+                self.bind_ip.as_ref(),
+            );
             return Ok(Some(Credentials { username, password }));
         }
         let password = match (&self.password, &self.password_file) {
@@ -86,16 +121,35 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// TURN REST username (`expiry<sep>user`) and password (base64 HMAC-SHA1 of the username).
-pub fn rest_credentials(
+/// TURN REST username (`expiry<sep>user`) and password (base64 HMAC-SHA1 or HMAC-SHA256 of
+/// the username, `--hmac`).
+#[cfg(test)]
+pub fn rest_credentials_with(
+    hmac: turnd_proto::auth::RestHmac,
     secret: &str,
     user: &str,
     ttl: Duration,
     sep: char,
     now: u64,
 ) -> (String, String) {
-    let username = turnd_proto::auth::rest_username(now + ttl.as_secs(), user, sep);
-    let password = turnd_proto::auth::rest_password(secret.as_bytes(), &username);
+    rest_credentials_bound(hmac, secret, user, ttl, sep, now, None)
+}
+
+/// The same, bound to `bind` when given (`<expiry><sep><user><sep>ip=<prefix>`).
+pub fn rest_credentials_bound(
+    hmac: turnd_proto::auth::RestHmac,
+    secret: &str,
+    user: &str,
+    ttl: Duration,
+    sep: char,
+    now: u64,
+    bind: Option<&ipnet::IpNet>,
+) -> (String, String) {
+    let mut username = turnd_proto::auth::rest_username(now + ttl.as_secs(), user, sep);
+    if let Some(net) = bind {
+        username = turnd_proto::auth::bind_username(&username, sep, net);
+    }
+    let password = turnd_proto::auth::rest_password_with(hmac, secret.as_bytes(), &username);
     (username, password)
 }
 
@@ -119,8 +173,15 @@ pub fn run(args: &CredsArgs) -> anyhow::Result<()> {
         .context("give the shared secret with --secret-file FILE, TURNCTL_SECRET or --secret")?;
     let user = args.auth.user.as_deref().unwrap_or("");
     let now = unix_now();
-    let (username, password) =
-        rest_credentials(&secret, user, args.auth.ttl, args.auth.separator, now);
+    let (username, password) = rest_credentials_bound(
+        args.auth.hmac.into(),
+        &secret,
+        user,
+        args.auth.ttl,
+        args.auth.separator,
+        now,
+        args.auth.bind_ip.as_ref(),
+    );
     let expires = now + args.auth.ttl.as_secs();
     if !args.ice_servers.is_empty() {
         println!("{}", ice_servers(&args.ice_servers, &username, &password)?);
@@ -167,7 +228,8 @@ mod tests {
     #[test]
     fn rest_credentials_match_coturns_formula() {
         // echo -n "1700003600:alice" | openssl dgst -sha1 -hmac secret -binary | base64
-        let (u, p) = rest_credentials(
+        let (u, p) = rest_credentials_with(
+            Hmac::Sha1.into(),
             "secret",
             "alice",
             Duration::from_secs(3600),
@@ -179,8 +241,48 @@ mod tests {
             p,
             turnd_proto::auth::rest_password(b"secret", "1700003600:alice")
         );
-        let (u, _) = rest_credentials("secret", "", Duration::from_secs(60), ':', 10);
+        let (u, _) = rest_credentials_with(
+            Hmac::Sha1.into(),
+            "secret",
+            "",
+            Duration::from_secs(60),
+            ':',
+            10,
+        );
         assert_eq!(u, "70");
+    }
+
+    #[test]
+    fn rest_credentials_with_sha256() {
+        // Python: base64(hmac.new(b"secret", b"1700003600:alice", "sha256").digest())
+        let (u, p) = rest_credentials_with(
+            Hmac::Sha256.into(),
+            "secret",
+            "alice",
+            Duration::from_secs(3600),
+            ':',
+            1_700_000_000,
+        );
+        assert_eq!(u, "1700003600:alice");
+        assert_eq!(p, "mcMSaa7ZOJuc8jGwTcdKyMK7Lal/NBLqea7qr/npVlQ=");
+    }
+
+    #[test]
+    fn bound_credentials_carry_the_prefix() {
+        let net = parse_bind_ip("203.0.113.9/24").unwrap();
+        let (u, p) = rest_credentials_bound(
+            Hmac::Sha1.into(),
+            "secret",
+            "alice",
+            Duration::from_secs(3600),
+            ':',
+            1_700_000_000,
+            Some(&net),
+        );
+        assert_eq!(u, "1700003600:alice:ip=203.0.113.0/24");
+        assert_eq!(p, turnd_proto::auth::rest_password(b"secret", &u));
+        assert_eq!(parse_bind_ip("::1").unwrap().to_string(), "::1/128");
+        assert!(parse_bind_ip("nope").is_err());
     }
 
     #[test]

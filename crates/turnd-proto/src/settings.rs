@@ -77,6 +77,9 @@ pub struct Auth {
     pub users: Vec<StaticUser>,
     /// TURN REST shared secrets; any of them is accepted (rotation).
     pub secrets: Vec<String>,
+    /// TURN REST shared secrets whose passwords are base64(HMAC-SHA256(secret, username));
+    /// accepted next to `secrets` (rotation between kinds too).
+    pub secrets_sha256: Vec<String>,
     /// Separator in `expiry<sep>user` REST usernames.
     pub rest_separator: char,
     /// Clock skew tolerated on REST expiry timestamps.
@@ -89,6 +92,14 @@ pub struct Auth {
     /// Answers to requests whose MESSAGE-INTEGRITY, nonce or user failed (401, 438, 400)
     /// allowed per source IP per second (burst: twice that); more are dropped.
     pub failure_budget_per_sec: u32,
+    /// RFC 8489 password algorithms offered in PASSWORD-ALGORITHMS, in order. `[Md5]` (the
+    /// default) offers nothing: RFC 5389 challenges, no nonce cookie.
+    pub password_algorithms: Vec<crate::auth::PasswordAlgorithm>,
+    /// Look USERHASH (RFC 8489 §14.4) up for static users; turns the nonce cookie on.
+    pub userhash: bool,
+    /// Where the admin API keeps revocations (JSON, written atomically); `None`: in memory
+    /// only (they survive SIGHUP, not a restart).
+    pub revocations_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -132,11 +143,15 @@ impl Default for Auth {
         Auth {
             users: vec![],
             secrets: vec![],
+            secrets_sha256: vec![],
             rest_separator: ':',
             rest_max_skew: Duration::from_secs(60),
             nonce_lifetime: Duration::from_secs(600),
             challenge_budget_per_sec: 200,
             failure_budget_per_sec: 200,
+            password_algorithms: vec![crate::auth::PasswordAlgorithm::Md5],
+            userhash: false,
+            revocations_file: None,
         }
     }
 }

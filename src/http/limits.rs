@@ -65,11 +65,13 @@ impl Limits {
         }
     }
 
-    /// The admin listener's: few clients (scrapers, operators), so small caps; no descriptor
-    /// reserve, so the operators keep their view while the signaling listener is flooded.
+    /// The admin listener's: few clients (scrapers, operators), so small caps, and a per-IP
+    /// cap well under the total, so a few hosts holding half-open requests cannot lock a
+    /// scraper out; no descriptor reserve, so the operators keep their view while the
+    /// signaling listener is flooded.
     pub const ADMIN: Limits = Limits {
-        max_connections: 64,
-        max_connections_per_ip: 64,
+        max_connections: 256,
+        max_connections_per_ip: 16,
         header_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
         fd_reserve: 0,

@@ -135,6 +135,50 @@ impl Refusal {
         reason_phrase(self.code())
     }
 
+    /// One refusal of every kind (`UnknownAttributes` with an empty list): every
+    /// [`Refusal::label`] there is. `/metrics` shows each label from the start, at 0, so the
+    /// series do not appear one by one as refusals first happen.
+    pub fn every() -> Vec<Refusal> {
+        use BadRequest as B;
+        [
+            B::MissingCredentials,
+            B::RequestedTransport,
+            B::EvenPort,
+            B::EvenPortDual,
+            B::ReservationToken,
+            B::ReservationTokenWith,
+            B::AddressFamily,
+            B::BothFamilies,
+            B::Lifetime,
+            B::PeerAddress,
+            B::NoPeer,
+            B::ChannelNumber,
+            B::ChannelRange,
+            B::ChannelPeers,
+            B::ChannelRebind,
+            B::PasswordAlgorithm,
+        ]
+        .map(Refusal::from)
+        .into_iter()
+        .chain([
+            Refusal::Unauthorized,
+            Refusal::ForbiddenPeer,
+            Refusal::UnknownAttributes(vec![]),
+            Refusal::AllocationMismatch,
+            Refusal::StaleNonce,
+            Refusal::FamilyNotSupported,
+            Refusal::WrongCredentials,
+            Refusal::UnsupportedTransport,
+            Refusal::PeerFamilyMismatch,
+            Refusal::Quota,
+            Refusal::Capacity(Capacity::Draining),
+            Refusal::Capacity(Capacity::RelayPorts),
+            Refusal::Capacity(Capacity::Permissions),
+            Refusal::Capacity(Capacity::Channels),
+        ])
+        .collect()
+    }
+
     /// The metrics label: which refusal, finer than the code.
     pub fn label(&self) -> &'static str {
         match self {
@@ -190,44 +234,7 @@ mod tests {
 
     #[test]
     fn every_refusal_has_a_phrase_and_a_distinct_label() {
-        use BadRequest as B;
-        let all = [
-            B::MissingCredentials,
-            B::RequestedTransport,
-            B::EvenPort,
-            B::EvenPortDual,
-            B::ReservationToken,
-            B::ReservationTokenWith,
-            B::AddressFamily,
-            B::BothFamilies,
-            B::Lifetime,
-            B::PeerAddress,
-            B::NoPeer,
-            B::ChannelNumber,
-            B::ChannelRange,
-            B::ChannelPeers,
-            B::ChannelRebind,
-            B::PasswordAlgorithm,
-        ]
-        .map(Refusal::from)
-        .into_iter()
-        .chain([
-            Refusal::Unauthorized,
-            Refusal::ForbiddenPeer,
-            Refusal::UnknownAttributes(vec![]),
-            Refusal::AllocationMismatch,
-            Refusal::StaleNonce,
-            Refusal::FamilyNotSupported,
-            Refusal::WrongCredentials,
-            Refusal::UnsupportedTransport,
-            Refusal::PeerFamilyMismatch,
-            Refusal::Quota,
-            Refusal::Capacity(Capacity::Draining),
-            Refusal::Capacity(Capacity::RelayPorts),
-            Refusal::Capacity(Capacity::Permissions),
-            Refusal::Capacity(Capacity::Channels),
-        ])
-        .collect::<Vec<_>>();
+        let all = Refusal::every();
         let mut labels: Vec<_> = all.iter().map(Refusal::label).collect();
         labels.sort_unstable();
         labels.dedup();

@@ -14,6 +14,8 @@ pub const RESPONSES_TOTAL: &str = "turnd_responses_total";
 pub const AUTH_FAILURES_TOTAL: &str = "turnd_auth_failures_total";
 pub const STALE_NONCE_TOTAL: &str = "turnd_stale_nonce_total";
 pub const POLICY_DENIALS_TOTAL: &str = "turnd_policy_denials_total";
+pub const CLUSTER_UP: &str = "turnd_cluster_up";
+pub const CLUSTER_NODES: &str = "turnd_cluster_nodes";
 pub const QUOTA_REFUSALS_TOTAL: &str = "turnd_quota_refusals_total";
 pub const RELAYED_PACKETS_TOTAL: &str = "turnd_relayed_packets_total";
 pub const RELAYED_BYTES_TOTAL: &str = "turnd_relayed_bytes_total";
@@ -49,6 +51,22 @@ pub fn render_process(out: &mut String, control: &crate::net::Control) {
         "The configured cap on allocations in total (policy.max_allocations).",
     );
     let _ = writeln!(o, "{ALLOCATIONS_LIMIT} {}", control.max_allocations());
+    if let Some(c) = control.cluster() {
+        describe(
+            o,
+            CLUSTER_UP,
+            "gauge",
+            "1 while Redis answers ([cluster]); 0: local quota limits.",
+        );
+        let _ = writeln!(o, "{CLUSTER_UP} {}", u8::from(c.is_up()));
+        describe(
+            o,
+            CLUSTER_NODES,
+            "gauge",
+            "Live nodes of the fleet at the last heartbeat.",
+        );
+        let _ = writeln!(o, "{CLUSTER_NODES} {}", c.nodes());
+    }
     describe(
         o,
         TLS_CERTIFICATE_EXPIRY,

@@ -37,6 +37,7 @@ pub struct Control {
     reservations: Arc<Reservations>,
     health: Arc<Health>,
     probe: Option<Arc<crate::probe::Probe>>,
+    cluster: Option<Arc<crate::cluster::Status>>,
 }
 
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
@@ -60,6 +61,7 @@ impl Control {
             reservations,
             health,
             probe: None,
+            cluster: None,
         }
     }
 
@@ -67,6 +69,17 @@ impl Control {
     pub(super) fn with_probe(mut self, probe: Option<Arc<crate::probe::Probe>>) -> Self {
         self.probe = probe;
         self
+    }
+
+    /// With `[cluster]`: the fleet status `/metrics` reports.
+    pub(super) fn with_cluster(mut self, status: Option<Arc<crate::cluster::Status>>) -> Self {
+        self.cluster = status;
+        self
+    }
+
+    /// The fleet status, when `[cluster]` is set.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Status>> {
+        self.cluster.as_ref()
     }
 
     /// The ready probe, when `[admin] ready_probe` is on.

@@ -242,6 +242,13 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     } else {
         None
     };
+    // [cluster]: the fleet's nonce key and quota leases (crate::cluster); None standalone.
+    let cluster = config
+        .cluster
+        .as_ref()
+        .map(crate::cluster::Member::join)
+        .transpose()?;
+    let nonce_key = cluster.as_ref().and_then(|m| m.nonce_key);
     let shared = Shared {
         auth: Arc::new(
             Credentials::from_config(&config.auth, &config.realm).with_mint_secret(
@@ -249,7 +256,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             ),
         ),
         policy: Arc::new(policy),
-        nonces: Arc::new(NonceMint::new(rand::random())),
+        nonces: Arc::new(NonceMint::new(nonce_key.unwrap_or_else(rand::random))),
         budget: Arc::new(FailureBudget::split(
             config.auth.challenge_budget_per_sec,
             config.auth.failure_budget_per_sec,
@@ -370,6 +377,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         .map(|(l, _)| l.local_addr())
         .transpose()?;
     let admin_token = config.admin.token.clone();
+    let quotas = shared.quotas.clone();
     let acme_cfg = config.acme.clone();
     let control = Arc::new(
         Control::new(
@@ -381,9 +389,14 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             reservations,
             health,
         )
-        .with_probe(probe.clone()),
+        .with_probe(probe.clone())
+        .with_cluster(cluster.as_ref().map(|m| m.status.clone())),
     );
+
     let http_shutdown = tokio_util::sync::CancellationToken::new();
+    if let Some(member) = cluster {
+        threads.push(member.spawn(quotas, http_shutdown.clone())?);
+    }
     if let Some(c) = &certificate {
         threads.push(tls::watch_expiry(c.clone(), http_shutdown.clone())?);
         if let Some(acme) = acme_cfg {

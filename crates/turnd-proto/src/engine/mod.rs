@@ -63,7 +63,7 @@ pub mod fault {
 pub use allocation::Allocation;
 pub use control::{CHANNEL_MAX, CHANNEL_MIN};
 pub use metrics::{EngineMetrics, MetricsSnapshot, SessionInfo};
-pub use quota::Quotas;
+pub use quota::{FleetCounts, Quotas};
 
 /// Bytes the caller leaves free before a peer datagram: the largest Data indication header
 /// (20 header + 24 XOR-PEER-ADDRESS for IPv6 + 4 DATA header).

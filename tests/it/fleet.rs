@@ -1,0 +1,384 @@
+//! Tier 4, `[cluster]`: built `turnd` nodes sharing a real `redis-server` (started here on a
+//! free loopback port, killed by PID): fleet-wide quotas with leases, a killed node's share
+//! vanishing within a lease, a Redis outage (relaying without loss, local limits, the metric
+//! and one log line), Redis back (rejoin, republish), and the shared nonce key.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::Daemon;
+use crate::raw::*;
+use stun::message::*;
+use tokio::net::UdpSocket;
+
+const HEARTBEAT_MS: u64 = 200;
+const LEASE_MS: u64 = 1000;
+const PER_USER: usize = 3;
+
+/// `redis-server` on 127.0.0.1:`port`, no persistence; killed by PID on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::on(port)
+    }
+
+    fn on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is required for the fleet tests (apt-get install redis-server)");
+        let end = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < end,
+                "redis-server did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn kill(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn node(dir: &Path, redis: &str, id: &str, ports: &str) -> Daemon {
+    let file: PathBuf = dir.join(format!("{id}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            r#"realm = "turnd"
+workers = 2
+[listen]
+udp = ["127.0.0.1:0"]
+[relay]
+ipv4 = "127.0.0.1"
+ipv6 = "none"
+ports = "{ports}"
+[auth]
+users = ["alice:alice-pw", "bob:bob-pw"]
+secrets = ["fleet-rest-secret"]
+[policy]
+allow_peers = ["127.0.0.0/8"]
+max_allocations_per_user = {PER_USER}
+[admin]
+listen = "127.0.0.1:0"
+[log]
+format = "json"
+level = "info"
+[cluster]
+redis = "{redis}"
+node_id = "{id}"
+heartbeat = "{HEARTBEAT_MS}ms"
+lease = "{LEASE_MS}ms"
+timeout = "100ms"
+"#
+        ),
+    )
+    .unwrap();
+    Daemon::start(&file)
+}
+
+async fn turn(d: &Daemon, user: &str) -> UdpTurn {
+    let mut c = UdpTurn::new(d.udp).await;
+    c.user = user.into();
+    c.pass = format!("{user}-pw");
+    c
+}
+
+/// The Allocate's error code (`None`: success); the client keeps it alive while held.
+async fn allocate(c: &mut UdpTurn) -> Option<u16> {
+    code(&c.ask(METHOD_ALLOCATE, &[&udp_transport()]).await)
+}
+
+async fn metric(d: &Daemon, name: &str) -> f64 {
+    let (status, body) = http("GET", d.admin, "/metrics", None).await;
+    assert_eq!(status, 200);
+    *prometheus(&body)
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+async fn wait_metric(d: &Daemon, name: &str, want: f64, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        if metric(d, name).await == want {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "{name} never became {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn heartbeats(n: u64) -> Duration {
+    Duration::from_millis(HEARTBEAT_MS * n)
+}
+
+#[tokio::test]
+async fn fleet_quota_holds_across_nodes_and_a_killed_nodes_share_vanishes_within_a_lease() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(dir.path(), &redis.url(), "a", "52000-52499");
+    let b = node(dir.path(), &redis.url(), "b", "52500-52999");
+    let c = node(dir.path(), &redis.url(), "c", "53000-53499");
+    for d in [&a, &b, &c] {
+        wait_metric(d, "turnd_cluster_nodes", 3.0, Duration::from_secs(5)).await;
+        assert_eq!(metric(d, "turnd_cluster_up").await, 1.0);
+    }
+    let mut held = Vec::new();
+    for d in [&a, &a, &b] {
+        let mut t = turn(d, "alice").await;
+        assert_eq!(allocate(&mut t).await, None);
+        held.push(t);
+    }
+    // Two heartbeats: every node has read the others' leases.
+    tokio::time::sleep(heartbeats(2)).await;
+    for d in [&a, &b, &c] {
+        let mut t = turn(d, "alice").await;
+        assert_eq!(
+            allocate(&mut t).await,
+            Some(486),
+            "alice holds 3 in the fleet"
+        );
+    }
+    let mut other = turn(&c, "bob").await;
+    assert_eq!(allocate(&mut other).await, None, "bob has his own quota");
+
+    // SIGKILL (Daemon's drop: kill by PID, then reap): B never says goodbye; its lease
+    // (1 s) must run out.
+    drop(b);
+    let killed = Instant::now();
+    let mut t = turn(&c, "alice").await;
+    assert_eq!(
+        allocate(&mut t).await,
+        Some(486),
+        "B's lease still holds its share"
+    );
+    assert!(killed.elapsed() < Duration::from_millis(LEASE_MS / 2));
+    let vanished = loop {
+        let mut t = turn(&c, "alice").await;
+        match allocate(&mut t).await {
+            None => break killed.elapsed(),
+            Some(486) => {}
+            other => panic!("Allocate on C: {other:?}"),
+        }
+        assert!(
+            killed.elapsed() < Duration::from_millis(LEASE_MS) + heartbeats(3),
+            "B's share did not vanish within a lease"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let gone = wait_metric(&c, "turnd_cluster_nodes", 2.0, Duration::from_secs(3)).await;
+    eprintln!(
+        "FIGURE dead node's quota share gone after {} ms (lease {LEASE_MS} ms, heartbeat \
+         {HEARTBEAT_MS} ms); node count 2 after {} ms more",
+        vanished.as_millis(),
+        gone.as_millis()
+    );
+    drop(held);
+}
+
+#[tokio::test]
+async fn redis_outage_relays_without_loss_and_quotas_fall_back_to_local_limits() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = node(dir.path(), &url, "a", "53500-53999");
+    let mut b = node(dir.path(), &url, "b", "54000-54499");
+    for d in [&a, &b] {
+        wait_metric(d, "turnd_cluster_nodes", 2.0, Duration::from_secs(5)).await;
+    }
+    // alice: 1 on A (relaying), 2 on B: her fleet quota is full.
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut caller = turn(&a, "alice").await;
+    let relay = caller.allocate().await;
+    caller
+        .channel_bind(0x4000, peer.local_addr().unwrap())
+        .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut t = turn(&b, "alice").await;
+        assert_eq!(allocate(&mut t).await, None);
+        held.push(t);
+    }
+    tokio::time::sleep(heartbeats(2)).await;
+    let mut t = turn(&a, "alice").await;
+    assert_eq!(allocate(&mut t).await, Some(486), "fleet-wide: 3 held");
+
+    // Relay both ways, 5 ms apart, while Redis is killed half-way through.
+    const PACKETS: usize = 400;
+    let mut redis = Some(redis);
+    let (mut to_peer, mut to_client) = (0usize, 0usize);
+    let (mut buf, mut buf2) = ([0u8; 1500], [0u8; 1500]);
+    let mut outage_at = None;
+    for i in 0..PACKETS {
+        if i == PACKETS / 4 {
+            redis.take().unwrap().kill();
+            outage_at = Some(Instant::now());
+        }
+        let payload = (i as u32).to_be_bytes();
+        caller
+            .sock
+            .send_to(&channel_data(0x4000, &payload), caller.server)
+            .await
+            .unwrap();
+        peer.send_to(&payload, relay).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        let (mut got_peer, mut got_client) = (false, false);
+        while !(got_peer && got_client) {
+            tokio::select! {
+                r = peer.recv_from(&mut buf) => {
+                    let (n, _) = r.unwrap();
+                    got_peer |= buf[..n] == payload;
+                }
+                r = caller.sock.recv_from(&mut buf2) => {
+                    let (n, _) = r.unwrap();
+                    got_client |= n >= 8 && buf2[4..8] == payload;
+                }
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        to_peer += usize::from(got_peer);
+        to_client += usize::from(got_client);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let outage = outage_at.unwrap().elapsed();
+    eprintln!(
+        "FIGURE Redis outage: {}/{PACKETS} client->peer, {}/{PACKETS} peer->client delivered \
+         ({} ms of the run without Redis)",
+        to_peer,
+        to_client,
+        outage.as_millis()
+    );
+    assert_eq!(
+        (to_peer, to_client),
+        (PACKETS, PACKETS),
+        "loss during the outage"
+    );
+
+    for d in [&a, &b] {
+        wait_metric(d, "turnd_cluster_up", 0.0, heartbeats(5)).await;
+    }
+    // Local limits: A sees only its own 1 of alice's; two more fit, the third does not.
+    for want in [None, None, Some(486)] {
+        let mut t = turn(&a, "alice").await;
+        assert_eq!(allocate(&mut t).await, want, "local limits on A");
+        held.push(t);
+    }
+    // One warning per change of state, not one per heartbeat.
+    tokio::time::sleep(heartbeats(3)).await;
+    for d in [&mut a, &mut b] {
+        d.drain_lines();
+        let down = d
+            .seen
+            .iter()
+            .filter(|v| v["message"] == "cluster: Redis unreachable; quotas on local limits")
+            .count();
+        assert_eq!(down, 1, "one warning for the outage");
+    }
+
+    // Redis back on the same port (empty): the nodes rejoin and republish their counts.
+    let _redis = Redis::on(redis_port(&url));
+    let back = Instant::now();
+    for d in [&a, &b] {
+        wait_metric(d, "turnd_cluster_up", 1.0, heartbeats(10)).await;
+        wait_metric(d, "turnd_cluster_nodes", 2.0, heartbeats(10)).await;
+    }
+    eprintln!(
+        "FIGURE Redis back: both nodes up again after {} ms",
+        back.elapsed().as_millis()
+    );
+    tokio::time::sleep(heartbeats(2)).await;
+    let mut t = turn(&b, "alice").await;
+    assert_eq!(
+        allocate(&mut t).await,
+        Some(486),
+        "B sees A's republished 3 (5 in the fleet)"
+    );
+    for d in [&mut a, &mut b] {
+        d.drain_lines();
+        let up = d
+            .seen
+            .iter()
+            .filter(|v| v["message"] == "cluster: Redis reachable; fleet quotas again")
+            .count();
+        assert_eq!(up, 1, "one line for the recovery");
+    }
+    drop(held);
+}
+
+fn redis_port(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap()
+}
+
+/// A REST credential's nonce from node A is good on node B (the fleet's nonce key): the
+/// authenticated Allocate on B succeeds at once, no 401 or 438 first.
+#[tokio::test]
+async fn a_rest_credentials_retry_on_another_node_needs_no_new_challenge() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(dir.path(), &redis.url(), "a", "54500-54999");
+    let b = node(dir.path(), &redis.url(), "b", "55000-55499");
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let user = format!("{expiry}:carol");
+    let pass = turnd_proto::auth::rest_password(b"fleet-rest-secret", &user);
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // A's challenge.
+    let r = udp_ask(
+        &sock,
+        a.udp,
+        &request(METHOD_ALLOCATE, &[&udp_transport()], None),
+    )
+    .await;
+    assert_eq!(code(&r), Some(401));
+    let nonce = nonce_of(&r);
+    // The retry goes to B (another DNS answer), from the same client address.
+    let creds = Some((user.as_str(), pass.as_str(), nonce.as_str()));
+    let r = udp_ask(
+        &sock,
+        b.udp,
+        &request(METHOD_ALLOCATE, &[&udp_transport()], creds),
+    )
+    .await;
+    assert_eq!(
+        (r.typ.class, code(&r)),
+        (CLASS_SUCCESS_RESPONSE, None),
+        "A's nonce accepted by B"
+    );
+}

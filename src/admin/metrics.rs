@@ -51,7 +51,7 @@ pub fn render_process(out: &mut String, control: &crate::net::Control) {
         "The configured cap on allocations in total (policy.max_allocations).",
     );
     let _ = writeln!(o, "{ALLOCATIONS_LIMIT} {}", control.max_allocations());
-    if let Some(c) = control.cluster() {
+    if let Some(c) = control.cluster().map(|c| &c.status) {
         describe(
             o,
             CLUSTER_UP,

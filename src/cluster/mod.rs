@@ -7,7 +7,9 @@
 //!   (`turnd:nodes`, a sorted set scored by lease expiry in Redis's own clock) and its counts
 //!   (`turnd:quota:<node>`, a hash with a `PEXPIRE` of `lease`), drops expired nodes, and
 //!   returns the sum of the other live nodes' counts. A crashed node's counts vanish within
-//!   one `lease`.
+//!   one `lease`;
+//! - credentials changed without a reload ([`auth`]): REST secrets (`turnd:rest-secrets`) and
+//!   static users (`turnd:users`), read at start and every heartbeat.
 //!
 //! The shards never wait on Redis: the counts land in [`Quotas`]' fleet cache, read by
 //! `Quotas::acquire` on the control plane. The cache is at most one heartbeat old, so two
@@ -29,6 +31,9 @@ use tokio_util::sync::CancellationToken;
 use turnd_proto::engine::{FleetCounts, Quotas};
 
 use crate::config::{Cluster, QuotaFail};
+
+pub mod auth;
+pub use auth::FleetCreds;
 
 /// Key prefix of everything turnd keeps in Redis.
 const PREFIX: &str = "turnd:";
@@ -97,6 +102,24 @@ impl Status {
     }
 }
 
+/// What the rest of the daemon holds of a cluster member: its status and the credentials
+/// it reads from Redis.
+#[derive(Clone)]
+pub struct Handle {
+    pub status: Arc<Status>,
+    pub creds: Arc<FleetCreds>,
+}
+
+impl Handle {
+    /// `shared` with the fleet's credentials added to its authenticator (start and reload).
+    pub fn wrap(&self, shared: turnd_proto::engine::Shared) -> turnd_proto::engine::Shared {
+        turnd_proto::engine::Shared {
+            auth: self.creds.wrap(shared.auth),
+            ..shared
+        }
+    }
+}
+
 /// The hostname (the default `node_id`); "turnd" when it cannot be read.
 pub fn hostname() -> String {
     nix::unistd::gethostname()
@@ -111,7 +134,7 @@ pub struct Member {
     /// The fleet's nonce key, or `None` when Redis was unreachable at start (the node then
     /// uses a key of its own: nonces from other nodes get one 438 round trip).
     pub nonce_key: Option<[u8; 32]>,
-    pub status: Arc<Status>,
+    pub handle: Handle,
     cfg: Cluster,
     client: redis::Client,
     conn: Option<MultiplexedConnection>,
@@ -164,20 +187,29 @@ async fn shared_nonce_key(conn: &mut MultiplexedConnection) -> anyhow::Result<[u
 impl Member {
     /// Connect (bounded by `timeout`) and read or create the fleet's nonce key. Never fails
     /// on Redis being down: the node starts on local state and joins when Redis answers.
-    pub fn join(cfg: &Cluster) -> anyhow::Result<Member> {
+    pub fn join(
+        cfg: &Cluster,
+        auth: &turnd_proto::settings::Auth,
+        realm: &str,
+    ) -> anyhow::Result<Member> {
         let client = client(cfg)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let timeout = cfg.timeout;
+        let creds = Arc::new(FleetCreds::new(auth, realm));
         let (conn, nonce_key) = rt.block_on(async {
             let mut conn = match connect(&client, timeout).await {
                 Ok(c) => c,
                 Err(e) => return (None, Err(e)),
             };
-            let key = tokio::time::timeout(timeout, shared_nonce_key(&mut conn))
-                .await
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("Redis timed out")));
+            let key = tokio::time::timeout(timeout, async {
+                let key = shared_nonce_key(&mut conn).await?;
+                read_creds(&mut conn, &creds).await?;
+                Ok(key)
+            })
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("Redis timed out")));
             (Some(conn), key)
         });
         let status = Arc::new(Status::default());
@@ -197,7 +229,7 @@ impl Member {
         drop(conn);
         Ok(Member {
             nonce_key,
-            status,
+            handle: Handle { status, creds },
             cfg: cfg.clone(),
             client,
             conn: None,
@@ -223,7 +255,7 @@ impl Member {
         let mut tick = tokio::time::interval(self.cfg.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Start from the state `join` found, so only changes are logged.
-        let mut was_up = self.status.is_up();
+        let mut was_up = self.handle.status.is_up();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -234,7 +266,8 @@ impl Member {
             match result {
                 Ok((fleet, nodes)) => {
                     quotas.set_fleet(fleet);
-                    self.status
+                    self.handle
+                        .status
                         .nodes
                         .store(nodes.min(255) as u8, Ordering::Relaxed);
                 }
@@ -254,7 +287,7 @@ impl Member {
             if up && !was_up {
                 tracing::warn!(node = %self.cfg.node_id, "cluster: Redis reachable; fleet quotas again");
             }
-            self.status.up.store(up as u8, Ordering::Relaxed);
+            self.handle.status.up.store(up as u8, Ordering::Relaxed);
             was_up = up;
         }
         if let Some(conn) = self.conn.as_mut() {
@@ -295,8 +328,25 @@ impl Member {
         )
         .await
         .context("Redis timed out")??;
+        tokio::time::timeout(self.cfg.timeout, read_creds(conn, &self.handle.creds))
+            .await
+            .context("Redis timed out")??;
         Ok((parse_fleet(&reply), nodes))
     }
+}
+
+/// REST secrets and static users from Redis into `creds`.
+async fn read_creds(conn: &mut MultiplexedConnection, creds: &FleetCreds) -> anyhow::Result<()> {
+    let secrets: Vec<String> = conn.smembers(format!("{PREFIX}rest-secrets")).await?;
+    let users: Vec<(String, String)> = conn.hgetall(format!("{PREFIX}users")).await?;
+    let bad = creds.install(secrets, users);
+    if bad > 0 {
+        tracing::warn!(
+            count = bad,
+            "cluster: users in {PREFIX}users whose value is not 32 hex digits are ignored"
+        );
+    }
+    Ok(())
 }
 
 /// The heartbeat's reply: the others' total, then ("u:" principal, count) pairs, summed per

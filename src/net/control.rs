@@ -37,7 +37,7 @@ pub struct Control {
     reservations: Arc<Reservations>,
     health: Arc<Health>,
     probe: Option<Arc<crate::probe::Probe>>,
-    cluster: Option<Arc<crate::cluster::Status>>,
+    cluster: Option<crate::cluster::Handle>,
 }
 
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
@@ -72,13 +72,13 @@ impl Control {
     }
 
     /// With `[cluster]`: the fleet status `/metrics` reports.
-    pub(super) fn with_cluster(mut self, status: Option<Arc<crate::cluster::Status>>) -> Self {
+    pub(super) fn with_cluster(mut self, status: Option<crate::cluster::Handle>) -> Self {
         self.cluster = status;
         self
     }
 
     /// The fleet status, when `[cluster]` is set.
-    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Status>> {
+    pub fn cluster(&self) -> Option<&crate::cluster::Handle> {
         self.cluster.as_ref()
     }
 
@@ -235,6 +235,10 @@ impl Control {
                 ))
             },
             quotas: old_shared.quotas.clone(),
+        };
+        let shared = match &self.cluster {
+            Some(c) => c.wrap(shared),
+            None => shared,
         };
         let shared = match &self.probe {
             Some(p) => p.wrap(shared),

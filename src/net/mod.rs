@@ -246,7 +246,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     let cluster = config
         .cluster
         .as_ref()
-        .map(crate::cluster::Member::join)
+        .map(|c| crate::cluster::Member::join(c, &config.auth, &config.realm))
         .transpose()?;
     let nonce_key = cluster.as_ref().and_then(|m| m.nonce_key);
     let shared = Shared {
@@ -265,6 +265,10 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             config.policy.max_allocations,
             config.policy.max_allocations_per_user,
         )),
+    };
+    let shared = match &cluster {
+        Some(m) => m.handle.wrap(shared),
+        None => shared,
     };
     shared.quotas.set_minted_limits(
         config.signaling.mint_allocations_per_client,
@@ -390,7 +394,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             health,
         )
         .with_probe(probe.clone())
-        .with_cluster(cluster.as_ref().map(|m| m.status.clone())),
+        .with_cluster(cluster.as_ref().map(|m| m.handle.clone())),
     );
 
     let http_shutdown = tokio_util::sync::CancellationToken::new();

@@ -382,3 +382,79 @@ async fn a_rest_credentials_retry_on_another_node_needs_no_new_challenge() {
         "A's nonce accepted by B"
     );
 }
+
+/// REST secrets (`turnd:rest-secrets`) and static users (`turnd:users`, hex MD5 keys) put in
+/// Redis take effect at the next heartbeat, and go again when removed: no reload.
+#[tokio::test]
+async fn rest_secrets_and_users_in_redis_change_without_a_reload() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(dir.path(), &redis.url(), "a", "55500-55999");
+    let mut r = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let rest = |secret: &str| {
+        let user = format!("{expiry}:erin");
+        let pass = turnd_proto::auth::rest_password(secret.as_bytes(), &user);
+        (user, pass)
+    };
+    async fn try_as(a: &Daemon, (user, pass): (String, String)) -> Option<u16> {
+        let mut c = UdpTurn::new(a.udp).await;
+        c.user = user;
+        c.pass = pass;
+        allocate(&mut c).await
+    }
+    assert_eq!(try_as(&a, rest("redis-secret")).await, Some(401));
+    assert_eq!(
+        try_as(&a, ("dave".into(), "dave-pw".into())).await,
+        Some(401)
+    );
+
+    let dave = hex::encode(turnd_proto::auth::long_term_key("dave", "turnd", "dave-pw"));
+    redis::cmd("SADD")
+        .arg("turnd:rest-secrets")
+        .arg("redis-secret")
+        .exec(&mut r)
+        .unwrap();
+    redis::cmd("HSET")
+        .arg("turnd:users")
+        .arg("dave")
+        .arg(&dave)
+        .exec(&mut r)
+        .unwrap();
+    tokio::time::sleep(heartbeats(3)).await;
+    assert_eq!(try_as(&a, rest("redis-secret")).await, None, "Redis secret");
+    assert_eq!(
+        try_as(&a, rest("fleet-rest-secret")).await,
+        None,
+        "configured secret"
+    );
+    assert_eq!(
+        try_as(&a, ("dave".into(), "dave-pw".into())).await,
+        None,
+        "Redis user"
+    );
+
+    redis::cmd("SREM")
+        .arg("turnd:rest-secrets")
+        .arg("redis-secret")
+        .exec(&mut r)
+        .unwrap();
+    redis::cmd("DEL").arg("turnd:users").exec(&mut r).unwrap();
+    tokio::time::sleep(heartbeats(3)).await;
+    assert_eq!(
+        try_as(&a, rest("redis-secret")).await,
+        Some(401),
+        "rotated out"
+    );
+    assert_eq!(
+        try_as(&a, ("dave".into(), "dave-pw".into())).await,
+        Some(401)
+    );
+}

@@ -33,6 +33,7 @@ use turnd_proto::engine::{FleetCounts, Quotas};
 use crate::config::{Cluster, QuotaFail};
 
 pub mod auth;
+pub mod sessions;
 pub use auth::FleetCreds;
 
 /// Key prefix of everything turnd keeps in Redis.
@@ -78,6 +79,7 @@ return out
 const LEAVE: &str = r"
 redis.call('ZREM', ARGV[1] .. 'nodes', ARGV[2])
 redis.call('DEL', ARGV[1] .. 'quota:' .. ARGV[2])
+redis.call('DEL', ARGV[1] .. 'sessions:' .. ARGV[2])
 return 1
 ";
 
@@ -108,9 +110,23 @@ impl Status {
 pub struct Handle {
     pub status: Arc<Status>,
     pub creds: Arc<FleetCreds>,
+    /// This node's `node_id`.
+    pub node: String,
+    client: redis::Client,
+    timeout: Duration,
 }
 
 impl Handle {
+    /// The fleet's sessions (`[cluster]` admin API), each with its `node`.
+    pub async fn sessions(&self, user: Option<&str>) -> anyhow::Result<Vec<serde_json::Value>> {
+        sessions::list(&self.client, self.timeout, user).await
+    }
+
+    /// Ask the owning node(s) to end sessions; how many nodes received the request.
+    pub async fn kill(&self, kill: &sessions::Kill) -> anyhow::Result<usize> {
+        sessions::send(&self.client, self.timeout, kill).await
+    }
+
     /// `shared` with the fleet's credentials added to its authenticator (start and reload).
     pub fn wrap(&self, shared: turnd_proto::engine::Shared) -> turnd_proto::engine::Shared {
         turnd_proto::engine::Shared {
@@ -229,7 +245,13 @@ impl Member {
         drop(conn);
         Ok(Member {
             nonce_key,
-            handle: Handle { status, creds },
+            handle: Handle {
+                status,
+                creds,
+                node: cfg.node_id.clone(),
+                client: client.clone(),
+                timeout,
+            },
             cfg: cfg.clone(),
             client,
             conn: None,
@@ -240,6 +262,7 @@ impl Member {
     pub fn spawn(
         mut self,
         quotas: Arc<Quotas>,
+        control: Arc<crate::net::Control>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<JoinHandle<()>> {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -247,11 +270,28 @@ impl Member {
             .build()?;
         std::thread::Builder::new()
             .name("turnd-cluster".into())
-            .spawn(move || rt.block_on(self.run(quotas, shutdown)))
+            .spawn(move || {
+                rt.block_on(async {
+                    let listener = tokio::spawn(sessions::listen(
+                        self.client.clone(),
+                        self.cfg.node_id.clone(),
+                        control.clone(),
+                        self.cfg.heartbeat,
+                        shutdown.clone(),
+                    ));
+                    self.run(quotas, control, shutdown).await;
+                    let _ = listener.await;
+                })
+            })
             .context("cannot start the cluster thread")
     }
 
-    async fn run(&mut self, quotas: Arc<Quotas>, shutdown: CancellationToken) {
+    async fn run(
+        &mut self,
+        quotas: Arc<Quotas>,
+        control: Arc<crate::net::Control>,
+        shutdown: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(self.cfg.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Start from the state `join` found, so only changes are logged.
@@ -261,7 +301,7 @@ impl Member {
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => break,
             }
-            let result = self.heartbeat(&quotas).await;
+            let result = self.heartbeat(&quotas, &control).await;
             let up = result.is_ok();
             match result {
                 Ok((fleet, nodes)) => {
@@ -304,7 +344,11 @@ impl Member {
     }
 
     /// One heartbeat: (the other nodes' counts, the number of live nodes).
-    async fn heartbeat(&mut self, quotas: &Quotas) -> anyhow::Result<(FleetCounts, usize)> {
+    async fn heartbeat(
+        &mut self,
+        quotas: &Quotas,
+        control: &Arc<crate::net::Control>,
+    ) -> anyhow::Result<(FleetCounts, usize)> {
         if self.conn.is_none() {
             self.conn = Some(connect(&self.client, self.cfg.timeout).await?);
         }
@@ -331,6 +375,12 @@ impl Member {
         tokio::time::timeout(self.cfg.timeout, read_creds(conn, &self.handle.creds))
             .await
             .context("Redis timed out")??;
+        tokio::time::timeout(
+            self.cfg.timeout,
+            sessions::publish(conn, control, &self.cfg.node_id, self.cfg.lease),
+        )
+        .await
+        .context("Redis timed out")??;
         Ok((parse_fleet(&reply), nodes))
     }
 }

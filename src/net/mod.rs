@@ -399,7 +399,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
 
     let http_shutdown = tokio_util::sync::CancellationToken::new();
     if let Some(member) = cluster {
-        threads.push(member.spawn(quotas, http_shutdown.clone())?);
+        threads.push(member.spawn(quotas, control.clone(), http_shutdown.clone())?);
     }
     if let Some(c) = &certificate {
         threads.push(tls::watch_expiry(c.clone(), http_shutdown.clone())?);

@@ -16,6 +16,7 @@ use tokio::net::UdpSocket;
 const HEARTBEAT_MS: u64 = 200;
 const LEASE_MS: u64 = 1000;
 const PER_USER: usize = 3;
+const TOKEN: &str = "fleet-admin-token-0123456789";
 
 /// `redis-server` on 127.0.0.1:`port`, no persistence; killed by PID on drop.
 struct Redis {
@@ -91,6 +92,7 @@ allow_peers = ["127.0.0.0/8"]
 max_allocations_per_user = {PER_USER}
 [admin]
 listen = "127.0.0.1:0"
+token = "{TOKEN}"
 [log]
 format = "json"
 level = "info"
@@ -138,6 +140,31 @@ async fn wait_metric(d: &Daemon, name: &str, want: f64, within: Duration) -> Dur
     }
 }
 
+/// `GET /api/fleet/sessions?user=` on `d`: the sessions' nodes, sorted.
+async fn fleet_nodes(d: &Daemon, user: &str) -> Vec<String> {
+    let (status, body) = http(
+        "GET",
+        d.admin,
+        &format!("/api/fleet/sessions?user={user}"),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut nodes: Vec<String> = v["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["node"].as_str().unwrap().to_string())
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+async fn refresh(t: &mut UdpTurn) -> Option<u16> {
+    code(&t.ask(METHOD_REFRESH, &[&lifetime(600)]).await)
+}
+
 fn heartbeats(n: u64) -> Duration {
     Duration::from_millis(HEARTBEAT_MS * n)
 }
@@ -171,6 +198,8 @@ async fn fleet_quota_holds_across_nodes_and_a_killed_nodes_share_vanishes_within
     }
     let mut other = turn(&c, "bob").await;
     assert_eq!(allocate(&mut other).await, None, "bob has his own quota");
+    tokio::time::sleep(heartbeats(2)).await;
+    assert_eq!(fleet_nodes(&c, "alice").await, ["a", "a", "b"]);
 
     // SIGKILL (Daemon's drop: kill by PID, then reap): B never says goodbye; its lease
     // (1 s) must run out.
@@ -197,6 +226,11 @@ async fn fleet_quota_holds_across_nodes_and_a_killed_nodes_share_vanishes_within
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let gone = wait_metric(&c, "turnd_cluster_nodes", 2.0, Duration::from_secs(3)).await;
+    assert_eq!(
+        fleet_nodes(&c, "alice").await,
+        ["a", "a"],
+        "B's sessions left the view with its lease"
+    );
     eprintln!(
         "FIGURE dead node's quota share gone after {} ms (lease {LEASE_MS} ms, heartbeat \
          {HEARTBEAT_MS} ms); node count 2 after {} ms more",
@@ -457,4 +491,88 @@ async fn rest_secrets_and_users_in_redis_change_without_a_reload() {
         try_as(&a, ("dave".into(), "dave-pw".into())).await,
         Some(401)
     );
+}
+
+/// A session listed and ended through node A's admin API ends on node C (its next Refresh:
+/// 437); a user's sessions end on every node.
+#[tokio::test]
+async fn a_session_listed_and_killed_through_one_node_ends_on_its_owner() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(dir.path(), &redis.url(), "a", "56000-56499");
+    let b = node(dir.path(), &redis.url(), "b", "56500-56999");
+    let c = node(dir.path(), &redis.url(), "c", "57000-57499");
+    for d in [&a, &b, &c] {
+        wait_metric(d, "turnd_cluster_nodes", 3.0, Duration::from_secs(5)).await;
+    }
+    let mut alice = turn(&c, "alice").await;
+    alice.allocate().await;
+    let mut bobs = vec![turn(&b, "bob").await, turn(&c, "bob").await];
+    for bob in &mut bobs {
+        bob.allocate().await;
+    }
+    tokio::time::sleep(heartbeats(2)).await;
+    let (status, body) = http(
+        "GET",
+        a.admin,
+        "/api/fleet/sessions?user=alice",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let list = v["sessions"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{body}");
+    assert_eq!(list[0]["node"], "c");
+    assert_eq!(list[0]["user"], "alice");
+    assert_eq!(list[0]["transport"], "udp");
+    let id = list[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(fleet_nodes(&a, "bob").await, ["b", "c"]);
+    let (status, _) = http("GET", a.admin, "/api/fleet/sessions", None).await;
+    assert_eq!(status, 401, "the token is required");
+
+    let (status, body) = http(
+        "DELETE",
+        a.admin,
+        &format!("/api/fleet/sessions/c/{id}"),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let (status, _) = http(
+        "DELETE",
+        a.admin,
+        "/api/fleet/sessions/nowhere/1",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 404, "no such node");
+    let end = Instant::now() + Duration::from_secs(3);
+    while refresh(&mut alice).await != Some(437) {
+        assert!(Instant::now() < end, "alice's allocation on C did not end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for bob in &mut bobs {
+        assert_eq!(refresh(bob).await, None, "bob's sessions are untouched");
+    }
+
+    let (status, body) = http(
+        "DELETE",
+        a.admin,
+        "/api/fleet/users/bob/sessions",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert!(body.contains("\"nodes\":3"), "{body}");
+    for bob in &mut bobs {
+        let end = Instant::now() + Duration::from_secs(3);
+        while refresh(bob).await != Some(437) {
+            assert!(Instant::now() < end, "a bob allocation did not end");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    tokio::time::sleep(heartbeats(2)).await;
+    assert!(fleet_nodes(&b, "bob").await.is_empty());
+    assert!(fleet_nodes(&b, "alice").await.is_empty());
 }

@@ -16,6 +16,7 @@ pub const STALE_NONCE_TOTAL: &str = "turnd_stale_nonce_total";
 pub const POLICY_DENIALS_TOTAL: &str = "turnd_policy_denials_total";
 pub const CLUSTER_UP: &str = "turnd_cluster_up";
 pub const CLUSTER_NODES: &str = "turnd_cluster_nodes";
+pub const CLUSTER_USAGE_DROPPED: &str = "turnd_cluster_usage_dropped_total";
 pub const QUOTA_REFUSALS_TOTAL: &str = "turnd_quota_refusals_total";
 pub const RELAYED_PACKETS_TOTAL: &str = "turnd_relayed_packets_total";
 pub const RELAYED_BYTES_TOTAL: &str = "turnd_relayed_bytes_total";
@@ -51,6 +52,16 @@ pub fn render_process(out: &mut String, control: &crate::net::Control) {
         "The configured cap on allocations in total (policy.max_allocations).",
     );
     let _ = writeln!(o, "{ALLOCATIONS_LIMIT} {}", control.max_allocations());
+    if let Some(u) = control.cluster().map(|c| &c.usage) {
+        describe(
+            o,
+            CLUSTER_USAGE_DROPPED,
+            "counter",
+            "Usage records dropped: queue full while Redis was away.",
+        );
+        let dropped = u.dropped.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(o, "{CLUSTER_USAGE_DROPPED} {dropped}");
+    }
     if let Some(c) = control.cluster().map(|c| &c.status) {
         describe(
             o,

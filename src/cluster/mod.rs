@@ -34,6 +34,7 @@ use crate::config::{Cluster, QuotaFail};
 
 pub mod auth;
 pub mod sessions;
+pub mod usage;
 pub use auth::FleetCreds;
 
 /// Key prefix of everything turnd keeps in Redis.
@@ -112,6 +113,8 @@ pub struct Handle {
     pub creds: Arc<FleetCreds>,
     /// This node's `node_id`.
     pub node: String,
+    /// Usage records on their way to `turnd:usage`.
+    pub usage: Arc<usage::Queue>,
     client: redis::Client,
     timeout: Duration,
 }
@@ -154,6 +157,9 @@ pub struct Member {
     cfg: Cluster,
     client: redis::Client,
     conn: Option<MultiplexedConnection>,
+    usage_rx: tokio::sync::mpsc::Receiver<turnd_proto::engine::UsageRecord>,
+    /// Records taken from the queue that did not reach Redis yet.
+    pending: Vec<turnd_proto::engine::UsageRecord>,
 }
 
 fn client(cfg: &Cluster) -> anyhow::Result<redis::Client> {
@@ -207,6 +213,7 @@ impl Member {
         cfg: &Cluster,
         auth: &turnd_proto::settings::Auth,
         realm: &str,
+        redact: bool,
     ) -> anyhow::Result<Member> {
         let client = client(cfg)?;
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -243,12 +250,16 @@ impl Member {
         // The connection belongs to `rt`'s reactor only while it runs; the heartbeat thread
         // has its own runtime and connects again.
         drop(conn);
+        let (usage, usage_rx) = usage::Queue::new(redact);
         Ok(Member {
+            usage_rx,
+            pending: Vec::new(),
             nonce_key,
             handle: Handle {
                 status,
                 creds,
                 node: cfg.node_id.clone(),
+                usage,
                 client: client.clone(),
                 timeout,
             },
@@ -331,6 +342,13 @@ impl Member {
             was_up = up;
         }
         if let Some(conn) = self.conn.as_mut() {
+            // What ended before the stop still goes out (best effort, one timeout).
+            usage::take(&mut self.usage_rx, &mut self.pending);
+            let _ = tokio::time::timeout(
+                self.cfg.timeout,
+                usage::flush(conn, &self.cfg.node_id, &mut self.pending),
+            )
+            .await;
             let leave = redis::Script::new(LEAVE);
             let _ = tokio::time::timeout(
                 self.cfg.timeout,
@@ -378,6 +396,15 @@ impl Member {
         tokio::time::timeout(
             self.cfg.timeout,
             sessions::publish(conn, control, &self.cfg.node_id, self.cfg.lease),
+        )
+        .await
+        .context("Redis timed out")??;
+        if self.pending.is_empty() {
+            usage::take(&mut self.usage_rx, &mut self.pending);
+        }
+        tokio::time::timeout(
+            self.cfg.timeout,
+            usage::flush(conn, &self.cfg.node_id, &mut self.pending),
         )
         .await
         .context("Redis timed out")??;

@@ -246,7 +246,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     let cluster = config
         .cluster
         .as_ref()
-        .map(|c| crate::cluster::Member::join(c, &config.auth, &config.realm))
+        .map(|c| crate::cluster::Member::join(c, &config.auth, &config.realm, config.log.redact))
         .transpose()?;
     let nonce_key = cluster.as_ref().and_then(|m| m.nonce_key);
     let shared = Shared {
@@ -311,7 +311,12 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     for (i, (udp, tcp)) in udp.into_iter().zip(tcp).enumerate() {
         let (tx, rx) = mpsc::unbounded_channel();
         let setup = ShardSetup {
-            engine: Engine::new(engine_cfg.clone(), shared.clone()).with_shard(i as u16),
+            engine: match &cluster {
+                Some(m) => Engine::new(engine_cfg.clone(), shared.clone())
+                    .with_shard(i as u16)
+                    .with_usage(m.handle.usage.clone()),
+                None => Engine::new(engine_cfg.clone(), shared.clone()).with_shard(i as u16),
+            },
             relay_cfg: config.relay.clone(),
             streams_cfg: config.streams,
             conn_limits: conn_limits.clone(),

@@ -576,3 +576,91 @@ async fn a_session_listed_and_killed_through_one_node_ends_on_its_owner() {
     assert!(fleet_nodes(&b, "bob").await.is_empty());
     assert!(fleet_nodes(&b, "alice").await.is_empty());
 }
+
+/// An ended allocation's usage record reaches the stream `turnd:usage` (and the JSON log)
+/// with the bytes and packets the client sent and received.
+#[tokio::test]
+async fn usage_records_in_the_stream_count_what_was_relayed() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = node(dir.path(), &redis.url(), "a", "57500-57999");
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut caller = turn(&a, "alice").await;
+    let relay = caller.allocate().await;
+    caller
+        .channel_bind(0x4001, peer.local_addr().unwrap())
+        .await;
+    let mut buf = [0u8; 1500];
+    // 30 datagrams of 100 bytes out, 20 of 60 bytes back, each waited for.
+    for _ in 0..30 {
+        caller
+            .sock
+            .send_to(&channel_data(0x4001, &[7u8; 100]), caller.server)
+            .await
+            .unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), peer.recv_from(&mut buf))
+            .await
+            .expect("relayed to the peer")
+            .unwrap();
+        assert_eq!(n, 100);
+    }
+    for _ in 0..20 {
+        peer.send_to(&[9u8; 60], relay).await.unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), caller.sock.recv_from(&mut buf))
+            .await
+            .expect("relayed to the client")
+            .unwrap();
+        assert_eq!(n, 4 + 60);
+    }
+    assert_eq!(refresh_to(&mut caller, 0).await, None, "Refresh 0 ends it");
+    tokio::time::sleep(heartbeats(3)).await;
+
+    let mut r = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("turnd:usage")
+        .arg("-")
+        .arg("+")
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(entries.ids.len(), 1, "one record");
+    let e = &entries.ids[0];
+    let field = |k: &str| -> String { e.get(k).unwrap_or_else(|| panic!("no {k}")) };
+    assert_eq!(field("node"), "a");
+    assert_eq!(field("user"), "alice");
+    assert_eq!(field("realm"), "turnd");
+    assert_eq!(field("transport"), "udp");
+    assert_eq!(
+        field("client"),
+        caller.sock.local_addr().unwrap().to_string()
+    );
+    assert_eq!(field("bytes_to_peer"), "3000");
+    assert_eq!(field("packets_to_peer"), "30");
+    assert_eq!(field("bytes_to_client"), "1200");
+    assert_eq!(field("packets_to_client"), "20");
+    let (start, end): (u64, u64) = (
+        field("start").parse().unwrap(),
+        field("end").parse().unwrap(),
+    );
+    assert!(start > 0 && start <= end, "{start} {end}");
+    let session = field("session");
+    let logged = a.wait_for("usage log line", |v| {
+        v["fields"]["event"] == "usage" || v["event"] == "usage"
+    });
+    let get = |k: &str| {
+        if logged["fields"].is_object() {
+            logged["fields"][k].clone()
+        } else {
+            logged[k].clone()
+        }
+    };
+    assert_eq!(get("session").to_string(), session);
+    assert_eq!(get("bytes_to_peer"), 3000);
+    assert_eq!(get("bytes_to_client"), 1200);
+}
+
+async fn refresh_to(t: &mut UdpTurn, secs: u32) -> Option<u16> {
+    code(&t.ask(METHOD_REFRESH, &[&lifetime(secs)]).await)
+}

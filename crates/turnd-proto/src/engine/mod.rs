@@ -33,6 +33,7 @@ mod control;
 mod data;
 pub mod metrics;
 mod quota;
+mod usage;
 pub mod wire;
 
 #[cfg(test)]
@@ -64,6 +65,7 @@ pub use allocation::Allocation;
 pub use control::{CHANNEL_MAX, CHANNEL_MIN};
 pub use metrics::{EngineMetrics, MetricsSnapshot, SessionInfo};
 pub use quota::{FleetCounts, Quotas};
+pub use usage::{UsageRecord, UsageSink};
 
 /// Bytes the caller leaves free before a peer datagram: the largest Data indication header
 /// (20 header + 24 XOR-PEER-ADDRESS for IPv6 + 4 DATA header).
@@ -239,6 +241,8 @@ pub struct Engine {
     metrics: EngineMetrics,
     /// Shutting down: new Allocates are refused.
     draining: bool,
+    /// Where ended allocations' usage goes (`with_usage`); `None`: nowhere.
+    usage: Option<Arc<dyn UsageSink>>,
 }
 
 impl Engine {
@@ -256,6 +260,7 @@ impl Engine {
             next_id: 0,
             metrics: EngineMetrics::default(),
             draining: false,
+            usage: None,
         }
     }
 
@@ -424,6 +429,7 @@ impl Engine {
             self.commands.push_back(Command::ReleaseRelay(r.bound));
         }
         self.shared.quotas.release(&a.user);
+        self.report_usage(now, client, &a, why);
         self.metrics.count_ended(
             now.saturating_duration_since(a.created),
             client.transport,

@@ -28,11 +28,12 @@ use anyhow::Context as _;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands as _;
 use tokio_util::sync::CancellationToken;
-use turnd_proto::engine::{FleetCounts, Quotas};
+use turnd_proto::engine::{FleetCounts, Quotas, Transport};
 
 use crate::config::{Cluster, QuotaFail};
 
 pub mod auth;
+mod redirect;
 pub mod sessions;
 pub mod usage;
 pub use auth::FleetCreds;
@@ -81,6 +82,7 @@ const LEAVE: &str = r"
 redis.call('ZREM', ARGV[1] .. 'nodes', ARGV[2])
 redis.call('DEL', ARGV[1] .. 'quota:' .. ARGV[2])
 redis.call('DEL', ARGV[1] .. 'sessions:' .. ARGV[2])
+redis.call('DEL', ARGV[1] .. 'load:' .. ARGV[2])
 return 1
 ";
 
@@ -115,6 +117,8 @@ pub struct Handle {
     pub node: String,
     /// Usage records on their way to `turnd:usage`.
     pub usage: Arc<usage::Queue>,
+    /// Where new allocations go while this node is over `redirect_above` or draining.
+    pub redirect: Arc<turnd_proto::engine::Redirect>,
     client: redis::Client,
     timeout: Duration,
 }
@@ -260,6 +264,7 @@ impl Member {
                 creds,
                 node: cfg.node_id.clone(),
                 usage,
+                redirect: Arc::default(),
                 client: client.clone(),
                 timeout,
             },
@@ -324,6 +329,10 @@ impl Member {
                 }
                 Err(ref e) => {
                     self.conn = None;
+                    // No fresh view of the others: admit here.
+                    for t in [Transport::Udp, Transport::Tcp, Transport::Tls] {
+                        self.handle.redirect.set(t, None);
+                    }
                     quotas.set_fleet(FleetCounts {
                         closed: self.cfg.quota_fail == QuotaFail::Closed,
                         ..FleetCounts::default()
@@ -399,6 +408,15 @@ impl Member {
         )
         .await
         .context("Redis timed out")??;
+        let busy = (self.cfg.redirect_above > 0 && total > self.cfg.redirect_above)
+            || control.is_draining();
+        let loads = tokio::time::timeout(
+            self.cfg.timeout,
+            redirect::exchange(conn, &self.cfg, total, busy),
+        )
+        .await
+        .context("Redis timed out")??;
+        redirect::apply(&self.handle.redirect, &self.cfg.node_id, busy, &loads);
         if self.pending.is_empty() {
             usage::take(&mut self.usage_rx, &mut self.pending);
         }

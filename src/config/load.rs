@@ -553,7 +553,25 @@ fn apply_cluster(
         lease: Duration::from_secs(3),
         timeout: Duration::from_millis(500),
         quota_fail: cl.quota_fail.unwrap_or(super::QuotaFail::Local),
+        redirect_above: cl.redirect_above.unwrap_or(0),
+        public: [
+            cl.public_udp.map(|a| a.0),
+            cl.public_tcp.map(|a| a.0),
+            cl.public_tls.map(|a| a.0),
+        ],
+        public_tls_domain: cl.public_tls_domain,
     };
+    if cluster
+        .public
+        .iter()
+        .flatten()
+        .any(|a| a.ip().is_unspecified() || a.port() == 0)
+    {
+        problems.push(Problem::new(
+            "cluster.public_udp".to_string(),
+            "public addresses need a specific IP and port",
+        ));
+    }
     set(&mut cluster.heartbeat, cl.heartbeat.map(|d| d.0));
     set(&mut cluster.lease, cl.lease.map(|d| d.0));
     set(&mut cluster.timeout, cl.timeout.map(|d| d.0));

@@ -88,6 +88,14 @@ pub struct Cluster {
     /// Each Redis round trip's timeout (the data path never waits on Redis). Default: 500 ms.
     pub timeout: Duration,
     pub quota_fail: QuotaFail,
+    /// Above this many allocations on this node, new Allocates get 300 (Try Alternate) to
+    /// the least-loaded node. 0 (the default): never.
+    pub redirect_above: usize,
+    /// Addresses other nodes name in ALTERNATE-SERVER for this node, per transport (UDP,
+    /// TCP, TLS); `None`: never a redirect target for it. Default: none.
+    pub public: [Option<SocketAddr>; 3],
+    /// ALTERNATE-DOMAIN sent with this node's TLS address. Default: none.
+    pub public_tls_domain: Option<String>,
 }
 
 /// What quotas do while Redis is unreachable.

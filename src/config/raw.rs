@@ -169,6 +169,11 @@ pub struct RawCluster {
     pub lease: Option<Dur>,
     pub timeout: Option<Dur>,
     pub quota_fail: Option<super::QuotaFail>,
+    pub redirect_above: Option<usize>,
+    pub public_udp: Option<Addr>,
+    pub public_tcp: Option<Addr>,
+    pub public_tls: Option<Addr>,
+    pub public_tls_domain: Option<String>,
 }
 
 /// Process-level settings.

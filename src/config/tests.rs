@@ -855,7 +855,9 @@ fn cluster_section_parses_and_checks_its_keys() {
     let c = load(&format!(
         "{MINIMAL}[cluster]\nredis = \"rediss://user:urlpass@redis.example:6380/1\"\n\
          password_file = \"{}\"\nnode_id = \"turn-1\"\nheartbeat = \"200ms\"\nlease = \"1s\"\n\
-         timeout = \"100ms\"\nquota_fail = \"closed\"\n",
+         timeout = \"100ms\"\nquota_fail = \"closed\"\nredirect_above = 500\n\
+         public_udp = \"203.0.113.5:3478\"\npublic_tls = \"203.0.113.5:5349\"\n\
+         public_tls_domain = \"turn-1.example.org\"\n",
         pw.display()
     ))
     .unwrap()
@@ -867,6 +869,16 @@ fn cluster_section_parses_and_checks_its_keys() {
     assert_eq!(c.lease, Duration::from_secs(1));
     assert_eq!(c.timeout, Duration::from_millis(100));
     assert_eq!(c.quota_fail, QuotaFail::Closed);
+    assert_eq!(c.redirect_above, 500);
+    assert_eq!(
+        c.public,
+        [
+            Some(addr("203.0.113.5:3478")),
+            None,
+            Some(addr("203.0.113.5:5349"))
+        ]
+    );
+    assert_eq!(c.public_tls_domain.as_deref(), Some("turn-1.example.org"));
     assert!(!format!("{c:?}").contains("urlpass"), "the URL is redacted");
     let d = load(&format!(
         "{MINIMAL}[cluster]\nredis = \"redis://127.0.0.1:6379\"\n"

@@ -314,7 +314,8 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             engine: match &cluster {
                 Some(m) => Engine::new(engine_cfg.clone(), shared.clone())
                     .with_shard(i as u16)
-                    .with_usage(m.handle.usage.clone()),
+                    .with_usage(m.handle.usage.clone())
+                    .with_redirect(m.handle.redirect.clone()),
                 None => Engine::new(engine_cfg.clone(), shared.clone()).with_shard(i as u16),
             },
             relay_cfg: config.relay.clone(),

@@ -72,6 +72,11 @@ impl Drop for Redis {
 }
 
 fn node(dir: &Path, redis: &str, id: &str, ports: &str) -> Daemon {
+    node_with(dir, redis, id, ports, "127.0.0.1:0", "")
+}
+
+/// A node listening for UDP on `udp`, with `extra` appended to its config (after `[cluster]`).
+fn node_with(dir: &Path, redis: &str, id: &str, ports: &str, udp: &str, extra: &str) -> Daemon {
     let file: PathBuf = dir.join(format!("{id}.toml"));
     std::fs::write(
         &file,
@@ -79,7 +84,7 @@ fn node(dir: &Path, redis: &str, id: &str, ports: &str) -> Daemon {
             r#"realm = "turnd"
 workers = 2
 [listen]
-udp = ["127.0.0.1:0"]
+udp = ["{udp}"]
 [relay]
 ipv4 = "127.0.0.1"
 ipv6 = "none"
@@ -102,6 +107,7 @@ node_id = "{id}"
 heartbeat = "{HEARTBEAT_MS}ms"
 lease = "{LEASE_MS}ms"
 timeout = "100ms"
+{extra}
 "#
         ),
     )
@@ -663,4 +669,93 @@ async fn usage_records_in_the_stream_count_what_was_relayed() {
 
 async fn refresh_to(t: &mut UdpTurn, secs: u32) -> Option<u16> {
     code(&t.ask(METHOD_REFRESH, &[&lifetime(secs)]).await)
+}
+
+fn free_udp() -> String {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().to_string()
+}
+
+/// ALTERNATE-SERVER of a 300 answer.
+fn alternate(m: &Message) -> std::net::SocketAddr {
+    let (attr, found) = m.attributes.get(stun::attributes::ATTR_ALTERNATE_SERVER);
+    assert!(found, "no ALTERNATE-SERVER");
+    let v = attr.value;
+    assert_eq!(v.len(), 8);
+    assert_eq!(v[1], 1, "IPv4");
+    let ip = std::net::Ipv4Addr::new(v[4], v[5], v[6], v[7]);
+    (ip, u16::from_be_bytes([v[2], v[3]])).into()
+}
+
+/// Node A over `redirect_above` (and later draining on SIGTERM) answers new Allocates with
+/// 300 naming node B; its existing allocations carry on; under it again, it admits.
+#[tokio::test]
+async fn over_its_threshold_or_draining_a_node_redirects_new_allocations() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (ua, ub) = (free_udp(), free_udp());
+    let mut a = node_with(
+        dir.path(),
+        &redis.url(),
+        "a",
+        "58000-58499",
+        &ua,
+        &format!("redirect_above = 1\npublic_udp = \"{ua}\"\n[server]\ndrain_timeout = \"20s\""),
+    );
+    let b = node_with(
+        dir.path(),
+        &redis.url(),
+        "b",
+        "58500-58999",
+        &ub,
+        &format!("public_udp = \"{ub}\""),
+    );
+    wait_metric(&a, "turnd_cluster_nodes", 2.0, Duration::from_secs(5)).await;
+    let mut held = vec![turn(&a, "alice").await, turn(&a, "bob").await];
+    for t in &mut held {
+        assert_eq!(allocate(t).await, None);
+    }
+    tokio::time::sleep(heartbeats(2)).await;
+    let mut carol = turn(&a, "bob").await;
+    let r = carol.ask(METHOD_ALLOCATE, &[&udp_transport()]).await;
+    assert_eq!(code(&r), Some(300), "2 > redirect_above = 1");
+    assert_eq!(alternate(&r), b.udp, "ALTERNATE-SERVER names B");
+    assert!(
+        r.contains(stun::attributes::ATTR_MESSAGE_INTEGRITY),
+        "signed"
+    );
+    let mut moved = turn(&b, "bob").await;
+    assert_eq!(allocate(&mut moved).await, None, "B admits");
+
+    // Under the threshold again: A admits.
+    assert_eq!(refresh_to(&mut held[1], 0).await, None);
+    held.pop();
+    tokio::time::sleep(heartbeats(2)).await;
+    let mut t = turn(&a, "bob").await;
+    assert_eq!(allocate(&mut t).await, None, "1 allocation: not over");
+    assert_eq!(refresh_to(&mut t, 0).await, None);
+    tokio::time::sleep(heartbeats(2)).await;
+
+    // SIGTERM: A drains: alice's call keeps working, new ones go to B.
+    a.signal("TERM");
+    tokio::time::sleep(heartbeats(2)).await;
+    let mut late = turn(&a, "bob").await;
+    let r = late.ask(METHOD_ALLOCATE, &[&udp_transport()]).await;
+    assert_eq!(code(&r), Some(300), "draining");
+    assert_eq!(alternate(&r), b.udp);
+    assert_eq!(
+        refresh(&mut held[0]).await,
+        None,
+        "the existing call carries on"
+    );
+    assert_eq!(
+        a.exit_within(Duration::from_millis(300)),
+        None,
+        "still draining"
+    );
+    assert_eq!(refresh_to(&mut held[0], 0).await, None);
+    assert!(
+        a.exit_within(Duration::from_secs(5)).is_some(),
+        "A exits once its last allocation ended"
+    );
 }

@@ -335,6 +335,10 @@ impl Engine {
         let Ok(lifetime) = self.requested_lifetime(req) else {
             return err(self, 400);
         };
+        if let Some(r) = self.try_alternate(req, from.transport) {
+            // A fleet: this node is over its share or draining (engine/redirect.rs).
+            return self.reply(from, r.sign(&au.key));
+        }
         if self.draining {
             // Shutting down: no new allocations.
             return err(self, 508);

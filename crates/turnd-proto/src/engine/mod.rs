@@ -33,6 +33,7 @@ mod control;
 mod data;
 pub mod metrics;
 mod quota;
+mod redirect;
 mod usage;
 pub mod wire;
 
@@ -65,6 +66,7 @@ pub use allocation::Allocation;
 pub use control::{CHANNEL_MAX, CHANNEL_MIN};
 pub use metrics::{EngineMetrics, MetricsSnapshot, SessionInfo};
 pub use quota::{FleetCounts, Quotas};
+pub use redirect::{Alternate, Redirect};
 pub use usage::{UsageRecord, UsageSink};
 
 /// Bytes the caller leaves free before a peer datagram: the largest Data indication header
@@ -243,6 +245,8 @@ pub struct Engine {
     draining: bool,
     /// Where ended allocations' usage goes (`with_usage`); `None`: nowhere.
     usage: Option<Arc<dyn UsageSink>>,
+    /// New allocations go elsewhere while this names an alternate (`with_redirect`).
+    redirect: Option<Arc<Redirect>>,
 }
 
 impl Engine {
@@ -261,6 +265,7 @@ impl Engine {
             metrics: EngineMetrics::default(),
             draining: false,
             usage: None,
+            redirect: None,
         }
     }
 

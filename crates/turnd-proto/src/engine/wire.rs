@@ -433,6 +433,7 @@ pub fn method_name(m: Method) -> &'static str {
 /// Short reason phrases (RFC 8489 §14.8, RFC 8656 §18.3 and §15).
 pub fn reason(code: u16) -> &'static str {
     match code {
+        300 => "Try Alternate",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",

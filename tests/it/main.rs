@@ -29,6 +29,7 @@ mod fleet;
 mod http_limits;
 mod http_mint;
 mod http_signaling;
+mod k8s;
 mod ops_acme;
 mod ops_binary;
 mod ops_config;

@@ -72,11 +72,19 @@ impl Drop for Redis {
 }
 
 fn node(dir: &Path, redis: &str, id: &str, ports: &str) -> Daemon {
-    node_with(dir, redis, id, ports, "127.0.0.1:0", "")
+    node_with(dir, redis, id, ports, "127.0.0.1:0", "", PER_USER)
 }
 
 /// A node listening for UDP on `udp`, with `extra` appended to its config (after `[cluster]`).
-fn node_with(dir: &Path, redis: &str, id: &str, ports: &str, udp: &str, extra: &str) -> Daemon {
+fn node_with(
+    dir: &Path,
+    redis: &str,
+    id: &str,
+    ports: &str,
+    udp: &str,
+    extra: &str,
+    per_user: usize,
+) -> Daemon {
     let file: PathBuf = dir.join(format!("{id}.toml"));
     std::fs::write(
         &file,
@@ -94,7 +102,7 @@ users = ["alice:alice-pw", "bob:bob-pw"]
 secrets = ["fleet-rest-secret"]
 [policy]
 allow_peers = ["127.0.0.0/8"]
-max_allocations_per_user = {PER_USER}
+max_allocations_per_user = {per_user}
 [admin]
 listen = "127.0.0.1:0"
 token = "{TOKEN}"
@@ -701,6 +709,7 @@ async fn over_its_threshold_or_draining_a_node_redirects_new_allocations() {
         "58000-58499",
         &ua,
         &format!("redirect_above = 1\npublic_udp = \"{ua}\"\n[server]\ndrain_timeout = \"20s\""),
+        PER_USER,
     );
     let b = node_with(
         dir.path(),
@@ -709,6 +718,7 @@ async fn over_its_threshold_or_draining_a_node_redirects_new_allocations() {
         "58500-58999",
         &ub,
         &format!("public_udp = \"{ub}\""),
+        PER_USER,
     );
     wait_metric(&a, "turnd_cluster_nodes", 2.0, Duration::from_secs(5)).await;
     let mut held = vec![turn(&a, "alice").await, turn(&a, "bob").await];
@@ -758,4 +768,77 @@ async fn over_its_threshold_or_draining_a_node_redirects_new_allocations() {
         a.exit_within(Duration::from_secs(5)).is_some(),
         "A exits once its last allocation ended"
     );
+}
+
+/// coturn's `turnutils_uclient` against a draining node A: it gets 300 (Try Alternate),
+/// follows ALTERNATE-SERVER to node B and relays there without loss.
+#[tokio::test]
+async fn uclient_follows_the_300_of_a_draining_node_to_another() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (ua, ub) = (free_udp(), free_udp());
+    let a = node_with(
+        dir.path(),
+        &redis.url(),
+        "a",
+        "59000-59499",
+        &ua,
+        &format!("public_udp = \"{ua}\"\n[server]\ndrain_timeout = \"20s\""),
+        10,
+    );
+    let mut b = node_with(
+        dir.path(),
+        &redis.url(),
+        "b",
+        "59500-59999",
+        &ub,
+        &format!("public_udp = \"{ub}\""),
+        10,
+    );
+    wait_metric(&a, "turnd_cluster_nodes", 2.0, Duration::from_secs(5)).await;
+    // bob's call on A keeps it draining (not exiting) while uclient (alice) tries.
+    let mut call = turn(&a, "bob").await;
+    assert_eq!(allocate(&mut call).await, None);
+    a.signal("TERM");
+    tokio::time::sleep(heartbeats(3)).await;
+    let port = a.udp.port().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("turnutils_uclient")
+            .args([
+                "-u", "alice", "-w", "alice-pw", "-p", &port, "-n", "10", "-m", "1",
+            ])
+            .args(["-y", "127.0.0.1"])
+            .output()
+            .expect("turnutils_uclient is required (apt-get install coturn)")
+    });
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("uclient finished")
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("error 300"), "uclient saw the 300:\n{text}");
+    let last = |key: &str| -> u64 {
+        text.lines()
+            .filter_map(|l| l.split(key).nth(1))
+            .filter_map(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+            .next_back()
+            .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
+    };
+    let (sent, received) = (last("tot_send_msgs="), last("tot_recv_msgs="));
+    assert!(
+        sent >= 10 && received == sent,
+        "relayed through B: {sent} sent, {received} received\n{text}"
+    );
+    b.drain_lines();
+    assert!(
+        b.seen
+            .iter()
+            .any(|v| v["message"] == "allocation created" || v["event"] == "allocation created"),
+        "B took the allocations"
+    );
+    assert_eq!(refresh(&mut call).await, None, "A's call carried on");
 }

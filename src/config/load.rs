@@ -554,6 +554,7 @@ fn apply_cluster(
         timeout: Duration::from_millis(500),
         quota_fail: cl.quota_fail.unwrap_or(super::QuotaFail::Local),
         redirect_above: cl.redirect_above.unwrap_or(0),
+        drain_min_allocations: cl.drain_min_allocations.unwrap_or(0),
         public: [
             cl.public_udp.map(|a| a.0),
             cl.public_tcp.map(|a| a.0),

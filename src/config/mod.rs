@@ -91,6 +91,8 @@ pub struct Cluster {
     /// Above this many allocations on this node, new Allocates get 300 (Try Alternate) to
     /// the least-loaded node. 0 (the default): never.
     pub redirect_above: usize,
+    /// A SIGTERM drain ends once this few allocations remain (the rest are ended). Default: 0.
+    pub drain_min_allocations: usize,
     /// Addresses other nodes name in ALTERNATE-SERVER for this node, per transport (UDP,
     /// TCP, TLS); `None`: never a redirect target for it. Default: none.
     pub public: [Option<SocketAddr>; 3],

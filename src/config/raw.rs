@@ -170,6 +170,7 @@ pub struct RawCluster {
     pub timeout: Option<Dur>,
     pub quota_fail: Option<super::QuotaFail>,
     pub redirect_above: Option<usize>,
+    pub drain_min_allocations: Option<usize>,
     pub public_udp: Option<Addr>,
     pub public_tcp: Option<Addr>,
     pub public_tls: Option<Addr>,

@@ -855,7 +855,7 @@ fn cluster_section_parses_and_checks_its_keys() {
     let c = load(&format!(
         "{MINIMAL}[cluster]\nredis = \"rediss://user:urlpass@redis.example:6380/1\"\n\
          password_file = \"{}\"\nnode_id = \"turn-1\"\nheartbeat = \"200ms\"\nlease = \"1s\"\n\
-         timeout = \"100ms\"\nquota_fail = \"closed\"\nredirect_above = 500\n\
+         timeout = \"100ms\"\nquota_fail = \"closed\"\nredirect_above = 500\ndrain_min_allocations = 2\n\
          public_udp = \"203.0.113.5:3478\"\npublic_tls = \"203.0.113.5:5349\"\n\
          public_tls_domain = \"turn-1.example.org\"\n",
         pw.display()
@@ -870,6 +870,7 @@ fn cluster_section_parses_and_checks_its_keys() {
     assert_eq!(c.timeout, Duration::from_millis(100));
     assert_eq!(c.quota_fail, QuotaFail::Closed);
     assert_eq!(c.redirect_above, 500);
+    assert_eq!(c.drain_min_allocations, 2);
     assert_eq!(
         c.public,
         [

@@ -842,3 +842,74 @@ async fn uclient_follows_the_300_of_a_draining_node_to_another() {
     );
     assert_eq!(refresh(&mut call).await, None, "A's call carried on");
 }
+
+/// `quota_fail = "closed"`: while Redis is unreachable new allocations get 486; existing
+/// ones carry on; Redis back, allocations work again.
+#[tokio::test]
+async fn quota_fail_closed_refuses_new_allocations_while_redis_is_down() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    let a = node_with(
+        dir.path(),
+        &url,
+        "a",
+        "60000-60499",
+        "127.0.0.1:0",
+        "quota_fail = \"closed\"",
+        PER_USER,
+    );
+    wait_metric(&a, "turnd_cluster_up", 1.0, Duration::from_secs(5)).await;
+    let mut call = turn(&a, "alice").await;
+    assert_eq!(allocate(&mut call).await, None);
+    let port = redis.kill();
+    wait_metric(&a, "turnd_cluster_up", 0.0, heartbeats(5)).await;
+    let mut t = turn(&a, "bob").await;
+    assert_eq!(
+        allocate(&mut t).await,
+        Some(486),
+        "closed while Redis is down"
+    );
+    assert_eq!(
+        refresh(&mut call).await,
+        None,
+        "existing allocations carry on"
+    );
+    let _redis = Redis::on(port);
+    wait_metric(&a, "turnd_cluster_up", 1.0, heartbeats(10)).await;
+    let mut t = turn(&a, "bob").await;
+    assert_eq!(allocate(&mut t).await, None, "open again");
+}
+
+/// `drain_min_allocations`: a SIGTERM drain ends once that few calls remain, long before
+/// `drain_timeout`.
+#[tokio::test]
+async fn a_drain_ends_at_drain_min_allocations() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = node_with(
+        dir.path(),
+        &redis.url(),
+        "a",
+        "60500-60999",
+        "127.0.0.1:0",
+        "drain_min_allocations = 1\n[server]\ndrain_timeout = \"30s\"",
+        PER_USER,
+    );
+    let mut calls = vec![turn(&a, "alice").await, turn(&a, "bob").await];
+    for c in &mut calls {
+        assert_eq!(allocate(c).await, None);
+    }
+    a.signal("TERM");
+    assert_eq!(
+        a.exit_within(Duration::from_millis(600)),
+        None,
+        "2 > 1: draining"
+    );
+    assert_eq!(refresh_to(&mut calls[1], 0).await, None);
+    assert_eq!(
+        a.exit_within(Duration::from_secs(3)),
+        Some(0),
+        "1 left: the drain is over"
+    );
+}

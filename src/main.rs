@@ -92,8 +92,12 @@ fn drain(running: &turnd::Running, timeout: Duration, min: usize) {
     let end = Instant::now() + timeout;
     loop {
         let left = running.stats().allocations;
+        if left == 0 {
+            tracing::info!("drained: no allocations left");
+            return;
+        }
         if left <= min {
-            tracing::info!(allocations = left, "drained");
+            tracing::info!(allocations = left, "drained: drain_min_allocations reached");
             return;
         }
         if Instant::now() >= end {

@@ -164,6 +164,9 @@ pub struct Member {
     usage_rx: tokio::sync::mpsc::Receiver<turnd_proto::engine::UsageRecord>,
     /// Records taken from the queue that did not reach Redis yet.
     pending: Vec<turnd_proto::engine::UsageRecord>,
+    interim: usage::Interim,
+    /// The realm, for interim usage records.
+    realm: String,
 }
 
 fn client(cfg: &Cluster) -> anyhow::Result<redis::Client> {
@@ -258,6 +261,8 @@ impl Member {
         Ok(Member {
             usage_rx,
             pending: Vec::new(),
+            interim: usage::Interim::new(cfg.usage_interval),
+            realm: realm.to_string(),
             nonce_key,
             handle: Handle {
                 status,
@@ -402,12 +407,13 @@ impl Member {
         tokio::time::timeout(self.cfg.timeout, read_creds(conn, &self.handle.creds))
             .await
             .context("Redis timed out")??;
-        tokio::time::timeout(
+        let live = tokio::time::timeout(
             self.cfg.timeout,
             sessions::publish(conn, control, &self.cfg.node_id, self.cfg.lease),
         )
         .await
         .context("Redis timed out")??;
+        self.interim.due(&live, &self.realm, &mut self.pending);
         let busy = (self.cfg.redirect_above > 0 && total > self.cfg.redirect_above)
             || control.is_draining();
         let loads = tokio::time::timeout(

@@ -54,13 +54,13 @@ impl Kill {
     }
 }
 
-/// Replace this node's published sessions (one `MULTI`: DEL, HSET, PEXPIRE).
+/// Replace this node's published sessions (one `MULTI`: DEL, HSET, PEXPIRE); returns them.
 pub(super) async fn publish(
     conn: &mut redis::aio::MultiplexedConnection,
     control: &Arc<Control>,
     node: &str,
     lease: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<turnd_proto::engine::SessionInfo>> {
     let c = control.clone();
     let sessions = tokio::task::spawn_blocking(move || c.sessions(None))
         .await
@@ -75,7 +75,7 @@ pub(super) async fn publish(
     }
     pipe.pexpire(&key, lease.as_millis() as i64).ignore();
     pipe.exec_async(conn).await?;
-    Ok(())
+    Ok(sessions)
 }
 
 /// The fleet's sessions (of `user` only, when given), from every live node's hash.

@@ -5,13 +5,18 @@
 //! heartbeat thread writes the queue out. While Redis is down records wait in the queue and
 //! go out when it is back; beyond [`QUEUE`] they are dropped and counted
 //! (`turnd_cluster_usage_dropped_total`). Per-user labels stay out of Prometheus.
+//!
+//! Long allocations also get an interim record (`reason = "interim"`, counters so far,
+//! `end` = when it was taken) every `usage_interval`, from the sessions the heartbeat
+//! publishes; the final record carries the totals.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
-use turnd_proto::engine::{UsageRecord, UsageSink};
+use turnd_proto::engine::{SessionInfo, UsageRecord, UsageSink};
 
 use super::PREFIX;
 
@@ -124,4 +129,43 @@ pub(super) async fn flush(
     pipe.exec_async(conn).await?;
     pending.clear();
     Ok(())
+}
+
+/// Interim records for long allocations: when each live session was last reported.
+pub(super) struct Interim {
+    every: Duration,
+    last: HashMap<u64, Instant>,
+}
+
+impl Interim {
+    /// `every` zero: no interim records.
+    pub(super) fn new(every: Duration) -> Self {
+        Interim {
+            every,
+            last: HashMap::new(),
+        }
+    }
+
+    /// Append a record for every session of `live` not reported for `every` (counted from
+    /// when it was first seen) to `out`, unless `out` is already full.
+    pub(super) fn due(&mut self, live: &[SessionInfo], realm: &str, out: &mut Vec<UsageRecord>) {
+        if self.every.is_zero() {
+            return;
+        }
+        let ids: HashSet<u64> = live.iter().map(|s| s.id).collect();
+        self.last.retain(|id, _| ids.contains(id));
+        let now = Instant::now();
+        for s in live {
+            let at = self.last.entry(s.id).or_insert(now);
+            if now.duration_since(*at) >= self.every && out.len() < QUEUE {
+                *at = now;
+                out.push(UsageRecord {
+                    session: s.clone(),
+                    realm: realm.to_string(),
+                    ended: SystemTime::now(),
+                    reason: "interim",
+                });
+            }
+        }
+    }
 }

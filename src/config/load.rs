@@ -555,6 +555,7 @@ fn apply_cluster(
         quota_fail: cl.quota_fail.unwrap_or(super::QuotaFail::Local),
         redirect_above: cl.redirect_above.unwrap_or(0),
         drain_min_allocations: cl.drain_min_allocations.unwrap_or(0),
+        usage_interval: cl.usage_interval.map_or(Duration::from_secs(3600), |d| d.0),
         public: [
             cl.public_udp.map(|a| a.0),
             cl.public_tcp.map(|a| a.0),

@@ -93,6 +93,9 @@ pub struct Cluster {
     pub redirect_above: usize,
     /// A SIGTERM drain ends once this few allocations remain (the rest are ended). Default: 0.
     pub drain_min_allocations: usize,
+    /// An interim usage record for each allocation every this long; zero: only at the end.
+    /// Default: 1 h.
+    pub usage_interval: Duration,
     /// Addresses other nodes name in ALTERNATE-SERVER for this node, per transport (UDP,
     /// TCP, TLS); `None`: never a redirect target for it. Default: none.
     pub public: [Option<SocketAddr>; 3],

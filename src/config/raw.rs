@@ -171,6 +171,7 @@ pub struct RawCluster {
     pub quota_fail: Option<super::QuotaFail>,
     pub redirect_above: Option<usize>,
     pub drain_min_allocations: Option<usize>,
+    pub usage_interval: Option<Dur>,
     pub public_udp: Option<Addr>,
     pub public_tcp: Option<Addr>,
     pub public_tls: Option<Addr>,

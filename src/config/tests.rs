@@ -855,7 +855,7 @@ fn cluster_section_parses_and_checks_its_keys() {
     let c = load(&format!(
         "{MINIMAL}[cluster]\nredis = \"rediss://user:urlpass@redis.example:6380/1\"\n\
          password_file = \"{}\"\nnode_id = \"turn-1\"\nheartbeat = \"200ms\"\nlease = \"1s\"\n\
-         timeout = \"100ms\"\nquota_fail = \"closed\"\nredirect_above = 500\ndrain_min_allocations = 2\n\
+         timeout = \"100ms\"\nquota_fail = \"closed\"\nredirect_above = 500\ndrain_min_allocations = 2\nusage_interval = \"10m\"\n\
          public_udp = \"203.0.113.5:3478\"\npublic_tls = \"203.0.113.5:5349\"\n\
          public_tls_domain = \"turn-1.example.org\"\n",
         pw.display()
@@ -871,6 +871,7 @@ fn cluster_section_parses_and_checks_its_keys() {
     assert_eq!(c.quota_fail, QuotaFail::Closed);
     assert_eq!(c.redirect_above, 500);
     assert_eq!(c.drain_min_allocations, 2);
+    assert_eq!(c.usage_interval, Duration::from_secs(600));
     assert_eq!(
         c.public,
         [

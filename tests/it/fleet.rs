@@ -913,3 +913,79 @@ async fn a_drain_ends_at_drain_min_allocations() {
         "1 left: the drain is over"
     );
 }
+
+/// `usage_interval`: a long allocation gets interim records with its counters so far, then
+/// its final record.
+#[tokio::test]
+async fn long_allocations_get_interim_usage_records() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = node_with(
+        dir.path(),
+        &redis.url(),
+        "a",
+        "61000-61499",
+        "127.0.0.1:0",
+        "usage_interval = \"500ms\"",
+        PER_USER,
+    );
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut caller = turn(&a, "alice").await;
+    caller.allocate().await;
+    caller
+        .channel_bind(0x4002, peer.local_addr().unwrap())
+        .await;
+    let mut buf = [0u8; 1500];
+    for _ in 0..10 {
+        caller
+            .sock
+            .send_to(&channel_data(0x4002, &[1u8; 50]), caller.server)
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(2), peer.recv_from(&mut buf))
+            .await
+            .expect("relayed")
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut r = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let read = |r: &mut redis::Connection| -> Vec<(String, String)> {
+        let e: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg("turnd:usage")
+            .arg("-")
+            .arg("+")
+            .query(r)
+            .unwrap();
+        e.ids
+            .iter()
+            .map(|e| {
+                (
+                    e.get::<String>("reason").unwrap(),
+                    e.get::<String>("bytes_to_peer").unwrap(),
+                )
+            })
+            .collect()
+    };
+    let interim = read(&mut r);
+    assert!(
+        !interim.is_empty(),
+        "interim records while the allocation lives"
+    );
+    assert!(
+        interim
+            .iter()
+            .all(|(why, bytes)| why == "interim" && bytes == "500"),
+        "{interim:?}"
+    );
+    assert_eq!(refresh_to(&mut caller, 0).await, None);
+    tokio::time::sleep(heartbeats(3)).await;
+    let all = read(&mut r);
+    let last = all.last().unwrap();
+    assert!(
+        last.0 != "interim" && last.1 == "500",
+        "the final record: {all:?}"
+    );
+}

@@ -203,13 +203,20 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     } else {
         None
     };
+    // [cluster]: the fleet's nonce key and quota leases (crate::cluster); None standalone.
+    let cluster = config
+        .cluster
+        .as_ref()
+        .map(|c| crate::cluster::Member::join(c, &config.auth, &config.realm, config.log.redact))
+        .transpose()?;
+    let nonce_key = cluster.as_ref().and_then(|m| m.nonce_key);
     let shared = Shared {
         auth: Arc::new(
             Credentials::from_config(&config.auth, &config.realm)
                 .with_mint_secret(auth::mint_secret(config.signaling.mint_secret.as_ref())),
         ),
         policy: Arc::new(policy),
-        nonces: Arc::new(NonceMint::new(rand::random())),
+        nonces: Arc::new(NonceMint::new(nonce_key.unwrap_or_else(rand::random))),
         budget: Arc::new(FailureBudget::split(
             config.auth.challenge_budget_per_sec,
             config.auth.failure_budget_per_sec,
@@ -218,6 +225,10 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             config.policy.max_allocations,
             config.policy.max_allocations_per_user,
         )),
+    };
+    let shared = match &cluster {
+        Some(m) => m.handle.wrap(shared),
+        None => shared,
     };
     shared.quotas.set_minted_limits(
         config.signaling.mint_allocations_per_client,
@@ -261,7 +272,13 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     for (i, (udp, tcp)) in udp.into_iter().zip(tcp).enumerate() {
         let (tx, rx) = mpsc::unbounded_channel();
         let setup = ShardSetup {
-            engine: Engine::new(engine_cfg.clone(), shared.clone()).with_shard(i as u16),
+            engine: match &cluster {
+                Some(m) => Engine::new(engine_cfg.clone(), shared.clone())
+                    .with_shard(i as u16)
+                    .with_usage(m.handle.usage.clone())
+                    .with_redirect(m.handle.redirect.clone()),
+                None => Engine::new(engine_cfg.clone(), shared.clone()).with_shard(i as u16),
+            },
             relay_cfg: config.relay.clone(),
             streams_cfg: config.streams,
             conn_limits: conn_limits.clone(),
@@ -331,6 +348,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         .map(|(l, _)| l.local_addr())
         .transpose()?;
     let admin_token = config.admin.token.clone();
+    let quotas = shared.quotas.clone();
     let acme_cfg = config.acme.clone();
     let control = Arc::new(
         Control::new(
@@ -342,9 +360,13 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             reservations,
             health,
         )
-        .with_probe(probe.clone()),
+        .with_probe(probe.clone())
+        .with_cluster(cluster.as_ref().map(|m| m.handle.clone())),
     );
     let http_shutdown = tokio_util::sync::CancellationToken::new();
+    if let Some(member) = cluster {
+        threads.push(member.spawn(quotas, control.clone(), http_shutdown.clone())?);
+    }
     if let Some(c) = &certificate {
         threads.push(tls::watch_expiry(c.clone(), http_shutdown.clone())?);
         if let Some(acme) = acme_cfg {

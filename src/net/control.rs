@@ -37,6 +37,7 @@ pub struct Control {
     reservations: Arc<Reservations>,
     health: Arc<Health>,
     probe: Option<Arc<crate::probe::Probe>>,
+    cluster: Option<crate::cluster::Handle>,
 }
 
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
@@ -60,6 +61,7 @@ impl Control {
             reservations,
             health,
             probe: None,
+            cluster: None,
         }
     }
 
@@ -67,6 +69,17 @@ impl Control {
     pub(crate) fn with_probe(mut self, probe: Option<Arc<crate::probe::Probe>>) -> Self {
         self.probe = probe;
         self
+    }
+
+    /// With `[cluster]`: the fleet status `/metrics` reports.
+    pub(crate) fn with_cluster(mut self, status: Option<crate::cluster::Handle>) -> Self {
+        self.cluster = status;
+        self
+    }
+
+    /// The fleet status, when `[cluster]` is set.
+    pub fn cluster(&self) -> Option<&crate::cluster::Handle> {
+        self.cluster.as_ref()
     }
 
     /// The ready probe, when `[admin] ready_probe` is on.
@@ -222,6 +235,10 @@ impl Control {
                 ))
             },
             quotas: old_shared.quotas.clone(),
+        };
+        let shared = match &self.cluster {
+            Some(c) => c.wrap(shared),
+            None => shared,
         };
         let shared = match &self.probe {
             Some(p) => p.wrap(shared),

@@ -36,7 +36,9 @@ mod control;
 mod data;
 pub mod metrics;
 mod quota;
+mod redirect;
 pub mod refusal;
+mod usage;
 pub mod wire;
 
 #[cfg(test)]
@@ -67,8 +69,10 @@ pub mod fault {
 pub use allocation::Allocation;
 pub use control::{ChannelNumber, CHANNEL_MAX, CHANNEL_MIN};
 pub use metrics::{EngineMetrics, MetricsSnapshot, SessionInfo};
-pub use quota::Quotas;
+pub use quota::{FleetCounts, Quotas};
+pub use redirect::{Alternate, Redirect};
 pub use refusal::{BadRequest, Capacity, Refusal};
+pub use usage::{UsageRecord, UsageSink};
 
 /// Bytes the caller leaves free before a peer datagram: the largest Data indication header
 /// (20 header + 24 XOR-PEER-ADDRESS for IPv6 + 4 DATA header).
@@ -372,6 +376,10 @@ pub struct Engine {
     metrics: EngineMetrics,
     /// Shutting down: new Allocates are refused.
     draining: bool,
+    /// Where ended allocations' usage goes (`with_usage`); `None`: nowhere.
+    usage: Option<Arc<dyn UsageSink>>,
+    /// New allocations go elsewhere while this names an alternate (`with_redirect`).
+    redirect: Option<Arc<Redirect>>,
 }
 
 impl Engine {
@@ -396,6 +404,8 @@ impl Engine {
             shard: 0,
             metrics: EngineMetrics::default(),
             draining: false,
+            usage: None,
+            redirect: None,
         }
     }
 
@@ -571,6 +581,7 @@ impl Engine {
             self.commands.push_back(Command::ReleaseRelay(r.bound));
         }
         self.shared.quotas.release(&a.user);
+        self.report_usage(now, client, &a, why);
         self.metrics.count_ended(
             now.saturating_duration_since(a.created),
             client.transport,

@@ -7,6 +7,7 @@
 pub mod acme;
 pub mod admin;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod net;

@@ -48,6 +48,11 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
     }
     let drain_timeout = config.server.drain_timeout;
+    // [cluster]: the calls left to the drain timeout once this few remain (0: none).
+    let drain_min = config
+        .cluster
+        .as_ref()
+        .map_or(0, |c| c.drain_min_allocations);
     // Watch the signals before starting, so that one arriving during start-up is not lost.
     let mut signals = Signals::install()?;
     // `start` returns once every listener is bound; it logs each address.
@@ -66,7 +71,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     };
     tracing::info!(signal, "shutting down");
     notify("STOPPING=1");
-    drain(&running, drain_timeout);
+    drain(&running, drain_timeout, drain_min);
     running.stop();
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -78,8 +83,8 @@ fn notify(state: &str) {
     }
 }
 
-/// Refuse new allocations and wait up to `timeout` for the live ones to end.
-fn drain(running: &turnd::Running, timeout: Duration) {
+/// Refuse new allocations and wait up to `timeout` for the live ones to end (all but `min`).
+fn drain(running: &turnd::Running, timeout: Duration, min: usize) {
     if timeout.is_zero() {
         return;
     }
@@ -89,6 +94,10 @@ fn drain(running: &turnd::Running, timeout: Duration) {
         let left = running.stats().allocations;
         if left == 0 {
             tracing::info!("drained: no allocations left");
+            return;
+        }
+        if left <= min {
+            tracing::info!(allocations = left, "drained: drain_min_allocations reached");
             return;
         }
         if Instant::now() >= end {

@@ -203,6 +203,13 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     } else {
         None
     };
+    // [cluster]: the fleet's nonce key and quota leases (crate::cluster); None standalone.
+    let cluster = config
+        .cluster
+        .as_ref()
+        .map(|c| crate::cluster::Member::join(c, &config.auth, &config.realm, config.log.redact))
+        .transpose()?;
+    let nonce_key = cluster.as_ref().and_then(|m| m.nonce_key);
     let revocations = Arc::new(crate::net::revocations::RevocationStore::open(
         config.auth.revocations_file.as_deref(),
     )?);
@@ -212,13 +219,18 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             auth::mint_secret(config.signaling.mint_secret.as_ref()),
         ),
     );
+    // The fleet's users and secrets join the configured ones, inside the revocations.
+    let base_auth = match &cluster {
+        Some(m) => m.handle.wrap_auth(base_auth),
+        None => base_auth,
+    };
     let shared = Shared {
         auth: Arc::new(auth::Revoking::new(
             base_auth.clone(),
             revocations.current(),
         )),
         policy: Arc::new(policy),
-        nonces: Arc::new(NonceMint::new(rand::random())),
+        nonces: Arc::new(NonceMint::new(nonce_key.unwrap_or_else(rand::random))),
         budget: Arc::new(FailureBudget::split(
             config.auth.challenge_budget_per_sec,
             config.auth.failure_budget_per_sec,
@@ -274,7 +286,13 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     for (i, (udp, tcp)) in udp.into_iter().zip(tcp).enumerate() {
         let (tx, rx) = mpsc::unbounded_channel();
         let setup = ShardSetup {
-            engine: Engine::new(engine_cfg.clone(), shared.clone()).with_shard(i as u16),
+            engine: match &cluster {
+                Some(m) => Engine::new(engine_cfg.clone(), shared.clone())
+                    .with_shard(i as u16)
+                    .with_usage(m.handle.usage.clone())
+                    .with_redirect(m.handle.redirect.clone()),
+                None => Engine::new(engine_cfg.clone(), shared.clone()).with_shard(i as u16),
+            },
             relay_cfg: config.relay.clone(),
             streams_cfg: config.streams,
             conn_limits: conn_limits.clone(),
@@ -344,6 +362,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         .map(|(l, _)| l.local_addr())
         .transpose()?;
     let admin_token = config.admin.token.clone();
+    let quotas = shared.quotas.clone();
     let acme_cfg = config.acme.clone();
     let control = Arc::new(
         Control::new(
@@ -356,9 +375,13 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             health,
         )
         .with_probe(probe.clone())
-        .with_revocations(revocations, base_auth),
+        .with_revocations(revocations, base_auth)
+        .with_cluster(cluster.as_ref().map(|m| m.handle.clone())),
     );
     let http_shutdown = tokio_util::sync::CancellationToken::new();
+    if let Some(member) = cluster {
+        threads.push(member.spawn(quotas, control.clone(), http_shutdown.clone())?);
+    }
     if let Some(c) = &certificate {
         threads.push(tls::watch_expiry(c.clone(), http_shutdown.clone())?);
         if let Some(acme) = acme_cfg {

@@ -28,6 +28,9 @@ pub const REFUSALS_TOTAL: &str = "turnd_refusals_total";
 pub const AUTH_FAILURES_TOTAL: &str = "turnd_auth_failures_total";
 pub const STALE_NONCE_TOTAL: &str = "turnd_stale_nonce_total";
 pub const POLICY_DENIALS_TOTAL: &str = "turnd_policy_denials_total";
+pub const CLUSTER_UP: &str = "turnd_cluster_up";
+pub const CLUSTER_NODES: &str = "turnd_cluster_nodes";
+pub const CLUSTER_USAGE_DROPPED: &str = "turnd_cluster_usage_dropped_total";
 pub const QUOTA_REFUSALS_TOTAL: &str = "turnd_quota_refusals_total";
 pub const RELAYED_PACKETS_TOTAL: &str = "turnd_relayed_packets_total";
 pub const RELAYED_BYTES_TOTAL: &str = "turnd_relayed_bytes_total";
@@ -147,6 +150,16 @@ pub struct ProcessMetrics {
     pub probe: Option<(bool, u64)>,
     /// (RcvbufErrors, SndbufErrors), when /proc/net/snmp can be read.
     pub kernel_drops: Option<(u64, u64)>,
+    /// The fleet's view, with `[cluster]`.
+    pub cluster: Option<ClusterMetrics>,
+}
+
+/// `[cluster]`: Redis reachable, live nodes, usage records dropped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClusterMetrics {
+    pub up: bool,
+    pub nodes: u64,
+    pub usage_dropped: u64,
 }
 
 impl ProcessMetrics {
@@ -162,6 +175,11 @@ impl ProcessMetrics {
                 (st.ok(), st.failures())
             }),
             kernel_drops: kernel_drops(),
+            cluster: control.cluster().map(|c| ClusterMetrics {
+                up: c.status.is_up(),
+                nodes: u64::from(c.status.nodes()),
+                usage_dropped: c.usage.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            }),
         }
     }
 }
@@ -177,6 +195,14 @@ impl Collector for ProcessCollector {
         let e = &mut enc;
         let help = "The configured cap on allocations in total (policy.max_allocations).";
         single(e, ALLOCATIONS_LIMIT, help, Gauge, p.allocations_limit)?;
+        if let Some(c) = p.cluster {
+            let help = "Usage records dropped: queue full while Redis was away.";
+            single(e, CLUSTER_USAGE_DROPPED, help, Counter, c.usage_dropped)?;
+            let help = "1 while Redis answers ([cluster]); 0: local quota limits.";
+            single(e, CLUSTER_UP, help, Gauge, u64::from(c.up))?;
+            let help = "Live nodes of the fleet at the last heartbeat.";
+            single(e, CLUSTER_NODES, help, Gauge, c.nodes)?;
+        }
         // notAfter is a Unix time: i64, as the certificate says.
         let help =
             "When each served certificate expires (notAfter, Unix seconds), end entity first.";
@@ -539,6 +565,11 @@ mod tests {
             certificates: Vec::new(),
             probe: Some((true, 2)),
             kernel_drops: Some((7, 5)),
+            cluster: Some(ClusterMetrics {
+                up: true,
+                nodes: 3,
+                usage_dropped: 4,
+            }),
         };
         let text = render(&[], &process);
         for line in [
@@ -548,6 +579,11 @@ mod tests {
             "turnd_ready_probe_failures_total 2",
             "turnd_udp_kernel_drops_total{reason=\"rcvbuf\"} 7",
             "turnd_udp_kernel_drops_total{reason=\"sndbuf\"} 5",
+            "# TYPE turnd_cluster_up gauge",
+            "turnd_cluster_up 1",
+            "turnd_cluster_nodes 3",
+            "# TYPE turnd_cluster_usage_dropped_total counter",
+            "turnd_cluster_usage_dropped_total 4",
         ] {
             assert_line(&text, line);
         }
@@ -556,6 +592,8 @@ mod tests {
         assert!(!none
             .lines()
             .any(|l| l.starts_with("turnd_ready_probe_success ")));
+        // Standalone: no cluster families at all.
+        assert!(!none.contains("turnd_cluster_"));
     }
 
     #[test]

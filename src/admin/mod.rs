@@ -72,6 +72,13 @@ pub async fn serve(
                 .post(revocations::add)
                 .delete(revocations::remove),
         )
+        // [cluster]: the fleet's sessions through any node (crate::cluster::sessions).
+        .route("/api/fleet/sessions", get(fleet_sessions))
+        .route(
+            "/api/fleet/sessions/{node}/{id}",
+            delete(fleet_kill_session),
+        )
+        .route("/api/fleet/users/{user}/sessions", delete(fleet_kill_user))
         .with_state(state);
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -167,7 +174,7 @@ struct SessionQuery {
     user: Option<String>,
 }
 
-fn session_json(s: &SessionInfo) -> serde_json::Value {
+pub(crate) fn session_json(s: &SessionInfo) -> serde_json::Value {
     let secs = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     json!({
         "id": s.id.to_string(),
@@ -184,6 +191,70 @@ fn session_json(s: &SessionInfo) -> serde_json::Value {
         "permissions": s.permissions,
         "channels": s.channels,
     })
+}
+
+/// The cluster handle, or the response for a standalone node or a refused token.
+fn fleet(s: &AdminState, headers: &HeaderMap) -> Result<crate::cluster::Handle, Box<Response>> {
+    if let Some(r) = refused(s, headers) {
+        return Err(Box::new(r));
+    }
+    s.control.cluster().cloned().ok_or_else(|| {
+        Box::new((StatusCode::NOT_FOUND, "no [cluster]: use /api/sessions\n").into_response())
+    })
+}
+
+fn redis_down(e: anyhow::Error) -> Response {
+    let body = format!("Redis unavailable: {e}\n");
+    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+}
+
+async fn fleet_sessions(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Query(q): Query<SessionQuery>,
+) -> Response {
+    let f = match fleet(&s, &headers) {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
+    match f.sessions(q.user.as_deref()).await {
+        Ok(list) => Json(json!({ "sessions": list })).into_response(),
+        Err(e) => redis_down(e),
+    }
+}
+
+async fn fleet_kill(f: crate::cluster::Handle, kill: crate::cluster::sessions::Kill) -> Response {
+    match f.kill(&kill).await {
+        Ok(0) => (StatusCode::NOT_FOUND, "no such node in the fleet\n").into_response(),
+        Ok(n) => (StatusCode::ACCEPTED, Json(json!({ "nodes": n }))).into_response(),
+        Err(e) => redis_down(e),
+    }
+}
+
+async fn fleet_kill_session(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path((node, id)): Path<(String, String)>,
+) -> Response {
+    let f = match fleet(&s, &headers) {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
+    let Ok(id) = id.parse::<turnd_proto::engine::SessionId>() else {
+        return (StatusCode::BAD_REQUEST, "session ids are decimal numbers\n").into_response();
+    };
+    fleet_kill(f, crate::cluster::sessions::Kill::Session { node, id }).await
+}
+
+async fn fleet_kill_user(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Response {
+    match fleet(&s, &headers) {
+        Ok(f) => fleet_kill(f, crate::cluster::sessions::Kill::User(user)).await,
+        Err(r) => *r,
+    }
 }
 
 async fn list_sessions(

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
+use std::time::Duration;
 
 use toml_edit::ImDocument;
 use turnd_proto::auth::{PasswordAlgorithm, RestHmac};
@@ -507,11 +508,105 @@ fn apply(raw: RawConfig, c: &mut Config, base: &Path, problems: &mut Vec<Problem
     if let Some(sv) = raw.server {
         set(&mut c.server.drain_timeout, sv.drain_timeout.map(|d| d.0));
     }
+    if let Some(cl) = raw.cluster {
+        apply_cluster(cl, c, base, problems);
+    }
     if let Some(l) = raw.log {
         set(&mut c.log.level, l.level.map(|v| v.0));
         set(&mut c.log.format, l.format.map(|v| v.0));
         set(&mut c.log.redact, l.redact);
     }
+}
+
+/// `[cluster]`: `redis` is required; the URL is never repeated in a message (it may hold a
+/// password).
+fn apply_cluster(
+    cl: super::raw::RawCluster,
+    c: &mut Config,
+    base: &Path,
+    problems: &mut Vec<Problem>,
+) {
+    let Some(redis) = cl.redis else {
+        problems.push(Problem::new(
+            "cluster.redis".to_string(),
+            "required in [cluster], e.g. \"redis://127.0.0.1:6379/0\"",
+        ));
+        return;
+    };
+    if !(redis.starts_with("redis://") || redis.starts_with("rediss://")) {
+        problems.push(Problem::new(
+            "cluster.redis".to_string(),
+            "must be a redis:// or rediss:// URL",
+        ));
+    }
+    let password = match cl.password_file {
+        None => None,
+        Some(f) => match read_secret_file(&base.join(f)) {
+            Ok(mut lines) if lines.len() == 1 => lines.pop().map(Redacted),
+            Ok(_) => {
+                problems.push(Problem::new(
+                    "cluster.password_file".to_string(),
+                    "must hold exactly one line, the password",
+                ));
+                None
+            }
+            Err(m) => {
+                problems.push(Problem::new("cluster.password_file".to_string(), m));
+                None
+            }
+        },
+    };
+    let mut cluster = super::Cluster {
+        redis: Redacted(redis),
+        password,
+        node_id: cl.node_id.unwrap_or_else(crate::cluster::hostname),
+        heartbeat: Duration::from_secs(1),
+        lease: Duration::from_secs(3),
+        timeout: Duration::from_millis(500),
+        quota_fail: cl.quota_fail.unwrap_or(super::QuotaFail::Local),
+        redirect_above: cl.redirect_above.unwrap_or(0),
+        drain_min_allocations: cl.drain_min_allocations.unwrap_or(0),
+        usage_interval: cl.usage_interval.map_or(Duration::from_secs(3600), |d| d.0),
+        public: [
+            cl.public_udp.map(|a| a.0),
+            cl.public_tcp.map(|a| a.0),
+            cl.public_tls.map(|a| a.0),
+        ],
+        public_tls_domain: cl.public_tls_domain,
+    };
+    if cluster
+        .public
+        .iter()
+        .flatten()
+        .any(|a| a.ip().is_unspecified() || a.port() == 0)
+    {
+        problems.push(Problem::new(
+            "cluster.public_udp".to_string(),
+            "public addresses need a specific IP and port",
+        ));
+    }
+    set(&mut cluster.heartbeat, cl.heartbeat.map(|d| d.0));
+    set(&mut cluster.lease, cl.lease.map(|d| d.0));
+    set(&mut cluster.timeout, cl.timeout.map(|d| d.0));
+    if cluster.node_id.is_empty() || cluster.node_id.len() > 64 {
+        problems.push(Problem::new(
+            "cluster.node_id".to_string(),
+            "must be 1 to 64 characters",
+        ));
+    }
+    if cluster.heartbeat.is_zero() || cluster.lease < cluster.heartbeat * 2 {
+        problems.push(Problem::new(
+            "cluster.lease".to_string(),
+            "must be at least twice cluster.heartbeat (and heartbeat above 0)",
+        ));
+    }
+    if cluster.timeout.is_zero() || cluster.timeout > cluster.heartbeat {
+        problems.push(Problem::new(
+            "cluster.timeout".to_string(),
+            "must be above 0 and at most cluster.heartbeat",
+        ));
+    }
+    c.cluster = Some(cluster);
 }
 
 fn set<T>(slot: &mut T, value: Option<T>) {

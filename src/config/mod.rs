@@ -68,6 +68,49 @@ pub struct Config {
     pub admin: Admin,
     pub server: Server,
     pub log: Log,
+    /// `[cluster]`: `None` (both profiles' default) is a standalone server.
+    pub cluster: Option<Cluster>,
+}
+
+/// `[cluster]`: the fleet's shared state in Redis (see `crate::cluster`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    /// `redis://` or `rediss://` URL (may carry a password, hence redacted).
+    pub redis: Redacted,
+    /// From `password_file`: overrides a password in the URL.
+    pub password: Option<Redacted>,
+    /// This node's name in the fleet. Default: the hostname.
+    pub node_id: String,
+    /// How often the node renews its lease and reads the others'. Default: 1 s.
+    pub heartbeat: Duration,
+    /// How long a node's lease outlives its last heartbeat. Default: 3 s.
+    pub lease: Duration,
+    /// Each Redis round trip's timeout (the data path never waits on Redis). Default: 500 ms.
+    pub timeout: Duration,
+    pub quota_fail: QuotaFail,
+    /// Above this many allocations on this node, new Allocates get 300 (Try Alternate) to
+    /// the least-loaded node. 0 (the default): never.
+    pub redirect_above: usize,
+    /// A SIGTERM drain ends once this few allocations remain (the rest are ended). Default: 0.
+    pub drain_min_allocations: usize,
+    /// An interim usage record for each allocation every this long; zero: only at the end.
+    /// Default: 1 h.
+    pub usage_interval: Duration,
+    /// Addresses other nodes name in ALTERNATE-SERVER for this node, per transport (UDP,
+    /// TCP, TLS); `None`: never a redirect target for it. Default: none.
+    pub public: [Option<SocketAddr>; 3],
+    /// ALTERNATE-DOMAIN sent with this node's TLS address. Default: none.
+    pub public_tls_domain: Option<String>,
+}
+
+/// What quotas do while Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaFail {
+    /// Enforce this node's own limits alone (the default).
+    Local,
+    /// Refuse every new allocation (486) until Redis is back.
+    Closed,
 }
 
 /// The operators' HTTP listener: `/metrics`, `/healthz`, `/readyz`, `/api/sessions`.
@@ -322,6 +365,7 @@ impl Config {
             server: Server {
                 drain_timeout: Duration::ZERO,
             },
+            cluster: None,
             log: Log {
                 level: "info".into(),
                 format: LogFormat::Human,

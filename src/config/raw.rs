@@ -107,6 +107,7 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub server: Option<RawServer>,
     pub log: Option<RawLog>,
+    pub cluster: Option<RawCluster>,
 }
 
 /// The HTTP listener: signaling WebSocket, `/api/ice-servers`, pages.
@@ -156,6 +157,27 @@ pub struct RawAdmin {
     pub token_file: Option<PathBuf>,
     pub ready_probe: Option<bool>,
     pub ready_probe_interval: Option<Dur>,
+}
+
+/// `[cluster]`: a fleet of nodes sharing state through Redis (`crate::cluster`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// `redis://host:6379/0` or `rediss://` (TLS). May hold a password: never repeated.
+    pub redis: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub node_id: Option<String>,
+    pub heartbeat: Option<Dur>,
+    pub lease: Option<Dur>,
+    pub timeout: Option<Dur>,
+    pub quota_fail: Option<super::QuotaFail>,
+    pub redirect_above: Option<usize>,
+    pub drain_min_allocations: Option<usize>,
+    pub usage_interval: Option<Dur>,
+    pub public_udp: Option<Addr>,
+    pub public_tcp: Option<Addr>,
+    pub public_tls: Option<Addr>,
+    pub public_tls_domain: Option<String>,
 }
 
 /// Process-level settings.

@@ -897,3 +897,73 @@ fn rest_secrets_of_both_hmac_kinds() {
     );
     assert!(is_secret_key("auth.secret[0].value") && is_secret_key("auth.secret"));
 }
+
+#[test]
+fn cluster_section_parses_and_checks_its_keys() {
+    assert_eq!(
+        load(MINIMAL).unwrap().cluster,
+        None,
+        "standalone by default"
+    );
+    let pw = temp_file("redis-password", "hunter2-redis\n");
+    let c = load(&format!(
+        "{MINIMAL}[cluster]\nredis = \"rediss://user:urlpass@redis.example:6380/1\"\n\
+         password_file = \"{}\"\nnode_id = \"turn-1\"\nheartbeat = \"200ms\"\nlease = \"1s\"\n\
+         timeout = \"100ms\"\nquota_fail = \"closed\"\nredirect_above = 500\ndrain_min_allocations = 2\nusage_interval = \"10m\"\n\
+         public_udp = \"203.0.113.5:3478\"\npublic_tls = \"203.0.113.5:5349\"\n\
+         public_tls_domain = \"turn-1.example.org\"\n",
+        pw.display()
+    ))
+    .unwrap()
+    .cluster
+    .unwrap();
+    assert_eq!(c.node_id, "turn-1");
+    assert_eq!(c.password.as_ref().unwrap().0, "hunter2-redis");
+    assert_eq!(c.heartbeat, Duration::from_millis(200));
+    assert_eq!(c.lease, Duration::from_secs(1));
+    assert_eq!(c.timeout, Duration::from_millis(100));
+    assert_eq!(c.quota_fail, QuotaFail::Closed);
+    assert_eq!(c.redirect_above, 500);
+    assert_eq!(c.drain_min_allocations, 2);
+    assert_eq!(c.usage_interval, Duration::from_secs(600));
+    assert_eq!(
+        c.public,
+        [
+            Some(addr("203.0.113.5:3478")),
+            None,
+            Some(addr("203.0.113.5:5349"))
+        ]
+    );
+    assert_eq!(c.public_tls_domain.as_deref(), Some("turn-1.example.org"));
+    assert!(!format!("{c:?}").contains("urlpass"), "the URL is redacted");
+    let d = load(&format!(
+        "{MINIMAL}[cluster]\nredis = \"redis://127.0.0.1:6379\"\n"
+    ))
+    .unwrap()
+    .cluster
+    .unwrap();
+    assert_eq!(
+        (d.heartbeat, d.lease, d.timeout, d.quota_fail),
+        (
+            Duration::from_secs(1),
+            Duration::from_secs(3),
+            Duration::from_millis(500),
+            QuotaFail::Local
+        )
+    );
+    assert!(!d.node_id.is_empty(), "the hostname");
+    let e = error(&format!("{MINIMAL}[cluster]\nnode_id = \"x\"\n"));
+    assert!(e.contains("cluster.redis"), "{e}");
+    let e = error(&format!(
+        "{MINIMAL}[cluster]\nredis = \"http://secret@x\"\n"
+    ));
+    assert!(e.contains("cluster.redis") && !e.contains("secret@"), "{e}");
+    let e = error(&format!(
+        "{MINIMAL}[cluster]\nredis = \"redis://x\"\nheartbeat = \"1s\"\nlease = \"1s\"\n"
+    ));
+    assert!(e.contains("cluster.lease"), "{e}");
+    let e = error(&format!(
+        "{MINIMAL}[cluster]\nredis = \"redis://x\"\nquota_fail = \"open\"\n"
+    ));
+    assert!(e.contains("quota_fail"), "{e}");
+}

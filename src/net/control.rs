@@ -40,6 +40,7 @@ pub struct Control {
     revocations: Arc<super::revocations::RevocationStore>,
     /// The users and secrets in force, before revocations and the probe are added.
     base_auth: Mutex<Option<Arc<dyn turnd_proto::auth::Authenticator>>>,
+    cluster: Option<crate::cluster::Handle>,
 }
 
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
@@ -67,6 +68,7 @@ impl Control {
                 super::revocations::RevocationStore::open(None).expect("no file to read"),
             ),
             base_auth: Mutex::new(None),
+            cluster: None,
         }
     }
 
@@ -147,6 +149,17 @@ impl Control {
     pub(crate) fn with_probe(mut self, probe: Option<Arc<crate::probe::Probe>>) -> Self {
         self.probe = probe;
         self
+    }
+
+    /// With `[cluster]`: the fleet status `/metrics` reports.
+    pub(crate) fn with_cluster(mut self, status: Option<crate::cluster::Handle>) -> Self {
+        self.cluster = status;
+        self
+    }
+
+    /// The fleet status, when `[cluster]` is set.
+    pub fn cluster(&self) -> Option<&crate::cluster::Handle> {
+        self.cluster.as_ref()
     }
 
     /// The ready probe, when `[admin] ready_probe` is on.
@@ -292,6 +305,10 @@ impl Control {
                 turnd_proto::auth::mint_secret(old.signaling.mint_secret.as_ref()),
             ),
         );
+        let base = match &self.cluster {
+            Some(c) => c.wrap_auth(base),
+            None => base,
+        };
         *self.base_auth.lock().unwrap_or_else(|e| e.into_inner()) = Some(base.clone());
         let shared = Shared {
             auth: Arc::new(turnd_proto::auth::Revoking::new(

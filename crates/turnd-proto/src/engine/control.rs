@@ -439,6 +439,10 @@ impl Engine {
             return Err(Refusal::FamilyNotSupported);
         }
         let lifetime = self.requested_lifetime(req)?;
+        if let Some(alt) = self.try_alternate(from.transport) {
+            // A fleet: this node is over its share or draining (engine/redirect.rs).
+            return Err(Refusal::TryAlternate(alt));
+        }
         if self.draining {
             // Shutting down: no new allocations.
             return Err(Refusal::Capacity(Capacity::Draining));

@@ -37,7 +37,9 @@ mod data;
 pub mod integrity;
 pub mod metrics;
 mod quota;
+mod redirect;
 pub mod refusal;
+mod usage;
 pub mod wire;
 
 #[cfg(test)]
@@ -68,8 +70,10 @@ pub mod fault {
 pub use allocation::Allocation;
 pub use control::{ChannelNumber, CHANNEL_MAX, CHANNEL_MIN};
 pub use metrics::{EngineMetrics, MetricsSnapshot, SessionInfo};
-pub use quota::Quotas;
+pub use quota::{FleetCounts, Quotas};
+pub use redirect::{Alternate, Redirect};
 pub use refusal::{BadRequest, Capacity, Refusal};
+pub use usage::{UsageRecord, UsageSink};
 
 /// Bytes the caller leaves free before a peer datagram: the largest Data indication header
 /// (20 header + 24 XOR-PEER-ADDRESS for IPv6 + 4 DATA header).
@@ -375,6 +379,10 @@ pub struct Engine {
     metrics: EngineMetrics,
     /// Shutting down: new Allocates are refused.
     draining: bool,
+    /// Where ended allocations' usage goes (`with_usage`); `None`: nowhere.
+    usage: Option<Arc<dyn UsageSink>>,
+    /// New allocations go elsewhere while this names an alternate (`with_redirect`).
+    redirect: Option<Arc<Redirect>>,
 }
 
 impl Engine {
@@ -399,6 +407,8 @@ impl Engine {
             shard: 0,
             metrics: EngineMetrics::default(),
             draining: false,
+            usage: None,
+            redirect: None,
         }
     }
 
@@ -574,6 +584,7 @@ impl Engine {
             self.commands.push_back(Command::ReleaseRelay(r.bound));
         }
         self.shared.quotas.release(&a.user);
+        self.report_usage(now, client, &a, why);
         self.metrics.count_ended(
             now.saturating_duration_since(a.created),
             client.transport,

@@ -3,12 +3,18 @@
 //! client network and in total, so browsers can never take the whole server.
 //!
 //! Touched only when an allocation is created or deleted, never per packet.
+//!
+//! In a fleet (`[cluster]`) the daemon's cluster task also keeps a [`FleetCounts`] here: what
+//! the other nodes hold, read from their Redis leases. [`Quotas::acquire`] admits against
+//! `limit - others' counts` from that cache and never waits on the network; the cache is as
+//! old as the last heartbeat, so nodes admitting at the same moment can over-admit by what
+//! they admit within one heartbeat interval.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-/// Allocation quotas shared by all shards: a server-wide total and a per-user count.
+/// Allocation counters and limits, shared by every shard of a server.
 pub struct Quotas {
     max_total: AtomicUsize,
     max_per_user: AtomicUsize,
@@ -18,10 +24,23 @@ pub struct Quotas {
     max_per_minted: AtomicUsize,
     max_minted_total: AtomicUsize,
     minted_total: AtomicUsize,
+    /// What the rest of the fleet holds (empty when standalone or on local limits).
+    fleet: Mutex<FleetCounts>,
+}
+
+/// Allocations held by the other nodes of a fleet, as last read from Redis.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetCounts {
+    /// Allocations of all other nodes together.
+    pub total: usize,
+    /// Allocations of the other nodes per principal (only principals holding some).
+    pub by_user: HashMap<String, usize>,
+    /// Refuse every new allocation (Redis unreachable and `quota_fail = "closed"`).
+    pub closed: bool,
 }
 
 impl Quotas {
-    /// At most `max_total` allocations, `max_per_user` per user.
+    /// Limits in total and per principal.
     pub fn new(max_total: usize, max_per_user: usize) -> Self {
         Quotas {
             max_total: AtomicUsize::new(max_total),
@@ -31,7 +50,21 @@ impl Quotas {
             max_per_minted: AtomicUsize::new(usize::MAX),
             max_minted_total: AtomicUsize::new(usize::MAX),
             minted_total: AtomicUsize::new(0),
+            fleet: Mutex::new(FleetCounts::default()),
         }
+    }
+
+    /// Replace the view of the other nodes' allocations (the cluster task, each heartbeat);
+    /// `FleetCounts::default()` goes back to local limits.
+    pub fn set_fleet(&self, fleet: FleetCounts) {
+        *self.fleet.lock().unwrap_or_else(|e| e.into_inner()) = fleet;
+    }
+
+    /// This node's own allocations: in total and per principal (what it leases in a fleet).
+    pub fn local_counts(&self) -> (usize, Vec<(String, usize)>) {
+        let by_user = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
+        let users = by_user.iter().map(|(u, n)| (u.clone(), *n)).collect();
+        (self.total.load(Ordering::Relaxed), users)
     }
 
     /// Caps of minted principals: per client network and in total.
@@ -53,7 +86,18 @@ impl Quotas {
     /// Reserve one allocation for `user`; false: quota reached.
     pub fn acquire(&self, user: &str) -> bool {
         let mut by_user = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
-        if self.total.load(Ordering::Relaxed) >= self.max_total.load(Ordering::Relaxed) {
+        let (others_total, others_user) = {
+            let fleet = self.fleet.lock().unwrap_or_else(|e| e.into_inner());
+            if fleet.closed {
+                return false;
+            }
+            (fleet.total, fleet.by_user.get(user).copied().unwrap_or(0))
+        };
+        let total = self
+            .total
+            .load(Ordering::Relaxed)
+            .saturating_add(others_total);
+        if total >= self.max_total.load(Ordering::Relaxed) {
             return false;
         }
         let minted = Self::is_minted(user);
@@ -66,7 +110,7 @@ impl Quotas {
             max_per_user = max_per_user.min(self.max_per_minted.load(Ordering::Relaxed));
         }
         let n = by_user.get(user).copied().unwrap_or(0);
-        if n >= max_per_user {
+        if n.saturating_add(others_user) >= max_per_user {
             return false;
         }
         by_user.insert(user.to_string(), n + 1);
@@ -77,7 +121,7 @@ impl Quotas {
         true
     }
 
-    /// Give back one allocation of `user`.
+    /// Give back one allocation of `user` taken by [`Quotas::acquire`].
     pub fn release(&self, user: &str) {
         let mut by_user = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = by_user.get_mut(user) {
@@ -92,7 +136,7 @@ impl Quotas {
         }
     }
 
-    /// Allocations counted now, all users.
+    /// This node's allocations (live and pending).
     pub fn total(&self) -> usize {
         self.total.load(Ordering::Relaxed)
     }
@@ -123,5 +167,33 @@ mod tests {
         q2.set_minted_limits(50, 50);
         assert!(q2.acquire("web:x") && !q2.acquire("web:x"));
         assert_eq!(q.total(), 8);
+    }
+
+    #[test]
+    fn fleet_counts_of_other_nodes_lower_the_local_room() {
+        let q = Quotas::new(10, 3);
+        q.set_fleet(FleetCounts {
+            total: 8,
+            by_user: [("alice".to_string(), 2)].into(),
+            closed: false,
+        });
+        assert!(q.acquire("alice"));
+        assert!(!q.acquire("alice"), "2 elsewhere + 1 here = 3");
+        assert!(q.acquire("bob"));
+        assert!(!q.acquire("carol"), "8 elsewhere + 2 here = 10 in total");
+        assert_eq!(q.local_counts().0, 2);
+        q.set_fleet(FleetCounts {
+            closed: true,
+            ..FleetCounts::default()
+        });
+        assert!(!q.acquire("carol"), "closed");
+        q.set_fleet(FleetCounts::default());
+        assert!(
+            q.acquire("alice") && q.acquire("alice"),
+            "local limits again"
+        );
+        let mut users = q.local_counts().1;
+        users.sort();
+        assert_eq!(users, [("alice".to_string(), 3), ("bob".to_string(), 1)]);
     }
 }

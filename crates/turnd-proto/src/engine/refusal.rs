@@ -84,6 +84,9 @@ pub enum Capacity {
 /// Why a request was refused; the answer is the error [`Refusal::code`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
+    /// 300: a fleet sends new allocations to another node (ALTERNATE-SERVER, and
+    /// ALTERNATE-DOMAIN when set; `redirect.rs`).
+    TryAlternate(super::Alternate),
     /// 400: malformed, and which part.
     BadRequest(BadRequest),
     /// 401: no or wrong credentials (the challenge).
@@ -115,6 +118,7 @@ impl Refusal {
     /// The STUN error code.
     pub fn code(&self) -> u16 {
         match self {
+            Refusal::TryAlternate(_) => 300,
             Refusal::BadRequest(_) => 400,
             Refusal::Unauthorized => 401,
             Refusal::ForbiddenPeer => 403,
@@ -161,6 +165,10 @@ impl Refusal {
         .map(Refusal::from)
         .into_iter()
         .chain([
+            Refusal::TryAlternate(super::Alternate {
+                server: std::net::SocketAddr::from(([192, 0, 2, 1], 3478)),
+                domain: None,
+            }),
             Refusal::Unauthorized,
             Refusal::ForbiddenPeer,
             Refusal::UnknownAttributes(vec![]),
@@ -182,6 +190,7 @@ impl Refusal {
     /// The metrics label: which refusal, finer than the code.
     pub fn label(&self) -> &'static str {
         match self {
+            Refusal::TryAlternate(_) => "try_alternate",
             Refusal::BadRequest(b) => b.label(),
             Refusal::Unauthorized => "unauthorized",
             Refusal::ForbiddenPeer => "forbidden_peer",
@@ -211,6 +220,7 @@ impl From<BadRequest> for Refusal {
 /// `turnctl` prints them for a server's codes); `""` for others.
 pub fn reason_phrase(code: u16) -> &'static str {
     match code {
+        300 => "Try Alternate",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -241,7 +251,7 @@ mod tests {
         assert_eq!(labels.len(), all.len());
         for r in &all {
             assert!(!r.reason().is_empty(), "{r:?}");
-            assert!((400..600).contains(&r.code()), "{r:?}");
+            assert!((300..600).contains(&r.code()), "{r:?}");
         }
     }
 }

@@ -1368,3 +1368,5 @@ fn channel_numbers_exist_only_in_range() {
         assert_eq!(ChannelNumber::new(n), None, "{n:#x}");
     }
 }
+
+mod fleet;

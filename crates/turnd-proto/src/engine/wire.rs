@@ -371,9 +371,7 @@ impl Reply {
         let mut r = Self::new(req, stun::message::CLASS_ERROR_RESPONSE);
         r.error_code(why.code(), why.reason());
         r.code = why.code();
-        if let Refusal::UnknownAttributes(unknown) = why {
-            r.unknown_attributes(unknown);
-        }
+        r.refusal_attributes(why);
         r
     }
 
@@ -383,10 +381,38 @@ impl Reply {
         let mut r = Self::new(req, stun::message::CLASS_ERROR_RESPONSE);
         r.error_code(why.code(), "");
         r.code = why.code();
-        if let Refusal::UnknownAttributes(unknown) = why {
-            r.unknown_attributes(unknown);
-        }
+        r.refusal_attributes(why);
         r
+    }
+
+    /// The attributes a refusal carries besides ERROR-CODE: UNKNOWN-ATTRIBUTES for 420,
+    /// ALTERNATE-SERVER (and ALTERNATE-DOMAIN) for 300.
+    fn refusal_attributes(&mut self, why: &Refusal) {
+        match why {
+            Refusal::UnknownAttributes(unknown) => self.unknown_attributes(unknown),
+            Refusal::TryAlternate(alt) => {
+                // ALTERNATE-SERVER is a plain (not XORed) address, as MAPPED-ADDRESS.
+                let mut v = Vec::with_capacity(20);
+                v.push(0);
+                match alt.server {
+                    SocketAddr::V4(a) => {
+                        v.push(1);
+                        v.extend_from_slice(&a.port().to_be_bytes());
+                        v.extend_from_slice(&a.ip().octets());
+                    }
+                    SocketAddr::V6(a) => {
+                        v.push(2);
+                        v.extend_from_slice(&a.port().to_be_bytes());
+                        v.extend_from_slice(&a.ip().octets());
+                    }
+                }
+                self.add_raw(stun::attributes::ATTR_ALTERNATE_SERVER, &v);
+                if let Some(d) = &alt.domain {
+                    self.text(stun::attributes::ATTR_ALTERNATE_DOMAIN, d);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Will the answer carry MESSAGE-INTEGRITY (does it answer an authenticated request)?

@@ -48,6 +48,9 @@ pub const READY_PROBE_SUCCESS: &str = "turnd_ready_probe_success";
 pub const READY_PROBE_FAILURES_TOTAL: &str = "turnd_ready_probe_failures_total";
 pub const UDP_KERNEL_DROPS_TOTAL: &str = "turnd_udp_kernel_drops_total";
 pub const ALLOCATIONS_LIMIT: &str = "turnd_allocations_limit";
+pub const UDP_SEND_DROPPED_TOTAL: &str = "turnd_udp_send_dropped_total";
+pub const UDP_BATCH_CALLS_TOTAL: &str = "turnd_udp_batch_calls_total";
+pub const UDP_BATCH_DATAGRAMS_TOTAL: &str = "turnd_udp_batch_datagrams_total";
 
 /// The `Content-Type` of [`render`]'s output.
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -469,6 +472,23 @@ impl Collector for ShardsCollector {
             .unwrap_or(0);
         let help = "Relay ports held by EVEN-PORT reservations.";
         single(e, RESERVATIONS_HELD, help, Gauge, held)?;
+        let dropped = sum(&|s| s.udp_send_dropped);
+        let help = "UDP datagrams the kernel would not take from turnd (full socket buffer, \
+                    unreachable destination): dropped.";
+        single(e, UDP_SEND_DROPPED_TOTAL, help, Counter, dropped)?;
+        let call = |c: &str| vec![("call", c.to_string())];
+        let calls = vec![
+            (call("recvmmsg"), sum(&|s| s.udp_recv_calls)),
+            (call("sendmmsg"), sum(&|s| s.udp_send_calls)),
+        ];
+        let help = "Batched UDP system calls of the shards' loops.";
+        family(e, UDP_BATCH_CALLS_TOTAL, help, Counter, calls)?;
+        let dgrams = vec![
+            (call("recvmmsg"), sum(&|s| s.udp_received)),
+            (call("sendmmsg"), sum(&|s| s.udp_sent)),
+        ];
+        let help = "UDP datagrams moved by those calls (datagrams / calls = the batch size).";
+        family(e, UDP_BATCH_DATAGRAMS_TOTAL, help, Counter, dgrams)?;
 
         let per_shard = |f: &dyn Fn(&ShardMetrics) -> u64| -> Vec<(Labels, u64)> {
             let shard = |i: usize| vec![("shard", i.to_string())];
@@ -521,6 +541,9 @@ mod tests {
         a.streams_open = [1, 2];
         a.handshake_failures[HandshakeFailure::Alert.index()] = 5;
         a.reservations_held = 1;
+        a.udp_send_dropped = 3;
+        a.udp_recv_calls = 2;
+        a.udp_sent = 40;
         let mut b = a.clone();
         b.engine.counters.responses.insert(("refresh", 0), 1);
         b.engine_panics = 6;
@@ -630,6 +653,10 @@ mod tests {
             "turnd_reservations_held 1",
             "turnd_shard_allocations{shard=\"1\"} 2",
             "turnd_shard_relayed_packets_total{shard=\"0\"} 7",
+            "# TYPE turnd_udp_send_dropped_total counter",
+            "turnd_udp_send_dropped_total 6",
+            "turnd_udp_batch_calls_total{call=\"recvmmsg\"} 4",
+            "turnd_udp_batch_datagrams_total{call=\"sendmmsg\"} 80",
         ] {
             assert_line(&text, line);
         }
@@ -637,6 +664,6 @@ mod tests {
         let helps: Vec<_> = text.lines().filter(|l| l.starts_with("# HELP ")).collect();
         let unique: std::collections::HashSet<_> = helps.iter().collect();
         assert_eq!(helps.len(), unique.len());
-        assert_eq!(helps.len(), 26);
+        assert_eq!(helps.len(), 29);
     }
 }

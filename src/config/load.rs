@@ -363,6 +363,19 @@ fn apply(raw: RawConfig, c: &mut Config, base: &Path, problems: &mut Vec<Problem
         if let Some(v) = r.external {
             c.relay.external = v.into_iter().map(|m| m.0).collect();
         }
+        if let Some(v) = r.socket_buffer {
+            if (4096..=256 << 20).contains(&v) {
+                c.relay.socket_buffer = v;
+            } else {
+                problems.push(Problem::new(
+                    "relay.socket_buffer".to_string(),
+                    "must be between 4096 and 268435456 bytes",
+                ));
+            }
+        }
+        if let Some(v) = r.gso {
+            c.relay.gso = v;
+        }
     }
     if let Some(a) = raw.auth {
         apply_auth(a, c, base, problems);

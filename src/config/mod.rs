@@ -263,6 +263,11 @@ pub struct Relay {
     pub ipv6: Option<Ipv6Addr>,
     pub ports: PortRange,
     pub external: Vec<ExternalMapping>,
+    /// SO_RCVBUF and SO_SNDBUF of every relay socket, in bytes (the kernel caps them at
+    /// net.core.rmem_max / wmem_max).
+    pub socket_buffer: usize,
+    /// Send runs of equal-size datagrams to one destination as one UDP GSO message.
+    pub gso: bool,
 }
 
 impl Relay {
@@ -320,6 +325,8 @@ impl Config {
                     max: 65535,
                 },
                 external: vec![],
+                socket_buffer: 2 << 20,
+                gso: true,
             },
             auth: Auth::default(),
             policy: Policy::default(),

@@ -224,6 +224,8 @@ pub struct RawRelay {
     pub ipv6: Option<RelayV6>,
     pub ports: Option<Ports>,
     pub external: Option<Vec<External>>,
+    pub socket_buffer: Option<usize>,
+    pub gso: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -200,8 +200,8 @@ mod tests {
     fn health_records_gone_shards_unless_stopping() {
         let h = Health::new(3);
         assert!(h.is_whole());
-        drop(h.guard(1, "UDP listener"));
-        assert_eq!(h.gone(), vec![(1, "UDP listener ended".to_string())]);
+        drop(h.guard(1, "UDP loop"));
+        assert_eq!(h.gone(), vec![(1, "UDP loop ended".to_string())]);
         let h = Health::new(1);
         h.set_stopping();
         drop(h.guard(0, "timer"));

@@ -11,6 +11,7 @@ pub mod relay;
 pub mod revocations;
 pub mod shard;
 pub mod stream;
+pub mod udp;
 
 pub use control::{Control, ReloadReport};
 pub use health::{Health, EXIT_SHARD_GONE};

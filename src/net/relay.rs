@@ -403,6 +403,8 @@ mod tests {
                 max: 40100,
             },
             external: vec![],
+            socket_buffer: 1 << 16,
+            gso: true,
         };
         let (a, b) = bind_pair(&cfg, Family::V4).unwrap();
         let (pa, pb) = (

@@ -1,42 +1,50 @@
 //! One shard: a thread with a current-thread runtime, its own [`Engine`], its own
 //! SO_REUSEPORT socket per UDP listen address, and the relay sockets of its allocations.
 //!
-//! Everything of a shard lives on its thread, so the engine sits in a `RefCell` and each
-//! socket has a small task that borrows it for one synchronous step: no locks, no channels
-//! and no copies on the data path. One receive buffer per shard serves all its sockets,
-//! since a borrow never spans an `.await`.
+//! All UDP sockets of a shard (listeners and relays) sit in one `mio` poll set, whose epoll
+//! descriptor is the only thing the tokio runtime watches for them: one task ([`udp_loop`])
+//! takes the ready sockets, receives from each with `recvmmsg` into the shard's batch slots,
+//! hands every datagram to the engine and sends the batch's outputs with `sendmmsg` (GSO for
+//! equal-size runs to one destination). A relay socket costs a slab entry and a descriptor:
+//! no task, no tokio registration. Stream connections, the timer and requests from other
+//! threads are tasks of the same thread; they share the engine through a `RefCell` whose
+//! borrows never span an `.await`: no locks, no channels and no copies on the data path.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
-use std::ops::ControlFlow;
+use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Registry, Token};
+use slab::Slab;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, Notify};
-use tokio::task::JoinHandle;
 
 use crate::config::{Relay as RelayConfig, Streams};
 use turnd_proto::engine::{
     ClientAddr, Command, Engine, EngineStats, Family, MetricsSnapshot, PeerAddr, PortChoice,
-    RelayAddr, SessionId, SessionInfo, Shared, Transport, HEADROOM, TAILROOM,
+    RelayAddr, SessionId, SessionInfo, Shared, Transport, HEADROOM,
 };
 
 use super::health::{panic_message, take_panic_location, Health, LogLimit};
 use super::relay::{bind_pair, bind_relay, Reservations};
 use super::stream::{accept_loop, Closed, ConnLimits, StreamTable};
+use super::udp::{self, RecvBatch, SendQueue, BATCH};
 use crate::tls::HandshakeFailure;
 
-/// Largest datagram we receive: a UDP payload is at most 65535 bytes.
-const MAX_DATAGRAM: usize = 65535;
+/// `recvmmsg` calls one ready socket gets per loop turn (so at most
+/// `RECVS_PER_TURN * BATCH` datagrams) before the next ready socket's turn: one flooded
+/// socket cannot starve the shard's other sockets, and after every turn the loop yields to
+/// the timer, the stream connections and requests from other threads.
+pub const RECVS_PER_TURN: usize = 2;
 
-/// Datagrams one socket task handles per readiness wake-up before it yields, so that one
-/// flooded socket cannot starve the shard's other sockets, its timer and stop requests.
-pub const RECV_BATCH: usize = 64;
+/// Datagrams one socket is served per turn at most.
+pub const RECV_BATCH: usize = RECVS_PER_TURN * BATCH;
 
 /// At most one WARN line per this interval per shard and kind (panics, refused relays).
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -71,21 +79,68 @@ pub struct ShardMetrics {
     pub engine_panics: u64,
     /// Ports held by EVEN-PORT reservations (server-wide, the same in every shard).
     pub reservations_held: u64,
+    /// UDP datagrams the kernel would not take (full socket buffer, unreachable): dropped.
+    pub udp_send_dropped: u64,
+    /// `sendmmsg` calls and the datagrams they carried (batching, GSO included).
+    pub udp_send_calls: u64,
+    pub udp_sent: u64,
+    /// `recvmmsg` calls that returned datagrams, and the datagrams.
+    pub udp_recv_calls: u64,
+    pub udp_received: u64,
 }
 
-struct RelaySocket {
-    socket: Rc<UdpSocket>,
-    task: JoinHandle<()>,
+/// What a UDP socket of the shard is for.
+#[derive(Clone, Copy)]
+enum SockKind {
+    Listener {
+        local: SocketAddr,
+    },
+    Relay {
+        client: ClientAddr,
+        bound: SocketAddr,
+    },
+}
+
+struct Sock {
+    io: mio::net::UdpSocket,
+    kind: SockKind,
+    /// In the loop's ready queue (not yet read to `WouldBlock`).
+    queued: bool,
+}
+
+/// The shard's UDP sockets, by slab key (the mio token).
+#[derive(Default)]
+struct Sockets {
+    slab: Slab<Sock>,
+    /// Relay socket address -> slab key.
+    relays: HashMap<SocketAddr, usize>,
+    /// Listener address -> descriptor (listeners live as long as the shard).
+    listeners: HashMap<SocketAddr, RawFd>,
+    /// Relay sockets released during a loop turn: closed when the turn ends, so that no
+    /// descriptor number is reused while the turn may still send from it.
+    closing: Vec<mio::net::UdpSocket>,
+}
+
+/// Per-shard UDP counters (plain integers on the shard's thread).
+#[derive(Default)]
+struct UdpCounters {
+    send_dropped: Cell<u64>,
+    send_calls: Cell<u64>,
+    sent: Cell<u64>,
+    recv_calls: Cell<u64>,
+    received: Cell<u64>,
 }
 
 pub struct Shard {
     engine: RefCell<Engine>,
     relay_cfg: RelayConfig,
-    udp_listeners: HashMap<SocketAddr, Rc<UdpSocket>>,
-    relays: RefCell<HashMap<SocketAddr, RelaySocket>>,
+    socks: RefCell<Sockets>,
+    registry: Registry,
+    /// Whether the UDP loop is inside a turn (relay sockets released now close at its end).
+    in_turn: Cell<bool>,
+    udp: UdpCounters,
     streams: StreamTable,
     reservations: Arc<Reservations>,
-    buf: RefCell<Box<[u8]>>,
     timer_changed: Notify,
     index: usize,
     health: Arc<Health>,
@@ -122,19 +177,30 @@ pub fn run(
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let mut udp_listeners = HashMap::new();
+        let poll = Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let mut socks = Sockets::default();
         for s in setup.udp {
-            let addr = s.local_addr()?;
-            udp_listeners.insert(addr, Rc::new(UdpSocket::from_std(s)?));
+            let local = s.local_addr()?;
+            let mut io = mio::net::UdpSocket::from_std(s);
+            let entry = socks.slab.vacant_entry();
+            registry.register(&mut io, Token(entry.key()), Interest::READABLE)?;
+            socks.listeners.insert(local, io.as_raw_fd());
+            entry.insert(Sock {
+                io,
+                kind: SockKind::Listener { local },
+                queued: false,
+            });
         }
         let shard = Rc::new(Shard {
             engine: RefCell::new(setup.engine),
             relay_cfg: setup.relay_cfg,
-            udp_listeners,
-            relays: RefCell::new(HashMap::new()),
+            socks: RefCell::new(socks),
+            registry,
+            in_turn: Cell::new(false),
+            udp: UdpCounters::default(),
             streams: StreamTable::new(setup.streams_cfg, setup.conn_limits, setup.redact),
             reservations: setup.reservations,
-            buf: RefCell::new(vec![0u8; HEADROOM + MAX_DATAGRAM + TAILROOM].into_boxed_slice()),
             timer_changed: Notify::new(),
             index: setup.index,
             health: setup.health,
@@ -146,9 +212,9 @@ pub fn run(
         });
         // Each long-lived task holds a guard: if it ends while the server is not stopping,
         // the shard is reported gone (readyz/healthz 503, the binary exits).
-        for (addr, sock) in &shard.udp_listeners {
-            let guard = shard.health.guard(shard.index, "UDP listener");
-            let task = udp_listener(shard.clone(), *addr, sock.clone());
+        {
+            let guard = shard.health.guard(shard.index, "UDP loop");
+            let task = udp_loop(shard.clone(), poll);
             tokio::task::spawn_local(async move {
                 let _guard = guard;
                 task.await
@@ -191,19 +257,15 @@ pub fn run(
             }
         }
         // Dropping the LocalSet drops every task and with them every socket.
-        for (_, r) in shard.relays.borrow_mut().drain() {
-            r.task.abort();
+        {
+            let mut socks = shard.socks.borrow_mut();
+            socks.relays.clear();
+            socks.slab.clear();
+            socks.closing.clear();
         }
         shard.streams.close_all();
         Ok(())
     })
-}
-
-/// Send a datagram now or drop it: a plain non-blocking sendto. (tokio's `try_send_to`
-/// reports WouldBlock until its reactor has seen the socket writable once, which would drop
-/// the first packets of every new relay.)
-fn send_now(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
-    let _ = socket2::SockRef::from(sock).send_to(bytes, &to.into());
 }
 
 /// The next request from another thread. (With fault injection, an injected fault can end
@@ -241,83 +303,96 @@ fn kind_of(buf: &[u8]) -> &'static str {
     }
 }
 
-/// The one receive loop of a shard's UDP sockets, client listeners and relay sockets alike:
-/// wait for readiness, receive up to [`RECV_BATCH`] datagrams into the shard's buffer at
-/// `offset` (relay sockets leave [`HEADROOM`] for the ChannelData or Data indication header)
-/// and hand each to `on_datagram` as (now, buffer, length, sender), then yield. It ends when
-/// the socket fails or `on_datagram` says `Break`.
-async fn recv_loop(
-    shard: &Shard,
-    sock: &UdpSocket,
-    offset: usize,
-    mut on_datagram: impl FnMut(Instant, &mut [u8], usize, SocketAddr) -> ControlFlow<()>,
-) {
+/// How a ready socket's turn ended.
+enum Turn {
+    /// Read to `WouldBlock` (or gone): off the ready queue until its next readiness event.
+    Drained,
+    /// Served its bound with more waiting: back to the end of the ready queue.
+    More,
+    /// Stop the loop (fault injection only).
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+    End,
+}
+
+/// The shard's one UDP loop, listeners and relay sockets alike. It waits on the poll set's
+/// epoll descriptor, moves the sockets that became readable to a ready queue (mio is
+/// edge-triggered: a socket stays queued until read to `WouldBlock`), serves every queued
+/// socket at most [`RECVS_PER_TURN`] `recvmmsg` batches per turn, flushing each batch's
+/// outputs with `sendmmsg` before the next one is received, and yields after every turn.
+async fn udp_loop(shard: Rc<Shard>, poll: Poll) {
+    // SAFETY: the Poll owns its epoll descriptor, which stays open and the same until the
+    // AsyncFd (which owns the Poll) is dropped.
+    let Ok(mut afd) =
+        (unsafe { AsyncFd::register_with_interest(poll, tokio::io::Interest::READABLE) })
+    else {
+        return;
+    };
+    let mut events = Events::with_capacity(1024);
+    let mut ready: VecDeque<usize> = VecDeque::new();
+    let mut batch = RecvBatch::new();
+    let mut out = SendQueue::new(shard.relay_cfg.gso && udp::gso_supported());
     loop {
-        if sock.readable().await.is_err() {
-            return;
-        }
-        let now = Instant::now();
-        for _ in 0..RECV_BATCH {
-            let mut buf = shard.buf.borrow_mut();
-            let (n, from) = match sock.try_recv_from(&mut buf[offset..offset + MAX_DATAGRAM]) {
-                Ok(r) => r,
-                // WouldBlock: drained. Other errors (ICMP-induced on unconnected sockets)
-                // concern one packet; readiness stays set, so the next wake-up goes on.
-                Err(_) => break,
-            };
-            if on_datagram(now, &mut buf, n, from).is_break() {
+        if ready.is_empty() {
+            let Ok(mut guard) = afd.readable_mut().await else {
                 return;
+            };
+            if guard
+                .get_inner_mut()
+                .poll(&mut events, Some(Duration::ZERO))
+                .is_err()
+            {
+                continue;
+            }
+            if events.is_empty() {
+                guard.clear_ready();
+                continue;
+            }
+        } else if afd
+            .get_mut()
+            .poll(&mut events, Some(Duration::ZERO))
+            .is_err()
+        {
+            events.clear();
+        }
+        {
+            let mut socks = shard.socks.borrow_mut();
+            for ev in events.iter() {
+                let key = ev.token().0;
+                if let Some(s) = socks.slab.get_mut(key) {
+                    if !s.queued {
+                        s.queued = true;
+                        ready.push_back(key);
+                    }
+                }
             }
         }
-        // Let the shard's other sockets, its timer and its requests run.
+        shard.in_turn.set(true);
+        for _ in 0..ready.len() {
+            let Some(key) = ready.pop_front() else {
+                break;
+            };
+            match shard.serve(key, &mut batch, &mut out) {
+                Turn::Drained => {
+                    if let Some(s) = shard.socks.borrow_mut().slab.get_mut(key) {
+                        s.queued = false;
+                    }
+                }
+                Turn::More => ready.push_back(key),
+                Turn::End => return,
+            }
+        }
+        shard.in_turn.set(false);
+        shard.socks.borrow_mut().closing.clear();
+        for (c, n) in [
+            (&shard.udp.send_dropped, &mut out.dropped),
+            (&shard.udp.send_calls, &mut out.calls),
+            (&shard.udp.sent, &mut out.sent),
+        ] {
+            c.set(c.get() + std::mem::take(n));
+        }
+        // Let the shard's stream connections, its timer and its requests run.
         tokio::task::yield_now().await;
     }
-}
-
-/// Datagrams from clients on one UDP listener socket.
-async fn udp_listener(shard: Rc<Shard>, local: SocketAddr, sock: Rc<UdpSocket>) {
-    recv_loop(&shard, &sock, 0, |now, buf, n, remote| {
-        let packet = &buf[..n];
-        #[cfg(feature = "fault-injection")]
-        {
-            use turnd_proto::engine::fault;
-            if packet.starts_with(fault::END_LISTENER) {
-                return ControlFlow::Break(());
-            }
-            if packet.starts_with(fault::END_SHARD) {
-                shard.fault_end_shard.notify_one();
-            }
-        }
-        let from = ClientAddr {
-            transport: Transport::Udp,
-            remote,
-            local,
-        };
-        shard.on_client_packet(now, from, packet);
-        ControlFlow::Continue(())
-    })
-    .await
-}
-
-/// Datagrams from peers on one relay socket of `client`'s allocation.
-async fn relay_reader(
-    shard: Rc<Shard>,
-    client: ClientAddr,
-    bound: SocketAddr,
-    sock: Rc<UdpSocket>,
-) {
-    recv_loop(&shard, &sock, HEADROOM, |now, buf, n, peer| {
-        shard.guarded("peer datagram", || {
-            let mut engine = shard.engine.borrow_mut();
-            if let Some(out) =
-                engine.handle_peer(now, client, RelayAddr(bound), PeerAddr(peer), buf, n)
-            {
-                shard.send_to_client(out.client, &buf[out.range]);
-            }
-        });
-        ControlFlow::Continue(())
-    })
-    .await
 }
 
 /// Drop expired EVEN-PORT reservations (shared by all shards; any shard's sweep frees them).
@@ -405,6 +480,11 @@ impl Shard {
                     connections_refused: self.streams.refused(),
                     engine_panics: self.engine_panics.get(),
                     reservations_held: self.reservations.len() as u64,
+                    udp_send_dropped: self.udp.send_dropped.get(),
+                    udp_send_calls: self.udp.send_calls.get(),
+                    udp_sent: self.udp.sent.get(),
+                    udp_recv_calls: self.udp.recv_calls.get(),
+                    udp_received: self.udp.received.get(),
                 });
             }
             ShardRequest::Sessions(user, reply) => {
@@ -489,8 +569,13 @@ impl Shard {
                 engine.relay_bound(now, client, bound);
             }
             Command::ReleaseRelay(addr) => {
-                if let Some(r) = self.relays.borrow_mut().remove(&addr) {
-                    r.task.abort();
+                let mut socks = self.socks.borrow_mut();
+                if let Some(key) = socks.relays.remove(&addr) {
+                    let mut s = socks.slab.remove(key);
+                    let _ = self.registry.deregister(&mut s.io);
+                    if self.in_turn.get() {
+                        socks.closing.push(s.io);
+                    }
                 }
             }
             Command::CloseClient(client) => self.streams.close(&client, Closed::ByServer),
@@ -530,23 +615,183 @@ impl Shard {
             }
         };
         let bound = std_sock.local_addr()?;
-        let socket = Rc::new(UdpSocket::from_std(std_sock)?);
-        let task =
-            tokio::task::spawn_local(relay_reader(self.clone(), client, bound, socket.clone()));
-        self.relays
-            .borrow_mut()
-            .insert(bound, RelaySocket { socket, task });
+        let sref = socket2::SockRef::from(&std_sock);
+        // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+        let _ = sref.set_recv_buffer_size(self.relay_cfg.socket_buffer);
+        let _ = sref.set_send_buffer_size(self.relay_cfg.socket_buffer);
+        let mut io = mio::net::UdpSocket::from_std(std_sock);
+        let mut socks = self.socks.borrow_mut();
+        let entry = socks.slab.vacant_entry();
+        let key = entry.key();
+        self.registry
+            .register(&mut io, Token(key), Interest::READABLE)?;
+        entry.insert(Sock {
+            io,
+            kind: SockKind::Relay { client, bound },
+            queued: false,
+        });
+        socks.relays.insert(bound, key);
         Ok(bound)
+    }
+
+    /// The descriptor of the relay socket bound at `addr`.
+    fn relay_fd(&self, addr: SocketAddr) -> Option<RawFd> {
+        let socks = self.socks.borrow();
+        let key = *socks.relays.get(&addr)?;
+        socks.slab.get(key).map(|s| s.io.as_raw_fd())
+    }
+
+    fn listener_fd(&self, local: SocketAddr) -> Option<RawFd> {
+        self.socks.borrow().listeners.get(&local).copied()
     }
 
     fn send_to_client(&self, to: ClientAddr, bytes: &[u8]) {
         match to.transport {
             Transport::Udp => {
-                if let Some(s) = self.udp_listeners.get(&to.local) {
-                    send_now(s, bytes, to.remote);
+                if let Some(fd) = self.listener_fd(to.local) {
+                    self.count_send(udp::send_one(fd, bytes, to.remote));
                 }
             }
             Transport::Tcp | Transport::Tls => self.streams.push(&to, bytes),
+        }
+    }
+
+    fn count_send(&self, ok: bool) {
+        if !ok {
+            let c = &self.udp.send_dropped;
+            c.set(c.get() + 1);
+        }
+    }
+
+    /// Serve one ready UDP socket for one turn: up to [`RECVS_PER_TURN`] batches, each
+    /// handled datagram by datagram and flushed before the next is received.
+    fn serve(self: &Rc<Self>, key: usize, batch: &mut RecvBatch, out: &mut SendQueue) -> Turn {
+        for _ in 0..RECVS_PER_TURN {
+            let Some((fd, kind)) = self
+                .socks
+                .borrow()
+                .slab
+                .get(key)
+                .map(|s| (s.io.as_raw_fd(), s.kind))
+            else {
+                return Turn::Drained;
+            };
+            let n = match batch.recv(fd) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Turn::Drained,
+                // Other errors (ICMP-induced on unconnected sockets) concern one earlier
+                // packet; the queue may hold more.
+                Err(_) => continue,
+            };
+            self.udp.recv_calls.set(self.udp.recv_calls.get() + 1);
+            self.udp.received.set(self.udp.received.get() + n as u64);
+            let now = Instant::now();
+            let end = match kind {
+                SockKind::Listener { local } => self.on_listener_batch(now, local, batch, n, out),
+                SockKind::Relay { client, bound } => {
+                    self.on_relay_batch(now, client, bound, batch, n, out);
+                    false
+                }
+            };
+            out.flush(batch);
+            if end {
+                return Turn::End;
+            }
+            // A short batch means the queue was empty (recvmmsg with MSG_DONTWAIT reads
+            // until EAGAIN; an error it stops at raises a new readiness event).
+            if n < BATCH {
+                return Turn::Drained;
+            }
+        }
+        Turn::More
+    }
+
+    /// Client datagrams from one listener: answers to the engine's control plane are
+    /// flushed once per batch, relayed data goes to the send queue. True: end the loop
+    /// (fault injection).
+    fn on_listener_batch(
+        self: &Rc<Self>,
+        now: Instant,
+        local: SocketAddr,
+        batch: &mut RecvBatch,
+        n: usize,
+        out: &mut SendQueue,
+    ) -> bool {
+        for i in 0..n {
+            let (len, Some(remote)) = batch.datagram(i) else {
+                continue;
+            };
+            let Some(packet) = batch.slot_mut(i).get(HEADROOM..HEADROOM + len) else {
+                continue;
+            };
+            #[cfg(feature = "fault-injection")]
+            {
+                use turnd_proto::engine::fault;
+                if packet.starts_with(fault::END_LISTENER) {
+                    return true;
+                }
+                if packet.starts_with(fault::END_SHARD) {
+                    self.fault_end_shard.notify_one();
+                }
+            }
+            let from = ClientAddr {
+                transport: Transport::Udp,
+                remote,
+                local,
+            };
+            self.guarded(kind_of(packet), || {
+                let mut engine = self.engine.borrow_mut();
+                if let Some(to) = engine.handle_client(now, from, packet) {
+                    if let Some(fd) = self.relay_fd(to.relay.0) {
+                        let r = to.range;
+                        out.push(fd, to.peer.0, i, HEADROOM + r.start..HEADROOM + r.end);
+                    }
+                }
+            });
+        }
+        self.guarded("flush", || {
+            let mut engine = self.engine.borrow_mut();
+            self.flush_outputs(&mut engine, now);
+        });
+        false
+    }
+
+    /// Peer datagrams from one relay socket of `client`'s allocation.
+    fn on_relay_batch(
+        &self,
+        now: Instant,
+        client: ClientAddr,
+        bound: SocketAddr,
+        batch: &mut RecvBatch,
+        n: usize,
+        out: &mut SendQueue,
+    ) {
+        let listener = match client.transport {
+            Transport::Udp => self.listener_fd(client.local),
+            _ => None,
+        };
+        for i in 0..n {
+            let (len, Some(peer)) = batch.datagram(i) else {
+                continue;
+            };
+            let slot = batch.slot_mut(i);
+            self.guarded("peer datagram", || {
+                let mut engine = self.engine.borrow_mut();
+                let to =
+                    engine.handle_peer(now, client, RelayAddr(bound), PeerAddr(peer), slot, len);
+                drop(engine);
+                if let Some(to) = to {
+                    match (to.client.transport, listener) {
+                        (Transport::Udp, Some(fd)) => out.push(fd, to.client.remote, i, to.range),
+                        (Transport::Udp, None) => {}
+                        _ => {
+                            if let Some(bytes) = slot.get(to.range) {
+                                self.streams.push(&to.client, bytes);
+                            }
+                        }
+                    }
+                }
+            });
         }
     }
 
@@ -579,8 +824,9 @@ impl Shard {
         self.guarded(kind_of(packet), || {
             let mut engine = self.engine.borrow_mut();
             if let Some(out) = engine.handle_client(now, client, packet) {
-                if let Some(r) = self.relays.borrow().get(&out.relay.0) {
-                    send_now(&r.socket, &packet[out.range], out.peer.0);
+                if let (Some(fd), Some(bytes)) = (self.relay_fd(out.relay.0), packet.get(out.range))
+                {
+                    self.count_send(udp::send_one(fd, bytes, out.peer.0));
                 }
             }
             self.flush_outputs(&mut engine, now);

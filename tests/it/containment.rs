@@ -102,8 +102,8 @@ async fn ended_listener_task_turns_health_red_and_names_the_shard() {
     wait_until_async(|| async { http("GET", admin, "/healthz", None).await.0 == 503 }).await;
     let (_, body) = http("GET", admin, "/healthz", None).await;
     assert!(
-        body.starts_with("shard 0 gone: UDP listener ended")
-            || body.starts_with("shard 1 gone: UDP listener ended"),
+        body.starts_with("shard 0 gone: UDP loop ended")
+            || body.starts_with("shard 1 gone: UDP loop ended"),
         "{body}"
     );
     assert_eq!(

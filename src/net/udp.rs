@@ -1,0 +1,456 @@
+//! Batched UDP I/O for a shard's loop: `recvmmsg(2)` into fixed slots, `sendmmsg(2)` out of
+//! them, and UDP GSO (`UDP_SEGMENT`) for runs of equal-size datagrams to one destination.
+//!
+//! Hand-written rather than `quinn-udp`: quinn-udp sends one destination per call (one
+//! `sendmsg`, with GSO), while a shard's answers to many clients leave one listener socket and
+//! go out best in one `sendmmsg`; and the relay path needs every datagram received at an
+//! offset ([`HEADROOM`]) so that the ChannelData or Data-indication header is written in
+//! place, without a copy.
+//!
+//! Every datagram of a batch lives in its own slot of one buffer allocated once per shard;
+//! the engine's answers name byte ranges of those slots, so a batch is received, handled and
+//! flushed before the next one is received. Nothing waits for a batch to fill: a `recvmmsg`
+//! returns what is queued, and what it returned is sent at once.
+
+use std::io;
+use std::mem;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+use socket2::SockAddr;
+use turnd_proto::engine::{HEADROOM, TAILROOM};
+
+/// Largest datagram we receive: a UDP payload is at most 65535 bytes.
+pub const MAX_DATAGRAM: usize = 65535;
+
+/// Datagrams per `recvmmsg` (and at most that many per `sendmmsg`).
+pub const BATCH: usize = 32;
+
+/// One slot: room for the header written in front, the datagram and the padding after it.
+const SLOT: usize = HEADROOM + MAX_DATAGRAM + TAILROOM;
+
+/// Largest number of segments the kernel accepts in one GSO send (`UDP_MAX_SEGMENTS`).
+const MAX_SEGMENTS: usize = 64;
+
+/// Largest GSO send: the segments together must fit one IP datagram.
+const MAX_GSO_BYTES: usize = 65000;
+
+/// `UDP_SEGMENT` (linux/udp.h); the libc crate has it only for some targets.
+const UDP_SEGMENT: libc::c_int = 103;
+
+/// Received datagrams: each at `HEADROOM` in its own slot.
+pub struct RecvBatch {
+    data: Box<[u8]>,
+    addrs: Box<[libc::sockaddr_storage]>,
+    iov: Box<[libc::iovec]>,
+    hdrs: Box<[libc::mmsghdr]>,
+    /// (length, sender) of the datagrams of the last `recv`.
+    got: Vec<(usize, Option<SocketAddr>)>,
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RecvBatch {
+    pub fn new() -> RecvBatch {
+        RecvBatch {
+            data: vec![0u8; BATCH * SLOT].into_boxed_slice(),
+            // SAFETY: these are plain C structs for which all zeroes is a valid value.
+            addrs: (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect(),
+            iov: (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect(),
+            hdrs: (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect(),
+            got: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// Receive up to [`BATCH`] datagrams without blocking; `Ok(0)` never happens (an empty
+    /// socket is `WouldBlock`). Datagrams whose sender is not an IP address or that were
+    /// truncated are received and skipped (their entries say `None`).
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.got.clear();
+        let base = self.data.as_mut_ptr();
+        for i in 0..BATCH {
+            // SAFETY: i * SLOT + HEADROOM + MAX_DATAGRAM <= BATCH * SLOT = data.len().
+            self.iov[i] = libc::iovec {
+                iov_base: unsafe { base.add(i * SLOT + HEADROOM) }.cast(),
+                iov_len: MAX_DATAGRAM,
+            };
+            let h = &mut self.hdrs[i];
+            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = &mut self.iov[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+        }
+        // SAFETY: every header points at live memory of this batch, sized as declared.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for i in 0..n.min(BATCH) {
+            let h = &self.hdrs[i];
+            let len = h.msg_len as usize;
+            let from = if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > MAX_DATAGRAM {
+                None
+            } else {
+                // SAFETY: the kernel wrote a socket address of msg_namelen bytes.
+                unsafe { SockAddr::new(self.addrs[i], h.msg_hdr.msg_namelen) }.as_socket()
+            };
+            self.got.push((len, from));
+        }
+        Ok(self.got.len())
+    }
+
+    /// Length and sender of datagram `i` of the last `recv`.
+    pub fn datagram(&self, i: usize) -> (usize, Option<SocketAddr>) {
+        self.got.get(i).copied().unwrap_or((0, None))
+    }
+
+    /// The whole slot of datagram `i`: its payload is at `HEADROOM..HEADROOM + len`.
+    pub fn slot_mut(&mut self, i: usize) -> &mut [u8] {
+        let start = (i % BATCH) * SLOT;
+        &mut self.data[start..start + SLOT]
+    }
+
+    fn slot_ptr(&self, i: usize, start: usize) -> *const u8 {
+        // SAFETY (for callers): in bounds, checked when the entry was queued.
+        self.data[(i % BATCH) * SLOT + start..].as_ptr()
+    }
+}
+
+/// One datagram waiting to be sent: bytes `start..start + len` of slot `slot`, to `to`,
+/// from socket `fd`.
+#[derive(Clone, Copy)]
+struct Out {
+    fd: RawFd,
+    to: SocketAddr,
+    slot: u16,
+    start: u32,
+    len: u32,
+}
+
+/// Datagrams produced while handling one [`RecvBatch`], sent together by [`SendQueue::flush`].
+pub struct SendQueue {
+    items: Vec<Out>,
+    addrs: Vec<SockAddr>,
+    iov: Vec<libc::iovec>,
+    cmsg: Vec<[u64; 4]>,
+    hdrs: Vec<libc::mmsghdr>,
+    /// Whether GSO is used; turned off for good the first time the kernel refuses it.
+    gso: bool,
+    /// System calls made by flushes (for the scaling test and the benchmark notes).
+    pub calls: u64,
+    /// Datagrams the kernel refused (full buffer, unreachable): dropped, as UDP may.
+    pub dropped: u64,
+    /// Datagrams sent.
+    pub sent: u64,
+}
+
+impl SendQueue {
+    pub fn new(gso: bool) -> SendQueue {
+        SendQueue {
+            items: Vec::with_capacity(BATCH),
+            addrs: Vec::with_capacity(BATCH),
+            iov: Vec::with_capacity(BATCH),
+            cmsg: vec![[0; 4]; BATCH],
+            hdrs: Vec::with_capacity(BATCH),
+            gso,
+            calls: 0,
+            dropped: 0,
+            sent: 0,
+        }
+    }
+
+    /// Queue `range` of slot `slot` of `batch` for `to` from socket `fd`. The range must lie
+    /// in the slot (it comes from the engine, which only names ranges of the buffer it got).
+    pub fn push(&mut self, fd: RawFd, to: SocketAddr, slot: usize, range: std::ops::Range<usize>) {
+        if range.start > range.end || range.end > SLOT || slot >= BATCH {
+            self.dropped += 1;
+            return;
+        }
+        if self.items.len() == self.items.capacity() {
+            // Never more than one per received datagram; a full queue is a bug: drop.
+            self.dropped += 1;
+            return;
+        }
+        self.items.push(Out {
+            fd,
+            to,
+            slot: slot as u16,
+            start: range.start as u32,
+            len: (range.end - range.start) as u32,
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Send everything queued: one `sendmmsg` per socket, equal-size runs to one destination
+    /// as one GSO message. Datagrams the kernel will not take now are dropped.
+    pub fn flush(&mut self, batch: &RecvBatch) {
+        if self.items.is_empty() {
+            return;
+        }
+        // Group by socket; the sort is stable, so each socket's datagrams keep their order.
+        self.items.sort_by_key(|o| o.fd);
+        let mut i = 0;
+        while i < self.items.len() {
+            let fd = self.items[i].fd;
+            let end = i + self.items[i..].iter().take_while(|o| o.fd == fd).count();
+            self.send_group(batch, i, end);
+            i = end;
+        }
+        self.items.clear();
+    }
+
+    /// Send `items[from..to]`, all from one socket.
+    fn send_group(&mut self, batch: &RecvBatch, from: usize, to: usize) {
+        let fd = self.items[from].fd;
+        self.addrs.clear();
+        self.iov.clear();
+        self.hdrs.clear();
+        // Messages as (first iov, iov count, segment size if GSO).
+        let mut msgs: [(usize, usize, u32); BATCH] = [(0, 0, 0); BATCH];
+        let mut nmsgs = 0;
+        let mut k = from;
+        while k < to {
+            let first = self.items[k];
+            let mut count = 1;
+            if self.gso {
+                let mut total = first.len as usize;
+                while k + count < to && count < MAX_SEGMENTS {
+                    let next = self.items[k + count];
+                    if next.to != first.to
+                        || next.len != first.len
+                        || total + next.len as usize > MAX_GSO_BYTES
+                    {
+                        break;
+                    }
+                    total += next.len as usize;
+                    count += 1;
+                }
+            }
+            let iov_first = self.iov.len();
+            for o in &self.items[k..k + count] {
+                self.iov.push(libc::iovec {
+                    iov_base: batch.slot_ptr(o.slot as usize, o.start as usize) as *mut _,
+                    iov_len: o.len as usize,
+                });
+            }
+            self.addrs.push(SockAddr::from(first.to));
+            msgs[nmsgs] = (iov_first, count, if count > 1 { first.len } else { 0 });
+            nmsgs += 1;
+            k += count;
+        }
+        for (m, &(iov_first, count, seg)) in msgs[..nmsgs].iter().enumerate() {
+            // SAFETY: a zeroed msghdr is valid; every pointer set below points into vectors
+            // that are not resized until the send is done.
+            let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
+            h.msg_hdr.msg_name = self.addrs[m].as_ptr() as *mut _;
+            h.msg_hdr.msg_namelen = self.addrs[m].len();
+            h.msg_hdr.msg_iov = self.iov[iov_first..].as_mut_ptr();
+            h.msg_hdr.msg_iovlen = count as _;
+            if seg > 0 {
+                let buf = &mut self.cmsg[m];
+                *buf = [0; 4];
+                h.msg_hdr.msg_control = buf.as_mut_ptr().cast();
+                // SAFETY: CMSG_SPACE of a u16 (24 bytes on 64-bit) fits the 32-byte buffer.
+                h.msg_hdr.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as _;
+                unsafe {
+                    let c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg as u16);
+                }
+            }
+            self.hdrs.push(h);
+        }
+        let mut sent = 0;
+        while sent < nmsgs {
+            self.calls += 1;
+            // SAFETY: hdrs[sent..nmsgs] are valid headers (see above).
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.hdrs[sent..].as_mut_ptr(),
+                    (nmsgs - sent) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r > 0 {
+                let r = r as usize;
+                self.sent += msgs[sent..sent + r].iter().map(|m| m.1 as u64).sum::<u64>();
+                sent += r;
+                continue;
+            }
+            let err = io::Error::last_os_error();
+            let (_, count, seg) = msgs[sent];
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // The socket buffer is full: what is left is dropped, as UDP may.
+                Some(libc::EAGAIN) | Some(libc::ENOBUFS) => {
+                    self.dropped += msgs[sent..nmsgs].iter().map(|m| m.1 as u64).sum::<u64>();
+                    return;
+                }
+                // The device cannot segment (no checksum offload): GSO off, resend the rest.
+                Some(libc::EIO) | Some(libc::EINVAL) if seg > 0 => {
+                    self.gso = false;
+                    let first_item = from + msgs[..sent].iter().map(|m| m.1).sum::<usize>();
+                    self.send_group(batch, first_item, to);
+                    return;
+                }
+                // This destination failed (unreachable, refused by a filter): skip it.
+                _ => {
+                    self.dropped += count as u64;
+                    sent += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Whether this kernel takes `UDP_SEGMENT` on a UDP socket of `family`'s kind.
+pub fn gso_supported() -> bool {
+    let Ok(s) = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None) else {
+        return false;
+    };
+    let seg: libc::c_int = 1200;
+    // SAFETY: a valid socket and an int-sized option value.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_UDP,
+            UDP_SEGMENT,
+            (&seg as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    r == 0
+}
+
+/// Send one datagram now or drop it (control-plane answers and stream-to-relay data, which
+/// do not come in batches).
+pub fn send_one(fd: RawFd, bytes: &[u8], to: SocketAddr) -> bool {
+    let addr = SockAddr::from(to);
+    // SAFETY: valid buffer and address for the duration of the call.
+    let r = unsafe {
+        libc::sendto(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT,
+            addr.as_ptr().cast(),
+            addr.len(),
+        )
+    };
+    r >= 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
+
+    fn pair() -> (UdpSocket, UdpSocket) {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn recv_batch_reads_what_is_queued_and_no_more() {
+        let (a, b) = pair();
+        let mut batch = RecvBatch::new();
+        assert_eq!(
+            batch.recv(b.as_raw_fd()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        for i in 0..(BATCH + 5) {
+            a.send_to(&[i as u8; 10], b.local_addr().unwrap()).unwrap();
+        }
+        assert_eq!(batch.recv(b.as_raw_fd()).unwrap(), BATCH);
+        let (len, from) = batch.datagram(3);
+        assert_eq!((len, from), (10, Some(a.local_addr().unwrap())));
+        assert_eq!(&batch.slot_mut(3)[HEADROOM..HEADROOM + 10], &[3u8; 10]);
+        assert_eq!(batch.recv(b.as_raw_fd()).unwrap(), 5);
+        assert_eq!(batch.datagram(4).0, 10);
+    }
+
+    #[test]
+    fn send_queue_groups_by_socket_keeps_order_and_uses_gso_for_equal_runs() {
+        let (a, b) = pair();
+        let (c, _d) = pair();
+        let mut batch = RecvBatch::new();
+        for i in 0..6u8 {
+            a.send_to(&[i; 100], b.local_addr().unwrap()).unwrap();
+        }
+        assert_eq!(batch.recv(b.as_raw_fd()).unwrap(), 6);
+        let mut q = SendQueue::new(gso_supported());
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sink.set_nonblocking(true).unwrap();
+        let to = sink.local_addr().unwrap();
+        // Interleave two sockets; equal sizes to one destination from b.
+        for i in 0..6 {
+            let fd = if i % 3 == 2 {
+                c.as_raw_fd()
+            } else {
+                b.as_raw_fd()
+            };
+            q.push(fd, to, i, HEADROOM..HEADROOM + 100);
+        }
+        q.flush(&batch);
+        assert!(q.is_empty());
+        assert_eq!(q.dropped, 0);
+        // Two sockets: one sendmmsg each.
+        assert_eq!(q.calls, 2);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2000];
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        while let Ok((n, from)) = sink.recv_from(&mut buf) {
+            assert_eq!(n, 100, "a GSO run arrives as separate datagrams");
+            got.push((from.port(), buf[0]));
+        }
+        let from_b: Vec<u8> = got
+            .iter()
+            .filter(|g| g.0 == b.local_addr().unwrap().port())
+            .map(|g| g.1)
+            .collect();
+        let from_c: Vec<u8> = got
+            .iter()
+            .filter(|g| g.0 == c.local_addr().unwrap().port())
+            .map(|g| g.1)
+            .collect();
+        assert_eq!(from_b, vec![0, 1, 3, 4]);
+        assert_eq!(from_c, vec![2, 5]);
+    }
+
+    #[test]
+    fn out_of_slot_ranges_are_dropped_not_sent() {
+        let (_a, b) = pair();
+        let mut q = SendQueue::new(false);
+        q.push(b.as_raw_fd(), b.local_addr().unwrap(), 0, 0..SLOT + 1);
+        q.push(b.as_raw_fd(), b.local_addr().unwrap(), BATCH, 0..1);
+        assert!(q.is_empty());
+        assert_eq!(q.dropped, 2);
+    }
+}

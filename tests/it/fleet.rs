@@ -989,3 +989,124 @@ async fn long_allocations_get_interim_usage_records() {
         "the final record: {all:?}"
     );
 }
+
+/// `HGETALL turnd:load:<node>`.
+fn published_load(redis: &Redis, node: &str) -> std::collections::HashMap<String, String> {
+    let mut r = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    redis::cmd("HGETALL")
+        .arg(format!("turnd:load:{node}"))
+        .query(&mut r)
+        .unwrap()
+}
+
+/// Peer -> client datagrams through `t`'s relay at about 500 per second until `stop`
+/// (bounded: 10 s at most).
+async fn stream_to(
+    t: &mut UdpTurn,
+    channel: u16,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<u64> {
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let relay = t.allocate().await;
+    t.channel_bind(channel, peer.local_addr().unwrap()).await;
+    tokio::spawn(async move {
+        let end = Instant::now() + Duration::from_secs(10);
+        let mut tick = tokio::time::interval(Duration::from_millis(2));
+        let mut sent = 0;
+        while !stop.is_cancelled() && Instant::now() < end {
+            tick.tick().await;
+            peer.send_to(&[5u8; 40], relay).await.unwrap();
+            sent += 1;
+        }
+        sent
+    })
+}
+
+/// Each node publishes its relayed packets per second and its CPU; between two nodes with
+/// as many allocations, the busy node redirects to the one relaying fewer packets.
+#[tokio::test]
+async fn the_redirect_target_with_equal_allocations_is_the_one_relaying_fewer_packets() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (ua, ub, uc) = (free_udp(), free_udp(), free_udp());
+    let a = node_with(
+        dir.path(),
+        &redis.url(),
+        "a",
+        "61500-61999",
+        &ua,
+        &format!("redirect_above = 1\npublic_udp = \"{ua}\""),
+        PER_USER,
+    );
+    let b = node_with(
+        dir.path(),
+        &redis.url(),
+        "b",
+        "62000-62499",
+        &ub,
+        &format!("public_udp = \"{ub}\""),
+        PER_USER,
+    );
+    let c = node_with(
+        dir.path(),
+        &redis.url(),
+        "c",
+        "62500-62999",
+        &uc,
+        &format!("public_udp = \"{uc}\""),
+        PER_USER,
+    );
+    wait_metric(&a, "turnd_cluster_nodes", 3.0, Duration::from_secs(5)).await;
+    let mut held = vec![turn(&a, "alice").await, turn(&a, "bob").await];
+    for t in &mut held {
+        assert_eq!(allocate(t).await, None);
+    }
+    let (mut on_b, mut on_c) = (turn(&b, "alice").await, turn(&c, "alice").await);
+    let ask_a = || async {
+        let mut t = turn(&a, "bob").await;
+        let r = t.ask(METHOD_ALLOCATE, &[&udp_transport()]).await;
+        assert_eq!(code(&r), Some(300), "A is over redirect_above");
+        alternate(&r)
+    };
+
+    // B relays, C idles (one allocation each): C, although "b" < "c".
+    let stop = tokio_util::sync::CancellationToken::new();
+    let flow = stream_to(&mut on_b, 0x4003, stop.clone()).await;
+    on_c.allocate().await;
+    tokio::time::sleep(heartbeats(4)).await;
+    let load_b = published_load(&redis, "b");
+    let pkts_b: u64 = load_b["pkts"].parse().unwrap();
+    assert!(pkts_b > 200, "B publishes ~500 pkt/s: {load_b:?}");
+    assert_eq!(load_b["allocations"], "1");
+    let cpu_b: f64 = load_b["cpu"].parse().unwrap();
+    assert!((0.0..=1.0).contains(&cpu_b), "{load_b:?}");
+    assert_eq!(published_load(&redis, "c")["pkts"], "0");
+    assert_eq!(ask_a().await, c.udp, "C relays fewer packets");
+    stop.cancel();
+    let sent_b = flow.await.unwrap();
+
+    // Now C relays and B idles: B.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut on_c2 = turn(&c, "bob").await;
+    let flow = stream_to(&mut on_c2, 0x4004, stop.clone()).await;
+    assert_eq!(
+        refresh_to(&mut on_c, 0).await,
+        None,
+        "C keeps one allocation"
+    );
+    tokio::time::sleep(heartbeats(4)).await;
+    let pkts_c: u64 = published_load(&redis, "c")["pkts"].parse().unwrap();
+    assert!(pkts_c > 200, "{pkts_c}");
+    assert_eq!(published_load(&redis, "b")["pkts"], "0");
+    assert_eq!(ask_a().await, b.udp, "B relays fewer packets now");
+    stop.cancel();
+    let sent_c = flow.await.unwrap();
+    eprintln!(
+        "FIGURE published relayed pkt/s: B {pkts_b} (sent {sent_b}), C {pkts_c} (sent {sent_c}) \
+         at ~500 pkt/s offered; B's CPU {cpu_b} of all cores"
+    );
+    drop((held, on_b, on_c2));
+}

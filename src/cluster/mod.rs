@@ -180,7 +180,18 @@ fn client(cfg: &Cluster) -> anyhow::Result<redis::Client> {
     if let Some(p) = &cfg.password {
         info.redis.password = Some(p.0.clone());
     }
-    redis::Client::open(info).context("[cluster] redis")
+    match &cfg.ca_pem {
+        // `ca_file`: this CA instead of the public roots.
+        Some(pem) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            },
+        ),
+        None => redis::Client::open(info),
+    }
+    .context("[cluster] redis")
 }
 
 async fn connect(

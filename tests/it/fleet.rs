@@ -1110,3 +1110,207 @@ async fn the_redirect_target_with_equal_allocations_is_the_one_relaying_fewer_pa
     );
     drop((held, on_b, on_c2));
 }
+
+/// A throwaway CA and a certificate for 127.0.0.1 it signed: (CA PEM, cert PEM, key PEM).
+fn redis_tls_certs() -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "turnd fleet-test Redis CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    (ca_cert.pem(), leaf_cert.pem(), leaf_key.serialize_pem())
+}
+
+/// `redis-server` speaking only TLS (`--port 0 --tls-port`) with `requirepass`, on a free
+/// loopback port; killed by PID on drop.
+fn redis_tls(dir: &Path, password: &str) -> (Redis, PathBuf) {
+    let (ca, cert, key) = redis_tls_certs();
+    let (ca_file, cert_file, key_file) = (
+        dir.join("ca.pem"),
+        dir.join("redis.pem"),
+        dir.join("redis.key"),
+    );
+    std::fs::write(&ca_file, ca).unwrap();
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let p = |f: &PathBuf| f.display().to_string();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            &p(&cert_file),
+            "--tls-key-file",
+            &p(&key_file),
+        ])
+        .args([
+            "--tls-ca-cert-file",
+            &p(&ca_file),
+            "--tls-auth-clients",
+            "no",
+        ])
+        .args([
+            "--requirepass",
+            password,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is required for the fleet tests (apt-get install redis-server)");
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < end,
+            "redis-server (TLS) did not listen on {port}; built without TLS?"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Redis { child, port }, ca_file)
+}
+
+/// `rediss://` with `ca_file` and `password_file` against a TLS-only, password-protected
+/// `redis-server`: the right password joins the fleet (its lease is in Redis, read back over
+/// TLS); a wrong password, or the public roots instead of the CA, leaves the node down
+/// (`turnd_cluster_up 0`, one warning without the password) on local quota limits.
+#[tokio::test]
+async fn rediss_with_a_ca_file_and_a_password_file_joins_and_a_wrong_password_falls_back() {
+    const PASSWORD: &str = "fleet-redis-pw-4242";
+    let dir = tempfile::tempdir().unwrap();
+    let (redis, ca) = redis_tls(dir.path(), PASSWORD);
+    let url = format!("rediss://127.0.0.1:{}/0", redis.port);
+    let (right, wrong) = (dir.path().join("right-pw"), dir.path().join("wrong-pw"));
+    std::fs::write(&right, format!("{PASSWORD}\n")).unwrap();
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    let with =
+        |pw: &Path, ca_line: &str| format!("password_file = \"{}\"\n{ca_line}", pw.display());
+    let ca_line = format!("ca_file = \"{}\"\n", ca.display());
+    let good = node_with(
+        dir.path(),
+        &url,
+        "good",
+        "63000-63499",
+        "127.0.0.1:0",
+        &with(&right, &ca_line),
+        PER_USER,
+    );
+    let mut bad = node_with(
+        dir.path(),
+        &url,
+        "badpw",
+        "63500-63999",
+        "127.0.0.1:0",
+        &with(&wrong, &ca_line),
+        1,
+    );
+    let mut untrusting = node_with(
+        dir.path(),
+        &url,
+        "noca",
+        "64000-64499",
+        "127.0.0.1:0",
+        &with(&right, ""),
+        PER_USER,
+    );
+    wait_metric(&good, "turnd_cluster_up", 1.0, Duration::from_secs(5)).await;
+    wait_metric(&good, "turnd_cluster_nodes", 1.0, Duration::from_secs(5)).await;
+    // Read back over TLS, with the password: the node's lease and load are there.
+    let mut r = redis::Client::build_with_tls(
+        format!("rediss://:{PASSWORD}@127.0.0.1:{}/0", redis.port),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(&ca).unwrap()),
+        },
+    )
+    .unwrap()
+    .get_connection()
+    .unwrap();
+    let nodes: Vec<String> = redis::cmd("ZRANGE")
+        .arg("turnd:nodes")
+        .arg(0)
+        .arg(-1)
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(
+        nodes,
+        ["good"],
+        "only the node with the password and the CA joined"
+    );
+    let load: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg("turnd:load:good")
+        .query(&mut r)
+        .unwrap();
+    assert!(load.contains_key("allocations"), "{load:?}");
+    // Plain text on the TLS port gets nowhere.
+    let plain = redis::Client::open(format!("redis://:{PASSWORD}@127.0.0.1:{}/0", redis.port))
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+    assert!(plain.is_err(), "TLS only: {plain:?}");
+
+    // Several heartbeats later the other two are still down.
+    tokio::time::sleep(heartbeats(5)).await;
+    for d in [&bad, &untrusting] {
+        assert_eq!(metric(d, "turnd_cluster_up").await, 0.0);
+    }
+    // The documented fallback (quota_fail = "local"): this node's limits alone.
+    let mut t = turn(&bad, "alice").await;
+    assert_eq!(allocate(&mut t).await, None, "admitted on local limits");
+    let mut t2 = turn(&bad, "alice").await;
+    assert_eq!(allocate(&mut t2).await, Some(486), "local per-user limit 1");
+    let warned = bad.wait_for("the unreachable warning", |v| {
+        v["level"] == "WARN" && v.to_string().contains("cluster: Redis unreachable")
+    });
+    bad.drain_lines();
+    let all: String = bad.seen.iter().map(|v| v.to_string()).collect();
+    assert!(
+        !all.contains("not-the-password"),
+        "the password is never logged"
+    );
+    let warnings = bad
+        .seen
+        .iter()
+        .filter(|v| v.to_string().contains("cluster: Redis unreachable"))
+        .count();
+    assert_eq!(warnings, 1, "one warning, not one per heartbeat: {warned}");
+    assert!(
+        warned["error"]
+            .as_str()
+            .unwrap()
+            .contains("AuthenticationFailed"),
+        "refused for the password: {warned}"
+    );
+    let refused = untrusting.wait_for("the unreachable warning", |v| {
+        v["level"] == "WARN" && v.to_string().contains("cluster: Redis unreachable")
+    });
+    assert!(
+        refused.to_string().contains("UnknownIssuer"),
+        "the public roots do not know the test CA: {refused}"
+    );
+    drop((t, t2));
+}

@@ -18,6 +18,10 @@
 //! (`turnd_cluster_up 0`, one warning per change of state) and quotas fall back to
 //! `quota_fail`: `local` (this node's limits alone) or `closed` (refuse new allocations). It
 //! reconnects every heartbeat and republishes at once when Redis is back.
+//!
+//! `rediss://` is TLS (rustls): the server's certificate is checked against the public roots,
+//! or only against `ca_file`'s CA(s); `password_file` is sent with `AUTH`. Each node's load
+//! for redirects (allocations, relayed pkt/s, CPU) is in [`redirect`].
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;

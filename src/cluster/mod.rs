@@ -21,7 +21,7 @@
 //!
 //! `rediss://` is TLS (rustls): the server's certificate is checked against the public roots,
 //! or only against `ca_file`'s CA(s); `password_file` is sent with `AUTH`. Each node's load
-//! for redirects (allocations, relayed pkt/s, CPU) is in [`redirect`].
+//! for redirects (allocations, relayed pkt/s, CPU) is in `redirect.rs`.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;

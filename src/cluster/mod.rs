@@ -18,6 +18,10 @@
 //! (`turnd_cluster_up 0`, one warning per change of state) and quotas fall back to
 //! `quota_fail`: `local` (this node's limits alone) or `closed` (refuse new allocations). It
 //! reconnects every heartbeat and republishes at once when Redis is back.
+//!
+//! `rediss://` is TLS (rustls): the server's certificate is checked against the public roots,
+//! or only against `ca_file`'s CA(s); `password_file` is sent with `AUTH`. Each node's load
+//! for redirects (allocations, relayed pkt/s, CPU) is in `redirect.rs`.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -168,6 +172,8 @@ pub struct Member {
     interim: usage::Interim,
     /// The realm, for interim usage records.
     realm: String,
+    /// Relayed packets and CPU time at the last heartbeat, for the published rates.
+    sampler: redirect::Sampler,
 }
 
 fn client(cfg: &Cluster) -> anyhow::Result<redis::Client> {
@@ -178,7 +184,18 @@ fn client(cfg: &Cluster) -> anyhow::Result<redis::Client> {
     if let Some(p) = &cfg.password {
         info.redis.password = Some(p.0.clone());
     }
-    redis::Client::open(info).context("[cluster] redis")
+    match &cfg.ca_pem {
+        // `ca_file`: this CA instead of the public roots.
+        Some(pem) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            },
+        ),
+        None => redis::Client::open(info),
+    }
+    .context("[cluster] redis")
 }
 
 async fn connect(
@@ -264,6 +281,7 @@ impl Member {
             pending: Vec::new(),
             interim: usage::Interim::new(cfg.usage_interval),
             realm: realm.to_string(),
+            sampler: redirect::Sampler::new(),
             nonce_key,
             handle: Handle {
                 status,
@@ -417,12 +435,21 @@ impl Member {
         self.interim.due(&live, &self.realm, &mut self.pending);
         let busy = (self.cfg.redirect_above > 0 && total > self.cfg.redirect_above)
             || control.is_draining();
-        let loads = tokio::time::timeout(
-            self.cfg.timeout,
-            redirect::exchange(conn, &self.cfg, total, busy),
-        )
-        .await
-        .context("Redis timed out")??;
+        let c = control.clone();
+        let packets = tokio::task::spawn_blocking(move || relayed_packets(&c))
+            .await
+            .context("metrics")?;
+        let (pkts, cpu) = self.sampler.sample(packets);
+        let own = redirect::Own {
+            allocations: total,
+            pkts,
+            cpu,
+            busy,
+        };
+        let loads =
+            tokio::time::timeout(self.cfg.timeout, redirect::exchange(conn, &self.cfg, &own))
+                .await
+                .context("Redis timed out")??;
         redirect::apply(&self.handle.redirect, &self.cfg.node_id, busy, &loads);
         if self.pending.is_empty() {
             usage::take(&mut self.usage_rx, &mut self.pending);
@@ -435,6 +462,19 @@ impl Member {
         .context("Redis timed out")??;
         Ok((parse_fleet(&reply), nodes))
     }
+}
+
+/// Packets relayed by every shard since start, both directions, every transport (from the
+/// shards' metrics snapshots).
+fn relayed_packets(control: &crate::net::Control) -> u64 {
+    control
+        .metrics()
+        .iter()
+        .flat_map(|m| {
+            let t = &m.engine.traffic;
+            t.packets_to_peer.iter().chain(&t.packets_to_client)
+        })
+        .fold(0u64, |a, &b| a.saturating_add(b))
 }
 
 /// REST secrets and static users from Redis into `creds`.

@@ -569,9 +569,28 @@ fn apply_cluster(
             }
         },
     };
+    let ca_pem = cl.ca_file.and_then(|f| {
+        let path = base.join(f);
+        let problem = match std::fs::read(&path) {
+            Err(e) => format!("cannot read \"{}\": {e}", path.display()),
+            Ok(pem) => match rustls_pemfile::certs(&mut &pem[..]).collect::<Result<Vec<_>, _>>() {
+                Ok(certs) if !certs.is_empty() => return Some(pem),
+                _ => format!("\"{}\" holds no PEM certificate", path.display()),
+            },
+        };
+        problems.push(Problem::new("cluster.ca_file".to_string(), problem));
+        None
+    });
+    if ca_pem.is_some() && !redis.starts_with("rediss://") {
+        problems.push(Problem::new(
+            "cluster.ca_file".to_string(),
+            "needs a rediss:// (TLS) URL in cluster.redis",
+        ));
+    }
     let mut cluster = super::Cluster {
         redis: Redacted(redis),
         password,
+        ca_pem,
         node_id: cl.node_id.unwrap_or_else(crate::cluster::hostname),
         heartbeat: Duration::from_secs(1),
         lease: Duration::from_secs(3),

@@ -79,6 +79,9 @@ pub struct Cluster {
     pub redis: Redacted,
     /// From `password_file`: overrides a password in the URL.
     pub password: Option<Redacted>,
+    /// From `ca_file`: PEM CA certificates a `rediss://` server's certificate must chain
+    /// to, instead of the public (webpki) roots. Default: none (the public roots).
+    pub ca_pem: Option<Vec<u8>>,
     /// This node's name in the fleet. Default: the hostname.
     pub node_id: String,
     /// How often the node renews its lease and reads the others'. Default: 1 s.

@@ -166,6 +166,8 @@ pub struct RawCluster {
     /// `redis://host:6379/0` or `rediss://` (TLS). May hold a password: never repeated.
     pub redis: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// PEM CA certificates trusted for `rediss://` instead of the public roots.
+    pub ca_file: Option<PathBuf>,
     pub node_id: Option<String>,
     pub heartbeat: Option<Dur>,
     pub lease: Option<Dur>,

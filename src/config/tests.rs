@@ -967,3 +967,40 @@ fn cluster_section_parses_and_checks_its_keys() {
     ));
     assert!(e.contains("quota_fail"), "{e}");
 }
+
+#[test]
+fn cluster_ca_file_must_hold_a_pem_certificate_and_needs_rediss() {
+    let ck = rcgen::generate_simple_self_signed(vec!["redis.example".to_string()]).unwrap();
+    let ca = temp_file("redis-ca.pem", &ck.cert.pem());
+    let with = |url: &str, file: &Path| {
+        format!(
+            "{MINIMAL}[cluster]\nredis = \"{url}\"\nca_file = \"{}\"\n",
+            file.display()
+        )
+    };
+    let c = load(&with("rediss://redis.example:6380/0", &ca))
+        .unwrap()
+        .cluster
+        .unwrap();
+    assert_eq!(c.ca_pem.as_deref(), Some(ck.cert.pem().as_bytes()));
+    let e = error(&with("redis://redis.example:6379/0", &ca));
+    assert!(
+        e.contains("cluster.ca_file") && e.contains("rediss://"),
+        "{e}"
+    );
+    let junk = temp_file("redis-ca-junk.pem", "not a certificate\n");
+    let e = error(&with("rediss://redis.example:6380/0", &junk));
+    assert!(e.contains("cluster.ca_file") && e.contains("no PEM"), "{e}");
+    let e = error(&with("rediss://x:6380/0", Path::new("/nonexistent/ca.pem")));
+    assert!(
+        e.contains("cluster.ca_file") && e.contains("cannot read"),
+        "{e}"
+    );
+    let d = load(&format!(
+        "{MINIMAL}[cluster]\nredis = \"rediss://x:6380/0\"\n"
+    ))
+    .unwrap()
+    .cluster
+    .unwrap();
+    assert_eq!(d.ca_pem, None, "the public roots by default");
+}

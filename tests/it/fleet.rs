@@ -85,6 +85,28 @@ fn node_with(
     extra: &str,
     per_user: usize,
 ) -> Daemon {
+    let listen = format!("udp = [\"{udp}\"]");
+    node_listening(
+        dir,
+        redis,
+        id,
+        ("127.0.0.1", ports),
+        &listen,
+        extra,
+        per_user,
+    )
+}
+
+/// A node with `listen` as its `[listen]` section's body.
+fn node_listening(
+    dir: &Path,
+    redis: &str,
+    id: &str,
+    (relay, ports): (&str, &str),
+    listen: &str,
+    extra: &str,
+    per_user: usize,
+) -> Daemon {
     let file: PathBuf = dir.join(format!("{id}.toml"));
     std::fs::write(
         &file,
@@ -92,9 +114,9 @@ fn node_with(
             r#"realm = "turnd"
 workers = 2
 [listen]
-udp = ["{udp}"]
+{listen}
 [relay]
-ipv4 = "127.0.0.1"
+ipv4 = "{relay}"
 ipv6 = "none"
 ports = "{ports}"
 [auth]
@@ -988,4 +1010,464 @@ async fn long_allocations_get_interim_usage_records() {
         last.0 != "interim" && last.1 == "500",
         "the final record: {all:?}"
     );
+}
+
+/// `HGETALL turnd:load:<node>`.
+fn published_load(redis: &Redis, node: &str) -> std::collections::HashMap<String, String> {
+    let mut r = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    redis::cmd("HGETALL")
+        .arg(format!("turnd:load:{node}"))
+        .query(&mut r)
+        .unwrap()
+}
+
+/// Peer -> client datagrams through `t`'s relay at about 500 per second until `stop`
+/// (bounded: 10 s at most).
+async fn stream_to(
+    t: &mut UdpTurn,
+    channel: u16,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<u64> {
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let relay = t.allocate().await;
+    t.channel_bind(channel, peer.local_addr().unwrap()).await;
+    tokio::spawn(async move {
+        let end = Instant::now() + Duration::from_secs(10);
+        let mut tick = tokio::time::interval(Duration::from_millis(2));
+        let mut sent = 0;
+        while !stop.is_cancelled() && Instant::now() < end {
+            tick.tick().await;
+            peer.send_to(&[5u8; 40], relay).await.unwrap();
+            sent += 1;
+        }
+        sent
+    })
+}
+
+/// Each node publishes its relayed packets per second and its CPU; between two nodes with
+/// as many allocations, the busy node redirects to the one relaying fewer packets.
+#[tokio::test]
+async fn the_redirect_target_with_equal_allocations_is_the_one_relaying_fewer_packets() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (ua, ub, uc) = (free_udp(), free_udp(), free_udp());
+    let a = node_with(
+        dir.path(),
+        &redis.url(),
+        "a",
+        "61500-61999",
+        &ua,
+        &format!("redirect_above = 1\npublic_udp = \"{ua}\""),
+        PER_USER,
+    );
+    let b = node_with(
+        dir.path(),
+        &redis.url(),
+        "b",
+        "62000-62499",
+        &ub,
+        &format!("public_udp = \"{ub}\""),
+        PER_USER,
+    );
+    let c = node_with(
+        dir.path(),
+        &redis.url(),
+        "c",
+        "62500-62999",
+        &uc,
+        &format!("public_udp = \"{uc}\""),
+        PER_USER,
+    );
+    wait_metric(&a, "turnd_cluster_nodes", 3.0, Duration::from_secs(5)).await;
+    let mut held = vec![turn(&a, "alice").await, turn(&a, "bob").await];
+    for t in &mut held {
+        assert_eq!(allocate(t).await, None);
+    }
+    let (mut on_b, mut on_c) = (turn(&b, "alice").await, turn(&c, "alice").await);
+    let ask_a = || async {
+        let mut t = turn(&a, "bob").await;
+        let r = t.ask(METHOD_ALLOCATE, &[&udp_transport()]).await;
+        assert_eq!(code(&r), Some(300), "A is over redirect_above");
+        alternate(&r)
+    };
+
+    // B relays, C idles (one allocation each): C, although "b" < "c".
+    let stop = tokio_util::sync::CancellationToken::new();
+    let flow = stream_to(&mut on_b, 0x4003, stop.clone()).await;
+    on_c.allocate().await;
+    tokio::time::sleep(heartbeats(4)).await;
+    let load_b = published_load(&redis, "b");
+    let pkts_b: u64 = load_b["pkts"].parse().unwrap();
+    assert!(pkts_b > 200, "B publishes ~500 pkt/s: {load_b:?}");
+    assert_eq!(load_b["allocations"], "1");
+    let cpu_b: f64 = load_b["cpu"].parse().unwrap();
+    assert!((0.0..=1.0).contains(&cpu_b), "{load_b:?}");
+    assert_eq!(published_load(&redis, "c")["pkts"], "0");
+    assert_eq!(ask_a().await, c.udp, "C relays fewer packets");
+    stop.cancel();
+    let sent_b = flow.await.unwrap();
+
+    // Now C relays and B idles: B.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut on_c2 = turn(&c, "bob").await;
+    let flow = stream_to(&mut on_c2, 0x4004, stop.clone()).await;
+    assert_eq!(
+        refresh_to(&mut on_c, 0).await,
+        None,
+        "C keeps one allocation"
+    );
+    tokio::time::sleep(heartbeats(4)).await;
+    let pkts_c: u64 = published_load(&redis, "c")["pkts"].parse().unwrap();
+    assert!(pkts_c > 200, "{pkts_c}");
+    assert_eq!(published_load(&redis, "b")["pkts"], "0");
+    assert_eq!(ask_a().await, b.udp, "B relays fewer packets now");
+    stop.cancel();
+    let sent_c = flow.await.unwrap();
+    eprintln!(
+        "FIGURE published relayed pkt/s: B {pkts_b} (sent {sent_b}), C {pkts_c} (sent {sent_c}) \
+         at ~500 pkt/s offered; B's CPU {cpu_b} of all cores"
+    );
+    drop((held, on_b, on_c2));
+}
+
+/// A throwaway CA and a certificate for 127.0.0.1 it signed: (CA PEM, cert PEM, key PEM).
+fn redis_tls_certs() -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "turnd fleet-test Redis CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    (ca_cert.pem(), leaf_cert.pem(), leaf_key.serialize_pem())
+}
+
+/// `redis-server` speaking only TLS (`--port 0 --tls-port`) with `requirepass`, on a free
+/// loopback port; killed by PID on drop.
+fn redis_tls(dir: &Path, password: &str) -> (Redis, PathBuf) {
+    let (ca, cert, key) = redis_tls_certs();
+    let (ca_file, cert_file, key_file) = (
+        dir.join("ca.pem"),
+        dir.join("redis.pem"),
+        dir.join("redis.key"),
+    );
+    std::fs::write(&ca_file, ca).unwrap();
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let p = |f: &PathBuf| f.display().to_string();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            &p(&cert_file),
+            "--tls-key-file",
+            &p(&key_file),
+        ])
+        .args([
+            "--tls-ca-cert-file",
+            &p(&ca_file),
+            "--tls-auth-clients",
+            "no",
+        ])
+        .args([
+            "--requirepass",
+            password,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is required for the fleet tests (apt-get install redis-server)");
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < end,
+            "redis-server (TLS) did not listen on {port}; built without TLS?"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Redis { child, port }, ca_file)
+}
+
+/// `rediss://` with `ca_file` and `password_file` against a TLS-only, password-protected
+/// `redis-server`: the right password joins the fleet (its lease is in Redis, read back over
+/// TLS); a wrong password, or the public roots instead of the CA, leaves the node down
+/// (`turnd_cluster_up 0`, one warning without the password) on local quota limits.
+#[tokio::test]
+async fn rediss_with_a_ca_file_and_a_password_file_joins_and_a_wrong_password_falls_back() {
+    const PASSWORD: &str = "fleet-redis-pw-4242";
+    let dir = tempfile::tempdir().unwrap();
+    let (redis, ca) = redis_tls(dir.path(), PASSWORD);
+    let url = format!("rediss://127.0.0.1:{}/0", redis.port);
+    let (right, wrong) = (dir.path().join("right-pw"), dir.path().join("wrong-pw"));
+    std::fs::write(&right, format!("{PASSWORD}\n")).unwrap();
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    let with =
+        |pw: &Path, ca_line: &str| format!("password_file = \"{}\"\n{ca_line}", pw.display());
+    let ca_line = format!("ca_file = \"{}\"\n", ca.display());
+    let good = node_with(
+        dir.path(),
+        &url,
+        "good",
+        "63000-63499",
+        "127.0.0.1:0",
+        &with(&right, &ca_line),
+        PER_USER,
+    );
+    let mut bad = node_with(
+        dir.path(),
+        &url,
+        "badpw",
+        "63500-63999",
+        "127.0.0.1:0",
+        &with(&wrong, &ca_line),
+        1,
+    );
+    let mut untrusting = node_with(
+        dir.path(),
+        &url,
+        "noca",
+        "64000-64499",
+        "127.0.0.1:0",
+        &with(&right, ""),
+        PER_USER,
+    );
+    wait_metric(&good, "turnd_cluster_up", 1.0, Duration::from_secs(5)).await;
+    wait_metric(&good, "turnd_cluster_nodes", 1.0, Duration::from_secs(5)).await;
+    // Read back over TLS, with the password: the node's lease and load are there.
+    let mut r = redis::Client::build_with_tls(
+        format!("rediss://:{PASSWORD}@127.0.0.1:{}/0", redis.port),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(&ca).unwrap()),
+        },
+    )
+    .unwrap()
+    .get_connection()
+    .unwrap();
+    let nodes: Vec<String> = redis::cmd("ZRANGE")
+        .arg("turnd:nodes")
+        .arg(0)
+        .arg(-1)
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(
+        nodes,
+        ["good"],
+        "only the node with the password and the CA joined"
+    );
+    let load: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg("turnd:load:good")
+        .query(&mut r)
+        .unwrap();
+    assert!(load.contains_key("allocations"), "{load:?}");
+    // Plain text on the TLS port gets nowhere.
+    let plain = redis::Client::open(format!("redis://:{PASSWORD}@127.0.0.1:{}/0", redis.port))
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+    assert!(plain.is_err(), "TLS only: {plain:?}");
+
+    // Several heartbeats later the other two are still down.
+    tokio::time::sleep(heartbeats(5)).await;
+    for d in [&bad, &untrusting] {
+        assert_eq!(metric(d, "turnd_cluster_up").await, 0.0);
+    }
+    // The documented fallback (quota_fail = "local"): this node's limits alone.
+    let mut t = turn(&bad, "alice").await;
+    assert_eq!(allocate(&mut t).await, None, "admitted on local limits");
+    let mut t2 = turn(&bad, "alice").await;
+    assert_eq!(allocate(&mut t2).await, Some(486), "local per-user limit 1");
+    let warned = bad.wait_for("the unreachable warning", |v| {
+        v["level"] == "WARN" && v.to_string().contains("cluster: Redis unreachable")
+    });
+    bad.drain_lines();
+    let all: String = bad.seen.iter().map(|v| v.to_string()).collect();
+    assert!(
+        !all.contains("not-the-password"),
+        "the password is never logged"
+    );
+    let warnings = bad
+        .seen
+        .iter()
+        .filter(|v| v.to_string().contains("cluster: Redis unreachable"))
+        .count();
+    assert_eq!(warnings, 1, "one warning, not one per heartbeat: {warned}");
+    assert!(
+        warned["error"]
+            .as_str()
+            .unwrap()
+            .contains("AuthenticationFailed"),
+        "refused for the password: {warned}"
+    );
+    let refused = untrusting.wait_for("the unreachable warning", |v| {
+        v["level"] == "WARN" && v.to_string().contains("cluster: Redis unreachable")
+    });
+    assert!(
+        refused.to_string().contains("UnknownIssuer"),
+        "the public roots do not know the test CA: {refused}"
+    );
+    drop((t, t2));
+}
+
+/// Headless Chromium (libwebrtc's `TurnPort`) whose only TURN server is an overloaded node A
+/// gets 300 (Try Alternate) and follows ALTERNATE-SERVER: over UDP its relay candidate is on
+/// node B; over TCP it reconnects to B but B refuses A's nonce (438, see below). libwebrtc refuses redirects to loopback addresses (crbug 649118:
+/// "Blocking attempted redirect to loopback address"), so the fleet runs in a network
+/// namespace of its own, A on 192.0.2.1 and B on 192.0.2.2 (a veth pair inside it; nothing
+/// leaves it). Needs root and `ip`.
+#[test]
+fn chromium_follows_the_300_of_an_overloaded_node_to_a_relay_on_another() {
+    use crate::common::browser::{check_tools, run_driver};
+    const CHROMIUM: &str = "/usr/bin/chromium";
+    check_tools("playwright-core", &[CHROMIUM]);
+    let ns = crate::policy_netns::Netns::new("fleet-chromium");
+    ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+    for dev in ["v0", "v1"] {
+        ns.ip(&["link", "set", dev, "up"]);
+    }
+    for a in ["192.0.2.1/24", "192.0.2.2/24"] {
+        ns.ip(&["addr", "add", a, "dev", "v0"]);
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            ns.enter();
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(chromium_redirect_in_netns(CHROMIUM, run_driver));
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    });
+}
+
+async fn chromium_redirect_in_netns(
+    chromium: &'static str,
+    run_driver: fn(&str, &[&str], Duration) -> serde_json::Value,
+) {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (ua, ub) = ("192.0.2.1:3478", "192.0.2.2:3478");
+    let node = |id: &str, relay: &str, addr: &str, extra: &str| {
+        node_listening(
+            dir.path(),
+            &redis.url(),
+            id,
+            (relay, "50000-50999"),
+            &format!("udp = [\"{addr}\"]\ntcp = [\"{addr}\"]"),
+            &format!("public_udp = \"{addr}\"\npublic_tcp = \"{addr}\"\n{extra}"),
+            10,
+        )
+    };
+    let a = node("a", "192.0.2.1", ua, "redirect_above = 1");
+    let mut b = node("b", "192.0.2.2", ub, "");
+    wait_metric(&a, "turnd_cluster_nodes", 2.0, Duration::from_secs(5)).await;
+    // Two calls on A: over redirect_above = 1.
+    let mut held = vec![turn(&a, "bob").await, turn(&a, "bob").await];
+    for t in &mut held {
+        assert_eq!(allocate(t).await, None);
+    }
+    tokio::time::sleep(heartbeats(3)).await;
+    let servers = serde_json::json!([
+        {"name": "udp", "url": format!("turn:{ua}?transport=udp"),
+         "username": "alice", "credential": "alice-pw"},
+        {"name": "tcp", "url": format!("turn:{ua}?transport=tcp"),
+         "username": "alice", "credential": "alice-pw"},
+    ])
+    .to_string();
+    // A thread of this one, so in the namespace too; the nodes run on their own meanwhile.
+    let out = std::thread::spawn(move || {
+        run_driver(
+            "redirect.js",
+            &[chromium, &servers],
+            Duration::from_secs(120),
+        )
+    })
+    .join()
+    .unwrap();
+    eprintln!("redirect.js: {out}");
+    let relays = |transport: &str| -> Vec<serde_json::Value> {
+        out["results"][transport]["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["type"] == "relay")
+            .cloned()
+            .collect()
+    };
+    // UDP: the redirected Allocate (same socket, so the same client address) succeeds on B.
+    let udp = relays("udp");
+    assert!(!udp.is_empty(), "udp: no relay candidate: {out}");
+    for c in &udp {
+        assert_eq!(c["address"], "192.0.2.2", "udp: the relay is on B: {c}");
+        assert_eq!(c["url"], format!("turn:{ua}?transport=udp"), "{c}");
+    }
+    // TCP: libwebrtc follows the 300 too, on a new connection (a new client port), with A's
+    // nonce; turnd's nonces are bound to the client's address and port, so B answers 438,
+    // which libwebrtc treats as fatal for an Allocate: no TCP relay. Asserted as it is (the
+    // README says so); if this changes, update both.
+    assert!(relays("tcp").is_empty(), "tcp: {out}");
+    let tcp_errors = out["results"]["tcp"]["errors"].as_array().unwrap();
+    assert!(
+        tcp_errors.iter().any(|e| e["code"] == 438),
+        "tcp: 438 from the alternate: {out}"
+    );
+    let (status, body) = http("GET", a.admin, "/metrics", None).await;
+    assert_eq!(status, 200);
+    let refused = prometheus(&body)
+        .get("turnd_refusals_total{reason=\"try_alternate\"}")
+        .copied()
+        .unwrap_or(0.0);
+    assert!(
+        refused >= 2.0,
+        "A answered 300 for each transport: {refused}"
+    );
+    let (status, body) = http("GET", b.admin, "/metrics", None).await;
+    assert_eq!(status, 200);
+    let stale = prometheus(&body)
+        .get("turnd_refusals_total{reason=\"stale_nonce\"}")
+        .copied()
+        .unwrap_or(0.0);
+    assert!(
+        stale >= 1.0,
+        "B got the TCP Allocate with A's nonce: {stale}"
+    );
+    b.drain_lines();
+    let created = b
+        .seen
+        .iter()
+        .filter(|v| v["message"] == "allocation created" || v["event"] == "allocation created")
+        .count();
+    assert!(created >= 1, "B took Chromium's UDP allocation: {created}");
+    eprintln!("FIGURE Chromium: A answered {refused} Allocates with 300; B created {created}");
+    drop(held);
 }

@@ -20,10 +20,10 @@ use stun::message::*;
 use tokio::net::UdpSocket;
 
 /// A network namespace removed on drop, even when the test fails.
-struct Netns(String);
+pub(crate) struct Netns(String);
 
 impl Netns {
-    fn new(tag: &str) -> Netns {
+    pub(crate) fn new(tag: &str) -> Netns {
         let name = format!("turnd-{tag}-{}", std::process::id());
         // A leftover of an earlier crashed run of this very process id: remove it first.
         let _ = Command::new("ip").args(["netns", "del", &name]).status();
@@ -34,14 +34,14 @@ impl Netns {
     }
 
     /// `ip -n NAME args...`, which must succeed.
-    fn ip(&self, args: &[&str]) {
+    pub(crate) fn ip(&self, args: &[&str]) {
         let mut all = vec!["-n", self.0.as_str()];
         all.extend_from_slice(args);
         ip(&all);
     }
 
     /// Move the calling thread into the namespace; threads it spawns are born there too.
-    fn enter(&self) {
+    pub(crate) fn enter(&self) {
         let f = std::fs::File::open(format!("/run/netns/{}", self.0)).expect("netns file");
         // SAFETY: setns on a valid namespace fd only changes this thread's namespace.
         let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };

@@ -34,6 +34,7 @@ use crate::settings::{ExternalMapping, Lifetimes};
 mod allocation;
 mod control;
 mod data;
+mod deferred;
 pub mod integrity;
 pub mod metrics;
 mod quota;
@@ -364,6 +365,8 @@ pub struct Engine {
     /// not a whole allocation (about 1 KB per allocation saved at 10k idle allocations).
     allocations_by_client: HashMap<ClientAddr, Box<Allocation>>,
     pending_by_client: HashMap<ClientAddr, PendingAllocate>,
+    /// Requests waiting for a lookup that is asked elsewhere (the webhook).
+    deferred: deferred::Deferred,
     /// (deadline, allocation): each allocation has at most one entry, at its next deadline.
     timers: BTreeSet<(Instant, ClientAddr)>,
     transmits: VecDeque<Transmit>,
@@ -399,6 +402,7 @@ impl Engine {
             shared,
             allocations_by_client: HashMap::new(),
             pending_by_client: HashMap::new(),
+            deferred: deferred::Deferred::default(),
             timers: BTreeSet::new(),
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
@@ -490,6 +494,7 @@ impl Engine {
 
     /// The stream connection of `client` closed: free its allocation now.
     pub fn client_closed(&mut self, now: Instant, client: ClientAddr) {
+        self.deferred.forget(&client);
         if let Some(p) = self.pending_by_client.remove(&client) {
             // Its relay sockets come back through relay_bound and are released there.
             self.shared.quotas.release(&p.user);
@@ -509,7 +514,11 @@ impl Engine {
 
     /// When [`Engine::handle_timeout`] must be called next; `None`: no timer.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|(t, _)| *t)
+        let timer = self.timers.first().map(|(t, _)| *t);
+        match (timer, self.deferred.next()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Expire allocations, permissions and channels whose deadline is at or before `now`.
@@ -521,6 +530,7 @@ impl Engine {
             self.timers.pop_first();
             self.expire(now, client);
         }
+        self.retry_deferred(now);
     }
 
     /// Seconds on the nonce clock shared by all shards.

@@ -41,3 +41,4 @@ mod revocation;
 mod stream_inprocess;
 mod turnctl;
 mod udp_inprocess;
+mod webhook;

@@ -36,6 +36,8 @@ pub(super) struct Deferred {
     queue: VecDeque<Parked>,
     /// While a parked request runs again: its original give-up time.
     rerun: Option<Instant>,
+    /// A request was parked since [`Engine::timeout_moved`] was last asked.
+    moved: bool,
 }
 
 impl Deferred {
@@ -57,6 +59,13 @@ impl Deferred {
 }
 
 impl Engine {
+    /// Whether [`poll_timeout`](Engine::poll_timeout) may have moved earlier without any
+    /// command or transmit (a request was parked) since the last call; clears the flag. An
+    /// I/O layer that re-reads the timeout only after outputs asks this too.
+    pub fn timeout_moved(&mut self) -> bool {
+        std::mem::take(&mut self.deferred.moved)
+    }
+
     /// Park `raw` from `from` until the lookup answers. A copy already parked (the same
     /// bytes: a UDP retransmission) is not parked twice.
     pub(super) fn defer(&mut self, now: Instant, from: ClientAddr, raw: &[u8]) {
@@ -69,6 +78,7 @@ impl Engine {
         if mine.clone().count() >= MAX_PER_CLIENT || mine.clone().any(|p| p.raw == raw) {
             return;
         }
+        d.moved |= d.rerun.is_none();
         d.queue.push_back(Parked {
             retry_at: now + RETRY,
             give_up,

@@ -35,8 +35,14 @@ fn a_pending_lookup_parks_the_request_and_the_timer_answers_it() {
     let req = Req::new(METHOD_ALLOCATE)
         .transport_udp()
         .creds("dave", "pw", &nonce);
+    let _ = t.e.timeout_moved();
     assert!(t.try_ask(c, &req).is_none(), "no answer while pending");
     assert_eq!(t.e.poll_timeout(), Some(t.now + Duration::from_millis(5)));
+    assert!(
+        t.e.timeout_moved(),
+        "parking tells the I/O layer to re-read the timeout"
+    );
+    assert!(!t.e.timeout_moved());
     // A retransmission is not parked twice; everyone else is served meanwhile.
     assert!(t.try_ask(c, &req).is_none());
     let (_, other_nonce) = t.allocate(client(2));

@@ -369,3 +369,53 @@ fn config_keys_and_rules() {
     let c = turnd::config::load_str("[auth]\nsecrets = [\"s\"]\n", &file).unwrap();
     assert!(c.webhook.url.is_none(), "off by default");
 }
+
+fn tls_hook(dir: &std::path::Path) -> Hook {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    std::fs::write(dir.join("hook-ca.pem"), ck.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    Hook::start_tls(vec![ck.cert.der().clone()], key)
+}
+
+#[tokio::test]
+async fn https_webhook_with_its_ca_file_and_refused_when_untrusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = tls_hook(dir.path());
+    hook.state.set("tls-user", Reply::Password("tpw".into()));
+    let mut c = config_with_hook(&hook);
+    c.webhook.url = Some(turnd_proto::settings::Redacted(hook.https_url()));
+    c.webhook.ca_file = Some(dir.path().join("hook-ca.pem"));
+    let srv = Srv::start(c.clone());
+    client(&srv, "tls-user", "tpw").await.allocate().await;
+    assert_eq!(hook.state.calls_for("tls-user"), 1);
+    drop(srv);
+    // Another CA (a fresh self-signed one): the handshake fails, so the user is refused.
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    std::fs::write(dir.path().join("other-ca.pem"), other.cert.pem()).unwrap();
+    c.webhook.ca_file = Some(dir.path().join("other-ca.pem"));
+    let srv = Srv::start(c);
+    let mut u = client(&srv, "tls-user", "tpw").await;
+    assert_eq!(allocate_code(&mut u).await, Some(401));
+    assert_eq!(hook.state.calls_for("tls-user"), 1, "no request got through");
+    assert_eq!(srv.stats().failed, 1);
+}
+
+#[tokio::test]
+async fn reload_keeps_the_webhook_and_reports_its_changes() {
+    let hook = Hook::start();
+    hook.state.set("rita", Reply::Password("rpw".into()));
+    hook.state.set("ron", Reply::Password("ronpw".into()));
+    let c = config_with_hook(&hook);
+    let srv = Srv::start(c.clone());
+    client(&srv, "rita", "rpw").await.allocate().await;
+    let report = srv.r().control.reload(c.clone()).unwrap();
+    assert!(!report.needs_restart.contains(&"auth.webhook"), "{report:?}");
+    // After the reload: a cached user and a new one both through the webhook.
+    client(&srv, "rita", "rpw").await.allocate().await;
+    client(&srv, "ron", "ronpw").await.allocate().await;
+    assert_eq!(hook.state.calls_for("rita"), 1, "the cache survives the reload");
+    let mut changed = c;
+    changed.webhook.timeout = Duration::from_millis(300);
+    let report = srv.r().control.reload(changed).unwrap();
+    assert!(report.needs_restart.contains(&"auth.webhook"), "{report:?}");
+}

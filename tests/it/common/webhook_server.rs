@@ -75,6 +75,26 @@ pub struct Hook {
 
 impl Hook {
     pub fn start() -> Hook {
+        Self::start_with(None)
+    }
+
+    /// The same over HTTPS with this certificate chain and key (rustls, ring).
+    pub fn start_tls(
+        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> Hook {
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))))
+    }
+
+    fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Hook {
         let state = Arc::new(HookState::default());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -90,12 +110,32 @@ impl Hook {
             rt.block_on(async move {
                 let app = Router::new().route("/turn", post(handle)).with_state(st);
                 let l = tokio::net::TcpListener::from_std(listener).unwrap();
-                axum::serve(l, app)
-                    .with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    })
-                    .await
-                    .unwrap();
+                let Some(tls) = tls else {
+                    axum::serve(l, app)
+                        .with_graceful_shutdown(async {
+                            let _ = rx.await;
+                        })
+                        .await
+                        .unwrap();
+                    return;
+                };
+                let accept = async move {
+                    loop {
+                        let Ok((tcp, _)) = l.accept().await else { continue };
+                        let (tls, app) = (tls.clone(), app.clone());
+                        tokio::spawn(async move {
+                            let Ok(stream) = tls.accept(tcp).await else { return };
+                            let svc = hyper_util::service::TowerToHyperService::new(app);
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                                .await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = accept => {}
+                    _ = rx => {}
+                }
             });
             // Slow handlers still sleeping are dropped with the runtime.
             rt.shutdown_timeout(Duration::from_millis(100));
@@ -110,6 +150,10 @@ impl Hook {
 
     pub fn url(&self) -> String {
         format!("http://{}/turn", self.addr)
+    }
+
+    pub fn https_url(&self) -> String {
+        format!("https://{}/turn", self.addr)
     }
 }
 

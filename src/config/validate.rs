@@ -270,6 +270,12 @@ impl Config {
                 "must be above 0 and at most 5s (a request waits for it)",
             ));
         }
+        if w.breaker_cooldown.is_zero() {
+            p.push(Problem::new(
+                "auth.webhook_breaker_cooldown",
+                "must be above 0",
+            ));
+        }
         for (key, n) in [
             ("auth.webhook_cache_entries", w.cache_entries),
             ("auth.webhook_max_inflight", w.max_inflight),

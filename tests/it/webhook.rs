@@ -363,6 +363,17 @@ fn config_keys_and_rules() {
         .to_string();
     assert!(err.contains("webhook_timeout"), "{err}");
     assert!(load("webhook_bogus = 1").is_err(), "unknown keys refused");
+    for bad in [
+        "webhook_breaker_cooldown = \"0s\"",
+        "webhook_max_inflight = 0",
+        "webhook_cache_entries = 0",
+        "webhook_breaker_failures = 0",
+        "webhook_timeout = \"6s\"",
+        "webhook = \"ftp://127.0.0.1/\"",
+    ] {
+        let err = load(bad).unwrap_err().to_string();
+        assert!(err.contains("auth.webhook"), "{bad}: {err}");
+    }
     // A webhook alone is enough to authenticate.
     let text = "[auth]\nwebhook = \"https://auth.example.org/turn\"\n";
     turnd::config::load_str(text, &file).unwrap();
@@ -396,7 +407,11 @@ async fn https_webhook_with_its_ca_file_and_refused_when_untrusted() {
     let srv = Srv::start(c);
     let mut u = client(&srv, "tls-user", "tpw").await;
     assert_eq!(allocate_code(&mut u).await, Some(401));
-    assert_eq!(hook.state.calls_for("tls-user"), 1, "no request got through");
+    assert_eq!(
+        hook.state.calls_for("tls-user"),
+        1,
+        "no request got through"
+    );
     assert_eq!(srv.stats().failed, 1);
 }
 
@@ -409,11 +424,18 @@ async fn reload_keeps_the_webhook_and_reports_its_changes() {
     let srv = Srv::start(c.clone());
     client(&srv, "rita", "rpw").await.allocate().await;
     let report = srv.r().control.reload(c.clone()).unwrap();
-    assert!(!report.needs_restart.contains(&"auth.webhook"), "{report:?}");
+    assert!(
+        !report.needs_restart.contains(&"auth.webhook"),
+        "{report:?}"
+    );
     // After the reload: a cached user and a new one both through the webhook.
     client(&srv, "rita", "rpw").await.allocate().await;
     client(&srv, "ron", "ronpw").await.allocate().await;
-    assert_eq!(hook.state.calls_for("rita"), 1, "the cache survives the reload");
+    assert_eq!(
+        hook.state.calls_for("rita"),
+        1,
+        "the cache survives the reload"
+    );
     let mut changed = c;
     changed.webhook.timeout = Duration::from_millis(300);
     let report = srv.r().control.reload(changed).unwrap();

@@ -121,10 +121,14 @@ impl Hook {
                 };
                 let accept = async move {
                     loop {
-                        let Ok((tcp, _)) = l.accept().await else { continue };
+                        let Ok((tcp, _)) = l.accept().await else {
+                            continue;
+                        };
                         let (tls, app) = (tls.clone(), app.clone());
                         tokio::spawn(async move {
-                            let Ok(stream) = tls.accept(tcp).await else { return };
+                            let Ok(stream) = tls.accept(tcp).await else {
+                                return;
+                            };
                             let svc = hyper_util::service::TowerToHyperService::new(app);
                             let _ = hyper::server::conn::http1::Builder::new()
                                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)

@@ -347,7 +347,10 @@ struct PendingAllocate {
 ///   [`poll_transmit`](Engine::poll_transmit) until `None`, then re-read
 ///   [`poll_timeout`](Engine::poll_timeout) and call
 ///   [`handle_timeout`](Engine::handle_timeout) when it is due. Commands first: a
-///   transmit may answer an Allocate whose relay the I/O layer must already own.
+///   transmit may answer an Allocate whose relay the I/O layer must already own. An input
+///   may move the timeout without any output (a request parked while its lookup is asked
+///   elsewhere, the webhook): an I/O layer that re-reads it only after outputs must also do
+///   so when [`timeout_moved`](Engine::timeout_moved) says so.
 /// - `now` never goes backwards between calls (pass a monotonic clock; equal is fine).
 /// - A returned byte range ([`ToPeer::range`], [`ToClient::range`]) indexes the buffer the
 ///   caller passed to that same call, and is valid only until the caller's next call on the

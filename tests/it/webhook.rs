@@ -446,3 +446,52 @@ async fn reload_keeps_the_webhook_and_reports_its_changes() {
     let report = srv.r().control.reload(changed).unwrap();
     assert!(report.needs_restart.contains(&"auth.webhook"), "{report:?}");
 }
+
+#[test]
+fn chromium_gathers_relay_candidates_through_the_webhook() {
+    use crate::common::browser::{browser_dir, check_tools};
+    check_tools("playwright-core", &["/usr/bin/chromium"]);
+    let hook = Hook::start();
+    hook.state
+        .set("browser", Reply::Password("browser-pw".into()));
+    let mut c = config_with_hook(&hook);
+    c.auth.secrets.clear();
+    let srv = Srv::start(c);
+    let page = format!("http://{}/", srv.r().http.unwrap());
+    let v4 = |a: &[SocketAddr]| *a.iter().find(|a| a.is_ipv4()).unwrap();
+    let urls = [
+        format!("turn:{}?transport=udp", v4(&srv.r().udp)),
+        format!("turn:{}?transport=tcp", v4(&srv.r().tcp)),
+    ];
+    let out = std::process::Command::new("node")
+        .arg(browser_dir().join("webhook.js"))
+        .arg(&page)
+        .arg("/usr/bin/chromium")
+        .args(&urls)
+        .env("WEBHOOK_USER", "browser")
+        .env("WEBHOOK_PASS", "browser-pw")
+        .current_dir(browser_dir())
+        .output()
+        .expect("node runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success() && v.get("error").is_none(), "{v}");
+    for url in &urls {
+        let r = &v["results"][url];
+        let relays = r["relays"].as_array().unwrap();
+        assert!(!relays.is_empty(), "no relay candidate from {url}: {r}");
+        assert!(r["errors"].as_array().unwrap().is_empty(), "{url}: {r}");
+        eprintln!(
+            "chromium via the webhook, {url}: {} ms, {}",
+            r["ms"], relays[0]
+        );
+    }
+    assert_eq!(
+        hook.state.calls_for("browser"),
+        1,
+        "asked once, then cached"
+    );
+    let s = srv.stats();
+    assert_eq!((s.allowed, s.failed, s.shed), (1, 0, 0), "{s:?}");
+}

@@ -6,6 +6,7 @@
 
 pub mod acme;
 pub mod admin;
+pub mod auth_webhook;
 pub mod cli;
 pub mod cluster;
 pub mod config;

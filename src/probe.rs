@@ -256,6 +256,19 @@ impl Authenticator for ProbeAuth {
         self.inner.lookup(username, realm, unix_now)
     }
 
+    fn lookup_from(
+        &self,
+        username: &str,
+        realm: &str,
+        unix_now: u64,
+        origin: turnd_proto::auth::Origin,
+    ) -> Lookup {
+        if username == self.probe.user && realm == self.probe.realm {
+            return Lookup::Keys(vec![self.probe.key]);
+        }
+        self.inner.lookup_from(username, realm, unix_now, origin)
+    }
+
     fn principal<'a>(&self, username: &'a str) -> &'a str {
         if username == self.probe.user {
             return username;
@@ -274,6 +287,17 @@ impl Authenticator for ProbeAuth {
         unix_now: u64,
     ) -> Lookup<turnd_proto::auth::Sha256Key> {
         self.inner.lookup_sha256(username, realm, unix_now)
+    }
+
+    fn lookup_sha256_from(
+        &self,
+        username: &str,
+        realm: &str,
+        unix_now: u64,
+        origin: turnd_proto::auth::Origin,
+    ) -> Lookup<turnd_proto::auth::Sha256Key> {
+        self.inner
+            .lookup_sha256_from(username, realm, unix_now, origin)
     }
 
     fn user_of_hash(&self, hash: &[u8], realm: &str) -> Option<String> {

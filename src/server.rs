@@ -224,6 +224,14 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         Some(m) => m.handle.wrap_auth(base_auth),
         None => base_auth,
     };
+    // [auth] webhook: names nobody above knows are asked there (crate::auth_webhook).
+    let http_shutdown = tokio_util::sync::CancellationToken::new();
+    let webhook =
+        crate::auth_webhook::Webhook::start(&config.webhook, &config.realm, http_shutdown.clone())?;
+    let base_auth = match &webhook {
+        Some(w) => w.wrap(base_auth),
+        None => base_auth,
+    };
     let shared = Shared {
         auth: Arc::new(auth::Revoking::new(
             base_auth.clone(),
@@ -376,9 +384,10 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         )
         .with_probe(probe.clone())
         .with_revocations(revocations, base_auth)
-        .with_cluster(cluster.as_ref().map(|m| m.handle.clone())),
+        .with_cluster(cluster.as_ref().map(|m| m.handle.clone()))
+        .with_webhook(webhook.clone()),
     );
-    let http_shutdown = tokio_util::sync::CancellationToken::new();
+    threads.extend(webhook.as_ref().and_then(|w| w.take_thread()));
     if let Some(member) = cluster {
         threads.push(member.spawn(quotas, control.clone(), http_shutdown.clone())?);
     }

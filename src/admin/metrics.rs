@@ -44,6 +44,9 @@ pub const RESERVATIONS_HELD: &str = "turnd_reservations_held";
 pub const SHARD_ALLOCATIONS: &str = "turnd_shard_allocations";
 pub const SHARD_RELAYED_PACKETS_TOTAL: &str = "turnd_shard_relayed_packets_total";
 pub const TLS_CERTIFICATE_EXPIRY: &str = "turnd_tls_certificate_expiry_seconds";
+pub const WEBHOOK_REQUESTS_TOTAL: &str = "turnd_webhook_requests_total";
+pub const WEBHOOK_BREAKER_OPEN: &str = "turnd_webhook_breaker_open";
+pub const WEBHOOK_CACHE_ENTRIES: &str = "turnd_webhook_cache_entries";
 pub const READY_PROBE_SUCCESS: &str = "turnd_ready_probe_success";
 pub const READY_PROBE_FAILURES_TOTAL: &str = "turnd_ready_probe_failures_total";
 pub const UDP_KERNEL_DROPS_TOTAL: &str = "turnd_udp_kernel_drops_total";
@@ -155,6 +158,8 @@ pub struct ProcessMetrics {
     pub kernel_drops: Option<(u64, u64)>,
     /// The fleet's view, with `[cluster]`.
     pub cluster: Option<ClusterMetrics>,
+    /// `[auth] webhook`: its counters and breaker.
+    pub webhook: Option<turnd_proto::auth::WebhookStats>,
 }
 
 /// `[cluster]`: Redis reachable, live nodes, usage records dropped.
@@ -183,6 +188,7 @@ impl ProcessMetrics {
                 nodes: u64::from(c.status.nodes()),
                 usage_dropped: c.usage.dropped.load(std::sync::atomic::Ordering::Relaxed),
             }),
+            webhook: control.webhook().map(|w| w.stats()),
         }
     }
 }
@@ -205,6 +211,28 @@ impl Collector for ProcessCollector {
             single(e, CLUSTER_UP, help, Gauge, u64::from(c.up))?;
             let help = "Live nodes of the fleet at the last heartbeat.";
             single(e, CLUSTER_NODES, help, Gauge, c.nodes)?;
+        }
+        if let Some(w) = p.webhook {
+            let results = [
+                ("allow", w.allowed),
+                ("deny", w.denied),
+                ("failed", w.failed),
+                ("shed", w.shed),
+            ]
+            .map(|(r, n)| (vec![("result", r.to_string())], n));
+            let help = "Webhook lookups by result: allow, deny, failed (timeout, error, bad \
+                 answer) and shed (refused unasked: breaker open, in-flight or source caps).";
+            family(e, WEBHOOK_REQUESTS_TOTAL, help, Counter, results)?;
+            let help = "1 while the webhook's circuit breaker is open (unknown users refused).";
+            single(
+                e,
+                WEBHOOK_BREAKER_OPEN,
+                help,
+                Gauge,
+                u64::from(w.breaker_open),
+            )?;
+            let help = "Users in the webhook's cache (allows and denies).";
+            single(e, WEBHOOK_CACHE_ENTRIES, help, Gauge, w.entries as u64)?;
         }
         // notAfter is a Unix time: i64, as the certificate says.
         let help =
@@ -593,9 +621,19 @@ mod tests {
                 nodes: 3,
                 usage_dropped: 4,
             }),
+            webhook: Some(turnd_proto::auth::WebhookStats {
+                allowed: 5,
+                breaker_open: true,
+                entries: 9,
+                ..Default::default()
+            }),
         };
         let text = render(&[], &process);
         for line in [
+            "turnd_webhook_requests_total{result=\"allow\"} 5",
+            "turnd_webhook_requests_total{result=\"shed\"} 0",
+            "turnd_webhook_breaker_open 1",
+            "turnd_webhook_cache_entries 9",
             "turnd_allocations_limit 100",
             "# TYPE turnd_tls_certificate_expiry_seconds gauge",
             "turnd_ready_probe_success 1",

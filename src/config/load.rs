@@ -742,6 +742,34 @@ fn apply_auth(a: RawAuth, c: &mut Config, base: &Path, problems: &mut Vec<Proble
     if let Some(p) = a.revocations_file {
         c.auth.revocations_file = Some(base.join(p));
     }
+    let w = &mut c.webhook;
+    if let Some(url) = a.webhook {
+        w.url = Some(Redacted(url));
+    }
+    if let Some(path) = a.webhook_token_file {
+        match read_secret_file(&base.join(path)) {
+            Ok(lines) if lines.len() == 1 => w.token = lines.into_iter().next().map(Redacted),
+            Ok(_) => problems.push(Problem::new(
+                "auth.webhook_token_file",
+                "must hold one line: the token",
+            )),
+            Err(m) => problems.push(Problem::new("auth.webhook_token_file", m)),
+        }
+    }
+    set(&mut w.allow_http, a.webhook_allow_http);
+    if let Some(p) = a.webhook_ca_file {
+        w.ca_file = Some(base.join(p));
+    }
+    set(&mut w.timeout, a.webhook_timeout.map(|d| d.0));
+    set(&mut w.cache, a.webhook_cache.map(|d| d.0));
+    set(&mut w.negative_cache, a.webhook_negative_cache.map(|d| d.0));
+    set(&mut w.cache_entries, a.webhook_cache_entries);
+    set(&mut w.max_inflight, a.webhook_max_inflight);
+    set(&mut w.breaker_failures, a.webhook_breaker_failures);
+    set(
+        &mut w.breaker_cooldown,
+        a.webhook_breaker_cooldown.map(|d| d.0),
+    );
 }
 
 /// `[[auth.user]]`: a name and exactly one of `key` or `password`.

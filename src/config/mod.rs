@@ -70,6 +70,53 @@ pub struct Config {
     pub log: Log,
     /// `[cluster]`: `None` (both profiles' default) is a standalone server.
     pub cluster: Option<Cluster>,
+    /// `[auth] webhook*`: external authorisation (`crate::auth_webhook`); off by default.
+    pub webhook: Webhook,
+}
+
+/// `[auth] webhook*`: ask an HTTP endpoint for the keys of users `[auth]` does not know.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Webhook {
+    /// `https://` (or `http://` to loopback, or anywhere with `allow_http`); `None`: off.
+    pub url: Option<Redacted>,
+    /// Sent as `Authorization: Bearer <token>`; from `webhook_token_file`.
+    pub token: Option<Redacted>,
+    /// `http://` to hosts other than loopback. Default: false.
+    pub allow_http: bool,
+    /// PEM CA certificates trusted instead of the system's. Default: none.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Each request's deadline (connect included). Default: 1 s.
+    pub timeout: Duration,
+    /// How long an allow is cached. Default: 5 min.
+    pub cache: Duration,
+    /// How long a deny is cached. Default: 30 s.
+    pub negative_cache: Duration,
+    /// Cache entries at most. Default: 10000.
+    pub cache_entries: usize,
+    /// Requests in flight at most. Default: 64.
+    pub max_inflight: usize,
+    /// Consecutive failures that open the circuit breaker. Default: 5.
+    pub breaker_failures: u32,
+    /// How long the open breaker sends nothing. Default: 10 s.
+    pub breaker_cooldown: Duration,
+}
+
+impl Default for Webhook {
+    fn default() -> Self {
+        Webhook {
+            url: None,
+            token: None,
+            allow_http: false,
+            ca_file: None,
+            timeout: Duration::from_secs(1),
+            cache: Duration::from_secs(300),
+            negative_cache: Duration::from_secs(30),
+            cache_entries: 10_000,
+            max_inflight: 64,
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(10),
+        }
+    }
 }
 
 /// `[cluster]`: the fleet's shared state in Redis (see `crate::cluster`).
@@ -376,6 +423,7 @@ impl Config {
                 drain_timeout: Duration::ZERO,
             },
             cluster: None,
+            webhook: Webhook::default(),
             log: Log {
                 level: "info".into(),
                 format: LogFormat::Human,

@@ -253,6 +253,20 @@ pub struct RawAuth {
     pub userhash: Option<bool>,
     /// The admin API's revocations, relative to the config file.
     pub revocations_file: Option<PathBuf>,
+    /// External authorisation: the webhook's URL (may carry a token: never echoed).
+    pub webhook: Option<String>,
+    /// The bearer token turnd sends the webhook, read from this file. Secret.
+    pub webhook_token_file: Option<PathBuf>,
+    pub webhook_allow_http: Option<bool>,
+    /// PEM CA certificates trusted for the webhook instead of the system's.
+    pub webhook_ca_file: Option<PathBuf>,
+    pub webhook_timeout: Option<Dur>,
+    pub webhook_cache: Option<Dur>,
+    pub webhook_negative_cache: Option<Dur>,
+    pub webhook_cache_entries: Option<usize>,
+    pub webhook_max_inflight: Option<usize>,
+    pub webhook_breaker_failures: Option<u32>,
+    pub webhook_breaker_cooldown: Option<Dur>,
 }
 
 /// `[[auth.secret]]`: a TURN REST secret and the HMAC its passwords use (default "sha1").

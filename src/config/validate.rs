@@ -255,9 +255,46 @@ impl Config {
         }
     }
 
+    /// `[auth] webhook*`: the URL's scheme (https, or http to loopback unless allowed), a
+    /// timeout the engine's parking outlives, and non-zero caps.
+    fn check_webhook(&self, p: &mut Vec<Problem>) {
+        let w = &self.webhook;
+        if let Some(url) = &w.url {
+            if let Err(m) = crate::auth_webhook::check_url(&url.0, w.allow_http) {
+                p.push(Problem::new("auth.webhook", m));
+            }
+        }
+        if w.timeout.is_zero() || w.timeout > Duration::from_secs(5) {
+            p.push(Problem::new(
+                "auth.webhook_timeout",
+                "must be above 0 and at most 5s (a request waits for it)",
+            ));
+        }
+        if w.breaker_cooldown.is_zero() {
+            p.push(Problem::new(
+                "auth.webhook_breaker_cooldown",
+                "must be above 0",
+            ));
+        }
+        for (key, n) in [
+            ("auth.webhook_cache_entries", w.cache_entries),
+            ("auth.webhook_max_inflight", w.max_inflight),
+            ("auth.webhook_breaker_failures", w.breaker_failures as usize),
+        ] {
+            if n == 0 {
+                p.push(Problem::new(key, "must be at least 1"));
+            }
+        }
+    }
+
     fn check_auth(&self, p: &mut Vec<Problem>) {
         let a = &self.auth;
-        if a.users.is_empty() && a.secrets.is_empty() && a.secrets_sha256.is_empty() {
+        self.check_webhook(p);
+        if a.users.is_empty()
+            && a.secrets.is_empty()
+            && a.secrets_sha256.is_empty()
+            && self.webhook.url.is_none()
+        {
             p.push(Problem::new(
                 "auth",
                 "no users and no secrets: nobody could authenticate (set auth.users, \

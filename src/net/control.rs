@@ -41,6 +41,8 @@ pub struct Control {
     /// The users and secrets in force, before revocations and the probe are added.
     base_auth: Mutex<Option<Arc<dyn turnd_proto::auth::Authenticator>>>,
     cluster: Option<crate::cluster::Handle>,
+    /// `[auth] webhook`: wraps the base authenticator again on reload.
+    webhook: Option<Arc<crate::auth_webhook::Webhook>>,
 }
 
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
@@ -69,6 +71,7 @@ impl Control {
             ),
             base_auth: Mutex::new(None),
             cluster: None,
+            webhook: None,
         }
     }
 
@@ -160,6 +163,17 @@ impl Control {
     /// The fleet status, when `[cluster]` is set.
     pub fn cluster(&self) -> Option<&crate::cluster::Handle> {
         self.cluster.as_ref()
+    }
+
+    /// With `[auth] webhook`.
+    pub(crate) fn with_webhook(mut self, w: Option<Arc<crate::auth_webhook::Webhook>>) -> Self {
+        self.webhook = w;
+        self
+    }
+
+    /// The webhook client, with `[auth] webhook`.
+    pub fn webhook(&self) -> Option<&Arc<crate::auth_webhook::Webhook>> {
+        self.webhook.as_ref()
     }
 
     /// The ready probe, when `[admin] ready_probe` is on.
@@ -276,7 +290,8 @@ impl Control {
         self.revocations
             .reload(new.auth.revocations_file.as_deref())?;
         let mut report = ReloadReport::default();
-        let checks: [(&'static str, bool); 9] = [
+        let checks: [(&'static str, bool); 10] = [
+            ("auth.webhook", old.webhook != new.webhook),
             ("admin", old.admin != new.admin),
             ("tls.acme", old.acme != new.acme),
             ("listen", old.listen != new.listen),
@@ -307,6 +322,10 @@ impl Control {
         );
         let base = match &self.cluster {
             Some(c) => c.wrap_auth(base),
+            None => base,
+        };
+        let base = match &self.webhook {
+            Some(w) => w.wrap(base),
             None => base,
         };
         *self.base_auth.lock().unwrap_or_else(|e| e.into_inner()) = Some(base.clone());

@@ -536,7 +536,7 @@ impl Shard {
             }
             any = true;
         }
-        if any {
+        if any || engine.timeout_moved() {
             self.timer_changed.notify_one();
         }
     }

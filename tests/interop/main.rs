@@ -12,3 +12,4 @@ mod auth_sha256;
 mod bound_credentials;
 mod interop_streams;
 mod interop_udp;
+mod webhook;

@@ -42,3 +42,4 @@ mod stream_inprocess;
 mod turnctl;
 mod udp_inprocess;
 mod udp_loop;
+mod webhook;

@@ -9,6 +9,7 @@ mod daemon;
 mod http;
 mod tls;
 mod turnctl_bin;
+pub mod webhook_server;
 
 pub use daemon::*;
 pub use http::*;

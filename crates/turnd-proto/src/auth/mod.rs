@@ -62,6 +62,19 @@ pub enum Lookup<K = Key> {
     Unknown,
     /// A TURN REST username whose expiry (plus allowed skew) has passed.
     Expired,
+    /// Being asked elsewhere (the webhook), no answer yet: the engine parks the request and
+    /// runs it again from its timer (see [`Authenticator::lookup_from`]).
+    Pending,
+}
+
+/// Who a lookup is for: the client's address and transport (`"udp"`, `"tcp"`, `"tls"`), for
+/// an authenticator that asks elsewhere and limits what each source may make it ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// The client's address (as seen by the server).
+    pub client: std::net::SocketAddr,
+    /// The client's transport.
+    pub transport: &'static str,
 }
 
 /// Source of credentials. Implementations must not log secrets or passwords.
@@ -88,6 +101,28 @@ pub trait Authenticator: Send + Sync {
     fn permits_client(&self, username: &str, client: std::net::IpAddr) -> bool {
         let _ = (username, client);
         true
+    }
+
+    /// [`lookup`](Self::lookup) for a request from `origin`: what the engine calls. An
+    /// authenticator that asks elsewhere may answer [`Lookup::Pending`] and start the question
+    /// (never waiting for it); a wrapper forwards `origin` to what it wraps. By default the
+    /// plain lookup.
+    fn lookup_from(&self, username: &str, realm: &str, unix_now: u64, origin: Origin) -> Lookup {
+        let _ = origin;
+        self.lookup(username, realm, unix_now)
+    }
+
+    /// [`lookup_sha256`](Self::lookup_sha256) for a request from `origin` (see
+    /// [`lookup_from`](Self::lookup_from)).
+    fn lookup_sha256_from(
+        &self,
+        username: &str,
+        realm: &str,
+        unix_now: u64,
+        origin: Origin,
+    ) -> Lookup<Sha256Key> {
+        let _ = origin;
+        self.lookup_sha256(username, realm, unix_now)
     }
 
     /// The username whose USERHASH (RFC 8489 §14.4) is `hash`, if known; by default none.
@@ -127,6 +162,7 @@ mod creds;
 mod nonce;
 mod revocation;
 mod sha256;
+mod webhook;
 
 pub use binding::{bind_username, binding_permits, parse_binding, split_binding};
 pub use budget::FailureBudget;
@@ -137,4 +173,8 @@ pub use nonce::NonceMint;
 pub use revocation::{Revocations, Revoked, Revoking};
 pub use sha256::{
     opaque_string, rest_password_with, sha256_key, userhash, PasswordAlgorithm, RestHmac, Sha256Key,
+};
+pub use webhook::{
+    Verdict, WebhookAuth, WebhookCache, WebhookFetch, WebhookLimits, WebhookOutcome, WebhookQuery,
+    WebhookStats, FAILED_HOLD, PER_SOURCE_INFLIGHT, PER_SOURCE_PER_SEC, STALE_FOR,
 };

@@ -109,6 +109,33 @@ impl Authenticator for Revoking {
         self.inner.lookup_sha256(username, realm, unix_now)
     }
 
+    fn lookup_from(
+        &self,
+        username: &str,
+        realm: &str,
+        unix_now: u64,
+        origin: super::Origin,
+    ) -> Lookup {
+        if self.revoked(username, unix_now) {
+            return Lookup::Unknown;
+        }
+        self.inner.lookup_from(username, realm, unix_now, origin)
+    }
+
+    fn lookup_sha256_from(
+        &self,
+        username: &str,
+        realm: &str,
+        unix_now: u64,
+        origin: super::Origin,
+    ) -> Lookup<Sha256Key> {
+        if self.revoked(username, unix_now) {
+            return Lookup::Unknown;
+        }
+        self.inner
+            .lookup_sha256_from(username, realm, unix_now, origin)
+    }
+
     fn user_of_hash(&self, hash: &[u8], realm: &str) -> Option<String> {
         // The lookup that follows refuses a revoked name.
         self.inner.user_of_hash(hash, realm)

@@ -272,8 +272,13 @@ impl Engine {
             Named::UnknownHash => String::new(),
         };
         let unix_now = self.unix_secs(now);
-        let keys = match self.candidate_keys(&user, realm, alg, unix_now, from.remote.ip()) {
+        let keys = match self.candidate_keys(&user, realm, alg, unix_now, from) {
             Lookup::Keys(keys) if !user.is_empty() => keys,
+            Lookup::Pending if !user.is_empty() => {
+                // Asked elsewhere (the webhook): parked, run again from the timer.
+                self.defer(now, from, req.raw);
+                return None;
+            }
             Lookup::Expired => {
                 let _ = req.verify(&[0u8; 16]);
                 self.challenge(now, from, req, Refusal::Unauthorized, AuthFailure::Expired);

@@ -25,7 +25,7 @@ use stun::message::{Message, Setter, MESSAGE_HEADER_SIZE};
 
 use super::wire::{Parsed, Reply};
 use super::Engine;
-use crate::auth::{Key, Lookup, NonceCheck, PasswordAlgorithm};
+use crate::auth::{Key, Lookup, NonceCheck, Origin, PasswordAlgorithm};
 
 /// The nonce cookie of RFC 8489 §9.2: "obMatJos2" then the security feature set.
 pub const NONCE_COOKIE: &str = "obMatJos2";
@@ -353,15 +353,21 @@ impl Engine {
         realm: &str,
         alg: PasswordAlgorithm,
         unix_now: u64,
-        client: std::net::IpAddr,
+        from: super::ClientAddr,
     ) -> Lookup<Vec<u8>> {
         let auth = &self.shared.auth;
-        if !auth.permits_client(user, client) {
+        if !auth.permits_client(user, from.remote.ip()) {
             return Lookup::Unknown;
         }
+        let origin = Origin {
+            client: from.remote,
+            transport: from.transport.as_str(),
+        };
         match alg {
-            PasswordAlgorithm::Md5 => map_keys(auth.lookup(user, realm, unix_now)),
-            PasswordAlgorithm::Sha256 => map_keys(auth.lookup_sha256(user, realm, unix_now)),
+            PasswordAlgorithm::Md5 => map_keys(auth.lookup_from(user, realm, unix_now, origin)),
+            PasswordAlgorithm::Sha256 => {
+                map_keys(auth.lookup_sha256_from(user, realm, unix_now, origin))
+            }
         }
     }
 }
@@ -371,5 +377,6 @@ fn map_keys<K: AsRef<[u8]>>(l: Lookup<K>) -> Lookup<Vec<u8>> {
         Lookup::Keys(k) => Lookup::Keys(k.iter().map(|k| k.as_ref().to_vec()).collect()),
         Lookup::Unknown => Lookup::Unknown,
         Lookup::Expired => Lookup::Expired,
+        Lookup::Pending => Lookup::Pending,
     }
 }

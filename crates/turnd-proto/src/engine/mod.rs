@@ -34,6 +34,7 @@ use crate::settings::{ExternalMapping, Lifetimes};
 mod allocation;
 mod control;
 mod data;
+mod deferred;
 pub mod integrity;
 pub mod metrics;
 mod quota;
@@ -346,7 +347,10 @@ struct PendingAllocate {
 ///   [`poll_transmit`](Engine::poll_transmit) until `None`, then re-read
 ///   [`poll_timeout`](Engine::poll_timeout) and call
 ///   [`handle_timeout`](Engine::handle_timeout) when it is due. Commands first: a
-///   transmit may answer an Allocate whose relay the I/O layer must already own.
+///   transmit may answer an Allocate whose relay the I/O layer must already own. An input
+///   may move the timeout without any output (a request parked while its lookup is asked
+///   elsewhere, the webhook): an I/O layer that re-reads it only after outputs must also do
+///   so when [`timeout_moved`](Engine::timeout_moved) says so.
 /// - `now` never goes backwards between calls (pass a monotonic clock; equal is fine).
 /// - A returned byte range ([`ToPeer::range`], [`ToClient::range`]) indexes the buffer the
 ///   caller passed to that same call, and is valid only until the caller's next call on the
@@ -364,6 +368,8 @@ pub struct Engine {
     /// not a whole allocation (about 1 KB per allocation saved at 10k idle allocations).
     allocations_by_client: HashMap<ClientAddr, Box<Allocation>>,
     pending_by_client: HashMap<ClientAddr, PendingAllocate>,
+    /// Requests waiting for a lookup that is asked elsewhere (the webhook).
+    deferred: deferred::Deferred,
     /// (deadline, allocation): each allocation has at most one entry, at its next deadline.
     timers: BTreeSet<(Instant, ClientAddr)>,
     transmits: VecDeque<Transmit>,
@@ -399,6 +405,7 @@ impl Engine {
             shared,
             allocations_by_client: HashMap::new(),
             pending_by_client: HashMap::new(),
+            deferred: deferred::Deferred::default(),
             timers: BTreeSet::new(),
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
@@ -490,6 +497,7 @@ impl Engine {
 
     /// The stream connection of `client` closed: free its allocation now.
     pub fn client_closed(&mut self, now: Instant, client: ClientAddr) {
+        self.deferred.forget(&client);
         if let Some(p) = self.pending_by_client.remove(&client) {
             // Its relay sockets come back through relay_bound and are released there.
             self.shared.quotas.release(&p.user);
@@ -509,7 +517,11 @@ impl Engine {
 
     /// When [`Engine::handle_timeout`] must be called next; `None`: no timer.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|(t, _)| *t)
+        let timer = self.timers.first().map(|(t, _)| *t);
+        match (timer, self.deferred.next()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Expire allocations, permissions and channels whose deadline is at or before `now`.
@@ -521,6 +533,7 @@ impl Engine {
             self.timers.pop_first();
             self.expire(now, client);
         }
+        self.retry_deferred(now);
     }
 
     /// Seconds on the nonce clock shared by all shards.

@@ -1369,4 +1369,5 @@ fn channel_numbers_exist_only_in_range() {
     }
 }
 
+mod deferred;
 mod fleet;

@@ -4,8 +4,9 @@
 //! A nonce is `base64url(timestamp_be64 || mac)` without padding (27 printable characters, no
 //! quotes or backslashes), where `mac` is HMAC-SHA256(key, client ip || client port || timestamp)
 //! truncated to [`MAC_LEN`] bytes. Checking needs nothing but the key, so a flood of spoofed
-//! unauthenticated requests creates no state. A nonce is bound to the exact client transport
-//! address: a nonce replayed from another address or port is [`NonceCheck::Invalid`].
+//! unauthenticated requests creates no state. A nonce is bound to the address it is issued
+//! for: a nonce replayed from another address or port is [`NonceCheck::Invalid`]. (The engine
+//! issues UDP nonces for the client's IP and port, stream nonces for its IP with port 0.)
 
 #![deny(clippy::indexing_slicing)]
 

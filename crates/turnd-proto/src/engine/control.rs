@@ -251,7 +251,7 @@ impl Engine {
             return None;
         };
         // RFC 8489 §9.2.4: nonce (and its cookie), password algorithm, USERNAME or USERHASH.
-        let (check, cookie) = self.check_nonce(nonce, from.remote, self.clock_secs(now));
+        let (check, cookie) = self.check_nonce(nonce, nonce_subject(&from), self.clock_secs(now));
         let named = self.named_user(req, cookie, realm);
         let Some(named) = named else {
             let r = Reply::refusal(req, &missing);
@@ -341,14 +341,18 @@ impl Engine {
             r
         };
         let secs = self.clock_secs(now);
-        let nonce = self.issue_nonce(from.remote, secs);
+        let nonce = self.issue_nonce(nonce_subject(&from), secs);
         let mut r = build(self, &nonce, true);
         if self.cfg.auth_features.cookie_on() && from.transport == super::Transport::Udp {
             // The cookie and PASSWORD-ALGORITHMS add 24+ bytes: a request too small for them
             // under the amplification cap gets the plain (MD5, RFC 5389) challenge instead.
             let probe = build(self, &nonce, true);
             if probe.finish(None).len() >= MAX_AMPLIFICATION * req.raw.len() {
-                r = build(self, &self.issue_plain_nonce(from.remote, secs), false);
+                r = build(
+                    self,
+                    &self.issue_plain_nonce(nonce_subject(&from), secs),
+                    false,
+                );
             }
         }
         if self.answer_unauthenticated(now, from, req, r, &refusal, guessing) {
@@ -750,5 +754,19 @@ impl Engine {
         let next = a.next_deadline();
         self.schedule(from, next);
         Ok(Answer::Now(Reply::success(req)))
+    }
+}
+
+/// The address a nonce is bound to: the client's transport address over UDP, its IP alone over
+/// TCP and TLS. A stream client that opens a new connection (a retry, or a 300 Try Alternate
+/// followed to another node of the fleet, as libwebrtc does) comes from a new port with the
+/// nonce it was given; binding stream nonces to the port would make it pay a 438, which
+/// libwebrtc treats as fatal for an Allocate. The nonce is still bound to the IP, and no nonce
+/// admits anyone without MESSAGE-INTEGRITY.
+fn nonce_subject(from: &ClientAddr) -> SocketAddr {
+    if from.transport.is_stream() {
+        SocketAddr::new(from.remote.ip(), 0)
+    } else {
+        from.remote
     }
 }

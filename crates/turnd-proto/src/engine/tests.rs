@@ -498,6 +498,47 @@ fn stale_and_foreign_nonces_get_438_with_a_fresh_nonce() {
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
 }
 
+/// A stream client's nonce is bound to its IP, not its port: a new TCP connection (a retry,
+/// or a 300 followed to another node, as libwebrtc does) keeps working with it. Over UDP the
+/// port still counts.
+#[test]
+fn stream_nonces_survive_a_new_connection_from_the_same_ip_udp_nonces_do_not() {
+    let mut t = engine();
+    let mut a = client(1);
+    a.transport = Transport::Tcp;
+    let nonce = t.nonce(a);
+    let mut b = client(2);
+    b.transport = Transport::Tcp;
+    let r = t.ask(
+        b,
+        &Req::new(METHOD_ALLOCATE)
+            .transport_udp()
+            .creds("alice", "secret", &nonce),
+    );
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "{r:?}");
+    // Another IP over TCP: 438.
+    let mut other = client(3);
+    other.transport = Transport::Tcp;
+    other.remote = SocketAddr::from(([192, 0, 2, 99], 40003));
+    let r = t.ask(
+        other,
+        &Req::new(METHOD_ALLOCATE)
+            .transport_udp()
+            .creds("alice", "secret", &nonce),
+    );
+    assert_eq!(error_code(&r), Some(438));
+    // UDP: another port of the same IP is another client.
+    let u = client(4);
+    let udp_nonce = t.nonce(u);
+    let r = t.ask(
+        client(5),
+        &Req::new(METHOD_ALLOCATE)
+            .transport_udp()
+            .creds("alice", "secret", &udp_nonce),
+    );
+    assert_eq!(error_code(&r), Some(438));
+}
+
 #[test]
 fn allocate_errors() {
     let mut t = engine();

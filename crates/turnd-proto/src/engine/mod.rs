@@ -20,6 +20,8 @@
 //! the shared nonce clock and to wall-clock time for TURN REST expiry.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use route::{FastMap, RouteTable};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +41,7 @@ pub mod metrics;
 mod quota;
 mod redirect;
 pub mod refusal;
+pub mod route;
 mod usage;
 pub mod wire;
 
@@ -73,6 +76,7 @@ pub use metrics::{EngineMetrics, MetricsSnapshot, SessionInfo};
 pub use quota::{FleetCounts, Quotas};
 pub use redirect::{Alternate, Redirect};
 pub use refusal::{BadRequest, Capacity, Refusal};
+pub use route::{Route, RouteChange, RouteKey, ROUTE_EVENTS_MAX};
 pub use usage::{UsageRecord, UsageSink};
 
 /// Bytes the caller leaves free before a peer datagram: the largest Data indication header
@@ -362,7 +366,10 @@ pub struct Engine {
     shared: Shared,
     /// Boxed: the table rounds up to a power of two, and empty slots should cost a pointer,
     /// not a whole allocation (about 1 KB per allocation saved at 10k idle allocations).
-    allocations_by_client: HashMap<ClientAddr, Box<Allocation>>,
+    allocations_by_client: FastMap<ClientAddr, Box<Allocation>>,
+    /// The data path's routes and the allocations' traffic counters (`route.rs`), derived
+    /// from the allocations and kept in step with them.
+    routes: RouteTable,
     pending_by_client: HashMap<ClientAddr, PendingAllocate>,
     /// (deadline, allocation): each allocation has at most one entry, at its next deadline.
     timers: BTreeSet<(Instant, ClientAddr)>,
@@ -397,7 +404,8 @@ impl Engine {
             rng,
             cfg,
             shared,
-            allocations_by_client: HashMap::new(),
+            allocations_by_client: FastMap::default(),
+            routes: RouteTable::default(),
             pending_by_client: HashMap::new(),
             timers: BTreeSet::new(),
             transmits: VecDeque::new(),
@@ -425,19 +433,37 @@ impl Engine {
     }
 
     /// Swap credentials and policy (reload). Existing allocations keep their keys; their
-    /// permissions and channels that the new peer policy forbids are removed, so that
-    /// ChannelData, Send and peer data all follow the new policy. Returns how many
-    /// (permissions, channels) were removed.
+    /// permissions and channels that the new peer policy forbids are removed, with their
+    /// routes, so that ChannelData, Send and peer data all follow the new policy. Returns how
+    /// many (permissions, channels) were removed.
     pub fn set_shared(&mut self, shared: Shared) -> (usize, usize) {
         self.shared = shared;
         let policy = self.shared.policy.clone();
         let (mut perms, mut chans) = (0, 0);
-        for a in self.allocations_by_client.values_mut() {
-            let (p, c) = a.retain_allowed(&*policy);
+        let mut pruned = Vec::new();
+        for (client, a) in self.allocations_by_client.iter_mut() {
+            let gone = a.retain_allowed(&*policy);
+            let (p, c) = gone.counts();
             perms += p;
             chans += c;
+            if !gone.is_empty() {
+                pruned.push((*client, gone));
+            }
+        }
+        for (client, gone) in pruned {
+            self.sync_removed(client, gone);
         }
         (perms, chans)
+    }
+
+    /// Remove the routes of permissions and channels that `client`'s allocation just lost.
+    fn sync_removed(&mut self, client: ClientAddr, gone: allocation::Removed) {
+        for (number, peer) in gone.channels {
+            self.sync_channel(client, number, peer);
+        }
+        for ip in gone.permissions {
+            self.sync_permission(client, ip);
+        }
     }
 
     /// The user of `client`'s Allocate that waits for its relay sockets.
@@ -568,11 +594,12 @@ impl Engine {
             self.delete_allocation(now, client, "expired");
             return;
         }
-        a.expire_children(now);
+        let gone = a.expire_children(now);
         // wake_at was popped from the set; force re-insertion.
         a.wake_at = now;
         let next = a.next_deadline();
         self.schedule(client, next);
+        self.sync_removed(client, gone);
     }
 
     fn delete_allocation(&mut self, now: Instant, client: ClientAddr, why: &'static str) {
@@ -580,15 +607,17 @@ impl Engine {
             return;
         };
         self.timers.remove(&(a.wake_at, client));
+        let stats = self.routes.stats(a.slot);
+        self.drop_routes(client, &a);
         for r in &a.relays {
             self.commands.push_back(Command::ReleaseRelay(r.bound));
         }
         self.shared.quotas.release(&a.user);
-        self.report_usage(now, client, &a, why);
+        self.report_usage(now, client, &a, &stats, why);
         self.metrics.count_ended(
             now.saturating_duration_since(a.created),
             client.transport,
-            &a.stats,
+            &stats,
         );
         tracing::info!(
             event = "allocation deleted",
@@ -597,10 +626,10 @@ impl Engine {
             client = %crate::redact::redact_addr(&client.remote, self.cfg.redact),
             transport = client.transport.as_str(),
             relay = %a.relays.iter().map(|r| r.advertised.to_string()).collect::<Vec<_>>().join(","),
-            bytes_to_peer = a.stats.bytes_to_peer,
-            bytes_to_client = a.stats.bytes_to_client,
-            packets_to_peer = a.stats.packets_to_peer,
-            packets_to_client = a.stats.packets_to_client,
+            bytes_to_peer = stats.bytes_to_peer,
+            bytes_to_client = stats.bytes_to_client,
+            packets_to_peer = stats.packets_to_peer,
+            packets_to_client = stats.packets_to_client,
             "allocation deleted"
         );
     }

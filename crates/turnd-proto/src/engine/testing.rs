@@ -651,6 +651,31 @@ impl Harness {
             held, self.bound,
             "every bound port belongs to a live allocation"
         );
+        self.check_routes();
+    }
+
+    /// The route table is exactly what the allocations' channels and permissions call for
+    /// (no stale route, no missing one), and every route is removed no later than the next
+    /// timer tick of its allocation.
+    pub fn check_routes(&self) {
+        let routes = self.engine.routes();
+        assert_eq!(
+            routes,
+            self.engine.derived_routes(),
+            "the route table follows the allocations"
+        );
+        assert_eq!(routes.len(), self.engine.route_count());
+        for r in &routes {
+            assert!(
+                r.expires() > self.now,
+                "expired route left after the tick: {r:?}"
+            );
+            let a = &self.engine.allocations_by_client[&r.client()];
+            assert!(
+                a.wake_at <= r.expires(),
+                "the allocation's tick comes after its route expires: {r:?}"
+            );
+        }
     }
 
     /// Serve what is pending, let every allocation expire, and check all was given back.

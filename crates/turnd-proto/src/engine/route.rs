@@ -207,7 +207,7 @@ pub(super) struct RouteTable {
     slots: Vec<SlotEntry>,
     free: Vec<u32>,
     /// `Some` while route events are on ([`Engine::set_route_events`]).
-    events: Option<VecDeque<RouteChange>>,
+    pub(super) events: Option<VecDeque<RouteChange>>,
     /// [`ROUTE_EVENTS_MAX`]; lowered by tests.
     pub(super) events_max: usize,
 }

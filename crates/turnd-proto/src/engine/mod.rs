@@ -112,7 +112,7 @@ impl Transport {
 }
 
 /// The client side of a 5-tuple: transport, the client's address, and our listener address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ClientAddr {
     /// How the client reaches us.
     pub transport: Transport,
@@ -124,12 +124,61 @@ pub struct ClientAddr {
 
 /// A peer's address: the far side of a relay (XOR-PEER-ADDRESS, the source of a datagram
 /// on a relay socket). A type of its own so it cannot be swapped with a [`RelayAddr`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PeerAddr(pub SocketAddr);
 
 /// The local address a relay socket is bound at (not the advertised one behind a NAT).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RelayAddr(pub SocketAddr);
+
+// The data path hashes these once per packet (engine/route.rs): a few whole words instead of
+// the derived field-by-field hash of `SocketAddr` (discriminants, octet slices). Equal values
+// hash equally (every word is a function of fields `Eq` compares).
+fn addr_word(a: &SocketAddr) -> (u64, u64) {
+    match a {
+        SocketAddr::V4(v4) => (
+            1 << 48 | u64::from(u32::from(*v4.ip())) << 16 | u64::from(v4.port()),
+            0,
+        ),
+        SocketAddr::V6(v6) => {
+            let ip = u128::from(*v6.ip());
+            (
+                (ip >> 64) as u64,
+                ip as u64 ^ u64::from(v6.port()) << 48 ^ 2,
+            )
+        }
+    }
+}
+
+impl std::hash::Hash for ClientAddr {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        let (r0, r1) = addr_word(&self.remote);
+        let (l0, l1) = addr_word(&self.local);
+        let t = self.transport as u64;
+        h.write_u64(r0);
+        h.write_u64(l0 ^ t << 56);
+        if r1 | l1 != 0 {
+            h.write_u64(r1);
+            h.write_u64(l1);
+        }
+    }
+}
+
+impl std::hash::Hash for PeerAddr {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        let (a, b) = addr_word(&self.0);
+        h.write_u64(a);
+        if b != 0 {
+            h.write_u64(b);
+        }
+    }
+}
+
+impl std::hash::Hash for RelayAddr {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        PeerAddr(self.0).hash(h)
+    }
+}
 
 /// A control-plane message for a client.
 #[derive(Debug, Clone, PartialEq, Eq)]

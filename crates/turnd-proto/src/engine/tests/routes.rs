@@ -409,3 +409,41 @@ fn counters_stay_exact_through_the_route_table() {
         (20, bytes)
     );
 }
+
+#[test]
+fn hand_written_address_hashes_keep_every_key_distinct() {
+    use std::collections::{HashMap, HashSet};
+    let addrs: Vec<SocketAddr> = [
+        "192.0.2.1:40000",
+        "192.0.2.1:40001",
+        "[::ffff:192.0.2.1]:40000",
+        "[::]:40000",
+        "[2001:db8::1]:40000",
+        "[2001:db8::1]:40001",
+        "0.0.0.0:0",
+        "[::]:0",
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect();
+    let transports = [Transport::Udp, Transport::Tcp, Transport::Tls];
+    let mut keys = vec![];
+    for &remote in &addrs {
+        for &local in &addrs {
+            for transport in transports {
+                keys.push(ClientAddr {
+                    transport,
+                    remote,
+                    local,
+                });
+            }
+        }
+    }
+    let m: HashMap<ClientAddr, usize> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+    assert_eq!(m.len(), keys.len());
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(m.get(k), Some(&i));
+    }
+    let peers: HashSet<PeerAddr> = addrs.iter().map(|a| PeerAddr(*a)).collect();
+    assert_eq!(peers.len(), addrs.len());
+}

@@ -388,7 +388,9 @@ struct PendingAllocate {
 ///   answer to [`Command::BindRelays`]), [`client_closed`](Engine::client_closed).
 /// - **Outputs**: [`poll_command`](Engine::poll_command),
 ///   [`poll_transmit`](Engine::poll_transmit), [`poll_timeout`](Engine::poll_timeout); the
-///   data path returns [`ToPeer`] / [`ToClient`] directly from its input.
+///   data path returns [`ToPeer`] / [`ToClient`] directly from its input. For a fast path
+///   that mirrors the route table: [`set_route_events`](Engine::set_route_events),
+///   [`poll_route_change`](Engine::poll_route_change), [`routes`](Engine::routes).
 /// - **Control**: [`set_shared`](Engine::set_shared) (reload),
 ///   [`set_draining`](Engine::set_draining), [`with_shard`](Engine::with_shard).
 /// - **Views**: [`stats`](Engine::stats), [`metrics_snapshot`](Engine::metrics_snapshot),

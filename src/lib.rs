@@ -10,6 +10,7 @@ pub mod auth_webhook;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod fastpath;
 pub mod http;
 pub mod net;
 pub mod probe;

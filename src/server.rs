@@ -289,6 +289,8 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     ));
     let health = Health::new(workers);
     net::health::install_panic_hook();
+    // [fastpath] xdp: attached before the shards start (one log line if it cannot be).
+    let fastpath = crate::fastpath::FastPath::start(&config);
     let mut senders = Vec::new();
     let mut threads = Vec::new();
     for (i, (udp, tcp)) in udp.into_iter().zip(tcp).enumerate() {
@@ -311,6 +313,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             tls: acceptor.clone(),
             index: i,
             health: health.clone(),
+            fastpath: fastpath.shard(),
         };
         let guard = health.guard(i, "shard thread");
         let handle = std::thread::Builder::new()
@@ -385,7 +388,8 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         .with_probe(probe.clone())
         .with_revocations(revocations, base_auth)
         .with_cluster(cluster.as_ref().map(|m| m.handle.clone()))
-        .with_webhook(webhook.clone()),
+        .with_webhook(webhook.clone())
+        .with_fastpath(fastpath),
     );
     threads.extend(webhook.as_ref().and_then(|w| w.take_thread()));
     if let Some(member) = cluster {

@@ -20,6 +20,8 @@ use crate::net::ShardMetrics;
 use crate::tls::HandshakeFailure;
 
 pub const BUILD_INFO: &str = "turnd_build_info";
+pub const FASTPATH_PACKETS_TOTAL: &str = "turnd_fastpath_packets_total";
+pub const FASTPATH_INTERFACES: &str = "turnd_fastpath_interfaces";
 pub const ALLOCATIONS_ACTIVE: &str = "turnd_allocations_active";
 pub const ALLOCATIONS_TOTAL: &str = "turnd_allocations_total";
 pub const ALLOCATION_DURATION: &str = "turnd_allocation_duration_seconds";
@@ -160,6 +162,8 @@ pub struct ProcessMetrics {
     pub cluster: Option<ClusterMetrics>,
     /// `[auth] webhook`: its counters and breaker.
     pub webhook: Option<turnd_proto::auth::WebhookStats>,
+    /// `[fastpath] xdp`, when attached: the program's counters.
+    pub fastpath: Option<crate::fastpath::FastPathStats>,
 }
 
 /// `[cluster]`: Redis reachable, live nodes, usage records dropped.
@@ -189,6 +193,7 @@ impl ProcessMetrics {
                 usage_dropped: c.usage.dropped.load(std::sync::atomic::Ordering::Relaxed),
             }),
             webhook: control.webhook().map(|w| w.stats()),
+            fastpath: control.fastpath().stats(),
         }
     }
 }
@@ -211,6 +216,24 @@ impl Collector for ProcessCollector {
             single(e, CLUSTER_UP, help, Gauge, u64::from(c.up))?;
             let help = "Live nodes of the fleet at the last heartbeat.";
             single(e, CLUSTER_NODES, help, Gauge, c.nodes)?;
+        }
+        if let Some(f) = p.fastpath {
+            use crate::fastpath::FastPathStats as S;
+            let help = "Interfaces the XDP fast path is attached to.";
+            single(e, FASTPATH_INTERFACES, help, Gauge, f.interfaces)?;
+            let samples = f.packets.iter().enumerate().flat_map(|(d, row)| {
+                row.iter().enumerate().map(move |(a, n)| {
+                    let labels = vec![
+                        ("direction", S::DIRECTIONS[d].to_string()),
+                        ("action", S::ACTIONS[a].to_string()),
+                    ];
+                    (labels, *n)
+                })
+            });
+            let help = "Packets of a fast-path route, by direction and what the XDP program \
+                 did: tx/redirect (relayed in the kernel), pass (to user space: no next hop \
+                 yet, over the MTU), drop (a rewrite the kernel refused half-way).";
+            family(e, FASTPATH_PACKETS_TOTAL, help, Counter, samples)?;
         }
         if let Some(w) = p.webhook {
             let results = [
@@ -627,9 +650,17 @@ mod tests {
                 entries: 9,
                 ..Default::default()
             }),
+            fastpath: Some(crate::fastpath::FastPathStats {
+                interfaces: 1,
+                packets: [[6, 0, 1, 0], [0; 4]],
+            }),
         };
         let text = render(&[], &process);
         for line in [
+            "turnd_fastpath_interfaces 1",
+            "turnd_fastpath_packets_total{direction=\"to_peer\",action=\"tx\"} 6",
+            "turnd_fastpath_packets_total{direction=\"to_peer\",action=\"pass\"} 1",
+            "turnd_fastpath_packets_total{direction=\"to_client\",action=\"drop\"} 0",
             "turnd_webhook_requests_total{result=\"allow\"} 5",
             "turnd_webhook_requests_total{result=\"shed\"} 0",
             "turnd_webhook_breaker_open 1",

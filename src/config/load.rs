@@ -524,6 +524,10 @@ fn apply(raw: RawConfig, c: &mut Config, base: &Path, problems: &mut Vec<Problem
     if let Some(cl) = raw.cluster {
         apply_cluster(cl, c, base, problems);
     }
+    if let Some(f) = raw.fastpath {
+        set(&mut c.fastpath.xdp, f.xdp);
+        set(&mut c.fastpath.xdp_mode, f.xdp_mode.map(|v| v.0));
+    }
     if let Some(l) = raw.log {
         set(&mut c.log.level, l.level.map(|v| v.0));
         set(&mut c.log.format, l.format.map(|v| v.0));

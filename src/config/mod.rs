@@ -72,6 +72,27 @@ pub struct Config {
     pub cluster: Option<Cluster>,
     /// `[auth] webhook*`: external authorisation (`crate::auth_webhook`); off by default.
     pub webhook: Webhook,
+    /// `[fastpath]`: the XDP kernel fast path (`crate::fastpath`); off by default.
+    pub fastpath: Fastpath,
+}
+
+/// `[fastpath]`: relay IPv4 UDP ChannelData in the kernel (XDP) on these interfaces.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fastpath {
+    /// Interfaces to attach to; empty (the default) is off.
+    pub xdp: Vec<String>,
+    /// Native (driver) XDP, the default, or generic (SKB) mode when asked for.
+    pub xdp_mode: XdpMode,
+}
+
+/// `[fastpath] xdp_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XdpMode {
+    /// Driver mode: the program runs before the kernel allocates an skb.
+    #[default]
+    Native,
+    /// SKB mode: works on any driver, much slower; only when the operator asks for it.
+    Generic,
 }
 
 /// `[auth] webhook*`: ask an HTTP endpoint for the keys of users `[auth]` does not know.
@@ -424,6 +445,7 @@ impl Config {
             },
             cluster: None,
             webhook: Webhook::default(),
+            fastpath: Fastpath::default(),
             log: Log {
                 level: "info".into(),
                 format: LogFormat::Human,

@@ -154,6 +154,14 @@ pub fn md5_key(s: &str) -> Result<[u8; 16], String> {
 }
 
 /// `"human"` or `"json"`.
+pub fn xdp_mode(s: &str) -> Result<super::XdpMode, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "native" => Ok(super::XdpMode::Native),
+        "generic" => Ok(super::XdpMode::Generic),
+        _ => Err("expected \"native\" or \"generic\"".into()),
+    }
+}
+
 pub fn log_format(s: &str) -> Result<LogFormat, String> {
     match s.to_ascii_lowercase().as_str() {
         "human" => Ok(LogFormat::Human),

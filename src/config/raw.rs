@@ -85,6 +85,10 @@ parsed_value!(
     Format(LogFormat) = parse::log_format, "\"human\" or \"json\""
 );
 parsed_value!(
+    /// `"native"` or `"generic"`.
+    XdpMode(crate::config::XdpMode) = parse::xdp_mode, "\"native\" or \"generic\""
+);
+parsed_value!(
     /// One character, e.g. `":"`.
     Separator(char) = parse::rest_separator, "one character as a string, e.g. \":\""
 );
@@ -108,6 +112,15 @@ pub struct RawConfig {
     pub server: Option<RawServer>,
     pub log: Option<RawLog>,
     pub cluster: Option<RawCluster>,
+    pub fastpath: Option<RawFastpath>,
+}
+
+/// `[fastpath]`: the XDP kernel fast path (`crate::fastpath`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFastpath {
+    pub xdp: Option<Vec<String>>,
+    pub xdp_mode: Option<XdpMode>,
 }
 
 /// The HTTP listener: signaling WebSocket, `/api/ice-servers`, pages.

@@ -57,6 +57,7 @@ impl Config {
         self.check_lifetimes(&mut p);
         self.check_streams(&mut p);
         self.check_http(&mut p);
+        self.check_fastpath(&mut p);
         if p.is_empty() {
             Ok(())
         } else {
@@ -87,6 +88,27 @@ impl Config {
             }
         }
         w
+    }
+
+    fn check_fastpath(&self, p: &mut Vec<Problem>) {
+        for (i, name) in self.fastpath.xdp.iter().enumerate() {
+            // IFNAMSIZ is 16 with the terminating NUL; '/' and whitespace never occur.
+            if name.is_empty()
+                || name.len() > 15
+                || name.contains(['/', '\0'])
+                || name.chars().any(char::is_whitespace)
+            {
+                p.push(Problem::new(
+                    "fastpath.xdp",
+                    format!("{name:?} is not an interface name (1 to 15 bytes, no '/' or spaces)"),
+                ));
+            } else if self.fastpath.xdp[..i].contains(name) {
+                p.push(Problem::new(
+                    "fastpath.xdp",
+                    format!("{name:?} is listed twice"),
+                ));
+            }
+        }
     }
 
     fn check_server(&self, p: &mut Vec<Problem>) {

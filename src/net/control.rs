@@ -43,6 +43,8 @@ pub struct Control {
     cluster: Option<crate::cluster::Handle>,
     /// `[auth] webhook`: wraps the base authenticator again on reload.
     webhook: Option<Arc<crate::auth_webhook::Webhook>>,
+    /// `[fastpath]`: the XDP program's counters for `/metrics`.
+    fastpath: crate::fastpath::FastPath,
 }
 
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
@@ -72,6 +74,7 @@ impl Control {
             base_auth: Mutex::new(None),
             cluster: None,
             webhook: None,
+            fastpath: Default::default(),
         }
     }
 
@@ -169,6 +172,17 @@ impl Control {
     pub(crate) fn with_webhook(mut self, w: Option<Arc<crate::auth_webhook::Webhook>>) -> Self {
         self.webhook = w;
         self
+    }
+
+    /// With `[fastpath] xdp`.
+    pub(crate) fn with_fastpath(mut self, f: crate::fastpath::FastPath) -> Self {
+        self.fastpath = f;
+        self
+    }
+
+    /// The kernel fast path (off unless `[fastpath] xdp` attached).
+    pub fn fastpath(&self) -> &crate::fastpath::FastPath {
+        &self.fastpath
     }
 
     /// The webhook client, with `[auth] webhook`.
@@ -290,7 +304,8 @@ impl Control {
         self.revocations
             .reload(new.auth.revocations_file.as_deref())?;
         let mut report = ReloadReport::default();
-        let checks: [(&'static str, bool); 10] = [
+        let checks: [(&'static str, bool); 11] = [
+            ("fastpath", old.fastpath != new.fastpath),
             ("auth.webhook", old.webhook != new.webhook),
             ("admin", old.admin != new.admin),
             ("tls.acme", old.acme != new.acme),

@@ -147,6 +147,7 @@ pub struct Shard {
     engine_panics: Cell<u64>,
     panic_log: LogLimit,
     refused_log: LogLimit,
+    fastpath: RefCell<crate::fastpath::ShardFastPath>,
     #[cfg(feature = "fault-injection")]
     fault_end_shard: Notify,
 }
@@ -165,6 +166,8 @@ pub struct ShardSetup {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub index: usize,
     pub health: Arc<Health>,
+    /// `[fastpath] xdp`: this shard's mirror of its routes in the kernel (off by default).
+    pub fastpath: crate::fastpath::ShardFastPath,
 }
 
 /// Run a shard on the current thread until it is asked to stop.
@@ -192,8 +195,10 @@ pub fn run(
                 queued: false,
             });
         }
+        let mut engine = setup.engine;
+        engine.set_route_events(setup.fastpath.is_on());
         let shard = Rc::new(Shard {
-            engine: RefCell::new(setup.engine),
+            engine: RefCell::new(engine),
             relay_cfg: setup.relay_cfg,
             socks: RefCell::new(socks),
             registry,
@@ -207,6 +212,7 @@ pub fn run(
             engine_panics: Cell::new(0),
             panic_log: LogLimit::new(LOG_INTERVAL),
             refused_log: LogLimit::new(LOG_INTERVAL),
+            fastpath: RefCell::new(setup.fastpath),
             #[cfg(feature = "fault-injection")]
             fault_end_shard: Notify::new(),
         });
@@ -422,6 +428,8 @@ async fn timer(shard: Rc<Shard>) {
                 let now = Instant::now();
                 let done = shard.guarded("timer", || {
                     let mut engine = shard.engine.borrow_mut();
+                    // Kernel counts first: this tick may end allocations.
+                    shard.fastpath.borrow_mut().fold_all(&mut engine);
                     engine.handle_timeout(now);
                     shard.flush_outputs(&mut engine, now);
                 });
@@ -473,6 +481,7 @@ impl Shard {
                 let _ = reply.send(self.engine.borrow().stats());
             }
             ShardRequest::Metrics(reply) => {
+                self.fold_fastpath();
                 let _ = reply.send(ShardMetrics {
                     engine: self.engine.borrow().metrics_snapshot(),
                     streams_open: self.streams.open(),
@@ -488,20 +497,28 @@ impl Shard {
                 });
             }
             ShardRequest::Sessions(user, reply) => {
+                self.fold_fastpath();
                 let _ = reply.send(self.engine.borrow().sessions(now, user.as_deref()));
             }
             ShardRequest::KillSession(id, reply) => {
+                self.fold_fastpath();
                 let mut engine = self.engine.borrow_mut();
                 let _ = reply.send(engine.kill_session(now, id));
                 self.flush_outputs(&mut engine, now);
             }
             ShardRequest::KillUser(user, reply) => {
+                self.fold_fastpath();
                 let mut engine = self.engine.borrow_mut();
                 let _ = reply.send(engine.kill_user(now, &user));
                 self.flush_outputs(&mut engine, now);
             }
             ShardRequest::Reload(shared) => {
-                let (permissions, channels) = self.engine.borrow_mut().set_shared(shared);
+                let (permissions, channels) = {
+                    let mut engine = self.engine.borrow_mut();
+                    let pruned = engine.set_shared(shared);
+                    self.fastpath.borrow_mut().sync(&mut engine);
+                    pruned
+                };
                 if permissions + channels > 0 {
                     tracing::info!(
                         shard = self.index,
@@ -539,6 +556,15 @@ impl Shard {
         if any || engine.timeout_moved() {
             self.timer_changed.notify_one();
         }
+        // [fastpath]: the kernel's routes follow the engine's at every step.
+        self.fastpath.borrow_mut().sync(engine);
+    }
+
+    /// Fold the kernel fast path's counts into the engine (before it is read or ends
+    /// allocations).
+    fn fold_fastpath(&self) {
+        let mut engine = self.engine.borrow_mut();
+        self.fastpath.borrow_mut().fold_all(&mut engine);
     }
 
     fn execute(self: &Rc<Self>, engine: &mut Engine, now: Instant, cmd: Command) {
@@ -741,6 +767,11 @@ impl Shard {
             };
             self.guarded(kind_of(packet), || {
                 let mut engine = self.engine.borrow_mut();
+                if packet.first().is_some_and(|b| *b < 0x40) {
+                    // A STUN message (a Refresh(0) ends the allocation): the kernel's counts
+                    // of this client's routes first.
+                    self.fastpath.borrow_mut().fold_client(&mut engine, &from);
+                }
                 if let Some(to) = engine.handle_client(now, from, packet) {
                     if let Some(fd) = self.relay_fd(to.relay.0) {
                         let r = to.range;

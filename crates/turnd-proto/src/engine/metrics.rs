@@ -182,6 +182,13 @@ impl EngineMetrics {
     }
 }
 
+impl EngineMetrics {
+    /// Traffic relayed outside the engine for an allocation that has already ended.
+    pub(super) fn add_ended_traffic(&mut self, t: Transport, c: &super::allocation::Counters) {
+        add_traffic(&mut self.traffic, t, c);
+    }
+}
+
 fn add_traffic(t: &mut Traffic, transport: Transport, c: &super::allocation::Counters) {
     let i = transport_index(transport);
     t.packets_to_peer[i] += c.packets_to_peer;

@@ -318,6 +318,16 @@ impl RouteTable {
         (p.client == client && p.expires > now).then(|| (p.slot, self.user(p.slot)))
     }
 
+    /// Add traffic relayed outside the engine (a kernel fast path) to `slot`'s counters.
+    fn add_counts(&mut self, slot: Slot, c: Counters) {
+        if let Some(e) = self.slots.get_mut(slot.0 as usize) {
+            e.stats.packets_to_peer += c.packets_to_peer;
+            e.stats.bytes_to_peer += c.bytes_to_peer;
+            e.stats.packets_to_client += c.packets_to_client;
+            e.stats.bytes_to_client += c.bytes_to_client;
+        }
+    }
+
     /// Count a datagram sent to a client on `slot`'s allocation.
     pub(super) fn counted_to_client(&mut self, slot: Slot, len: usize) {
         self.count_to_client(slot, len);
@@ -568,6 +578,28 @@ impl Engine {
     /// The next route change, if route events are on ([`Engine::set_route_events`]).
     pub fn poll_route_change(&mut self) -> Option<RouteChange> {
         self.routes.events.as_mut()?.pop_front()
+    }
+
+    /// Fold traffic that a fast path relayed for `client`'s routes (packets and payload
+    /// bytes each way) into its allocation, so the session API, usage records, lifecycle
+    /// logs and metrics show the same totals as without it. An allocation that has already
+    /// ended adds them to the ended allocations' traffic (metrics).
+    pub fn add_fastpath_counts(
+        &mut self,
+        client: &ClientAddr,
+        to_peer: (u64, u64),
+        to_client: (u64, u64),
+    ) {
+        let c = Counters {
+            packets_to_peer: to_peer.0,
+            bytes_to_peer: to_peer.1,
+            packets_to_client: to_client.0,
+            bytes_to_client: to_client.1,
+        };
+        match self.allocations_by_client.get(client) {
+            Some(a) => self.routes.add_counts(a.slot, c),
+            None => self.metrics.add_ended_traffic(client.transport, &c),
+        }
     }
 
     /// Every route, sorted (a mirror's starting point after [`RouteChange::Reset`]).

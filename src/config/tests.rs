@@ -1004,3 +1004,26 @@ fn cluster_ca_file_must_hold_a_pem_certificate_and_needs_rediss() {
     .unwrap();
     assert_eq!(d.ca_pem, None, "the public roots by default");
 }
+
+#[test]
+fn fastpath_keys() {
+    let c = load(&format!(
+        "{MINIMAL}[fastpath]\nxdp = [\"eth0\", \"ens5\"]\nxdp_mode = \"generic\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.fastpath.xdp, vec!["eth0".to_string(), "ens5".to_string()]);
+    assert_eq!(c.fastpath.xdp_mode, XdpMode::Generic);
+    let c = load(MINIMAL).unwrap();
+    assert!(c.fastpath.xdp.is_empty(), "off by default");
+    assert_eq!(c.fastpath.xdp_mode, XdpMode::Native);
+    let e = error(&format!("{MINIMAL}[fastpath]\nxdp_mode = \"skb\"\n"));
+    assert!(e.contains("fastpath.xdp_mode"), "{e}");
+    for bad in ["", "a/b", "sixteen-chars-xx", "e th0"] {
+        let e = error(&format!("{MINIMAL}[fastpath]\nxdp = [{bad:?}]\n"));
+        assert!(e.contains("fastpath.xdp: "), "{bad:?}: {e}");
+    }
+    let e = error(&format!(
+        "{MINIMAL}[fastpath]\nxdp = [\"eth0\", \"eth0\"]\n"
+    ));
+    assert!(e.contains("listed twice"), "{e}");
+}

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::policy_netns::Netns;
 use crate::raw::*;
+use stun::message::{CLASS_SUCCESS_RESPONSE, METHOD_REFRESH};
 use tokio::net::UdpSocket;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
@@ -149,9 +150,10 @@ fn user_space_received(r: &turnd::Running) -> u64 {
     r.control.metrics().iter().map(|m| m.udp_received).sum()
 }
 
-fn sum(m: &std::collections::HashMap<String, f64>, prefix: &str) -> f64 {
+/// The sum of the samples of `name` whose labels contain `label` (e.g. `to_peer`; "" all).
+fn sum(m: &std::collections::HashMap<String, f64>, name: &str, label: &str) -> f64 {
     m.iter()
-        .filter(|(k, _)| k.starts_with(prefix))
+        .filter(|(k, _)| k.starts_with(&format!("{name}{{")) && k.contains(label))
         .map(|(_, v)| v)
         .sum()
 }
@@ -274,11 +276,11 @@ fn channel_data_is_relayed_in_the_kernel_both_ways_and_counted() {
     assert_eq!(running.control.kill_user(USER), 1);
     let m = metrics(&running);
     assert_eq!(
-        sum(&m, "turnd_relayed_packets_total"),
+        sum(&m, "turnd_relayed_packets_total", ""),
         (2 * total) as f64,
         "{m:?}"
     );
-    assert_eq!(sum(&m, "turnd_relayed_bytes_total"), (2 * bytes) as f64);
+    assert_eq!(sum(&m, "turnd_relayed_bytes_total", ""), (2 * bytes) as f64);
     running.stop();
 }
 
@@ -485,4 +487,78 @@ xdp = ["turnd-nosuch0"]
     assert_eq!(lines.len(), 1, "one line: {:#?}", d.seen);
     let m = lines[0]["message"].as_str().unwrap();
     assert!(m.contains("turnd-nosuch0"), "says why: {m}");
+}
+
+/// A reload whose policy forbids the peer prunes the channel, and its routes leave the
+/// kernel with it.
+#[test]
+fn routes_leave_the_kernel_when_a_reload_forbids_the_peer() {
+    let t = Topo::new("e");
+    let running = t.start(t.config());
+    let server = SocketAddr::from((SERVER, running.udp[0].port()));
+    t.client(|| async {
+        let (c, peer, relay) = bound(server).await;
+        warm_up(&running, &c, &peer, relay).await;
+        let mut stricter = t.config();
+        stricter.policy.allow_peers = vec![];
+        running.control.reload(stricter).expect("reload");
+        // Asked after the reload on the same queue: the shard has applied it.
+        let before = (
+            kernel(&running, "to_peer", "tx"),
+            kernel(&running, "to_client", "tx"),
+        );
+        c.sock
+            .send_to(&channel_data(0x4000, b"forbidden"), server)
+            .await
+            .unwrap();
+        assert_eq!(recv_within(&peer, Duration::from_millis(500)).await, None);
+        peer.send_to(b"forbidden", relay).await.unwrap();
+        assert_eq!(recv_within(&c.sock, Duration::from_millis(500)).await, None);
+        let after = (
+            kernel(&running, "to_peer", "tx"),
+            kernel(&running, "to_client", "tx"),
+        );
+        assert_eq!(after, before, "the program relayed after the reload");
+    });
+    running.stop();
+}
+
+/// A datagram that would exceed the MTU with the ChannelData header goes to user space
+/// (which relays it, fragmented), and so does everything once the client ends the
+/// allocation with Refresh(0); the totals stay exact.
+#[test]
+fn over_the_mtu_goes_to_user_space_and_counts_survive_refresh_zero() {
+    let t = Topo::new("f");
+    let running = t.start(t.config());
+    let server = SocketAddr::from((SERVER, running.udp[0].port()));
+    let big = vec![0x33u8; 1500 - 20 - 8]; // fills a 1500-byte MTU from the peer
+    t.client(|| async {
+        let (mut c, peer, relay) = bound(server).await;
+        let warm = warm_up(&running, &c, &peer, relay).await;
+        let passed = kernel(&running, "to_client", "pass");
+        peer.send_to(&big, relay).await.unwrap();
+        let got = recv_within(&c.sock, Duration::from_secs(2))
+            .await
+            .expect("relayed by user space");
+        assert_eq!(got, channel_data(0x4000, &big));
+        assert_eq!(
+            kernel(&running, "to_client", "pass"),
+            passed + 1.0,
+            "passed by the program for the MTU"
+        );
+        let r = c.ask(METHOD_REFRESH, &[&lifetime(0)]).await;
+        assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+        assert!(running.control.sessions(None).is_empty());
+        let m = metrics(&running);
+        let to_client = warm as f64 + 1.0;
+        assert_eq!(
+            sum(&m, "turnd_relayed_packets_total", "\"to_client\""),
+            to_client
+        );
+        assert_eq!(
+            sum(&m, "turnd_relayed_packets_total", "\"to_peer\""),
+            warm as f64
+        );
+    });
+    running.stop();
 }

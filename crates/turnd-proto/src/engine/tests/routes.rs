@@ -411,6 +411,37 @@ fn counters_stay_exact_through_the_route_table() {
 }
 
 #[test]
+fn fastpath_counts_fold_into_the_allocation_and_after_its_end_into_the_totals() {
+    let mut t = engine();
+    let c = client(1);
+    let (_, n) = t.allocate(c);
+    bind(&mut t, c, &n, 0x4000, peer_at(9, 7000));
+    t.e.add_fastpath_counts(&c, (3, 300), (5, 500));
+    let s = &t.e.sessions(t.now, None)[0];
+    assert_eq!(
+        (
+            s.packets_to_peer,
+            s.bytes_to_peer,
+            s.packets_to_client,
+            s.bytes_to_client
+        ),
+        (3, 300, 5, 500)
+    );
+    assert!(t.e.kill_user(t.now, "alice") == 1);
+    // Counted by the kernel between the last fold and the end: the ended totals.
+    t.e.add_fastpath_counts(&c, (1, 10), (0, 0));
+    let m = t.e.metrics_snapshot();
+    assert_eq!(
+        (m.traffic.packets_to_peer[0], m.traffic.bytes_to_peer[0]),
+        (4, 310)
+    );
+    assert_eq!(
+        (m.traffic.packets_to_client[0], m.traffic.bytes_to_client[0]),
+        (5, 500)
+    );
+}
+
+#[test]
 fn hand_written_address_hashes_keep_every_key_distinct() {
     use std::collections::{HashMap, HashSet};
     let addrs: Vec<SocketAddr> = [

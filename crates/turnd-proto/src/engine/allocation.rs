@@ -1,9 +1,10 @@
 //! One allocation: its relay sockets, permissions, channels, counters and recent responses.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
+use super::route::{FastMap, Slot};
+use super::ChannelNumber;
 use crate::policy::PeerPolicy;
 
 /// How many recent responses an allocation keeps for retransmitted requests.
@@ -24,8 +25,28 @@ pub struct Channel {
     pub expires: Instant,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Counters {
+/// Permissions (peer IPs) and channels (number, peer) removed from an allocation.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Peer IPs whose permission went.
+    pub permissions: Vec<IpAddr>,
+    /// Channels that went.
+    pub channels: Vec<(ChannelNumber, SocketAddr)>,
+}
+
+impl Removed {
+    /// How many (permissions, channels).
+    pub fn counts(&self) -> (usize, usize) {
+        (self.permissions.len(), self.channels.len())
+    }
+    /// Nothing went.
+    pub fn is_empty(&self) -> bool {
+        self.permissions.is_empty() && self.channels.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Counters {
     pub bytes_to_peer: u64,
     pub bytes_to_client: u64,
     pub packets_to_peer: u64,
@@ -50,13 +71,14 @@ pub struct Allocation {
     /// Where this allocation sits in the engine's timer set.
     pub wake_at: Instant,
     /// Peer IP -> when its permission expires.
-    pub permissions: HashMap<IpAddr, Instant>,
+    pub permissions: FastMap<IpAddr, Instant>,
     /// Channel number -> its binding.
-    pub channels_by_number: HashMap<super::ChannelNumber, Channel>,
+    pub channels_by_number: FastMap<ChannelNumber, Channel>,
     /// Peer -> its channel number (the reverse of `channels_by_number`).
-    pub channels_by_peer: HashMap<SocketAddr, super::ChannelNumber>,
-    /// Traffic counters, for the lifecycle log and metrics.
-    pub stats: Counters,
+    pub channels_by_peer: FastMap<SocketAddr, ChannelNumber>,
+    /// Its traffic counters' place in the engine's route table (`RouteTable::stats`), for
+    /// the lifecycle log, usage records and metrics.
+    pub slot: Slot,
     /// (transaction id, response) of recent requests, newest last; grown one slot at a time
     /// (most allocations only ever hold their Allocate response).
     pub recent: Vec<([u8; 12], Box<[u8]>)>,
@@ -97,39 +119,58 @@ impl Allocation {
             .map(|(_, r)| &r[..])
     }
 
-    /// Drop expired permissions and channels.
-    pub fn expire_children(&mut self, now: Instant) {
-        self.permissions.retain(|_, e| *e > now);
+    /// The relay of `ip`'s family.
+    pub fn relay_for_ip(&self, ip: &IpAddr) -> Option<&Relay> {
+        self.relays
+            .iter()
+            .find(|r| r.bound.is_ipv4() == ip.is_ipv4())
+    }
+
+    /// Drop expired permissions and channels; returns what went (the engine removes their
+    /// routes).
+    pub fn expire_children(&mut self, now: Instant) -> Removed {
+        let mut gone = Removed::default();
+        self.permissions.retain(|ip, e| {
+            let keep = *e > now;
+            if !keep {
+                gone.permissions.push(*ip);
+            }
+            keep
+        });
         let peers = &mut self.channels_by_peer;
-        self.channels_by_number.retain(|_, c| {
+        self.channels_by_number.retain(|n, c| {
             let keep = c.expires > now;
             if !keep {
                 peers.remove(&c.peer);
+                gone.channels.push((*n, c.peer));
             }
             keep
         });
+        gone
     }
 
-    /// Remove the permissions and channels `policy` forbids (after a reload); returns how
-    /// many (permissions, channels). A channel goes when its peer is forbidden or its
-    /// peer's permission went.
-    pub fn retain_allowed(&mut self, policy: &dyn PeerPolicy) -> (usize, usize) {
-        let before = (self.permissions.len(), self.channels_by_number.len());
+    /// Remove the permissions and channels `policy` forbids (after a reload); returns what
+    /// went. A channel goes when its peer is forbidden or its peer's permission went.
+    pub fn retain_allowed(&mut self, policy: &dyn PeerPolicy) -> Removed {
+        let mut gone = Removed::default();
         let user = self.user.as_str();
-        self.permissions
-            .retain(|ip, _| policy.permits_ip_for(user, *ip));
+        self.permissions.retain(|ip, _| {
+            let keep = policy.permits_ip_for(user, *ip);
+            if !keep {
+                gone.permissions.push(*ip);
+            }
+            keep
+        });
         let (perms, peers) = (&self.permissions, &mut self.channels_by_peer);
-        self.channels_by_number.retain(|_, c| {
+        self.channels_by_number.retain(|n, c| {
             let keep = policy.permits_for(user, c.peer) && perms.contains_key(&c.peer.ip());
             if !keep {
                 peers.remove(&c.peer);
+                gone.channels.push((*n, c.peer));
             }
             keep
         });
-        (
-            before.0 - self.permissions.len(),
-            before.1 - self.channels_by_number.len(),
-        )
+        gone
     }
 
     /// The earliest instant something in this allocation expires.
@@ -176,7 +217,7 @@ mod tests {
             permissions: Default::default(),
             channels_by_number: Default::default(),
             channels_by_peer: Default::default(),
-            stats: Counters::default(),
+            slot: Default::default(),
             recent: vec![],
         };
         let peers: [SocketAddr; 3] = [
@@ -196,7 +237,7 @@ mod tests {
             );
             a.channels_by_peer.insert(*p, n);
         }
-        assert_eq!(a.retain_allowed(&Tight), (1, 2));
+        assert_eq!(a.retain_allowed(&Tight).counts(), (1, 2));
         assert!(!a.permitted(&peers[0].ip(), now));
         assert!(
             a.permitted(&peers[1].ip(), now),
@@ -207,6 +248,6 @@ mod tests {
             a.channels_by_peer.get(&peers[2]).map(|n| n.get()),
             Some(0x4002)
         );
-        assert_eq!(a.retain_allowed(&Tight), (0, 0));
+        assert_eq!(a.retain_allowed(&Tight).counts(), (0, 0));
     }
 }

@@ -14,7 +14,7 @@ use rand::Rng;
 use stun::attributes::*;
 use stun::message as msg;
 
-use super::allocation::{Allocation, Channel, Counters, Relay};
+use super::allocation::{Allocation, Channel, Relay};
 use super::integrity::{Named, Signer};
 use super::metrics::AuthFailure;
 use super::refusal::{BadRequest, Capacity, Refusal};
@@ -550,6 +550,7 @@ impl Engine {
         self.metrics.count_response("allocate", 0);
         self.metrics.allocations_created += 1;
         self.next_id += 1;
+        let slot = self.routes.open(&p.user);
         let mut a = Allocation {
             id: SessionId::new(self.shard, self.next_id),
             user: p.user,
@@ -561,7 +562,7 @@ impl Engine {
             permissions: Default::default(),
             channels_by_number: Default::default(),
             channels_by_peer: Default::default(),
-            stats: Counters::default(),
+            slot,
             recent: Default::default(),
         };
         a.remember(p.tid, &bytes);
@@ -630,8 +631,8 @@ impl Engine {
             client = %crate::redact::redact_addr(&from.remote, self.cfg.redact),
             transport = from.transport.as_str(),
             lifetime_s = lifetime.as_secs(),
-            bytes_to_peer = a.stats.bytes_to_peer,
-            bytes_to_client = a.stats.bytes_to_client,
+            bytes_to_peer = self.routes.stats(a.slot).bytes_to_peer,
+            bytes_to_client = self.routes.stats(a.slot).bytes_to_client,
             "allocation refreshed"
         );
         let next = a.next_deadline();
@@ -694,6 +695,9 @@ impl Engine {
         }
         let next = a.next_deadline();
         self.schedule(from, next);
+        for p in &peers {
+            self.sync_permission(from, p.ip());
+        }
         Ok(Answer::Now(Reply::success(req)))
     }
 
@@ -753,6 +757,8 @@ impl Engine {
         a.permissions.insert(peer.ip(), now + perm_ttl);
         let next = a.next_deadline();
         self.schedule(from, next);
+        self.sync_channel(from, number, peer);
+        self.sync_permission(from, peer.ip());
         Ok(Answer::Now(Reply::success(req)))
     }
 }

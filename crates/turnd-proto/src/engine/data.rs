@@ -20,17 +20,17 @@ use super::{ClientAddr, Engine, PeerAddr, RelayAddr, ToClient, ToPeer, HEADROOM}
 impl Engine {
     pub(super) fn on_send(&mut self, now: Instant, from: ClientAddr, buf: &[u8]) -> Option<ToPeer> {
         let (peer, range) = parse_send(buf)?;
-        let a = self.allocations_by_client.get_mut(&from)?;
-        let relay = a.relay_for(&peer)?.bound;
-        // The permission covers the IP (installed through the policy, pruned on reload);
-        // what is left to check per packet depends on the port.
-        if !a.permitted(&peer.ip(), now) || !self.shared.policy.permits_port_for(&a.user, peer) {
+        let a = self.allocations_by_client.get(&from)?;
+        let relay = RelayAddr(a.relay_for(&peer)?.bound);
+        // The permission route covers the IP (installed through the policy, pruned on
+        // reload); what is left to check per packet depends on the port.
+        let (slot, user) = self.routes.permission_in(now, relay, peer.ip(), from)?;
+        if !self.shared.policy.permits_port_for(user, peer) {
             return None;
         }
-        a.stats.packets_to_peer += 1;
-        a.stats.bytes_to_peer += range.len() as u64;
+        self.routes.count_to_peer(slot, range.len());
         Some(ToPeer {
-            relay: RelayAddr(relay),
+            relay,
             peer: PeerAddr(peer),
             range,
         })
@@ -50,18 +50,12 @@ impl Engine {
         if 4 + len > buf.len() {
             return None;
         }
-        let a = self.allocations_by_client.get_mut(&from)?;
-        let ch = a.channels_by_number.get(&number)?;
-        if ch.expires <= now {
-            return None;
-        }
-        let peer = ch.peer;
-        let relay = a.relay_for(&peer)?.bound;
-        a.stats.packets_to_peer += 1;
-        a.stats.bytes_to_peer += len as u64;
+        // One lookup: the forward route carries the relay, the peer, the channel's expiry
+        // and the allocation's counters.
+        let (relay, peer) = self.routes.channel_out(now, from, number, len)?;
         Some(ToPeer {
-            relay: RelayAddr(relay),
-            peer: PeerAddr(peer),
+            relay,
+            peer,
             range: 4..4 + len,
         })
     }
@@ -70,32 +64,35 @@ impl Engine {
     /// `client`'s allocation (the I/O layer knows: it bound the socket for it). The payload is
     /// `buf[HEADROOM..HEADROOM + len]` and `buf` has [`TAILROOM`](super::TAILROOM) bytes
     /// after it, so the ChannelData or Data-indication header is written in place.
+    ///
+    /// A datagram from a channel's peer (while the channel and the permission of its IP live)
+    /// costs one lookup of the route table; anything else a second one, for the permission
+    /// of the peer's IP, and the policy's per-port check.
     pub fn handle_peer(
         &mut self,
         now: Instant,
         client: ClientAddr,
-        RelayAddr(relay): RelayAddr,
-        PeerAddr(peer): PeerAddr,
+        relay: RelayAddr,
+        peer: PeerAddr,
         buf: &mut [u8],
         len: usize,
     ) -> Option<ToClient> {
-        let tid = self.next_tid();
-        let a = self.allocations_by_client.get_mut(&client)?;
-        if !a.relays.iter().any(|r| r.bound == relay)
-            || !a.permitted(&peer.ip(), now)
-            || !self.shared.policy.permits_port_for(&a.user, peer)
-        {
-            // No permission, or a port the policy refuses on a permitted IP (the server's own
-            // services outside the relay range, port 0, a listener): dropped.
-            return None;
-        }
         let len16 = u16::try_from(len).ok()?;
-        let range = match a.channels_by_peer.get(&peer) {
-            Some(&number)
-                if a.channels_by_number
-                    .get(&number)
-                    .is_some_and(|c| c.expires > now) =>
-            {
+        let (route, slot) = match self.routes.channel_in(now, relay, peer, client) {
+            Some((number, slot)) => (Some(number), slot),
+            None => {
+                let (slot, user) = self.routes.permission_in(now, relay, peer.0.ip(), client)?;
+                if !self.shared.policy.permits_port_for(user, peer.0) {
+                    // A port the policy refuses on a permitted IP (the server's own services
+                    // outside the relay range, port 0, a listener): dropped.
+                    return None;
+                }
+                (None, slot)
+            }
+        };
+        let PeerAddr(peer) = peer;
+        let range = match route {
+            Some(number) => {
                 let start = HEADROOM - 4;
                 let padded = if client.transport.is_stream() {
                     (len + 3) & !3
@@ -109,8 +106,9 @@ impl Engine {
                 rest.get_mut(len..)?.fill(0);
                 start..HEADROOM + padded
             }
-            _ => {
+            None => {
                 // Data indication: header, XOR-PEER-ADDRESS, DATA.
+                let tid = self.next_tid();
                 let peer_attr = if peer.is_ipv4() { 12 } else { 24 };
                 let padded = (len + 3) & !3;
                 let body = u16::try_from(peer_attr + 4 + padded).ok()?;
@@ -143,8 +141,7 @@ impl Engine {
                 start..HEADROOM + padded
             }
         };
-        a.stats.packets_to_client += 1;
-        a.stats.bytes_to_client += len as u64;
+        self.routes.counted_to_client(slot, len);
         Some(ToClient { client, range })
     }
 }

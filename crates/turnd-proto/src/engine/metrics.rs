@@ -207,7 +207,7 @@ impl Engine {
             s.allocations[transport_index(client.transport)][fam] += 1;
             s.permissions += a.permissions.len() as u64;
             s.channels += a.channels_by_number.len() as u64;
-            add_traffic(&mut s.traffic, client.transport, &a.stats);
+            add_traffic(&mut s.traffic, client.transport, &self.routes.stats(a.slot));
         }
         s
     }
@@ -223,7 +223,8 @@ impl Engine {
         self.allocations_by_client
             .iter()
             .filter(|(_, a)| user.is_none_or(|u| a.user == u))
-            .map(|(client, a)| SessionInfo {
+            .map(|(client, a)| (client, a, self.routes.stats(a.slot)))
+            .map(|(client, a, stats)| SessionInfo {
                 id: a.id,
                 user: a.user.clone(),
                 client: client.remote,
@@ -231,10 +232,10 @@ impl Engine {
                 relays: a.relays.iter().map(|r| r.advertised).collect(),
                 created: wall(a.created),
                 expires: wall(a.expires),
-                bytes_to_peer: a.stats.bytes_to_peer,
-                bytes_to_client: a.stats.bytes_to_client,
-                packets_to_peer: a.stats.packets_to_peer,
-                packets_to_client: a.stats.packets_to_client,
+                bytes_to_peer: stats.bytes_to_peer,
+                bytes_to_client: stats.bytes_to_client,
+                packets_to_peer: stats.packets_to_peer,
+                packets_to_client: stats.packets_to_client,
                 permissions: a.permissions.len(),
                 channels: a.channels_by_number.len(),
             })

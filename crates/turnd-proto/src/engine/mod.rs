@@ -20,6 +20,8 @@
 //! the shared nonce clock and to wall-clock time for TURN REST expiry.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use route::{FastMap, RouteTable};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +42,7 @@ pub mod metrics;
 mod quota;
 mod redirect;
 pub mod refusal;
+pub mod route;
 mod usage;
 pub mod wire;
 
@@ -74,6 +77,7 @@ pub use metrics::{EngineMetrics, MetricsSnapshot, SessionInfo};
 pub use quota::{FleetCounts, Quotas};
 pub use redirect::{Alternate, Redirect};
 pub use refusal::{BadRequest, Capacity, Refusal};
+pub use route::{Route, RouteChange, RouteKey, ROUTE_EVENTS_MAX};
 pub use usage::{UsageRecord, UsageSink};
 
 /// Bytes the caller leaves free before a peer datagram: the largest Data indication header
@@ -109,7 +113,7 @@ impl Transport {
 }
 
 /// The client side of a 5-tuple: transport, the client's address, and our listener address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ClientAddr {
     /// How the client reaches us.
     pub transport: Transport,
@@ -121,12 +125,61 @@ pub struct ClientAddr {
 
 /// A peer's address: the far side of a relay (XOR-PEER-ADDRESS, the source of a datagram
 /// on a relay socket). A type of its own so it cannot be swapped with a [`RelayAddr`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PeerAddr(pub SocketAddr);
 
 /// The local address a relay socket is bound at (not the advertised one behind a NAT).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RelayAddr(pub SocketAddr);
+
+// The data path hashes these once per packet (engine/route.rs): a few whole words instead of
+// the derived field-by-field hash of `SocketAddr` (discriminants, octet slices). Equal values
+// hash equally (every word is a function of fields `Eq` compares).
+fn addr_word(a: &SocketAddr) -> (u64, u64) {
+    match a {
+        SocketAddr::V4(v4) => (
+            1 << 48 | u64::from(u32::from(*v4.ip())) << 16 | u64::from(v4.port()),
+            0,
+        ),
+        SocketAddr::V6(v6) => {
+            let ip = u128::from(*v6.ip());
+            (
+                (ip >> 64) as u64,
+                ip as u64 ^ u64::from(v6.port()) << 48 ^ 2,
+            )
+        }
+    }
+}
+
+impl std::hash::Hash for ClientAddr {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        let (r0, r1) = addr_word(&self.remote);
+        let (l0, l1) = addr_word(&self.local);
+        let t = self.transport as u64;
+        h.write_u64(r0);
+        h.write_u64(l0 ^ t << 56);
+        if r1 | l1 != 0 {
+            h.write_u64(r1);
+            h.write_u64(l1);
+        }
+    }
+}
+
+impl std::hash::Hash for PeerAddr {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        let (a, b) = addr_word(&self.0);
+        h.write_u64(a);
+        if b != 0 {
+            h.write_u64(b);
+        }
+    }
+}
+
+impl std::hash::Hash for RelayAddr {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        PeerAddr(self.0).hash(h)
+    }
+}
 
 /// A control-plane message for a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,7 +389,9 @@ struct PendingAllocate {
 ///   answer to [`Command::BindRelays`]), [`client_closed`](Engine::client_closed).
 /// - **Outputs**: [`poll_command`](Engine::poll_command),
 ///   [`poll_transmit`](Engine::poll_transmit), [`poll_timeout`](Engine::poll_timeout); the
-///   data path returns [`ToPeer`] / [`ToClient`] directly from its input.
+///   data path returns [`ToPeer`] / [`ToClient`] directly from its input. For a fast path
+///   that mirrors the route table: [`set_route_events`](Engine::set_route_events),
+///   [`poll_route_change`](Engine::poll_route_change), [`routes`](Engine::routes).
 /// - **Control**: [`set_shared`](Engine::set_shared) (reload),
 ///   [`set_draining`](Engine::set_draining), [`with_shard`](Engine::with_shard).
 /// - **Views**: [`stats`](Engine::stats), [`metrics_snapshot`](Engine::metrics_snapshot),
@@ -366,7 +421,10 @@ pub struct Engine {
     shared: Shared,
     /// Boxed: the table rounds up to a power of two, and empty slots should cost a pointer,
     /// not a whole allocation (about 1 KB per allocation saved at 10k idle allocations).
-    allocations_by_client: HashMap<ClientAddr, Box<Allocation>>,
+    allocations_by_client: FastMap<ClientAddr, Box<Allocation>>,
+    /// The data path's routes and the allocations' traffic counters (`route.rs`), derived
+    /// from the allocations and kept in step with them.
+    routes: RouteTable,
     pending_by_client: HashMap<ClientAddr, PendingAllocate>,
     /// Requests waiting for a lookup that is asked elsewhere (the webhook).
     deferred: deferred::Deferred,
@@ -403,7 +461,8 @@ impl Engine {
             rng,
             cfg,
             shared,
-            allocations_by_client: HashMap::new(),
+            allocations_by_client: FastMap::default(),
+            routes: RouteTable::default(),
             pending_by_client: HashMap::new(),
             deferred: deferred::Deferred::default(),
             timers: BTreeSet::new(),
@@ -432,19 +491,37 @@ impl Engine {
     }
 
     /// Swap credentials and policy (reload). Existing allocations keep their keys; their
-    /// permissions and channels that the new peer policy forbids are removed, so that
-    /// ChannelData, Send and peer data all follow the new policy. Returns how many
-    /// (permissions, channels) were removed.
+    /// permissions and channels that the new peer policy forbids are removed, with their
+    /// routes, so that ChannelData, Send and peer data all follow the new policy. Returns how
+    /// many (permissions, channels) were removed.
     pub fn set_shared(&mut self, shared: Shared) -> (usize, usize) {
         self.shared = shared;
         let policy = self.shared.policy.clone();
         let (mut perms, mut chans) = (0, 0);
-        for a in self.allocations_by_client.values_mut() {
-            let (p, c) = a.retain_allowed(&*policy);
+        let mut pruned = Vec::new();
+        for (client, a) in self.allocations_by_client.iter_mut() {
+            let gone = a.retain_allowed(&*policy);
+            let (p, c) = gone.counts();
             perms += p;
             chans += c;
+            if !gone.is_empty() {
+                pruned.push((*client, gone));
+            }
+        }
+        for (client, gone) in pruned {
+            self.sync_removed(client, gone);
         }
         (perms, chans)
+    }
+
+    /// Remove the routes of permissions and channels that `client`'s allocation just lost.
+    fn sync_removed(&mut self, client: ClientAddr, gone: allocation::Removed) {
+        for (number, peer) in gone.channels {
+            self.sync_channel(client, number, peer);
+        }
+        for ip in gone.permissions {
+            self.sync_permission(client, ip);
+        }
     }
 
     /// The user of `client`'s Allocate that waits for its relay sockets.
@@ -581,11 +658,12 @@ impl Engine {
             self.delete_allocation(now, client, "expired");
             return;
         }
-        a.expire_children(now);
+        let gone = a.expire_children(now);
         // wake_at was popped from the set; force re-insertion.
         a.wake_at = now;
         let next = a.next_deadline();
         self.schedule(client, next);
+        self.sync_removed(client, gone);
     }
 
     fn delete_allocation(&mut self, now: Instant, client: ClientAddr, why: &'static str) {
@@ -593,15 +671,17 @@ impl Engine {
             return;
         };
         self.timers.remove(&(a.wake_at, client));
+        let stats = self.routes.stats(a.slot);
+        self.drop_routes(client, &a);
         for r in &a.relays {
             self.commands.push_back(Command::ReleaseRelay(r.bound));
         }
         self.shared.quotas.release(&a.user);
-        self.report_usage(now, client, &a, why);
+        self.report_usage(now, client, &a, &stats, why);
         self.metrics.count_ended(
             now.saturating_duration_since(a.created),
             client.transport,
-            &a.stats,
+            &stats,
         );
         tracing::info!(
             event = "allocation deleted",
@@ -610,10 +690,10 @@ impl Engine {
             client = %crate::redact::redact_addr(&client.remote, self.cfg.redact),
             transport = client.transport.as_str(),
             relay = %a.relays.iter().map(|r| r.advertised.to_string()).collect::<Vec<_>>().join(","),
-            bytes_to_peer = a.stats.bytes_to_peer,
-            bytes_to_client = a.stats.bytes_to_client,
-            packets_to_peer = a.stats.packets_to_peer,
-            packets_to_client = a.stats.packets_to_client,
+            bytes_to_peer = stats.bytes_to_peer,
+            bytes_to_client = stats.bytes_to_client,
+            packets_to_peer = stats.packets_to_peer,
+            packets_to_client = stats.packets_to_client,
             "allocation deleted"
         );
     }

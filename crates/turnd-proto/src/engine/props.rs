@@ -181,6 +181,79 @@ fn signed_after_mutation_sequences_keep_the_engine_invariants() {
     assert!(relayed >= 20, "only {relayed} packets relayed in 400 runs");
 }
 
+/// Steps that move routes: well-formed Allocate, ChannelBind (new and refresh, after time
+/// passed), CreatePermission, Refresh, time, and now and then any step.
+fn route_step() -> impl Strategy<Value = Step> {
+    let request = |client, method, n| Step::Request {
+        client,
+        user: false,
+        method,
+        attrs: with_valid_prefix(method, true, n, vec![]),
+        after_integrity: vec![],
+        signing: Signing::Good,
+        fingerprint: false,
+        tid: 0,
+    };
+    prop_oneof![
+        2 => (0u8..2).prop_map(move |c| request(c, Method::Allocate, 0)),
+        2 => Just(Step::ServeBinds { ok: true }),
+        4 => (0u8..2, 0u8..6).prop_map(move |(c, n)| request(c, Method::ChannelBind, n)),
+        3 => (0u8..2, any::<u8>()).prop_map(move |(c, n)| request(c, Method::CreatePermission, n)),
+        1 => (0u8..2).prop_map(move |c| request(c, Method::Refresh, 0)),
+        3 => (0u16..400).prop_map(|secs| Step::Advance { secs }),
+        2 => step(),
+    ]
+}
+
+/// Route invariants under generated sequences (issue 12 item 3): after every step the route
+/// table equals the one derived from the allocations' channels and permissions, no route is
+/// left past its allocation's tick (`Harness::check_routes`), and a mirror fed only by
+/// [`poll_route_change`](super::Engine::poll_route_change) equals the table, through queue
+/// overflows (a queue of 2) and without them.
+#[test]
+fn route_changes_keep_a_mirror_equal_to_the_derived_table() {
+    use proptest::test_runner::{Config, TestRunner};
+    let mut runner = TestRunner::new(Config {
+        cases: 200,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let seen = std::cell::Cell::new((0u64, 0u64));
+    let result = runner.run(
+        &(vec(route_step(), 1..60), any::<bool>()),
+        |(steps, tiny)| {
+            let mut h = Harness::new().with_route_events(if tiny { 2 } else { 1 << 16 });
+            let mut most = 0;
+            for s in &steps {
+                h.run(s);
+                most = most.max(h.engine.route_count());
+            }
+            let (r, m) = seen.get();
+            seen.set((r + h.resets, m.max(most as u64)));
+            h.finish();
+            assert_eq!(
+                h.engine.route_count(),
+                0,
+                "every route gone with its allocation"
+            );
+            Ok(())
+        },
+    );
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    let (resets, most) = seen.get();
+    eprintln!("{resets} queue overflows, at most {most} routes in one run");
+    assert!(
+        resets >= 10,
+        "the tiny queue overflowed only {resets} times"
+    );
+    assert!(
+        most >= 12,
+        "at most {most} routes: the generator hardly binds channels"
+    );
+}
+
 /// The generator is not vacuous: a plain run gets allocations created and answered.
 #[test]
 fn harness_reaches_past_authentication() {

@@ -10,7 +10,7 @@
 //!
 //! Not part of the server: compiled only for tests and with the `fuzzing` feature.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,8 +19,8 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
 use super::{
-    ClientAddr, Command, Engine, EngineConfig, Family, PeerAddr, Quotas, RelayAddr, Shared,
-    Transport, HEADROOM, TAILROOM,
+    ClientAddr, Command, Engine, EngineConfig, Family, PeerAddr, Quotas, RelayAddr, Route,
+    RouteChange, RouteKey, Shared, Transport, HEADROOM, TAILROOM,
 };
 use crate::auth::{long_term_key, Authenticator, FailureBudget, Key, Lookup, NonceMint};
 use crate::policy::PeerPolicy;
@@ -280,6 +280,11 @@ pub struct Harness {
     pub successes: u64,
     /// Packets the engine relayed (client to peer and peer to client).
     pub relayed: u64,
+    /// A mirror of the route table built from the engine's route changes alone
+    /// ([`Harness::with_route_events`]).
+    pub mirror: Option<BTreeMap<RouteKey, Route>>,
+    /// Route-change queue overflows seen (each a [`RouteChange::Reset`] after the first).
+    pub resets: u64,
 }
 
 impl Default for Harness {
@@ -342,6 +347,42 @@ impl Harness {
             tid_counter: 0,
             successes: 0,
             relayed: 0,
+            mirror: None,
+            resets: 0,
+        }
+    }
+
+    /// Turn the engine's route changes on, with a queue of at most `queue_max`, and keep a
+    /// mirror of the table from them: [`Harness::check`] then also asserts the mirror equals
+    /// the table after every step.
+    pub fn with_route_events(mut self, queue_max: usize) -> Self {
+        self.engine.routes.events_max = queue_max.max(1);
+        self.engine.set_route_events(true);
+        self.mirror = Some(BTreeMap::new());
+        self.drain_routes();
+        self.resets = 0;
+        self
+    }
+
+    /// Apply the queued route changes to the mirror, the way a fast path would.
+    fn drain_routes(&mut self) {
+        let Some(mirror) = &mut self.mirror else {
+            return;
+        };
+        while let Some(c) = self.engine.poll_route_change() {
+            match c {
+                RouteChange::Added(r) => {
+                    mirror.insert(r.key(), r);
+                }
+                RouteChange::Removed(k) => {
+                    mirror.remove(&k);
+                }
+                RouteChange::Reset => {
+                    self.resets += 1;
+                    mirror.clear();
+                    mirror.extend(self.engine.routes().into_iter().map(|r| (r.key(), r)));
+                }
+            }
         }
     }
 
@@ -598,6 +639,7 @@ impl Harness {
                 Command::CloseClient(_) => {}
             }
         }
+        self.drain_routes();
     }
 
     fn serve_binds(&mut self, ok: bool) {
@@ -651,6 +693,37 @@ impl Harness {
             held, self.bound,
             "every bound port belongs to a live allocation"
         );
+        self.check_routes();
+    }
+
+    /// The route table is exactly what the allocations' channels and permissions call for
+    /// (no stale route, no missing one), and every route is removed no later than the next
+    /// timer tick of its allocation.
+    pub fn check_routes(&self) {
+        let routes = self.engine.routes();
+        assert_eq!(
+            routes,
+            self.engine.derived_routes(),
+            "the route table follows the allocations"
+        );
+        assert_eq!(routes.len(), self.engine.route_count());
+        if let Some(mirror) = &self.mirror {
+            assert!(
+                mirror.values().eq(routes.iter()),
+                "the route changes rebuild the table"
+            );
+        }
+        for r in &routes {
+            assert!(
+                r.expires() > self.now,
+                "expired route left after the tick: {r:?}"
+            );
+            let a = &self.engine.allocations_by_client[&r.client()];
+            assert!(
+                a.wake_at <= r.expires(),
+                "the allocation's tick comes after its route expires: {r:?}"
+            );
+        }
     }
 
     /// Serve what is pending, let every allocation expire, and check all was given back.

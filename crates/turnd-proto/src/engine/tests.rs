@@ -1385,6 +1385,7 @@ fn stream_closed_while_the_relay_is_being_bound_frees_the_quota_and_the_socket()
 
 mod advisories;
 mod bound;
+mod routes;
 mod sha256;
 
 #[test]

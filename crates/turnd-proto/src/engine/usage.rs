@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::allocation::Counters;
 use super::{Allocation, ClientAddr, Engine, SessionInfo};
 
 /// One ended allocation: the session as the admin API shows it, with its realm, its end and
@@ -47,6 +48,7 @@ impl Engine {
         now: Instant,
         client: ClientAddr,
         a: &Allocation,
+        stats: &Counters,
         reason: &'static str,
     ) {
         let Some(sink) = &self.usage else { return };
@@ -59,10 +61,10 @@ impl Engine {
                 relays: a.relays.iter().map(|r| r.advertised).collect(),
                 created: self.wall(a.created),
                 expires: self.wall(a.expires),
-                bytes_to_peer: a.stats.bytes_to_peer,
-                bytes_to_client: a.stats.bytes_to_client,
-                packets_to_peer: a.stats.packets_to_peer,
-                packets_to_client: a.stats.packets_to_client,
+                bytes_to_peer: stats.bytes_to_peer,
+                bytes_to_client: stats.bytes_to_client,
+                packets_to_peer: stats.packets_to_peer,
+                packets_to_client: stats.packets_to_client,
                 permissions: a.permissions.len(),
                 channels: a.channels_by_number.len(),
             },

@@ -18,7 +18,7 @@ use tokio::task::LocalSet;
 
 use crate::client::{ClientError, Conn, Credentials, TlsTarget, TurnClient};
 use crate::echo::{self, EchoCount};
-use crate::flow::{self, Flow, Mode};
+use crate::flow::{self, Flow, Mix, Mode};
 use crate::stats::{rtt_histogram, thread_id, Counters};
 use turnd_proto::engine::Transport;
 
@@ -34,7 +34,13 @@ pub struct Params {
     pub timeout: Duration,
     pub ipv6: bool,
     pub mode: Mode,
+    pub mix: Mix,
     pub size: usize,
+    /// UDP GSO sends (`UDP_SEGMENT`) from the clients and the echo peers.
+    pub gso: bool,
+    /// No server: the clients send ChannelData straight to the echo peer (the generator's
+    /// own ceiling).
+    pub direct: bool,
     /// Packets per second per allocation; `None`: saturate with `window` in flight.
     pub rate: Option<f64>,
     pub window: usize,
@@ -175,7 +181,11 @@ where
         .unwrap_or_default()
 }
 
-async fn allocate_one(p: &Params) -> Result<TurnClient, ClientError> {
+async fn allocate_one(p: &Params, peer: SocketAddr) -> Result<TurnClient, ClientError> {
+    if p.direct {
+        let conn = Conn::connect(peer, Transport::Udp, None, p.timeout).await?;
+        return Ok(TurnClient::new(conn, None, p.timeout));
+    }
     let conn = Conn::connect(p.server, p.transport, p.tls.as_ref(), p.timeout).await?;
     let mut c = TurnClient::new(conn, p.creds.clone(), p.timeout);
     c.allocate(p.ipv6).await?;
@@ -184,11 +194,11 @@ async fn allocate_one(p: &Params) -> Result<TurnClient, ClientError> {
 
 impl Worker {
     async fn allocate(&mut self, n: usize) -> usize {
-        let p = self.params.clone();
+        let (p, peer) = (self.params.clone(), self.peer_addr);
         let results = in_lanes((0..n).collect(), p.lanes, move |_| {
             let p = p.clone();
             async move {
-                let mut r = allocate_one(&p).await;
+                let mut r = allocate_one(&p, peer).await;
                 // 437 on a fresh port: a previous run left state for this 5-tuple on the
                 // server (coturn keeps it for a while even after Refresh 0, turnd until the
                 // lifetime ends when a run was killed); another local port will do.
@@ -196,7 +206,7 @@ impl Worker {
                     if !matches!(&r, Err(e) if e.code() == Some(437)) {
                         break;
                     }
-                    r = allocate_one(&p).await;
+                    r = allocate_one(&p, peer).await;
                 }
                 match r {
                     Ok(c) => {
@@ -220,6 +230,9 @@ impl Worker {
     /// released and dropped.
     async fn prepare(&mut self) -> usize {
         let (p, peer) = (self.params.clone(), self.peer_addr);
+        if p.direct {
+            return self.clients.len();
+        }
         let clients = std::mem::take(&mut self.clients);
         let results = in_lanes(clients, p.lanes, move |mut c: TurnClient| {
             let p = p.clone();
@@ -254,10 +267,14 @@ impl Worker {
     async fn data(&mut self, start: Instant, deadline: Instant) -> DataResult {
         let p = &self.params;
         let count = Rc::new(EchoCount::default());
-        let slot = p.size + 128;
+        let slot = match p.mix {
+            Mix::Fixed => p.size,
+            Mix::Av => flow::AV_MAX,
+        } + 128;
         let peer_task = tokio::task::spawn_local(echo::batched(
             self.peer.clone(),
             slot,
+            p.gso,
             count.clone(),
             p.totals.clone(),
         ));
@@ -295,6 +312,9 @@ impl Worker {
 
     async fn release(&mut self) -> usize {
         let p = self.params.clone();
+        if p.direct {
+            return std::mem::take(&mut self.clients).len();
+        }
         let clients = std::mem::take(&mut self.clients);
         let ok = in_lanes(clients, p.lanes, |mut c: TurnClient| async move {
             c.refresh(0).await.is_ok()

@@ -110,7 +110,6 @@ pub const STAMP: usize = 12;
 /// One data phase of one worker thread, shared by its allocation tasks.
 pub struct Flow {
     pub params: Arc<Params>,
-    pub peer: SocketAddr,
     pub start: Instant,
     pub deadline: Instant,
     /// Allocations in this phase on this thread (to stagger paced senders).
@@ -130,15 +129,15 @@ struct Frame {
 }
 
 impl Flow {
-    fn frame(&self, stream: bool) -> Frame {
-        self.frame_of(stream, self.params.size)
+    fn frame(&self, peer: &SocketAddr, stream: bool) -> Frame {
+        self.frame_of(peer, stream, self.params.size)
     }
 
-    fn frame_of(&self, stream: bool, size: usize) -> Frame {
+    fn frame_of(&self, peer: &SocketAddr, stream: bool, size: usize) -> Frame {
         match self.params.mode {
             Mode::Send => Frame {
-                payload: indication_header_len(&self.peer),
-                len: indication_header_len(&self.peer) + padded(size),
+                payload: indication_header_len(peer),
+                len: indication_header_len(peer) + padded(size),
             },
             _ => Frame {
                 payload: CHANNEL_DATA_HEADER,
@@ -147,18 +146,25 @@ impl Flow {
         }
     }
 
-    fn write_template(&self, buf: &mut [u8], stream: bool, tid: &[u8; 12]) {
+    fn write_template(&self, buf: &mut [u8], peer: &SocketAddr, stream: bool, tid: &[u8; 12]) {
         let size = self.params.size;
-        buf[self.frame(stream).payload..][..size].fill(0);
-        self.write_header(buf, stream, tid, size);
+        buf[self.frame(peer, stream).payload..][..size].fill(0);
+        self.write_header(buf, peer, stream, tid, size);
     }
 
     /// The header of a frame with a `size`-byte payload (the payload bytes are left as
     /// they are); returns the frame's length.
-    fn write_header(&self, buf: &mut [u8], stream: bool, tid: &[u8; 12], size: usize) -> usize {
-        let f = self.frame_of(stream, size);
+    fn write_header(
+        &self,
+        buf: &mut [u8],
+        peer: &SocketAddr,
+        stream: bool,
+        tid: &[u8; 12],
+        size: usize,
+    ) -> usize {
+        let f = self.frame_of(peer, stream, size);
         let written = match self.params.mode {
-            Mode::Send => write_indication_header(buf, METHOD_SEND, tid, &self.peer, size),
+            Mode::Send => write_indication_header(buf, METHOD_SEND, tid, peer, size),
             _ => write_channel_header(buf, CHANNEL, size, stream),
         };
         // Invariant: the buffers are sized from `frame()` and `size` is at most 8192.
@@ -251,27 +257,27 @@ impl Pacer {
 
 /// Drive one allocation's data path until the deadline (plus a short drain); gives the
 /// client back for the release phase.
-pub async fn run(client: TurnClient, f: Rc<Flow>, index: usize) -> TurnClient {
+pub async fn run(client: TurnClient, f: Rc<Flow>, index: usize, peer: SocketAddr) -> TurnClient {
     let mut pacer = Pacer::new(&f, index);
     let client = match client.conn.link {
-        Link::Udp(_) => udp(client, &f, &mut pacer).await,
-        Link::Stream(_) => stream(client, &f, &mut pacer).await,
+        Link::Udp(_) => udp(client, &f, &mut pacer, &peer).await,
+        Link::Stream(_) => stream(client, &f, &mut pacer, &peer).await,
     };
     f.sent.set(f.sent.get() + pacer.sent);
     f.received.set(f.received.get() + pacer.received);
     client
 }
 
-async fn udp(client: TurnClient, f: &Flow, pacer: &mut Pacer) -> TurnClient {
+async fn udp(client: TurnClient, f: &Flow, pacer: &mut Pacer, peer: &SocketAddr) -> TurnClient {
     let Link::Udp(sock) = &client.conn.link else {
         return client;
     };
     let fd = sock.as_raw_fd();
     let totals = &f.params.totals;
     let av = f.params.mix == Mix::Av;
-    let fr = f.frame(false);
+    let fr = f.frame(peer, false);
     let slot = if av {
-        f.frame_of(false, AV_MAX).len
+        f.frame_of(peer, false, AV_MAX).len
     } else {
         fr.len
     };
@@ -285,7 +291,7 @@ async fn udp(client: TurnClient, f: &Flow, pacer: &mut Pacer) -> TurnClient {
     let mut tx = Batch::new(tx_cap, slot);
     let tid: [u8; 12] = rand::random();
     for i in 0..tx_cap {
-        f.write_template(tx.slot_mut(i), false, &tid);
+        f.write_template(tx.slot_mut(i), peer, false, &tid);
     }
     let mut sizes = AvSizes::new(rand::random());
     let mut lens = vec![fr.len; tx_cap];
@@ -305,7 +311,7 @@ async fn udp(client: TurnClient, f: &Flow, pacer: &mut Pacer) -> TurnClient {
             while i < k {
                 if av {
                     let size = sizes.next();
-                    lens[i] = f.write_header(tx.slot_mut(i), false, &tid, size);
+                    lens[i] = f.write_header(tx.slot_mut(i), peer, false, &tid, size);
                     // A video burst leaves at once, ahead of the schedule (the pacer then
                     // waits until the average rate catches up).
                     if sizes.in_burst() {
@@ -381,8 +387,13 @@ fn udp_receive(sock: &tokio::net::UdpSocket, rx: &mut Batch, f: &Flow, pacer: &m
     }
 }
 
-async fn stream(mut client: TurnClient, f: &Flow, pacer: &mut Pacer) -> TurnClient {
-    let fr = f.frame(true);
+async fn stream(
+    mut client: TurnClient,
+    f: &Flow,
+    pacer: &mut Pacer,
+    peer: &SocketAddr,
+) -> TurnClient {
+    let fr = f.frame(peer, true);
     let tx_cap = if f.params.rate.is_none() {
         f.params.window.min(64)
     } else {
@@ -391,7 +402,7 @@ async fn stream(mut client: TurnClient, f: &Flow, pacer: &mut Pacer) -> TurnClie
     let mut out = vec![0u8; tx_cap * fr.len];
     let tid: [u8; 12] = rand::random();
     for frame in out.chunks_mut(fr.len) {
-        f.write_template(frame, true, &tid);
+        f.write_template(frame, peer, true, &tid);
     }
     tokio::time::sleep_until(pacer.start.into()).await;
     let mut tick = tokio::time::interval_at(pacer.start.into(), f.tick());
@@ -450,5 +461,50 @@ fn stream_receive(conn: &mut Conn, f: &Flow, pacer: &mut Pacer) {
         pacer.last_rx = now;
         Counters::add(&f.params.totals.received, got);
         Counters::add(&f.params.totals.received_bytes, got * f.params.size as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The av mix: audio-like packets of 60-200 B, and video-like bursts of 5-20 packets of
+    /// 1,000-1,200 B, about one event in ten.
+    #[test]
+    fn av_sizes_are_audio_packets_and_video_bursts() {
+        let mut g = AvSizes::new(0x1234_5678_9abc_def0);
+        let (mut audio, mut video, mut bursts) = (0usize, 0usize, Vec::new());
+        let mut run = 0;
+        for _ in 0..100_000 {
+            let s = g.next();
+            if (60..=200).contains(&s) {
+                audio += 1;
+                if run > 0 {
+                    bursts.push(run);
+                    run = 0;
+                }
+            } else {
+                assert!((1000..=AV_MAX).contains(&s), "size {s}");
+                video += 1;
+                run += 1;
+            }
+        }
+        assert!(
+            audio > 20_000 && video > 20_000,
+            "{audio} audio, {video} video"
+        );
+        // Bursts can touch (a new one may start right after the last), so a run is at least 5.
+        assert!(bursts.iter().all(|&b| b >= 5), "{bursts:?}");
+        let singles = bursts.iter().filter(|&&b| b <= 20).count();
+        assert!(
+            singles * 10 > bursts.len() * 8,
+            "most runs are one burst of 5-20"
+        );
+        let events = audio + bursts.len();
+        let share = bursts.len() as f64 / events as f64;
+        assert!(
+            (0.07..0.13).contains(&share),
+            "bursts are {share:.3} of events"
+        );
     }
 }

@@ -68,9 +68,13 @@ pub struct LoadArgs {
     /// How long to send (or, with --mode idle, to hold the allocations); at most 300 s.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
-    /// Worker threads (each runs many allocations and one echo peer).
+    /// Worker threads (each runs many allocations and its echo peers).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Echo peers per thread, each its own socket; 0: one per allocation (coturn's
+    /// `--multiplex-peer` needs a distinct peer address per allocation).
+    #[arg(long, default_value_t = 1)]
+    pub peers: usize,
     /// Allocations set up concurrently (per thread).
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
@@ -300,6 +304,7 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<bool> {
         window: args.window,
         lanes: args.concurrency,
         peer_ip: peer_ip(server, args.ipv6)?,
+        peers: args.peers,
         totals: Arc::new(Counters::default()),
         first_error: Mutex::new(None),
     });

@@ -131,6 +131,16 @@ struct UdpCounters {
     received: Cell<u64>,
 }
 
+impl UdpCounters {
+    /// Move a send queue's counts into the shard's.
+    fn take_from(&self, q: &mut SendQueue) {
+        let add = |c: &Cell<u64>, n: &mut u64| c.set(c.get() + std::mem::take(n));
+        add(&self.send_dropped, &mut q.dropped);
+        add(&self.send_calls, &mut q.calls);
+        add(&self.sent, &mut q.sent);
+    }
+}
+
 pub struct Shard {
     engine: RefCell<Engine>,
     relay_cfg: RelayConfig,
@@ -139,6 +149,8 @@ pub struct Shard {
     /// Whether the UDP loop is inside a turn (relay sockets released now close at its end).
     in_turn: Cell<bool>,
     udp: UdpCounters,
+    /// The send queue of stream clients' frames (the UDP loop has its own).
+    stream_out: RefCell<SendQueue>,
     streams: StreamTable,
     reservations: Arc<Reservations>,
     timer_changed: Notify,
@@ -197,6 +209,7 @@ pub fn run(
         }
         let mut engine = setup.engine;
         engine.set_route_events(setup.fastpath.is_on());
+        let gso = setup.relay_cfg.gso && udp::gso_supported();
         let shard = Rc::new(Shard {
             engine: RefCell::new(engine),
             relay_cfg: setup.relay_cfg,
@@ -204,6 +217,7 @@ pub fn run(
             registry,
             in_turn: Cell::new(false),
             udp: UdpCounters::default(),
+            stream_out: RefCell::new(SendQueue::new(gso)),
             streams: StreamTable::new(setup.streams_cfg, setup.conn_limits, setup.redact),
             reservations: setup.reservations,
             timer_changed: Notify::new(),
@@ -336,7 +350,7 @@ async fn udp_loop(shard: Rc<Shard>, poll: Poll) {
     let mut events = Events::with_capacity(1024);
     let mut ready: VecDeque<usize> = VecDeque::new();
     let mut batch = RecvBatch::new();
-    let mut out = SendQueue::new(shard.relay_cfg.gso && udp::gso_supported());
+    let mut out = SendQueue::new(shard.stream_out.borrow().gso());
     loop {
         if ready.is_empty() {
             let Ok(mut guard) = afd.readable_mut().await else {
@@ -389,13 +403,7 @@ async fn udp_loop(shard: Rc<Shard>, poll: Poll) {
         }
         shard.in_turn.set(false);
         shard.socks.borrow_mut().closing.clear();
-        for (c, n) in [
-            (&shard.udp.send_dropped, &mut out.dropped),
-            (&shard.udp.send_calls, &mut out.calls),
-            (&shard.udp.sent, &mut out.sent),
-        ] {
-            c.set(c.get() + std::mem::take(n));
-        }
+        shard.udp.take_from(&mut out);
         // Let the shard's stream connections, its timer and its requests run.
         tokio::task::yield_now().await;
     }
@@ -719,7 +727,7 @@ impl Shard {
                     false
                 }
             };
-            out.flush(batch);
+            out.flush(batch.data());
             if end {
                 return Turn::End;
             }
@@ -774,8 +782,8 @@ impl Shard {
                 }
                 if let Some(to) = engine.handle_client(now, from, packet) {
                     if let Some(fd) = self.relay_fd(to.relay.0) {
-                        let r = to.range;
-                        out.push(fd, to.peer.0, i, HEADROOM + r.start..HEADROOM + r.end);
+                        let at = RecvBatch::slot_offset(i) + HEADROOM;
+                        out.push(fd, to.peer.0, at + to.range.start..at + to.range.end);
                     }
                 }
             });
@@ -813,7 +821,10 @@ impl Shard {
                 drop(engine);
                 if let Some(to) = to {
                     match (to.client.transport, listener) {
-                        (Transport::Udp, Some(fd)) => out.push(fd, to.client.remote, i, to.range),
+                        (Transport::Udp, Some(fd)) => {
+                            let at = RecvBatch::slot_offset(i);
+                            out.push(fd, to.client.remote, at + to.range.start..at + to.range.end)
+                        }
                         (Transport::Udp, None) => {}
                         _ => {
                             if let Some(bytes) = slot.get(to.range) {
@@ -844,22 +855,42 @@ impl Shard {
         self.flush_outputs(&mut engine, now);
     }
 
-    /// One datagram or complete stream frame from a client: the engine's data-plane answer
-    /// goes straight out of the relay socket, its other outputs are flushed.
-    pub(super) fn on_client_packet(
+    /// The complete frames of one read from a stream client (`frames` are ranges of `base`):
+    /// relayed data is queued per relay socket and sent with sendmmsg (GSO for equal-size
+    /// runs), at most [`BATCH`] at a time; the engine's other outputs are flushed once.
+    pub(super) fn on_client_frames(
         self: &Rc<Self>,
         now: Instant,
         client: ClientAddr,
-        packet: &[u8],
+        base: &[u8],
+        frames: &[std::ops::Range<usize>],
     ) {
-        self.guarded(kind_of(packet), || {
-            let mut engine = self.engine.borrow_mut();
-            if let Some(out) = engine.handle_client(now, client, packet) {
-                if let (Some(fd), Some(bytes)) = (self.relay_fd(out.relay.0), packet.get(out.range))
-                {
-                    self.count_send(udp::send_one(fd, bytes, out.peer.0));
-                }
+        let mut out = self.stream_out.borrow_mut();
+        for r in frames {
+            let Some(frame) = base.get(r.clone()) else {
+                continue;
+            };
+            if out.is_full() {
+                out.flush(base);
             }
+            self.guarded(kind_of(frame), || {
+                let mut engine = self.engine.borrow_mut();
+                if let Some(to) = engine.handle_client(now, client, frame) {
+                    if let Some(fd) = self.relay_fd(to.relay.0) {
+                        out.push(
+                            fd,
+                            to.peer.0,
+                            r.start + to.range.start..r.start + to.range.end,
+                        );
+                    }
+                }
+            });
+        }
+        out.flush(base);
+        self.udp.take_from(&mut out);
+        drop(out);
+        self.guarded("flush", || {
+            let mut engine = self.engine.borrow_mut();
             self.flush_outputs(&mut engine, now);
         });
     }

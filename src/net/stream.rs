@@ -400,17 +400,34 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut buf = BytesMut::with_capacity(4096);
     let mut got_frame = false;
     let mut deadline = tokio::time::Instant::now() + cfg.first_frame_timeout;
+    // The complete frames of one read, as ranges of `buf`: handled together, so that the data
+    // they carry to one relay socket leaves in one sendmmsg (see `Shard::on_client_frames`).
+    let mut frames = Vec::new();
     loop {
+        let mut end = 0;
+        let mut error = None;
         loop {
-            let n = match frame_len(&buf) {
-                Ok(Some(n)) => n,
+            match frame_len(buf.get(end..).unwrap_or_default()) {
+                Ok(Some(n)) => {
+                    frames.push(end..end + n);
+                    end += n;
+                }
                 Ok(None) => break,
-                Err(why) => return why,
-            };
-            let frame = buf.split_to(n);
+                Err(why) => {
+                    error = Some(why);
+                    break;
+                }
+            }
+        }
+        if !frames.is_empty() {
             got_frame = true;
             deadline = tokio::time::Instant::now() + cfg.idle_timeout;
-            shard.on_client_packet(Instant::now(), client, &frame);
+            shard.on_client_frames(Instant::now(), client, &buf[..end], &frames);
+            frames.clear();
+            let _ = buf.split_to(end);
+        }
+        if let Some(why) = error {
+            return why;
         }
         if buf.capacity() - buf.len() < 2048 {
             buf.reserve(4096);

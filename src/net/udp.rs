@@ -127,24 +127,30 @@ impl RecvBatch {
         &mut self.data[start..start + SLOT]
     }
 
-    fn slot_ptr(&self, i: usize, start: usize) -> *const u8 {
-        // SAFETY (for callers): in bounds, checked when the entry was queued.
-        self.data[(i % BATCH) * SLOT + start..].as_ptr()
+    /// Where slot `i` starts in [`RecvBatch::data`] (for [`SendQueue::push`]).
+    pub fn slot_offset(i: usize) -> usize {
+        (i % BATCH) * SLOT
+    }
+
+    /// All slots, the base [`SendQueue::flush`] sends from.
+    pub fn data(&self) -> &[u8] {
+        &self.data
     }
 }
 
-/// One datagram waiting to be sent: bytes `start..start + len` of slot `slot`, to `to`,
-/// from socket `fd`.
+/// One datagram waiting to be sent: bytes `start..start + len` of the flushed base buffer, to
+/// `to`, from socket `fd`.
 #[derive(Clone, Copy)]
 struct Out {
     fd: RawFd,
     to: SocketAddr,
-    slot: u16,
-    start: u32,
+    start: usize,
     len: u32,
 }
 
-/// Datagrams produced while handling one [`RecvBatch`], sent together by [`SendQueue::flush`].
+/// Datagrams produced while handling one buffer (a [`RecvBatch`], or the frames of one read
+/// of a stream connection), named by byte ranges of it and sent together by
+/// [`SendQueue::flush`] before that buffer changes.
 pub struct SendQueue {
     items: Vec<Out>,
     addrs: Vec<SockAddr>,
@@ -176,24 +182,22 @@ impl SendQueue {
         }
     }
 
-    /// Queue `range` of slot `slot` of `batch` for `to` from socket `fd`. The range must lie
-    /// in the slot (it comes from the engine, which only names ranges of the buffer it got).
-    pub fn push(&mut self, fd: RawFd, to: SocketAddr, slot: usize, range: std::ops::Range<usize>) {
-        if range.start > range.end || range.end > SLOT || slot >= BATCH {
+    /// Queue bytes `range` of the buffer the next [`SendQueue::flush`] gets, for `to`, from
+    /// socket `fd`. Call [`SendQueue::is_full`] first: a push to a full queue is dropped.
+    pub fn push(&mut self, fd: RawFd, to: SocketAddr, range: std::ops::Range<usize>) {
+        let Ok(len) = u32::try_from(range.end.saturating_sub(range.start)) else {
             self.dropped += 1;
             return;
-        }
-        if self.items.len() == self.items.capacity() {
-            // Never more than one per received datagram; a full queue is a bug: drop.
+        };
+        if range.start > range.end || len as usize > MAX_DATAGRAM || self.is_full() {
             self.dropped += 1;
             return;
         }
         self.items.push(Out {
             fd,
             to,
-            slot: slot as u16,
-            start: range.start as u32,
-            len: (range.end - range.start) as u32,
+            start: range.start,
+            len,
         });
     }
 
@@ -201,9 +205,27 @@ impl SendQueue {
         self.items.is_empty()
     }
 
-    /// Send everything queued: one `sendmmsg` per socket, equal-size runs to one destination
-    /// as one GSO message. Datagrams the kernel will not take now are dropped.
-    pub fn flush(&mut self, batch: &RecvBatch) {
+    /// Whether GSO is (still) used.
+    pub fn gso(&self) -> bool {
+        self.gso
+    }
+
+    /// Holds [`BATCH`] datagrams: flush before pushing more.
+    pub fn is_full(&self) -> bool {
+        self.items.len() >= BATCH
+    }
+
+    /// Send everything queued from `base`: one `sendmmsg` per socket, equal-size runs to one
+    /// destination as one GSO message. Datagrams the kernel will not take now, and ranges
+    /// outside `base`, are dropped.
+    pub fn flush(&mut self, base: &[u8]) {
+        let before = self.items.len();
+        self.items.retain(|o| {
+            o.start
+                .checked_add(o.len as usize)
+                .is_some_and(|e| e <= base.len())
+        });
+        self.dropped += (before - self.items.len()) as u64;
         if self.items.is_empty() {
             return;
         }
@@ -213,14 +235,14 @@ impl SendQueue {
         while i < self.items.len() {
             let fd = self.items[i].fd;
             let end = i + self.items[i..].iter().take_while(|o| o.fd == fd).count();
-            self.send_group(batch, i, end);
+            self.send_group(base, i, end);
             i = end;
         }
         self.items.clear();
     }
 
     /// Send `items[from..to]`, all from one socket.
-    fn send_group(&mut self, batch: &RecvBatch, from: usize, to: usize) {
+    fn send_group(&mut self, base: &[u8], from: usize, to: usize) {
         let fd = self.items[from].fd;
         self.addrs.clear();
         self.iov.clear();
@@ -249,7 +271,8 @@ impl SendQueue {
             let iov_first = self.iov.len();
             for o in &self.items[k..k + count] {
                 self.iov.push(libc::iovec {
-                    iov_base: batch.slot_ptr(o.slot as usize, o.start as usize) as *mut _,
+                    // In bounds: checked by `flush`.
+                    iov_base: base[o.start..].as_ptr() as *mut _,
                     iov_len: o.len as usize,
                 });
             }
@@ -313,7 +336,7 @@ impl SendQueue {
                 Some(libc::EIO) | Some(libc::EINVAL) if seg > 0 => {
                     self.gso = false;
                     let first_item = from + msgs[..sent].iter().map(|m| m.1).sum::<usize>();
-                    self.send_group(batch, first_item, to);
+                    self.send_group(base, first_item, to);
                     return;
                 }
                 // This destination failed (unreachable, refused by a filter): skip it.
@@ -416,9 +439,10 @@ mod tests {
             } else {
                 b.as_raw_fd()
             };
-            q.push(fd, to, i, HEADROOM..HEADROOM + 100);
+            let at = RecvBatch::slot_offset(i) + HEADROOM;
+            q.push(fd, to, at..at + 100);
         }
-        q.flush(&batch);
+        q.flush(batch.data());
         assert!(q.is_empty());
         assert_eq!(q.dropped, 0);
         // Two sockets: one sendmmsg each.
@@ -445,12 +469,23 @@ mod tests {
     }
 
     #[test]
-    fn out_of_slot_ranges_are_dropped_not_sent() {
+    fn ranges_outside_the_base_or_too_long_are_dropped_not_sent() {
         let (_a, b) = pair();
         let mut q = SendQueue::new(false);
-        q.push(b.as_raw_fd(), b.local_addr().unwrap(), 0, 0..SLOT + 1);
-        q.push(b.as_raw_fd(), b.local_addr().unwrap(), BATCH, 0..1);
+        let to = b.local_addr().unwrap();
+        q.push(b.as_raw_fd(), to, 0..MAX_DATAGRAM + 1);
         assert!(q.is_empty());
-        assert_eq!(q.dropped, 2);
+        q.push(b.as_raw_fd(), to, 10..20);
+        q.flush(&[0u8; 19]);
+        assert!(q.is_empty());
+        assert_eq!((q.dropped, q.sent), (2, 0));
+        for _ in 0..BATCH {
+            q.push(b.as_raw_fd(), to, 0..1);
+        }
+        assert!(q.is_full());
+        q.push(b.as_raw_fd(), to, 0..1);
+        assert_eq!(q.dropped, 3);
+        q.flush(&[0u8; 1]);
+        assert_eq!(q.sent, BATCH as u64);
     }
 }

@@ -223,7 +223,7 @@ async fn fleet_quota_holds_across_nodes_and_a_killed_nodes_share_vanishes_within
         held.push(t);
     }
     // Two heartbeats: every node has read the others' leases.
-    tokio::time::sleep(heartbeats(2)).await;
+    tokio::time::sleep(heartbeats(4)).await; // two heartbeats, with room for a loaded machine
     for d in [&a, &b, &c] {
         let mut t = turn(d, "alice").await;
         assert_eq!(
@@ -234,7 +234,7 @@ async fn fleet_quota_holds_across_nodes_and_a_killed_nodes_share_vanishes_within
     }
     let mut other = turn(&c, "bob").await;
     assert_eq!(allocate(&mut other).await, None, "bob has his own quota");
-    tokio::time::sleep(heartbeats(2)).await;
+    tokio::time::sleep(heartbeats(4)).await; // two heartbeats, with room for a loaded machine
     assert_eq!(fleet_nodes(&c, "alice").await, ["a", "a", "b"]);
 
     // SIGKILL (Daemon's drop: kill by PID, then reap): B never says goodbye; its lease
@@ -299,7 +299,7 @@ async fn redis_outage_relays_without_loss_and_quotas_fall_back_to_local_limits()
         assert_eq!(allocate(&mut t).await, None);
         held.push(t);
     }
-    tokio::time::sleep(heartbeats(2)).await;
+    tokio::time::sleep(heartbeats(4)).await; // two heartbeats, with room for a loaded machine
     let mut t = turn(&a, "alice").await;
     assert_eq!(allocate(&mut t).await, Some(486), "fleet-wide: 3 held");
 
@@ -386,7 +386,7 @@ async fn redis_outage_relays_without_loss_and_quotas_fall_back_to_local_limits()
         "FIGURE Redis back: both nodes up again after {} ms",
         back.elapsed().as_millis()
     );
-    tokio::time::sleep(heartbeats(2)).await;
+    tokio::time::sleep(heartbeats(4)).await; // two heartbeats, with room for a loaded machine
     let mut t = turn(&b, "alice").await;
     assert_eq!(
         allocate(&mut t).await,
@@ -547,7 +547,7 @@ async fn a_session_listed_and_killed_through_one_node_ends_on_its_owner() {
     for bob in &mut bobs {
         bob.allocate().await;
     }
-    tokio::time::sleep(heartbeats(2)).await;
+    tokio::time::sleep(heartbeats(4)).await; // two heartbeats, with room for a loaded machine
     let (status, body) = http(
         "GET",
         a.admin,
@@ -608,7 +608,7 @@ async fn a_session_listed_and_killed_through_one_node_ends_on_its_owner() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    tokio::time::sleep(heartbeats(2)).await;
+    tokio::time::sleep(heartbeats(4)).await; // two heartbeats, with room for a loaded machine
     assert!(fleet_nodes(&b, "bob").await.is_empty());
     assert!(fleet_nodes(&b, "alice").await.is_empty());
 }
@@ -747,7 +747,7 @@ async fn over_its_threshold_or_draining_a_node_redirects_new_allocations() {
     for t in &mut held {
         assert_eq!(allocate(t).await, None);
     }
-    tokio::time::sleep(heartbeats(2)).await;
+    tokio::time::sleep(heartbeats(4)).await; // two heartbeats, with room for a loaded machine
     let mut carol = turn(&a, "bob").await;
     let r = carol.ask(METHOD_ALLOCATE, &[&udp_transport()]).await;
     assert_eq!(code(&r), Some(300), "2 > redirect_above = 1");
@@ -762,15 +762,15 @@ async fn over_its_threshold_or_draining_a_node_redirects_new_allocations() {
     // Under the threshold again: A admits.
     assert_eq!(refresh_to(&mut held[1], 0).await, None);
     held.pop();
-    tokio::time::sleep(heartbeats(2)).await;
+    tokio::time::sleep(heartbeats(4)).await; // two heartbeats, with room for a loaded machine
     let mut t = turn(&a, "bob").await;
     assert_eq!(allocate(&mut t).await, None, "1 allocation: not over");
     assert_eq!(refresh_to(&mut t, 0).await, None);
-    tokio::time::sleep(heartbeats(2)).await;
+    tokio::time::sleep(heartbeats(4)).await; // two heartbeats, with room for a loaded machine
 
     // SIGTERM: A drains: alice's call keeps working, new ones go to B.
     a.signal("TERM");
-    tokio::time::sleep(heartbeats(2)).await;
+    tokio::time::sleep(heartbeats(4)).await; // two heartbeats, with room for a loaded machine
     let mut late = turn(&a, "bob").await;
     let r = late.ask(METHOD_ALLOCATE, &[&udp_transport()]).await;
     assert_eq!(code(&r), Some(300), "draining");

@@ -335,6 +335,87 @@ fn load_at_a_modest_rate_loses_nothing() {
     running.stop();
 }
 
+/// The benchmark's options: UDP GSO sends, one echo peer per allocation, the audio/video
+/// mix, and `--direct` (no server: turnctl's own ceiling).
+#[test]
+fn load_with_gso_av_mix_and_a_peer_each_loses_nothing() {
+    let running = turnd::start(turnd::Config::for_tests()).unwrap();
+    let server = url("turn", running.udp[0], "");
+    for extra in [
+        &["--gso", "--peers", "0"][..],
+        &["--mix", "av", "--peers", "0"][..],
+    ] {
+        let mut args = vec![
+            "load",
+            "--server",
+            &server,
+            "-u",
+            "dev",
+            "-p",
+            "devpass",
+            "--allocations",
+            "8",
+            "--rate",
+            "100",
+            "--duration",
+            "2s",
+            "--json",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        let o = turnctl(&args);
+        assert_passes(&o);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let p = &v["packets"];
+        assert_eq!(v["allocations"]["usable"], 8, "{extra:?}: {v}");
+        assert!(p["sent"].as_u64().unwrap() >= 8 * 180, "{extra:?}: {v}");
+        assert_eq!(p["lost"], 0, "{extra:?}: {v}");
+        assert_eq!(p["at_peer"], p["sent"], "{extra:?}: {v}");
+        let w = v["data_window_unix"].as_array().unwrap();
+        assert!(
+            w[1].as_f64().unwrap() - w[0].as_f64().unwrap() >= 1.9,
+            "{v}"
+        );
+        assert!(v["turnctl_us_per_pkt"].as_f64().unwrap() > 0.0, "{v}");
+        // The av mix is mostly 60-200 B audio by count but 1,000-1,200 B video by bytes:
+        // several hundred bytes per datagram on average; the fixed mix 100 B + 4 B header.
+        let bytes =
+            v["relayed_mbps"].as_f64().unwrap() * 1e6 / 8.0 / v["relayed_pps"].as_f64().unwrap();
+        if extra.contains(&"av") {
+            assert!(
+                (300.0..900.0).contains(&bytes),
+                "{bytes} B per datagram: {v}"
+            );
+        } else {
+            assert!(
+                (100.0..110.0).contains(&bytes),
+                "{bytes} B per datagram: {v}"
+            );
+        }
+    }
+    assert_eq!(running.stats().allocations, 0);
+    running.stop();
+    let o = turnctl(&[
+        "load",
+        "--direct",
+        "--server",
+        "turn:127.0.0.1:9",
+        "--saturate",
+        "--allocations",
+        "4",
+        "--peers",
+        "0",
+        "--gso",
+        "--duration",
+        "1s",
+        "--json",
+        "--quiet",
+    ]);
+    assert_passes(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["packets"]["received"].as_u64().unwrap() > 1000, "{v}");
+}
+
 /// coturn's `turnserver` in the foreground on loopback, killed (by PID) on drop.
 struct Coturn {
     child: Child,

@@ -36,9 +36,11 @@ pub struct EchoCount {
 }
 
 /// Echo in batches until the task is dropped; counts into `count` and the shared totals.
+/// With `gso`, each sender's run of datagrams goes back as one UDP GSO message.
 pub async fn batched(
     sock: Rc<UdpSocket>,
     slot: usize,
+    gso: bool,
     count: Rc<EchoCount>,
     totals: Arc<Counters>,
 ) {
@@ -60,7 +62,11 @@ pub async fn batched(
             Counters::add(&totals.at_peer, n as u64);
             Counters::add(&totals.peer_bytes, bytes as u64);
             // Best effort, like any UDP peer: what the socket buffer refuses is lost.
-            let _ = batch.echo(fd, n);
+            let _ = if gso {
+                batch.echo_gso(fd, n)
+            } else {
+                batch.echo(fd, n)
+            };
         }
     }
 }

@@ -44,6 +44,62 @@ pub enum Mode {
     Idle,
 }
 
+/// Payload sizes of the data phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mix {
+    /// Every payload `--size` bytes.
+    Fixed,
+    /// Audio and video: mostly single packets of 60-200 bytes, and one event in ten a burst
+    /// of 5-20 packets of 1,000-1,200 bytes sent back to back (UDP only).
+    Av,
+}
+
+/// Largest payload of [`Mix::Av`].
+pub const AV_MAX: usize = 1200;
+
+/// Payload sizes of [`Mix::Av`], from a per-allocation xorshift generator (no allocation,
+/// a few instructions per packet).
+struct AvSizes {
+    state: u64,
+    burst_left: u32,
+}
+
+impl AvSizes {
+    fn new(seed: u64) -> AvSizes {
+        AvSizes {
+            state: seed | 1,
+            burst_left: 0,
+        }
+    }
+
+    fn next_u32(&mut self) -> u32 {
+        let mut x = self.state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.state = x;
+        (x >> 32) as u32
+    }
+
+    fn in_burst(&self) -> bool {
+        self.burst_left > 0
+    }
+
+    /// The next payload size.
+    fn next(&mut self) -> usize {
+        if self.burst_left == 0 && self.next_u32() % 10 == 0 {
+            self.burst_left = 5 + self.next_u32() % 16;
+        }
+        if self.burst_left > 0 {
+            self.burst_left -= 1;
+            1000 + (self.next_u32() % 201) as usize
+        } else {
+            60 + (self.next_u32() % 141) as usize
+        }
+    }
+}
+
 /// How long echoes may still arrive after the deadline.
 const DRAIN: Duration = Duration::from_millis(500);
 /// In saturation, packets not echoed for this long are given up as lost.
@@ -54,7 +110,6 @@ pub const STAMP: usize = 12;
 /// One data phase of one worker thread, shared by its allocation tasks.
 pub struct Flow {
     pub params: Arc<Params>,
-    pub peer: SocketAddr,
     pub start: Instant,
     pub deadline: Instant,
     /// Allocations in this phase on this thread (to stagger paced senders).
@@ -74,12 +129,15 @@ struct Frame {
 }
 
 impl Flow {
-    fn frame(&self, stream: bool) -> Frame {
-        let size = self.params.size;
+    fn frame(&self, peer: &SocketAddr, stream: bool) -> Frame {
+        self.frame_of(peer, stream, self.params.size)
+    }
+
+    fn frame_of(&self, peer: &SocketAddr, stream: bool, size: usize) -> Frame {
         match self.params.mode {
             Mode::Send => Frame {
-                payload: indication_header_len(&self.peer),
-                len: indication_header_len(&self.peer) + padded(size),
+                payload: indication_header_len(peer),
+                len: indication_header_len(peer) + padded(size),
             },
             _ => Frame {
                 payload: CHANNEL_DATA_HEADER,
@@ -88,16 +146,30 @@ impl Flow {
         }
     }
 
-    fn write_template(&self, buf: &mut [u8], stream: bool, tid: &[u8; 12]) {
+    fn write_template(&self, buf: &mut [u8], peer: &SocketAddr, stream: bool, tid: &[u8; 12]) {
         let size = self.params.size;
-        let f = self.frame(stream);
-        buf[f.payload..f.payload + size].fill(0);
+        buf[self.frame(peer, stream).payload..][..size].fill(0);
+        self.write_header(buf, peer, stream, tid, size);
+    }
+
+    /// The header of a frame with a `size`-byte payload (the payload bytes are left as
+    /// they are); returns the frame's length.
+    fn write_header(
+        &self,
+        buf: &mut [u8],
+        peer: &SocketAddr,
+        stream: bool,
+        tid: &[u8; 12],
+        size: usize,
+    ) -> usize {
+        let f = self.frame_of(peer, stream, size);
         let written = match self.params.mode {
-            Mode::Send => write_indication_header(buf, METHOD_SEND, tid, &self.peer, size),
+            Mode::Send => write_indication_header(buf, METHOD_SEND, tid, peer, size),
             _ => write_channel_header(buf, CHANNEL, size, stream),
         };
         // Invariant: the buffers are sized from `frame()` and `size` is at most 8192.
         assert_eq!(written, Some(f.len), "a frame template fits its buffer");
+        f.len
     }
 
     fn tick(&self) -> Duration {
@@ -185,35 +257,45 @@ impl Pacer {
 
 /// Drive one allocation's data path until the deadline (plus a short drain); gives the
 /// client back for the release phase.
-pub async fn run(client: TurnClient, f: Rc<Flow>, index: usize) -> TurnClient {
+pub async fn run(client: TurnClient, f: Rc<Flow>, index: usize, peer: SocketAddr) -> TurnClient {
     let mut pacer = Pacer::new(&f, index);
     let client = match client.conn.link {
-        Link::Udp(_) => udp(client, &f, &mut pacer).await,
-        Link::Stream(_) => stream(client, &f, &mut pacer).await,
+        Link::Udp(_) => udp(client, &f, &mut pacer, &peer).await,
+        Link::Stream(_) => stream(client, &f, &mut pacer, &peer).await,
     };
     f.sent.set(f.sent.get() + pacer.sent);
     f.received.set(f.received.get() + pacer.received);
     client
 }
 
-async fn udp(client: TurnClient, f: &Flow, pacer: &mut Pacer) -> TurnClient {
+async fn udp(client: TurnClient, f: &Flow, pacer: &mut Pacer, peer: &SocketAddr) -> TurnClient {
     let Link::Udp(sock) = &client.conn.link else {
         return client;
     };
     let fd = sock.as_raw_fd();
     let totals = &f.params.totals;
-    let fr = f.frame(false);
+    let av = f.params.mix == Mix::Av;
+    let fr = f.frame(peer, false);
+    let slot = if av {
+        f.frame_of(peer, false, AV_MAX).len
+    } else {
+        fr.len
+    };
     let tx_cap = if f.params.rate.is_none() {
-        f.params.window.min(64)
+        f.params.window.min(128)
+    } else if av {
+        32
     } else {
         16
     };
-    let mut tx = Batch::new(tx_cap, fr.len);
+    let mut tx = Batch::new(tx_cap, slot);
     let tid: [u8; 12] = rand::random();
     for i in 0..tx_cap {
-        f.write_template(tx.slot_mut(i), false, &tid);
+        f.write_template(tx.slot_mut(i), peer, false, &tid);
     }
-    let mut rx = Batch::new(32, fr.len + 64);
+    let mut sizes = AvSizes::new(rand::random());
+    let mut lens = vec![fr.len; tx_cap];
+    let mut rx = Batch::new(64, slot + 64);
     tokio::time::sleep_until(pacer.start.into()).await;
     let mut tick = tokio::time::interval_at(pacer.start.into(), f.tick());
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -222,18 +304,36 @@ async fn udp(client: TurnClient, f: &Flow, pacer: &mut Pacer) -> TurnClient {
         if now >= f.deadline {
             break;
         }
-        let k = pacer.due(now).min(tx_cap);
+        let mut k = pacer.due(now).min(tx_cap);
         if k > 0 {
             let ns = f.ns(now);
-            for i in 0..k {
+            let mut i = 0;
+            while i < k {
+                if av {
+                    let size = sizes.next();
+                    lens[i] = f.write_header(tx.slot_mut(i), peer, false, &tid, size);
+                    // A video burst leaves at once, ahead of the schedule (the pacer then
+                    // waits until the average rate catches up).
+                    if sizes.in_burst() {
+                        k = (k + 1).min(tx_cap);
+                    }
+                }
                 stamp(
                     tx.slot_mut(i),
                     fr.payload,
                     ns,
                     (pacer.sent + i as u64) as u32,
                 );
+                i += 1;
             }
-            let n = tx.send(fd, k, |_| fr.len).unwrap_or(0) as u64;
+            let n = if av {
+                tx.send(fd, k, |i| lens[i])
+            } else if f.params.gso {
+                tx.send_gso(fd, k, fr.len)
+            } else {
+                tx.send(fd, k, |_| fr.len)
+            };
+            let n = n.unwrap_or(0) as u64;
             pacer.sent += n;
             Counters::add(&totals.sent, n);
         }
@@ -275,7 +375,7 @@ fn udp_receive(sock: &tokio::net::UdpSocket, rx: &mut Batch, f: &Flow, pacer: &m
         for i in 0..n {
             if f.on_echo(rx.packet(i), ns, &mut hist) {
                 got += 1;
-                bytes += f.params.size as u64;
+                bytes += rx.len_of(i) as u64;
             }
         }
         if got > 0 {
@@ -287,8 +387,13 @@ fn udp_receive(sock: &tokio::net::UdpSocket, rx: &mut Batch, f: &Flow, pacer: &m
     }
 }
 
-async fn stream(mut client: TurnClient, f: &Flow, pacer: &mut Pacer) -> TurnClient {
-    let fr = f.frame(true);
+async fn stream(
+    mut client: TurnClient,
+    f: &Flow,
+    pacer: &mut Pacer,
+    peer: &SocketAddr,
+) -> TurnClient {
+    let fr = f.frame(peer, true);
     let tx_cap = if f.params.rate.is_none() {
         f.params.window.min(64)
     } else {
@@ -297,7 +402,7 @@ async fn stream(mut client: TurnClient, f: &Flow, pacer: &mut Pacer) -> TurnClie
     let mut out = vec![0u8; tx_cap * fr.len];
     let tid: [u8; 12] = rand::random();
     for frame in out.chunks_mut(fr.len) {
-        f.write_template(frame, true, &tid);
+        f.write_template(frame, peer, true, &tid);
     }
     tokio::time::sleep_until(pacer.start.into()).await;
     let mut tick = tokio::time::interval_at(pacer.start.into(), f.tick());
@@ -356,5 +461,50 @@ fn stream_receive(conn: &mut Conn, f: &Flow, pacer: &mut Pacer) {
         pacer.last_rx = now;
         Counters::add(&f.params.totals.received, got);
         Counters::add(&f.params.totals.received_bytes, got * f.params.size as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The av mix: audio-like packets of 60-200 B, and video-like bursts of 5-20 packets of
+    /// 1,000-1,200 B, about one event in ten.
+    #[test]
+    fn av_sizes_are_audio_packets_and_video_bursts() {
+        let mut g = AvSizes::new(0x1234_5678_9abc_def0);
+        let (mut audio, mut video, mut bursts) = (0usize, 0usize, Vec::new());
+        let mut run = 0;
+        for _ in 0..100_000 {
+            let s = g.next();
+            if (60..=200).contains(&s) {
+                audio += 1;
+                if run > 0 {
+                    bursts.push(run);
+                    run = 0;
+                }
+            } else {
+                assert!((1000..=AV_MAX).contains(&s), "size {s}");
+                video += 1;
+                run += 1;
+            }
+        }
+        assert!(
+            audio > 20_000 && video > 20_000,
+            "{audio} audio, {video} video"
+        );
+        // Bursts can touch (a new one may start right after the last), so a run is at least 5.
+        assert!(bursts.iter().all(|&b| b >= 5), "{bursts:?}");
+        let singles = bursts.iter().filter(|&&b| b <= 20).count();
+        assert!(
+            singles * 10 > bursts.len() * 8,
+            "most runs are one burst of 5-20"
+        );
+        let events = audio + bursts.len();
+        let share = bursts.len() as f64 / events as f64;
+        assert!(
+            (0.07..0.13).contains(&share),
+            "bursts are {share:.3} of events"
+        );
     }
 }

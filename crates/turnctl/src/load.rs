@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use serde_json::json;
 
 use crate::creds::AuthArgs;
-use crate::flow::Mode;
+use crate::flow::{Mix, Mode};
 use turnd_proto::engine::Transport;
 
 use crate::server::{parse_transport, ServerUrl};
@@ -43,6 +43,19 @@ pub struct LoadArgs {
     /// Payload bytes per packet (16..=8192).
     #[arg(long, default_value_t = 100)]
     pub size: usize,
+    /// Payload sizes: all `--size`, or `av` (audio-like 60-200 B packets and video-like
+    /// bursts of 5-20 packets of 1,000-1,200 B; UDP; `--rate` is the average per allocation).
+    #[arg(long, value_enum, default_value = "fixed")]
+    pub mix: Mix,
+    /// Send with UDP GSO (`UDP_SEGMENT`): clients and echo peers hand the kernel up to 64
+    /// equal datagrams per call. Honest only against a server whose sockets do not set
+    /// `UDP_GRO` (it then receives them one by one, as from many real clients).
+    #[arg(long)]
+    pub gso: bool,
+    /// No server: the clients send ChannelData straight to the echo peers, to measure the
+    /// load generator's own ceiling (`--server` then only picks the address family).
+    #[arg(long)]
+    pub direct: bool,
     /// Packets per second per allocation (default 50 unless --saturate).
     #[arg(long, conflicts_with = "saturate")]
     pub rate: Option<f64>,
@@ -55,9 +68,13 @@ pub struct LoadArgs {
     /// How long to send (or, with --mode idle, to hold the allocations); at most 300 s.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
-    /// Worker threads (each runs many allocations and one echo peer).
+    /// Worker threads (each runs many allocations and its echo peers).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Echo peers per thread, each its own socket; 0: one per allocation (coturn's
+    /// `--multiplex-peer` needs a distinct peer address per allocation).
+    #[arg(long, default_value_t = 1)]
+    pub peers: usize,
     /// Allocations set up concurrently (per thread).
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
@@ -77,6 +94,12 @@ pub struct LoadArgs {
     pub quiet: bool,
 }
 
+impl LoadArgs {
+    fn transport_of(&self) -> Transport {
+        self.transport.unwrap_or(self.server.transport)
+    }
+}
+
 fn validate(a: &LoadArgs) -> anyhow::Result<()> {
     if a.allocations == 0 || a.allocations > MAX_ALLOCATIONS {
         bail!("--allocations must be 1..={MAX_ALLOCATIONS}");
@@ -89,6 +112,12 @@ fn validate(a: &LoadArgs) -> anyhow::Result<()> {
     }
     if !(crate::flow::STAMP + 4..=8192).contains(&a.size) {
         bail!("--size must be 16..=8192 bytes");
+    }
+    if a.mix == Mix::Av && (a.mode == Mode::Idle || a.transport_of() != Transport::Udp) {
+        bail!("--mix av needs UDP and --mode channel or send");
+    }
+    if a.direct && (a.mode != Mode::Channel || a.transport_of() != Transport::Udp) {
+        bail!("--direct needs UDP and --mode channel");
     }
     if !(1..=16).contains(&a.threads) || !(1..=256).contains(&a.window) || a.concurrency == 0 {
         bail!("--threads must be 1..=16, --window 1..=256, --concurrency at least 1");
@@ -267,11 +296,15 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<bool> {
         timeout: args.timeout,
         ipv6: args.ipv6,
         mode: args.mode,
+        mix: args.mix,
         size: args.size,
+        gso: args.gso,
+        direct: args.direct,
         rate,
         window: args.window,
         lanes: args.concurrency,
         peer_ip: peer_ip(server, args.ipv6)?,
+        peers: args.peers,
         totals: Arc::new(Counters::default()),
         first_error: Mutex::new(None),
     });
@@ -308,6 +341,7 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<bool> {
     ));
     let mut report = Report {
         args,
+        totals: totals.clone(),
         server,
         transport,
         rate,
@@ -319,6 +353,7 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<bool> {
         data: None,
         cpu: None,
         data_secs: 0.0,
+        window_unix: None,
         released: 0,
         first_error: None,
     };
@@ -360,6 +395,7 @@ fn run_phases(
             let start = Instant::now() + Duration::from_millis(20);
             let deadline = start + args.duration;
             let before = CpuSample::now(&pool.tids);
+            report.window_unix = Some((unix_at(start), unix_at(deadline)));
             let mut last = (start, 0);
             let replies = pool.phase(
                 |_| Cmd::Data { start, deadline },
@@ -392,8 +428,24 @@ fn run_phases(
     Ok(())
 }
 
+/// Seconds since the Unix epoch at `at` (for others to line up their samples with the
+/// data phase).
+fn unix_at(at: Instant) -> f64 {
+    let now = Instant::now();
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    if at >= now {
+        unix + (at - now).as_secs_f64()
+    } else {
+        unix - (now - at).as_secs_f64()
+    }
+}
+
 struct Report<'a> {
     args: &'a LoadArgs,
+    totals: Arc<Counters>,
     server: SocketAddr,
     transport: Transport,
     rate: Option<f64>,
@@ -406,6 +458,8 @@ struct Report<'a> {
     data: Option<DataResult>,
     cpu: Option<CpuUse>,
     data_secs: f64,
+    /// The data phase, in Unix seconds.
+    window_unix: Option<(f64, f64)>,
     released: usize,
     first_error: Option<String>,
 }
@@ -425,7 +479,13 @@ impl Report<'_> {
             0.0
         };
         let relayed_pps = (at_peer + received) as f64 / secs;
-        let mbps = relayed_pps * a.size as f64 * 8.0 / 1e6;
+        let bytes =
+            Counters::get(&self.totals.peer_bytes) + Counters::get(&self.totals.received_bytes);
+        let mbps = bytes as f64 * 8.0 / secs / 1e6;
+        // turnctl's own CPU per packet it relayed (sent or echoed and received back).
+        let us_per_pkt = self
+            .cpu
+            .map(|c| c.process_pct / 100.0 * secs * 1e6 / (at_peer + received).max(1) as f64);
         let rtt = d.map(|d| Rtt::of(&d.hist)).unwrap_or_default();
         let alloc_rate = self.allocated as f64 / self.alloc_secs.max(1e-9);
         if as_json {
@@ -438,7 +498,9 @@ impl Report<'_> {
                     "usable": self.usable, "seconds": self.alloc_secs, "per_sec": alloc_rate, "released": self.released},
                 "packets": {"sent": sent, "at_peer": at_peer, "received": received, "lost": lost, "loss_ratio": loss},
                 "relayed_pps": relayed_pps, "relayed_mbps": mbps, "round_trips_per_s": received as f64 / secs,
-                "rtt": rtt, "cpu": self.cpu, "error": self.first_error,
+                "rtt": rtt, "cpu": self.cpu, "turnctl_us_per_pkt": us_per_pkt,
+                "mix": a.mix, "gso": a.gso, "direct": a.direct, "data_window_unix": self.window_unix,
+                "error": self.first_error,
             });
             println!("{v}");
             return;
@@ -461,7 +523,10 @@ impl Report<'_> {
             println!("  first error  {e}");
         }
         if d.is_some() {
-            println!("  relayed      {relayed_pps:.0} pkt/s ({:.0} each way), {mbps:.1} Mbit/s of payload", relayed_pps / 2.0);
+            println!(
+                "  relayed      {relayed_pps:.0} pkt/s ({:.0} each way), {mbps:.1} Mbit/s",
+                relayed_pps / 2.0
+            );
             println!("  packets      sent {sent}, at peer {at_peer}, back {received}, lost {lost} ({:.3}%)", loss * 100.0);
             println!(
                 "  rtt          p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
@@ -475,8 +540,8 @@ impl Report<'_> {
                 "not saturated"
             };
             println!(
-                "  turnctl cpu  {:.0}% ({} usable cores, busiest thread {:.0}%): {verdict}",
-                c.process_pct, c.cores, c.busiest_thread_pct
+                "  turnctl cpu  {:.0}% ({} usable cores, busiest thread {:.0}%), {:.2} us per packet: {verdict}",
+                c.process_pct, c.cores, c.busiest_thread_pct, us_per_pkt.unwrap_or(0.0)
             );
         }
     }

@@ -18,6 +18,9 @@ pub struct Batch {
     addrs: Vec<libc::sockaddr_storage>,
     iov: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
+    /// One `UDP_SEGMENT` control message per header (GSO echo) and the datagrams in it.
+    control: Vec<[u64; 4]>,
+    run_len: Vec<usize>,
 }
 
 impl Batch {
@@ -31,6 +34,8 @@ impl Batch {
             addrs: vec![unsafe { mem::zeroed() }; n],
             iov: Vec::with_capacity(n),
             hdrs: Vec::with_capacity(n),
+            control: vec![[0u64; 4]; n],
+            run_len: vec![0; n],
         };
         for i in 0..n {
             b.iov.push(libc::iovec {
@@ -148,6 +153,153 @@ impl Batch {
     pub fn len_of(&self, i: usize) -> usize {
         self.lens[i]
     }
+
+    /// Send slots `0..n`, each `len` bytes, on a connected socket as UDP GSO sends
+    /// (`UDP_SEGMENT`): one datagram per slot on the wire, at most [`GSO_MAX_SEGMENTS`] and
+    /// 64 KiB per system call. Needs slots exactly `len` bytes apart (`Batch::new(_, len)`).
+    /// Returns how many datagrams the kernel took.
+    pub fn send_gso(&mut self, fd: RawFd, n: usize, len: usize) -> io::Result<usize> {
+        let n = n.min(self.capacity());
+        if len == 0 || len != self.slot {
+            return self.send(fd, n, |_| len);
+        }
+        let per_call = gso_segments(len);
+        let mut sent = 0;
+        while sent < n {
+            let k = (n - sent).min(per_call);
+            let iov = libc::iovec {
+                iov_base: self.data[sent * len..].as_mut_ptr().cast(),
+                iov_len: k * len,
+            };
+            match send_segmented(fd, std::ptr::null_mut(), 0, &[iov], len) {
+                Ok(()) => sent += k,
+                Err(e) if sent == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Like [`Batch::echo`], but each run of consecutive datagrams from the same sender with
+    /// the same length (the last of a run may be shorter) goes back as one UDP GSO message,
+    /// all runs in one `sendmmsg`. Returns how many datagrams the kernel took.
+    pub fn echo_gso(&mut self, fd: RawFd, n: usize) -> io::Result<usize> {
+        let n = n.min(self.capacity());
+        // SAFETY: CMSG_SPACE/CMSG_LEN only compute sizes.
+        let (space, clen) = unsafe {
+            (
+                libc::CMSG_SPACE(mem::size_of::<u16>() as u32) as usize,
+                libc::CMSG_LEN(mem::size_of::<u16>() as u32) as usize,
+            )
+        };
+        let mut runs = 0;
+        let mut i = 0;
+        while i < n {
+            let len = self.lens[i];
+            let mut j = i + 1;
+            while j < n
+                && j - i < gso_segments(len)
+                && same_addr(&self.addrs[i], &self.addrs[j])
+                && self.lens[j] <= len
+            {
+                let last = self.lens[j] < len;
+                j += 1;
+                if last {
+                    break;
+                }
+            }
+            for k in i..j {
+                self.iov[k].iov_len = self.lens[k];
+            }
+            self.run_len[runs] = j - i;
+            let control = &mut self.control[runs];
+            let h = &mut self.hdrs[runs].msg_hdr;
+            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = storage_len(&self.addrs[i]);
+            h.msg_iov = &mut self.iov[i];
+            h.msg_iovlen = (j - i) as _;
+            h.msg_control = control.as_mut_ptr().cast();
+            h.msg_controllen = space as _;
+            // SAFETY: `control` is 32 bytes, aligned for cmsghdr, and `space` (the room for
+            // one cmsghdr with a u16) fits in it, so the first header and its data are inside.
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(h);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = libc::UDP_SEGMENT;
+                (*c).cmsg_len = clen as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), len as u16);
+            }
+            runs += 1;
+            i = j;
+        }
+        let r = self.send_prepared(fd, runs);
+        self.reset_headers();
+        Ok(self.run_len[..r.unwrap_or(0)].iter().sum())
+    }
+
+    /// Back to one iovec and no control message per header.
+    fn reset_headers(&mut self) {
+        for (i, h) in self.hdrs.iter_mut().enumerate() {
+            h.msg_hdr.msg_iov = &mut self.iov[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+        }
+    }
+}
+
+/// Segments per GSO send: the kernel's limit is 64 segments (128 on newer kernels) and a
+/// 64 KiB datagram.
+pub const GSO_MAX_SEGMENTS: usize = 64;
+
+fn gso_segments(len: usize) -> usize {
+    (65_000 / len.max(1)).clamp(1, GSO_MAX_SEGMENTS)
+}
+
+fn same_addr(a: &libc::sockaddr_storage, b: &libc::sockaddr_storage) -> bool {
+    let n = storage_len(a) as usize;
+    // SAFETY: both are live sockaddr_storage values, at least `n` bytes long.
+    unsafe {
+        std::slice::from_raw_parts((a as *const libc::sockaddr_storage).cast::<u8>(), n)
+            == std::slice::from_raw_parts((b as *const libc::sockaddr_storage).cast::<u8>(), n)
+    }
+}
+
+/// One `sendmsg` of `iov` with a `UDP_SEGMENT` control message of `seg` bytes.
+fn send_segmented(
+    fd: RawFd,
+    name: *mut libc::c_void,
+    namelen: libc::socklen_t,
+    iov: &[libc::iovec],
+    seg: usize,
+) -> io::Result<()> {
+    // Room for one cmsghdr with a u16, aligned like cmsghdr.
+    let mut control = [0u64; 4];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(mem::size_of::<u16>() as u32) } as usize;
+    debug_assert!(space <= mem::size_of_val(&control));
+    // SAFETY: msghdr is plain old data; all zeroes is a valid (empty) header.
+    let mut h: libc::msghdr = unsafe { mem::zeroed() };
+    h.msg_name = name;
+    h.msg_namelen = namelen;
+    h.msg_iov = iov.as_ptr().cast_mut();
+    h.msg_iovlen = iov.len() as _;
+    h.msg_control = control.as_mut_ptr().cast();
+    h.msg_controllen = space as _;
+    // SAFETY: the control buffer is `space` bytes and aligned for cmsghdr, so CMSG_FIRSTHDR
+    // points at its start and CMSG_DATA at room for the u16; sendmsg reads the iovecs (live
+    // buffers of the caller) and the address of `namelen` bytes (null when connected).
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&h);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg as u16);
+        if libc::sendmsg(fd, &h, libc::MSG_DONTWAIT) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn storage_len(s: &libc::sockaddr_storage) -> libc::socklen_t {
@@ -179,5 +331,31 @@ mod tests {
         let mut buf = [0u8; 64];
         let (len, _) = a.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..len], &[0u8; 10]);
+    }
+
+    /// A GSO send reaches a plain socket (no `UDP_GRO`) as one datagram per slot, and a GSO
+    /// echo sends each sender's run back as its datagrams, in order.
+    #[test]
+    fn gso_sends_one_datagram_per_slot() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.connect(b.local_addr().unwrap()).unwrap();
+        let mut tx = Batch::new(20, 100);
+        for i in 0..20 {
+            tx.slot_mut(i).fill(i as u8);
+        }
+        assert_eq!(tx.send_gso(a.as_raw_fd(), 20, 100).unwrap(), 20);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut rx = Batch::new(64, 2048);
+        let n = rx.recv(b.as_raw_fd()).unwrap();
+        assert_eq!(n, 20, "20 datagrams, not one coalesced");
+        for i in 0..n {
+            assert_eq!(rx.packet(i), &[i as u8; 100][..]);
+        }
+        assert_eq!(rx.echo_gso(b.as_raw_fd(), n).unwrap(), 20);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut back = Batch::new(64, 2048);
+        assert_eq!(back.recv(a.as_raw_fd()).unwrap(), 20);
+        assert_eq!(back.packet(19), &[19u8; 100][..]);
     }
 }

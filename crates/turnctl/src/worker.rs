@@ -18,7 +18,7 @@ use tokio::task::LocalSet;
 
 use crate::client::{ClientError, Conn, Credentials, TlsTarget, TurnClient};
 use crate::echo::{self, EchoCount};
-use crate::flow::{self, Flow, Mode};
+use crate::flow::{self, Flow, Mix, Mode};
 use crate::stats::{rtt_histogram, thread_id, Counters};
 use turnd_proto::engine::Transport;
 
@@ -34,13 +34,22 @@ pub struct Params {
     pub timeout: Duration,
     pub ipv6: bool,
     pub mode: Mode,
+    pub mix: Mix,
     pub size: usize,
+    /// UDP GSO sends (`UDP_SEGMENT`) from the clients and the echo peers.
+    pub gso: bool,
+    /// No server: the clients send ChannelData straight to the echo peer (the generator's
+    /// own ceiling).
+    pub direct: bool,
     /// Packets per second per allocation; `None`: saturate with `window` in flight.
     pub rate: Option<f64>,
     pub window: usize,
     /// Control-plane transactions in flight per thread.
     pub lanes: usize,
     pub peer_ip: IpAddr,
+    /// Echo peers per thread; 0: one per allocation (each allocation then talks to its own
+    /// peer address, as coturn's `--multiplex-peer` needs and real calls do).
+    pub peers: usize,
     pub totals: Arc<Counters>,
     pub first_error: Mutex<Option<String>>,
 }
@@ -81,9 +90,17 @@ pub enum Reply {
 
 struct Worker {
     params: Arc<Params>,
-    clients: Vec<TurnClient>,
-    peer: Rc<UdpSocket>,
-    peer_addr: SocketAddr,
+    /// Each allocation and the index of its echo peer in `peers`.
+    clients: Vec<(TurnClient, usize)>,
+    peers: Vec<(Rc<UdpSocket>, SocketAddr)>,
+}
+
+async fn bind_peer(ip: IpAddr) -> std::io::Result<(Rc<UdpSocket>, SocketAddr)> {
+    let peer = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+    let _ = socket2::SockRef::from(&peer).set_recv_buffer_size(4 << 20);
+    let _ = socket2::SockRef::from(&peer).set_send_buffer_size(4 << 20);
+    let addr = peer.local_addr()?;
+    Ok((Rc::new(peer), addr))
 }
 
 /// Start a worker thread; it ends when `cmds` is closed.
@@ -112,20 +129,19 @@ fn thread_main(
         .enable_all()
         .build()?;
     let local = LocalSet::new();
-    let peer = local.block_on(&rt, UdpSocket::bind(SocketAddr::new(params.peer_ip, 0)))?;
-    let _ = socket2::SockRef::from(&peer).set_recv_buffer_size(4 << 20);
-    let _ = socket2::SockRef::from(&peer).set_send_buffer_size(4 << 20);
-    let peer_addr = peer.local_addr()?;
+    let first = local.block_on(&rt, bind_peer(params.peer_ip))?;
     let mut w = Worker {
         params,
         clients: Vec::new(),
-        peer: Rc::new(peer),
-        peer_addr,
+        peers: vec![first],
     };
     let _ = replies.send((index, Reply::Ready(thread_id())));
     for cmd in cmds {
         let reply = match cmd {
-            Cmd::Allocate(n) => Reply::Done(local.block_on(&rt, w.allocate(n))),
+            Cmd::Allocate(n) => match local.block_on(&rt, w.add_peers(n)) {
+                Ok(()) => Reply::Done(local.block_on(&rt, w.allocate(n))),
+                Err(e) => Reply::Failed(format!("binding echo peers: {e}")),
+            },
             Cmd::Prepare => Reply::Done(local.block_on(&rt, w.prepare())),
             Cmd::Data { start, deadline } => {
                 Reply::Data(local.block_on(&rt, w.data(start, deadline)))
@@ -175,7 +191,11 @@ where
         .unwrap_or_default()
 }
 
-async fn allocate_one(p: &Params) -> Result<TurnClient, ClientError> {
+async fn allocate_one(p: &Params, peer: SocketAddr) -> Result<TurnClient, ClientError> {
+    if p.direct {
+        let conn = Conn::connect(peer, Transport::Udp, None, p.timeout).await?;
+        return Ok(TurnClient::new(conn, None, p.timeout));
+    }
     let conn = Conn::connect(p.server, p.transport, p.tls.as_ref(), p.timeout).await?;
     let mut c = TurnClient::new(conn, p.creds.clone(), p.timeout);
     c.allocate(p.ipv6).await?;
@@ -183,12 +203,27 @@ async fn allocate_one(p: &Params) -> Result<TurnClient, ClientError> {
 }
 
 impl Worker {
+    /// Echo peers for `n` allocations: `--peers` of them, or one each.
+    async fn add_peers(&mut self, n: usize) -> std::io::Result<()> {
+        let want = match self.params.peers {
+            0 => n,
+            k => k,
+        };
+        while self.peers.len() < want {
+            self.peers.push(bind_peer(self.params.peer_ip).await?);
+        }
+        Ok(())
+    }
+
     async fn allocate(&mut self, n: usize) -> usize {
         let p = self.params.clone();
-        let results = in_lanes((0..n).collect(), p.lanes, move |_| {
+        let addrs: Vec<SocketAddr> = self.peers.iter().map(|(_, a)| *a).collect();
+        let results = in_lanes((0..n).collect(), p.lanes, move |i: usize| {
             let p = p.clone();
+            let which = i % addrs.len();
+            let peer = addrs[which];
             async move {
-                let mut r = allocate_one(&p).await;
+                let mut r = allocate_one(&p, peer).await;
                 // 437 on a fresh port: a previous run left state for this 5-tuple on the
                 // server (coturn keeps it for a while even after Refresh 0, turnd until the
                 // lifetime ends when a run was killed); another local port will do.
@@ -196,12 +231,12 @@ impl Worker {
                     if !matches!(&r, Err(e) if e.code() == Some(437)) {
                         break;
                     }
-                    r = allocate_one(&p).await;
+                    r = allocate_one(&p, peer).await;
                 }
                 match r {
                     Ok(c) => {
                         Counters::add(&p.totals.allocated, 1);
-                        Some(c)
+                        Some((c, which))
                     }
                     Err(e) => {
                         Counters::add(&p.totals.alloc_failed, 1);
@@ -219,33 +254,42 @@ impl Worker {
     /// Permissions (and channels) to this thread's echo peer; allocations that fail are
     /// released and dropped.
     async fn prepare(&mut self) -> usize {
-        let (p, peer) = (self.params.clone(), self.peer_addr);
+        let p = self.params.clone();
+        if p.direct {
+            return self.clients.len();
+        }
+        let addrs: Vec<SocketAddr> = self.peers.iter().map(|(_, a)| *a).collect();
         let clients = std::mem::take(&mut self.clients);
-        let results = in_lanes(clients, p.lanes, move |mut c: TurnClient| {
-            let p = p.clone();
-            async move {
-                let r = async {
-                    c.create_permission(peer)
-                        .await
-                        .map_err(|e| ("CreatePermission", e))?;
-                    if p.mode == Mode::Channel {
-                        c.channel_bind(CHANNEL, peer)
+        let results = in_lanes(
+            clients,
+            p.lanes,
+            move |(mut c, which): (TurnClient, usize)| {
+                let p = p.clone();
+                let peer = addrs[which];
+                async move {
+                    let r = async {
+                        c.create_permission(peer)
                             .await
-                            .map_err(|e| ("ChannelBind", e))?;
+                            .map_err(|e| ("CreatePermission", e))?;
+                        if p.mode == Mode::Channel {
+                            c.channel_bind(CHANNEL, peer)
+                                .await
+                                .map_err(|e| ("ChannelBind", e))?;
+                        }
+                        Ok(())
                     }
-                    Ok(())
-                }
-                .await;
-                match r {
-                    Ok(()) => Some(c),
-                    Err((what, e)) => {
-                        p.note_error(what, &e);
-                        let _ = c.refresh(0).await;
-                        None
+                    .await;
+                    match r {
+                        Ok(()) => Some((c, which)),
+                        Err((what, e)) => {
+                            p.note_error(what, &e);
+                            let _ = c.refresh(0).await;
+                            None
+                        }
                     }
                 }
-            }
-        })
+            },
+        )
         .await;
         self.clients = results.into_iter().flatten().collect();
         self.clients.len()
@@ -254,17 +298,32 @@ impl Worker {
     async fn data(&mut self, start: Instant, deadline: Instant) -> DataResult {
         let p = &self.params;
         let count = Rc::new(EchoCount::default());
-        let slot = p.size + 128;
-        let peer_task = tokio::task::spawn_local(echo::batched(
-            self.peer.clone(),
-            slot,
-            count.clone(),
-            p.totals.clone(),
-        ));
+        let slot = match p.mix {
+            Mix::Fixed => p.size,
+            Mix::Av => flow::AV_MAX,
+        } + 128;
+        let mut used = vec![false; self.peers.len()];
+        for (_, which) in &self.clients {
+            used[*which] = true;
+        }
+        let peer_tasks: Vec<_> = self
+            .peers
+            .iter()
+            .zip(used)
+            .filter(|(_, u)| *u)
+            .map(|((sock, _), _)| {
+                tokio::task::spawn_local(echo::batched(
+                    sock.clone(),
+                    slot,
+                    p.gso,
+                    count.clone(),
+                    p.totals.clone(),
+                ))
+            })
+            .collect();
         let n = self.clients.len().max(1);
         let f = Rc::new(Flow {
             params: self.params.clone(),
-            peer: self.peer_addr,
             start,
             deadline,
             allocations: n,
@@ -273,17 +332,21 @@ impl Worker {
             received: Default::default(),
         });
         let mut tasks = Vec::new();
-        for (i, c) in std::mem::take(&mut self.clients).into_iter().enumerate() {
-            tasks.push(tokio::task::spawn_local(flow::run(c, f.clone(), i)));
+        for (i, (c, which)) in std::mem::take(&mut self.clients).into_iter().enumerate() {
+            let peer = self.peers[which].1;
+            let t = tokio::task::spawn_local(flow::run(c, f.clone(), i, peer));
+            tasks.push((t, which));
         }
-        for t in tasks {
+        for (t, which) in tasks {
             if let Ok(c) = t.await {
-                self.clients.push(c);
+                self.clients.push((c, which));
             }
         }
-        // Late echoes still in the peer's queue are part of this run.
+        // Late echoes still in the peers' queues are part of this run.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        peer_task.abort();
+        for t in peer_tasks {
+            t.abort();
+        }
         let hist = f.hist.replace(rtt_histogram());
         DataResult {
             sent: f.sent.get(),
@@ -295,10 +358,15 @@ impl Worker {
 
     async fn release(&mut self) -> usize {
         let p = self.params.clone();
+        if p.direct {
+            return std::mem::take(&mut self.clients).len();
+        }
         let clients = std::mem::take(&mut self.clients);
-        let ok = in_lanes(clients, p.lanes, |mut c: TurnClient| async move {
-            c.refresh(0).await.is_ok()
-        })
+        let ok = in_lanes(
+            clients,
+            p.lanes,
+            |(mut c, _): (TurnClient, usize)| async move { c.refresh(0).await.is_ok() },
+        )
         .await;
         ok.into_iter().filter(|x| *x).count()
     }

@@ -1,5 +1,5 @@
 //! Relays `N` packets each way through one [`Engine`](turnd_proto::engine::Engine), for
-//! instruction counts of the data path (README "Performance"): run it under
+//! instruction counts of the data path (README "Engine cost per packet"): run it under
 //! `valgrind --tool=callgrind` with `N` = 0 and with a large `N`; the difference over `2N` is
 //! the cost of one relayed packet in the engine alone (no sockets, no syscalls).
 //!

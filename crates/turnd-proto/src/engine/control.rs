@@ -769,7 +769,7 @@ impl Engine {
 /// nonce it was given; binding stream nonces to the port would make it pay a 438, which
 /// libwebrtc treats as fatal for an Allocate. The nonce is still bound to the IP, and no nonce
 /// admits anyone without MESSAGE-INTEGRITY.
-fn nonce_subject(from: &ClientAddr) -> SocketAddr {
+pub(super) fn nonce_subject(from: &ClientAddr) -> SocketAddr {
     if from.transport.is_stream() {
         SocketAddr::new(from.remote.ip(), 0)
     } else {

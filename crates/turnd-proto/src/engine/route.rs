@@ -19,6 +19,13 @@
 //! Each entry carries its expiry, so the per-packet check is one lookup and one time
 //! comparison; expired entries are removed at the timer tick of the allocation, which is
 //! never later than the earliest expiry among its routes (`Allocation::next_deadline`).
+//! A Refresh that keeps the allocation changes no route (routes carry the channel's and the
+//! permission's expiry); the allocation's own expiry removes them all at its tick. Draining
+//! changes none either: existing allocations carry on.
+//!
+//! Permission routes are keyed by IP, not by (relay, peer) like channels: a permission
+//! covers every port of its IP, so a (relay, peer) key for it would need the port in
+//! advance. A peer datagram without a live channel route costs a second lookup.
 //!
 //! **Policy.** A channel's peer is a whole address, checked by the whole policy
 //! (`permits_for`) at ChannelBind, and the policy's answer for an address cannot change until

@@ -459,10 +459,10 @@ impl Harness {
                     let (t, v) = self.attr_bytes(a, &tid);
                     push_attr(&mut msg, t, &v);
                 }
-                let nonce_for = match signing {
-                    Signing::ForeignNonce => Self::client(client.wrapping_add(1)).remote,
-                    _ => c.remote,
-                };
+                let nonce_for = super::control::nonce_subject(&match signing {
+                    Signing::ForeignNonce => Self::client(client.wrapping_add(1)),
+                    _ => c,
+                });
                 let secs = self.now.saturating_duration_since(self.epoch).as_secs();
                 let nonce = self.nonces.issue(nonce_for, secs);
                 push_attr(&mut msg, 0x0006, user.as_bytes());

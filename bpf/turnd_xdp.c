@@ -11,7 +11,9 @@
 //   - no usable next hop (bpf_fib_lookup: no neighbour entry yet, forwarding disabled,
 //     an egress interface that is not in `ifaces`) or a result larger than the MTU.
 // Checksums: the IPv4 header checksum is computed anew; the UDP checksum is set to 0
-// ("no checksum", allowed for UDP over IPv4 by RFC 768 / RFC 1122).
+// ("no checksum", allowed for UDP over IPv4 by RFC 768 / RFC 1122). The incoming UDP
+// checksum is not verified (the link's CRC covers the hop; WebRTC media and data are
+// authenticated end to end by SRTP/DTLS).
 // Built by build.rs with `clang -O2 -target bpf` when the cargo feature `xdp` is on.
 
 #include <linux/bpf.h>
@@ -230,6 +232,7 @@ static __always_inline int to_peer(struct xdp_md *ctx, struct ethhdr *eth, struc
 	ip->daddr = v.peer_ip;
 	ip->tot_len = bpf_htons(tot);
 	ip->ttl = 64;
+	ip->tos = 0; // as the relay's own sockets send (no DSCP/ECN carried over)
 	ip->check = ip_checksum(ip);
 	udp->source = v.relay_port;
 	udp->dest = v.peer_port;
@@ -287,6 +290,7 @@ static __always_inline int to_client(struct xdp_md *ctx, struct ethhdr *eth, str
 	ip->daddr = v.client_ip;
 	ip->tot_len = bpf_htons(tot);
 	ip->ttl = 64;
+	ip->tos = 0; // as the relay's own sockets send (no DSCP/ECN carried over)
 	ip->check = ip_checksum(ip);
 	udp->source = v.listen_port;
 	udp->dest = v.client_port;

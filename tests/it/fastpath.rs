@@ -578,4 +578,31 @@ mod netns {
         });
         running.stop();
     }
+
+    /// `xdp_mode = "generic"` (SKB mode), when asked for, relays the same way.
+    #[test]
+    fn generic_mode_relays_in_the_kernel_when_asked_for() {
+        let t = Topo::new("g");
+        let mut config = t.config();
+        config.fastpath.xdp_mode = turnd::config::XdpMode::Generic;
+        let running = t.start(config);
+        let server = SocketAddr::from((SERVER, running.udp[0].port()));
+        const N: u64 = 50;
+        t.client(|| async {
+            let (c, peer, relay) = bound(server).await;
+            warm_up(&running, &c, &peer, relay).await;
+            let start_rx = user_space_received(&running);
+            let start = kernel(&running, "to_peer", "tx");
+            for i in 0..N {
+                assert!(round(&c, &peer, relay, b"generic").await, "round {i}");
+            }
+            assert_eq!(
+                user_space_received(&running),
+                start_rx,
+                "none via user space"
+            );
+            assert_eq!(kernel(&running, "to_peer", "tx") - start, N as f64);
+        });
+        running.stop();
+    }
 }

@@ -565,6 +565,11 @@ mod netns {
             let r = c.ask(METHOD_REFRESH, &[&lifetime(0)]).await;
             assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
             assert!(running.control.sessions(None).is_empty());
+            // Its routes went with it.
+            let tx = kernel(&running, "to_client", "tx");
+            peer.send_to(b"after refresh 0", relay).await.unwrap();
+            assert_eq!(recv_within(&c.sock, Duration::from_millis(500)).await, None);
+            assert_eq!(kernel(&running, "to_client", "tx"), tx);
             let m = metrics(&running);
             let to_client = warm as f64 + 1.0;
             assert_eq!(

@@ -674,6 +674,7 @@ impl Shard {
     /// Serve one ready UDP socket for one turn: up to [`RECVS_PER_TURN`] batches, each
     /// handled datagram by datagram and flushed before the next is received.
     fn serve(self: &Rc<Self>, key: usize, batch: &mut RecvBatch, out: &mut SendQueue) -> Turn {
+        let mut errors = 0;
         for _ in 0..RECVS_PER_TURN {
             let Some((fd, kind)) = self
                 .socks
@@ -688,8 +689,15 @@ impl Shard {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Turn::Drained,
                 // Other errors (ICMP-induced on unconnected sockets) concern one earlier
-                // packet; the queue may hold more.
-                Err(_) => continue,
+                // packet and are cleared by reading them; the queue may hold more, so read
+                // again. Twice in a row: off the ready queue until the next event (never spin).
+                Err(_) => {
+                    errors += 1;
+                    if errors > 1 {
+                        return Turn::Drained;
+                    }
+                    continue;
+                }
             };
             self.udp.recv_calls.set(self.udp.recv_calls.get() + 1);
             self.udp.received.set(self.udp.received.get() + n as u64);

@@ -112,10 +112,10 @@ struct Sock {
 #[derive(Default)]
 struct Sockets {
     slab: Slab<Sock>,
-    /// Relay socket address -> slab key.
-    relays: HashMap<SocketAddr, usize>,
+    /// Relay socket address -> slab key (looked up once per relayed packet: foldhash).
+    relays: HashMap<SocketAddr, usize, foldhash::fast::RandomState>,
     /// Listener address -> descriptor (listeners live as long as the shard).
-    listeners: HashMap<SocketAddr, RawFd>,
+    listeners: HashMap<SocketAddr, RawFd, foldhash::fast::RandomState>,
     /// Relay sockets released during a loop turn: closed when the turn ends, so that no
     /// descriptor number is reused while the turn may still send from it.
     closing: Vec<mio::net::UdpSocket>,

@@ -112,10 +112,10 @@ struct Sock {
 #[derive(Default)]
 struct Sockets {
     slab: Slab<Sock>,
-    /// Relay socket address -> slab key.
-    relays: HashMap<SocketAddr, usize>,
+    /// Relay socket address -> slab key (looked up once per relayed packet: foldhash).
+    relays: HashMap<SocketAddr, usize, foldhash::fast::RandomState>,
     /// Listener address -> descriptor (listeners live as long as the shard).
-    listeners: HashMap<SocketAddr, RawFd>,
+    listeners: HashMap<SocketAddr, RawFd, foldhash::fast::RandomState>,
     /// Relay sockets released during a loop turn: closed when the turn ends, so that no
     /// descriptor number is reused while the turn may still send from it.
     closing: Vec<mio::net::UdpSocket>,
@@ -700,6 +700,7 @@ impl Shard {
     /// Serve one ready UDP socket for one turn: up to [`RECVS_PER_TURN`] batches, each
     /// handled datagram by datagram and flushed before the next is received.
     fn serve(self: &Rc<Self>, key: usize, batch: &mut RecvBatch, out: &mut SendQueue) -> Turn {
+        let mut errors = 0;
         for _ in 0..RECVS_PER_TURN {
             let Some((fd, kind)) = self
                 .socks
@@ -714,8 +715,15 @@ impl Shard {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Turn::Drained,
                 // Other errors (ICMP-induced on unconnected sockets) concern one earlier
-                // packet; the queue may hold more.
-                Err(_) => continue,
+                // packet and are cleared by reading them; the queue may hold more, so read
+                // again. Twice in a row: off the ready queue until the next event (never spin).
+                Err(_) => {
+                    errors += 1;
+                    if errors > 1 {
+                        return Turn::Drained;
+                    }
+                    continue;
+                }
             };
             self.udp.recv_calls.set(self.udp.recv_calls.get() + 1);
             self.udp.received.set(self.udp.received.get() + n as u64);

@@ -112,6 +112,10 @@ impl Control {
         drop(current);
         Ok(match &what {
             turnd_proto::auth::Revoked::User(u) if until_unix > unix_now => self.kill_user(u),
+            turnd_proto::auth::Revoked::Username(u) if until_unix > unix_now => self
+                .ask_all(|r| ShardRequest::KillUsername(u.clone(), r))
+                .into_iter()
+                .sum(),
             _ => 0,
         })
     }

@@ -59,6 +59,8 @@ pub enum ShardRequest {
     Sessions(Option<String>, std::sync::mpsc::Sender<Vec<SessionInfo>>),
     KillSession(SessionId, std::sync::mpsc::Sender<bool>),
     KillUser(String, std::sync::mpsc::Sender<usize>),
+    /// End the allocations created with exactly this USERNAME (a revoked REST username).
+    KillUsername(String, std::sync::mpsc::Sender<usize>),
     /// New credentials and policy (SIGHUP); allocations keep running.
     Reload(Shared),
     /// Refuse new allocations from now on.
@@ -518,6 +520,12 @@ impl Shard {
                 self.fold_fastpath();
                 let mut engine = self.engine.borrow_mut();
                 let _ = reply.send(engine.kill_user(now, &user));
+                self.flush_outputs(&mut engine, now);
+            }
+            ShardRequest::KillUsername(username, reply) => {
+                self.fold_fastpath();
+                let mut engine = self.engine.borrow_mut();
+                let _ = reply.send(engine.kill_username(now, &username));
                 self.flush_outputs(&mut engine, now);
             }
             ShardRequest::Reload(shared) => {

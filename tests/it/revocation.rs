@@ -113,9 +113,13 @@ async fn revoked_credentials_get_401_and_their_allocations_end() {
     let mut a2 = client(&srv, &alice2, &alice2_pass).await;
     assert_eq!(allocate_code(&mut a2).await, Some(401));
 
-    // One REST username: carol's other credential still works.
+    // One REST username: its allocation ends at once; carol's other credential still works.
+    let before = srv.stats().allocations;
     let q = format!("/api/revocations?username={carol1}&for=3600");
-    assert_eq!(http("POST", admin, &q, Some(TOKEN)).await.0, 200);
+    let (status, body) = http("POST", admin, &q, Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""ended":1"#), "{body}");
+    assert_eq!(srv.stats().allocations, before - 1);
     assert_eq!(code(&c1.ask(METHOD_REFRESH, &[]).await), Some(401));
     let mut c2 = client(&srv, &carol2, &carol2_pass).await;
     c2.allocate().await;

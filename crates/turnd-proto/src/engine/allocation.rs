@@ -60,6 +60,8 @@ pub struct Allocation {
     pub id: super::SessionId,
     /// The principal (quotas, logs, the session API).
     pub user: String,
+    /// The USERNAME it was created with when that is not the principal (TURN REST).
+    pub username: Option<Box<str>>,
     /// The long-term key the allocation was created with; later requests must match it.
     pub key: super::integrity::Signer,
     /// One relay per family (two for a dual allocation).
@@ -209,6 +211,7 @@ mod tests {
         let mut a = Allocation {
             id: crate::engine::SessionId::new(0, 1),
             user: "u".into(),
+            username: None,
             key: crate::engine::integrity::Signer::new(&[0; 16], None),
             relays: vec![],
             created: now,

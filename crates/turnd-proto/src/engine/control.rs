@@ -97,6 +97,9 @@ type Handler = fn(&mut Engine, Instant, ClientAddr, &Parsed<'_>, Authed) -> Hand
 /// Who sent an authenticated request.
 struct Authed {
     user: String,
+    /// The USERNAME when it is not the principal itself (a TURN REST `expiry:user`), so that
+    /// revoking that one username can end its allocation.
+    username: Option<Box<str>>,
     key: Signer,
 }
 
@@ -298,10 +301,15 @@ impl Engine {
             }
         };
         match keys.iter().find_map(|k| req.verify(k)) {
-            Some(key) => Some(Authed {
-                user: self.shared.auth.principal(&user).to_string(),
-                key,
-            }),
+            Some(key) => {
+                let principal = self.shared.auth.principal(&user).to_string();
+                let username = (principal != user).then(|| user.into_boxed_str());
+                Some(Authed {
+                    user: principal,
+                    username,
+                    key,
+                })
+            }
             None => {
                 self.challenge(
                     now,
@@ -463,6 +471,7 @@ impl Engine {
             from,
             PendingAllocate {
                 user: au.user,
+                username: au.username,
                 key: au.key,
                 tid: req.tid.0,
                 lifetime: self.clamp_lifetime(lifetime),
@@ -554,6 +563,7 @@ impl Engine {
         let mut a = Allocation {
             id: SessionId::new(self.shard, self.next_id),
             user: p.user,
+            username: p.username,
             key: p.key,
             relays,
             created: now,

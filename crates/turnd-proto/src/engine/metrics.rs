@@ -267,10 +267,26 @@ impl Engine {
 
     /// End every allocation of `user` now; returns how many.
     pub fn kill_user(&mut self, now: Instant, user: &str) -> usize {
+        self.kill_where(now, |a| a.user == user)
+    }
+
+    /// End every allocation created with exactly this USERNAME (a TURN REST username, as
+    /// revoked); returns how many.
+    pub fn kill_username(&mut self, now: Instant, username: &str) -> usize {
+        self.kill_where(now, |a| {
+            a.username.as_deref() == Some(username) || a.user == username
+        })
+    }
+
+    fn kill_where(
+        &mut self,
+        now: Instant,
+        pick: impl Fn(&super::allocation::Allocation) -> bool,
+    ) -> usize {
         let clients: Vec<ClientAddr> = self
             .allocations_by_client
             .iter()
-            .filter(|(_, a)| a.user == user)
+            .filter(|(_, a)| pick(a))
             .map(|(c, _)| *c)
             .collect();
         for c in &clients {

@@ -369,6 +369,7 @@ pub struct EngineStats {
 /// An Allocate waiting for its relay sockets.
 struct PendingAllocate {
     user: String,
+    username: Option<Box<str>>,
     key: integrity::Signer,
     tid: [u8; 12],
     lifetime: Duration,

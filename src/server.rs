@@ -21,7 +21,7 @@ use crate::net::{self, relay, Control, Health, Stats};
 use crate::tls::{self, ReloadableCert};
 use crate::{admin, http};
 use turnd_proto::auth::{self, Credentials, FailureBudget, NonceMint};
-use turnd_proto::engine::{Engine, EngineConfig, Quotas, Shared, Transport};
+use turnd_proto::engine::{Engine, EngineConfig, Quotas, Shared, TcpRelayConfig, Transport};
 
 /// A started server. Dropping it does not stop it; call [`Running::stop`].
 pub struct Running {
@@ -300,7 +300,11 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
                     .with_usage(m.handle.usage.clone())
                     .with_redirect(m.handle.redirect.clone()),
                 None => Engine::new(engine_cfg.clone(), shared.clone()).with_shard(i as u16),
-            },
+            }
+            .with_tcp_relay(TcpRelayConfig {
+                enabled: config.relay.tcp,
+                max_connections: config.relay.tcp_max_connections,
+            }),
             relay_cfg: config.relay.clone(),
             streams_cfg: config.streams,
             conn_limits: conn_limits.clone(),

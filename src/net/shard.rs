@@ -34,6 +34,7 @@ use turnd_proto::engine::{
 use super::health::{panic_message, take_panic_location, Health, LogLimit};
 use super::relay::{bind_pair, bind_relay, Reservations};
 use super::stream::{accept_loop, Closed, ConnLimits, StreamTable};
+use super::tcp_relay::TcpRelays;
 use super::udp::{self, RecvBatch, SendQueue, BATCH};
 use crate::tls::HandshakeFailure;
 
@@ -152,6 +153,8 @@ pub struct Shard {
     /// The send queue of stream clients' frames (the UDP loop has its own).
     stream_out: RefCell<SendQueue>,
     streams: StreamTable,
+    /// RFC 6062 TCP relay listeners and peer connections.
+    tcp: TcpRelays,
     reservations: Arc<Reservations>,
     timer_changed: Notify,
     index: usize,
@@ -214,6 +217,7 @@ pub fn run(
             udp: UdpCounters::default(),
             stream_out: RefCell::new(SendQueue::new(gso)),
             streams: StreamTable::new(setup.streams_cfg, setup.conn_limits, setup.redact),
+            tcp: TcpRelays::default(),
             reservations: setup.reservations,
             timer_changed: Notify::new(),
             index: setup.index,
@@ -278,6 +282,7 @@ pub fn run(
             socks.closing.clear();
         }
         shard.streams.close_all();
+        shard.tcp.close_all();
         Ok(())
     })
 }
@@ -576,6 +581,27 @@ impl Shard {
                     .collect();
                 engine.relay_bound(now, client, bound);
             }
+            Command::BindTcpRelay { client, family } => {
+                let bound = match self.tcp.open(self, &self.relay_cfg, client, family) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        if let Some(suppressed) = self.refused_log.allow(now) {
+                            tracing::warn!(
+                                error = %e,
+                                family = ?family,
+                                suppressed,
+                                "cannot bind a TCP relay listener (508)"
+                            );
+                        }
+                        None
+                    }
+                };
+                engine.relay_bound(now, client, vec![bound]);
+            }
+            Command::ConnectPeer { id, relay, peer } => self.tcp.connect(self, id, relay, peer),
+            Command::SpliceData { id, data } => self.streams.splice(&data, id),
+            Command::ClosePeer(id) => self.tcp.close(id),
+            Command::ReleaseRelay(addr) if self.tcp.release(&addr) => {}
             Command::ReleaseRelay(addr) => {
                 let mut socks = self.socks.borrow_mut();
                 if let Some(key) = socks.relays.remove(&addr) {
@@ -809,6 +835,26 @@ impl Shard {
     /// The shard's stream connections.
     pub(super) fn streams(&self) -> &StreamTable {
         &self.streams
+    }
+
+    /// The shard's TCP relays (RFC 6062).
+    pub(super) fn tcp(&self) -> &TcpRelays {
+        &self.tcp
+    }
+
+    /// One engine input from the TCP relays, contained (`guarded`), its outputs flushed.
+    pub(super) fn engine_step<T>(
+        self: &Rc<Self>,
+        what: &'static str,
+        step: impl FnOnce(&mut Engine, Instant) -> T,
+    ) -> Option<T> {
+        let now = Instant::now();
+        self.guarded(what, || {
+            let mut engine = self.engine.borrow_mut();
+            let v = step(&mut engine, now);
+            self.flush_outputs(&mut engine, now);
+            v
+        })
     }
 
     /// Whether a stream client still has an allocation (idle connections without one close).

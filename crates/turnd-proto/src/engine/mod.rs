@@ -40,6 +40,7 @@ pub mod metrics;
 mod quota;
 mod redirect;
 pub mod refusal;
+mod tcp_relay;
 mod usage;
 pub mod wire;
 
@@ -74,6 +75,7 @@ pub use metrics::{EngineMetrics, MetricsSnapshot, SessionInfo};
 pub use quota::{FleetCounts, Quotas};
 pub use redirect::{Alternate, Redirect};
 pub use refusal::{BadRequest, Capacity, Refusal};
+pub use tcp_relay::{ConnectionId, TcpRelayConfig, BIND_TIMEOUT, CONNECT_TIMEOUT};
 pub use usage::{UsageRecord, UsageSink};
 
 /// Bytes the caller leaves free before a peer datagram: the largest Data indication header
@@ -246,6 +248,35 @@ pub enum Command {
     ReleaseRelay(SocketAddr),
     /// Close a stream client's connection.
     CloseClient(ClientAddr),
+    /// Listen for TCP (RFC 6062) on a relayed address of `family` for `client`'s pending
+    /// Allocate, then call [`Engine::relay_bound`] with the one result.
+    BindTcpRelay {
+        /// The client whose Allocate waits.
+        client: ClientAddr,
+        /// The relay's family.
+        family: Family,
+    },
+    /// Connect from the relayed address `relay` to `peer` (within [`CONNECT_TIMEOUT`]), keep
+    /// the connection under `id`, then call [`Engine::peer_connected`].
+    ConnectPeer {
+        /// The connection's CONNECTION-ID.
+        id: ConnectionId,
+        /// The TCP relay (listener) address to connect from.
+        relay: RelayAddr,
+        /// Where to connect.
+        peer: PeerAddr,
+    },
+    /// ConnectionBind succeeded on the client connection `data`: once the answer queued for
+    /// it is written, copy raw bytes both ways between it and peer connection `id`, then
+    /// call [`Engine::peer_closed`].
+    SpliceData {
+        /// The peer connection.
+        id: ConnectionId,
+        /// The client's data connection.
+        data: ClientAddr,
+    },
+    /// Close peer connection `id` (and stop its splice).
+    ClosePeer(ConnectionId),
 }
 
 /// Fixed settings of an engine.
@@ -325,6 +356,8 @@ struct PendingAllocate {
     /// The token to hand back when the next port was reserved.
     reserved: Option<ReservationToken>,
     fingerprint: bool,
+    /// A TCP (RFC 6062) allocation.
+    tcp: bool,
 }
 
 /// One shard's TURN state machine: sans-IO, driven by the I/O layer.
@@ -389,6 +422,8 @@ pub struct Engine {
     usage: Option<Arc<dyn UsageSink>>,
     /// New allocations go elsewhere while this names an alternate (`with_redirect`).
     redirect: Option<Arc<Redirect>>,
+    /// RFC 6062 TCP allocations and their peer connections.
+    tcp: tcp_relay::TcpRelays,
 }
 
 impl Engine {
@@ -416,6 +451,7 @@ impl Engine {
             draining: false,
             usage: None,
             redirect: None,
+            tcp: Default::default(),
         }
     }
 
@@ -444,6 +480,7 @@ impl Engine {
             perms += p;
             chans += c;
         }
+        self.tcp_retain_allowed();
         (perms, chans)
     }
 
@@ -518,10 +555,10 @@ impl Engine {
     /// When [`Engine::handle_timeout`] must be called next; `None`: no timer.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let timer = self.timers.first().map(|(t, _)| *t);
-        match (timer, self.deferred.next()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [timer, self.deferred.next(), self.tcp.next_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Expire allocations, permissions and channels whose deadline is at or before `now`.
@@ -533,6 +570,7 @@ impl Engine {
             self.timers.pop_first();
             self.expire(now, client);
         }
+        self.tcp_timeout(now);
         self.retry_deferred(now);
     }
 
@@ -593,6 +631,7 @@ impl Engine {
             return;
         };
         self.timers.remove(&(a.wake_at, client));
+        self.tcp_allocation_deleted(&client);
         for r in &a.relays {
             self.commands.push_back(Command::ReleaseRelay(r.bound));
         }

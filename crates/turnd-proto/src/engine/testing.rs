@@ -595,7 +595,11 @@ impl Harness {
                         "released {addr} twice or never bound"
                     );
                 }
-                Command::CloseClient(_) => {}
+                Command::CloseClient(_)
+                | Command::BindTcpRelay { .. }
+                | Command::ConnectPeer { .. }
+                | Command::SpliceData { .. }
+                | Command::ClosePeer(_) => {}
             }
         }
     }

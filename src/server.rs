@@ -291,6 +291,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     net::health::install_panic_hook();
     let mut senders = Vec::new();
     let mut threads = Vec::new();
+    let siblings = net::shard::Siblings::default();
     for (i, (udp, tcp)) in udp.into_iter().zip(tcp).enumerate() {
         let (tx, rx) = mpsc::unbounded_channel();
         let setup = ShardSetup {
@@ -315,6 +316,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             tls: acceptor.clone(),
             index: i,
             health: health.clone(),
+            siblings: siblings.clone(),
         };
         let guard = health.guard(i, "shard thread");
         let handle = std::thread::Builder::new()
@@ -330,6 +332,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         senders.push(tx);
         threads.push(handle);
     }
+    let _ = siblings.set(senders.clone());
     for (addrs, t) in [
         (&udp_addrs, "udp"),
         (&tcp_addrs, "tcp"),

@@ -27,8 +27,8 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::config::{Relay as RelayConfig, Streams};
 use turnd_proto::engine::{
-    ClientAddr, Command, Engine, EngineStats, Family, MetricsSnapshot, PeerAddr, PortChoice,
-    RelayAddr, SessionId, SessionInfo, Shared, Transport, HEADROOM,
+    ClientAddr, Command, ConnectionId, Engine, EngineStats, Family, MetricsSnapshot, PeerAddr,
+    PortChoice, Refusal, RelayAddr, SessionId, SessionInfo, Shared, Transport, HEADROOM,
 };
 
 use super::health::{panic_message, take_panic_location, Health, LogLimit};
@@ -64,8 +64,24 @@ pub enum ShardRequest {
     Reload(Shared),
     /// Refuse new allocations from now on.
     Drain,
+    /// Another shard's ConnectionBind claims this shard's peer connection (RFC 6062):
+    /// answered with its socket and the notify that stops its splice.
+    ClaimPeer {
+        id: ConnectionId,
+        user: String,
+        data: ClientAddr,
+        reply: tokio::sync::oneshot::Sender<ClaimAnswer>,
+    },
+    /// A splice on another shard of this shard's peer connection ended.
+    PeerClosed(ConnectionId),
     Stop,
 }
+
+/// The answer to [`ShardRequest::ClaimPeer`].
+pub type ClaimAnswer = Result<(std::net::TcpStream, Arc<Notify>), Refusal>;
+
+/// The request senders of all shards, by index (set once all shards exist).
+pub type Siblings = Arc<std::sync::OnceLock<Vec<mpsc::UnboundedSender<ShardRequest>>>>;
 
 /// One shard's part of `/metrics`.
 #[derive(Debug, Clone, Default)]
@@ -156,6 +172,7 @@ pub struct Shard {
     /// RFC 6062 TCP relay listeners and peer connections.
     tcp: TcpRelays,
     reservations: Arc<Reservations>,
+    siblings: Siblings,
     timer_changed: Notify,
     index: usize,
     health: Arc<Health>,
@@ -180,6 +197,8 @@ pub struct ShardSetup {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub index: usize,
     pub health: Arc<Health>,
+    /// Every shard's request sender (RFC 6062 ConnectionBinds across shards).
+    pub siblings: Siblings,
 }
 
 /// Run a shard on the current thread until it is asked to stop.
@@ -219,6 +238,7 @@ pub fn run(
             streams: StreamTable::new(setup.streams_cfg, setup.conn_limits, setup.redact),
             tcp: TcpRelays::default(),
             reservations: setup.reservations,
+            siblings: setup.siblings,
             timer_changed: Notify::new(),
             index: setup.index,
             health: setup.health,
@@ -525,6 +545,20 @@ impl Shard {
                 }
             }
             ShardRequest::Drain => self.engine.borrow_mut().set_draining(true),
+            ShardRequest::ClaimPeer {
+                id,
+                user,
+                data,
+                reply,
+            } => {
+                let answer = self.tcp.claim(self, id, &user, data);
+                let _ = reply.send(answer);
+            }
+            ShardRequest::PeerClosed(id) => {
+                if self.tcp.forget(id) {
+                    self.engine_step("peer closed", |e, now| e.peer_closed(now, id));
+                }
+            }
             ShardRequest::Stop => return false,
         }
         true
@@ -601,6 +635,7 @@ impl Shard {
             Command::ConnectPeer { id, relay, peer } => self.tcp.connect(self, id, relay, peer),
             Command::SpliceData { id, data } => self.streams.splice(&data, id),
             Command::ClosePeer(id) => self.tcp.close(id),
+            Command::ClaimPeer { id, user, data } => self.claim_remote(id, user, data),
             Command::ReleaseRelay(addr) if self.tcp.release(&addr) => {}
             Command::ReleaseRelay(addr) => {
                 let mut socks = self.socks.borrow_mut();
@@ -835,6 +870,60 @@ impl Shard {
     /// The shard's stream connections.
     pub(super) fn streams(&self) -> &StreamTable {
         &self.streams
+    }
+
+    /// Ask the shard that holds peer connection `id` for it (a ConnectionBind here), then
+    /// answer the ConnectionBind.
+    fn claim_remote(self: &Rc<Self>, id: ConnectionId, user: String, data: ClientAddr) {
+        let owner = self
+            .siblings
+            .get()
+            .and_then(|s| s.get(usize::from(id.shard())))
+            .cloned();
+        let shard = self.clone();
+        tokio::task::spawn_local(async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let asked = owner.is_some_and(|o| {
+                o.send(ShardRequest::ClaimPeer {
+                    id,
+                    user,
+                    data,
+                    reply: tx,
+                })
+                .is_ok()
+            });
+            let answer = match asked {
+                true => rx.await.ok(),
+                false => None,
+            };
+            let result = match answer {
+                Some(Ok((stream, stop))) => match shard.tcp.adopt(id, stream, stop) {
+                    Ok(()) => Ok(()),
+                    Err(_) => Err(Refusal::ConnectionFailure),
+                },
+                Some(Err(why)) => Err(why),
+                None => Err(turnd_proto::engine::BadRequest::ConnectionId.into()),
+            };
+            shard.engine_step("connection bind", |e, now| {
+                e.peer_claimed(now, data, result)
+            });
+        });
+    }
+
+    /// Tell the shard that holds peer connection `id` that its splice here ended.
+    pub(super) fn peer_closed_remote(&self, id: ConnectionId) {
+        if let Some(owner) = self
+            .siblings
+            .get()
+            .and_then(|s| s.get(usize::from(id.shard())))
+        {
+            let _ = owner.send(ShardRequest::PeerClosed(id));
+        }
+    }
+
+    /// This shard's index, as [`ConnectionId::shard`] names it.
+    pub(super) fn owns(&self, id: ConnectionId) -> bool {
+        usize::from(id.shard()) == self.index % (1 << turnd_proto::engine::SHARD_BITS)
     }
 
     /// The shard's TCP relays (RFC 6062).

@@ -163,6 +163,9 @@ pub struct StreamConn {
     overflow: Notify,
     /// Set by a successful ConnectionBind: splice with this peer connection.
     splice: Cell<Option<turnd_proto::engine::ConnectionId>>,
+    /// Woken when `splice` is set from outside the read loop (a ConnectionBind answered by
+    /// another shard).
+    spliced: Notify,
 }
 
 impl StreamConn {
@@ -174,6 +177,7 @@ impl StreamConn {
             closed: Cell::new(None),
             overflow: Notify::new(),
             splice: Cell::new(None),
+            spliced: Notify::new(),
         }
     }
 
@@ -254,6 +258,7 @@ impl StreamTable {
     pub fn splice(&self, client: &ClientAddr, id: turnd_proto::engine::ConnectionId) {
         if let Some(c) = self.conns.borrow().get(client) {
             c.splice.set(Some(id));
+            c.spliced.notify_one();
         }
     }
 
@@ -472,6 +477,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 Ok(_) => {}
                 Err(_) => return Closed::Io,
             },
+            _ = conn.spliced.notified() => {
+                if let Some(id) = conn.splice.get() {
+                    return Closed::Spliced(id);
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => {
                 if !got_frame {
                     return Closed::FirstFrameTimeout;

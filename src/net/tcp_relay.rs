@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -30,7 +30,9 @@ use tokio::task::AbortHandle;
 use super::relay::bind_in_range;
 use super::shard::Shard;
 use crate::config::Relay as RelayConfig;
-use turnd_proto::engine::{ClientAddr, ConnectionId, Family, PeerAddr, RelayAddr, CONNECT_TIMEOUT};
+use turnd_proto::engine::{
+    BadRequest, ClientAddr, ConnectionId, Family, PeerAddr, Refusal, RelayAddr, CONNECT_TIMEOUT,
+};
 
 /// Bytes buffered per direction of a spliced connection.
 pub const SPLICE_BUFFER: usize = 64 * 1024;
@@ -83,8 +85,11 @@ enum Peer {
     Connecting(AbortHandle),
     /// Established, waiting for its ConnectionBind (not read).
     Waiting(TcpStream),
-    /// Spliced; notified to stop.
-    Spliced(Rc<Notify>),
+    /// Spliced (here or on another shard); notified to stop.
+    Spliced(Arc<Notify>),
+    /// Another shard's connection, handed over for a ConnectionBind here; `Arc`: that
+    /// shard's stop.
+    Adopted(TcpStream, Arc<Notify>),
 }
 
 /// The shard's TCP relay listeners and peer connections.
@@ -145,24 +150,73 @@ impl TcpRelays {
         match peer {
             Some(Peer::Connecting(task)) => task.abort(),
             Some(Peer::Spliced(stop)) => stop.notify_one(),
-            Some(Peer::Waiting(_)) | None => {}
+            Some(Peer::Waiting(_) | Peer::Adopted(..)) | None => {}
         }
     }
 
-    /// The waiting peer connection `id`, now to be spliced; stopped by `stop`.
-    pub fn take_for_splice(&self, id: ConnectionId, stop: Rc<Notify>) -> Option<TcpStream> {
+    /// The waiting (or adopted) peer connection `id`, now to be spliced, and what stops it.
+    fn take_for_splice(&self, id: ConnectionId) -> Option<(TcpStream, Arc<Notify>)> {
         let mut peers = self.peers.borrow_mut();
-        match peers.remove(&id) {
-            Some(Peer::Waiting(s)) => {
-                peers.insert(id, Peer::Spliced(stop));
-                Some(s)
-            }
+        let (s, stop) = match peers.remove(&id) {
+            Some(Peer::Waiting(s)) => (s, Arc::new(Notify::new())),
+            Some(Peer::Adopted(s, stop)) => (s, stop),
             Some(other) => {
                 peers.insert(id, other);
-                None
+                return None;
             }
-            None => None,
+            None => return None,
+        };
+        peers.insert(id, Peer::Spliced(stop.clone()));
+        Some((s, stop))
+    }
+
+    /// Another shard's ConnectionBind claims waiting connection `id`: the engine checks it,
+    /// then its socket leaves this shard (its stop stays here, for `ClosePeer`).
+    pub fn claim(
+        &self,
+        shard: &Rc<Shard>,
+        id: ConnectionId,
+        user: &str,
+        data: ClientAddr,
+    ) -> Result<(std::net::TcpStream, Arc<Notify>), Refusal> {
+        let waiting = matches!(self.peers.borrow().get(&id), Some(Peer::Waiting(_)));
+        if !waiting {
+            return Err(BadRequest::ConnectionId.into());
         }
+        shard
+            .engine_step("connection claim", |e, now| {
+                e.claim_peer(now, id, user, data)
+            })
+            .unwrap_or(Err(BadRequest::ConnectionId.into()))?;
+        let stop = Arc::new(Notify::new());
+        let stream = match self
+            .peers
+            .borrow_mut()
+            .insert(id, Peer::Spliced(stop.clone()))
+        {
+            Some(Peer::Waiting(s)) => s,
+            _ => return Err(BadRequest::ConnectionId.into()),
+        };
+        match stream.into_std() {
+            Ok(s) => Ok((s, stop)),
+            Err(_) => {
+                self.peers.borrow_mut().remove(&id);
+                shard.engine_step("peer closed", |e, now| e.peer_closed(now, id));
+                Err(Refusal::ConnectionFailure)
+            }
+        }
+    }
+
+    /// Keep another shard's peer connection, claimed for a ConnectionBind here.
+    pub fn adopt(
+        &self,
+        id: ConnectionId,
+        stream: std::net::TcpStream,
+        stop: Arc<Notify>,
+    ) -> io::Result<()> {
+        let s = TcpStream::from_std(stream)?;
+        self.peers.borrow_mut().insert(id, Peer::Adopted(s, stop));
+        Ok(())
     }
 
     /// Forget `id` after its splice ended; true if it was still known.
@@ -180,7 +234,7 @@ impl TcpRelays {
             match p {
                 Peer::Connecting(t) => t.abort(),
                 Peer::Spliced(stop) => stop.notify_one(),
-                Peer::Waiting(_) => {}
+                Peer::Waiting(_) | Peer::Adopted(..) => {}
             }
         }
     }
@@ -261,8 +315,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::AsyncWriteExt;
-    let stop = Rc::new(Notify::new());
-    if let Some(mut peer) = shard.tcp().take_for_splice(id, stop.clone()) {
+    if let Some((mut peer, stop)) = shard.tcp().take_for_splice(id) {
         let run = async {
             if !early.is_empty() {
                 peer.write_all(early).await?;
@@ -281,6 +334,10 @@ where
         }
     }
     if shard.tcp().forget(id) {
-        shard.engine_step("peer closed", |e, now| e.peer_closed(now, id));
+        if shard.owns(id) {
+            shard.engine_step("peer closed", |e, now| e.peer_closed(now, id));
+        } else {
+            shard.peer_closed_remote(id);
+        }
     }
 }

@@ -64,14 +64,28 @@ impl Drop for Turnd {
 
 fn uclient_tcp_relay(t: ClientTransport, ip: IpAddr) {
     let turnd = Turnd::start(true, |_| {});
-    let u = Uclient::new(turnd.addr(t, ip))
+    let mut u = Uclient::new(turnd.addr(t, ip))
         .transport(t)
         .tcp_relay()
         .user(USER, PASSWORD)
         .messages(20)
         .length(300);
+    if ip.is_ipv6() {
+        u = u.ipv6_relay();
+    }
     let r = u.run();
-    assert_stream_run(&r, t, u.expected_messages());
+    let ctx = r.context();
+    match t {
+        Tls => {
+            r.assert_all_relayed_tls(u.expected_messages());
+            // Control connections (the probe's and one per client) and two data connections.
+            assert_eq!(r.tls_sessions.len(), 5, "TLS connections\n{ctx}");
+        }
+        _ => {
+            r.assert_all_relayed(u.expected_messages());
+            assert!(r.tls_sessions.is_empty(), "no TLS expected\n{ctx}");
+        }
+    }
     // uclient's probe allocation, then one per client of the pair.
     assert_relays(&r, ip, 3);
     assert_stats_settle(
@@ -105,7 +119,15 @@ fn uclient_tcp_relay_refused(t: ClientTransport, tcp_relay: bool, password: &str
         .messages(5)
         .timeout(Duration::from_secs(20))
         .run();
-    r.assert_refused();
+    if tcp_relay {
+        r.assert_refused();
+    } else {
+        let ctx = r.context();
+        assert!(!r.timed_out, "timed out\n{ctx}");
+        assert!(r.output.contains("error 442"), "442 expected\n{ctx}");
+        assert!(r.relay_addrs.is_empty(), "no relay\n{ctx}");
+        assert_ne!(r.exit_code, Some(0), "uclient exit status\n{ctx}");
+    }
     assert_stats_settle(turnd.running(), (0, 0, 0), "a refused client holds nothing");
 }
 

@@ -121,8 +121,10 @@ impl Engine {
                 e.on_connect(now, from, req).map(|()| Answer::Later)
             }),
             msg::METHOD_CONNECTION_BIND => self.authed(now, from, &req, |e, _, from, req, au| {
-                e.on_connection_bind(from, req, &au.user)
-                    .map(|()| Answer::Now(Reply::success(req)))
+                match e.on_connection_bind(from, req, &au.user, &au.key)? {
+                    true => Ok(Answer::Now(Reply::success(req))),
+                    false => Ok(Answer::Later),
+                }
             }),
             // Unknown methods: dropped silently; a 400 would only serve reflection.
             _ => {}

@@ -75,7 +75,7 @@ pub use metrics::{EngineMetrics, MetricsSnapshot, SessionInfo};
 pub use quota::{FleetCounts, Quotas};
 pub use redirect::{Alternate, Redirect};
 pub use refusal::{BadRequest, Capacity, Refusal};
-pub use tcp_relay::{ConnectionId, TcpRelayConfig, BIND_TIMEOUT, CONNECT_TIMEOUT};
+pub use tcp_relay::{ConnectionId, TcpRelayConfig, BIND_TIMEOUT, CONNECT_TIMEOUT, SHARD_BITS};
 pub use usage::{UsageRecord, UsageSink};
 
 /// Bytes the caller leaves free before a peer datagram: the largest Data indication header
@@ -277,6 +277,17 @@ pub enum Command {
     },
     /// Close peer connection `id` (and stop its splice).
     ClosePeer(ConnectionId),
+    /// A ConnectionBind on client connection `data` names connection `id` of shard
+    /// `id.shard()`: ask that shard's engine ([`Engine::claim_peer`]) for it and its socket,
+    /// then answer here with [`Engine::peer_claimed`].
+    ClaimPeer {
+        /// The peer connection.
+        id: ConnectionId,
+        /// The ConnectionBind's user (it must own the allocation).
+        user: String,
+        /// The client's data connection.
+        data: ClientAddr,
+    },
 }
 
 /// Fixed settings of an engine.
@@ -535,6 +546,7 @@ impl Engine {
     /// The stream connection of `client` closed: free its allocation now.
     pub fn client_closed(&mut self, now: Instant, client: ClientAddr) {
         self.deferred.forget(&client);
+        self.tcp_client_closed(&client);
         if let Some(p) = self.pending_by_client.remove(&client) {
             // Its relay sockets come back through relay_bound and are released there.
             self.shared.quotas.release(&p.user);

@@ -39,12 +39,35 @@ const CONNECT_GIVE_UP: Duration = Duration::from_secs(35);
 pub(super) const PROTO_TCP: u8 = 6;
 /// STUN message type of a Connect request (RFC 6062 §6.1).
 const MSG_CONNECT_REQUEST: u16 = 0x000A;
+/// STUN message type of a ConnectionBind request (RFC 6062 §6.1).
+const MSG_CONNECTION_BIND_REQUEST: u16 = 0x000B;
 /// STUN message type of a ConnectionAttempt indication (RFC 6062 §6.1).
 const MSG_CONNECTION_ATTEMPT_INDICATION: u16 = 0x001C;
 
-/// A peer connection's CONNECTION-ID (RFC 6062 §6.2.1), unique within the engine.
+/// A peer connection's CONNECTION-ID (RFC 6062 §6.2.1), unique across the shards of a
+/// server: the shard number (modulo 1024) in the top [`SHARD_BITS`] bits, random bits below.
+/// A ConnectionBind may arrive on any shard (SO_REUSEPORT picks one per connection); the
+/// shard number says which engine holds the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionId(pub u32);
+
+/// Bits of a [`ConnectionId`] that name its shard.
+pub const SHARD_BITS: u32 = 10;
+
+impl ConnectionId {
+    /// The shard (modulo 1024) whose engine holds this connection.
+    pub fn shard(self) -> u16 {
+        (self.0 >> (32 - SHARD_BITS)) as u16
+    }
+}
+
+/// A ConnectionBind for another shard's connection, waiting for that shard's answer.
+struct RemoteBind {
+    id: ConnectionId,
+    tid: [u8; 12],
+    fingerprint: bool,
+    key: Signer,
+}
 
 /// Settings of TCP relay allocations (off unless [`Engine::with_tcp_relay`]).
 #[derive(Debug, Clone, Copy)]
@@ -91,6 +114,9 @@ pub(super) struct TcpRelays {
     /// TCP allocations (by control connection) -> their peer connections.
     by_control: HashMap<ClientAddr, Vec<ConnectionId>>,
     timers: BTreeSet<(Instant, ConnectionId)>,
+    /// Data connections whose ConnectionBind names another shard's connection (at most one
+    /// each; bounded by the stream connection caps).
+    remote_binds: HashMap<ClientAddr, RemoteBind>,
 }
 
 impl TcpRelays {
@@ -238,12 +264,80 @@ impl Engine {
     }
 
     fn new_connection_id(&mut self) -> ConnectionId {
+        let shard = u32::from(self.shard) & ((1 << SHARD_BITS) - 1);
         loop {
-            let id = ConnectionId(self.rng.gen());
-            if id.0 != 0 && !self.tcp.conns.contains_key(&id) {
+            let low = self.rng.gen::<u32>() >> SHARD_BITS;
+            let id = ConnectionId(shard << (32 - SHARD_BITS) | low);
+            if low != 0 && !self.tcp.conns.contains_key(&id) {
                 return id;
             }
         }
+    }
+
+    fn own_shard(&self, id: ConnectionId) -> bool {
+        id.shard() == self.shard & ((1 << SHARD_BITS) - 1)
+    }
+
+    /// Another shard asks for peer connection `id` for a ConnectionBind of `user` on its
+    /// client connection `data` ([`Command::ClaimPeer`]). `Ok`: the connection is now bound
+    /// there; hand its socket over.
+    pub fn claim_peer(
+        &mut self,
+        _now: Instant,
+        id: ConnectionId,
+        user: &str,
+        data: ClientAddr,
+    ) -> Result<(), Refusal> {
+        self.bind_checks(id, user)?;
+        if let Some(conn) = self.tcp.conns.get_mut(&id) {
+            conn.state = State::Bound(data);
+        }
+        self.tcp.set_deadline(id, None);
+        Ok(())
+    }
+
+    /// The owner shard's answer to [`Command::ClaimPeer`] for the data connection `data`:
+    /// answers its ConnectionBind and, on success, issues [`Command::SpliceData`].
+    pub fn peer_claimed(&mut self, _now: Instant, data: ClientAddr, result: Result<(), Refusal>) {
+        let Some(b) = self.tcp.remote_binds.remove(&data) else {
+            return;
+        };
+        let hdr = header(MSG_CONNECTION_BIND_REQUEST, &b.tid);
+        let Ok(req) = Parsed::parse(&hdr) else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                let mut r = Reply::success(&req);
+                r.set_fingerprint(b.fingerprint);
+                self.commands
+                    .push_back(Command::SpliceData { id: b.id, data });
+                self.reply_signed(data, r, &b.key);
+            }
+            Err(why) => self.refuse_later(data, &req, b.fingerprint, &b.key, why),
+        }
+    }
+
+    /// A client connection closed: forget its ConnectionBind waiting for another shard.
+    pub(super) fn tcp_client_closed(&mut self, client: &ClientAddr) {
+        self.tcp.remote_binds.remove(client);
+    }
+
+    fn bind_checks(&self, id: ConnectionId, user: &str) -> Result<(), Refusal> {
+        let Some(c) = self.tcp.conns.get(&id) else {
+            return Err(BadRequest::ConnectionId.into());
+        };
+        if c.state != State::Unbound {
+            return Err(BadRequest::ConnectionId.into());
+        }
+        if self
+            .allocations_by_client
+            .get(&c.control)
+            .is_none_or(|a| a.user != user)
+        {
+            return Err(Refusal::WrongCredentials);
+        }
+        Ok(())
     }
 
     /// Connect (RFC 6062 §5.2): 437 without a TCP allocation, 446 for a peer already
@@ -366,7 +460,7 @@ impl Engine {
     }
 
     fn reply_signed(&mut self, to: ClientAddr, r: Reply, key: &Signer) {
-        self.metrics.count_response("connect", r.code);
+        self.metrics.count_response(r.method_name(), r.code);
         let bytes = r.sign(key).finish(self.cfg.software.as_deref());
         self.transmits.push_back(Transmit { to, bytes });
     }
@@ -451,7 +545,8 @@ impl Engine {
         from: ClientAddr,
         req: &Parsed<'_>,
         user: &str,
-    ) -> Result<(), Refusal> {
+        key: &Signer,
+    ) -> Result<bool, Refusal> {
         if !from.transport.is_stream()
             || self.allocations_by_client.contains_key(&from)
             || self.pending_by_client.contains_key(&from)
@@ -462,26 +557,35 @@ impl Engine {
             Some(&[a, b, c, d]) => ConnectionId(u32::from_be_bytes([a, b, c, d])),
             _ => return Err(BadRequest::ConnectionId.into()),
         };
-        let Some(c) = self.tcp.conns.get(&id).copied() else {
-            return Err(BadRequest::ConnectionId.into());
-        };
-        if c.state != State::Unbound {
-            return Err(BadRequest::ConnectionId.into());
+        if !self.own_shard(id) {
+            // Another shard's connection: ask it (answered in `peer_claimed`).
+            if self.tcp.remote_binds.contains_key(&from) {
+                return Err(BadRequest::ConnectionId.into());
+            }
+            self.tcp.remote_binds.insert(
+                from,
+                RemoteBind {
+                    id,
+                    tid: req.tid.0,
+                    fingerprint: req.has_fingerprint,
+                    key: key.clone(),
+                },
+            );
+            self.commands.push_back(Command::ClaimPeer {
+                id,
+                user: user.to_string(),
+                data: from,
+            });
+            return Ok(false);
         }
-        if self
-            .allocations_by_client
-            .get(&c.control)
-            .is_none_or(|a| a.user != user)
-        {
-            return Err(Refusal::WrongCredentials);
-        }
+        self.bind_checks(id, user)?;
         if let Some(conn) = self.tcp.conns.get_mut(&id) {
             conn.state = State::Bound(from);
         }
         self.tcp.set_deadline(id, None);
         self.commands
             .push_back(Command::SpliceData { id, data: from });
-        Ok(())
+        Ok(true)
     }
 
     /// Expire Connects never answered and connections never bound.

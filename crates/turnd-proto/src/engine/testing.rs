@@ -599,7 +599,8 @@ impl Harness {
                 | Command::BindTcpRelay { .. }
                 | Command::ConnectPeer { .. }
                 | Command::SpliceData { .. }
-                | Command::ClosePeer(_) => {}
+                | Command::ClosePeer(_)
+                | Command::ClaimPeer { .. } => {}
             }
         }
     }

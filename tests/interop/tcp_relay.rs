@@ -7,7 +7,7 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 
@@ -148,4 +148,316 @@ fn uclient_tcp_relay_refused_when_off_by_default() {
         "[relay] tcp defaults to false"
     );
     uclient_tcp_relay_refused(Tcp, false, PASSWORD);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A raw RFC 6062 client and a TCP echo peer, written here
+// ---------------------------------------------------------------------------------------------
+
+use stun::attributes::*;
+use stun::error_code::ErrorCodeAttribute;
+use stun::integrity::MessageIntegrity;
+use stun::message::*;
+use stun::textattrs::TextAttribute;
+use stun::xoraddr::XorMappedAddress;
+
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A TCP echo peer on 127.0.0.1: echoes every connection byte for byte on its own thread,
+/// and records where each connection came from. Bounded: at most 16 connections.
+struct TcpEchoPeer {
+    addr: SocketAddr,
+    from: std::sync::mpsc::Receiver<SocketAddr>,
+}
+
+impl TcpEchoPeer {
+    fn start() -> TcpEchoPeer {
+        let l = TcpListener::bind((V4, 0)).expect("bind echo peer");
+        let addr = l.local_addr().unwrap();
+        let (tx, from) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for s in l.incoming().take(16) {
+                let Ok(mut s) = s else { continue };
+                let _ = tx.send(s.peer_addr().unwrap());
+                std::thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if s.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        TcpEchoPeer { addr, from }
+    }
+
+    /// The source address of the next connection the peer accepted.
+    fn next_connection_from(&self) -> SocketAddr {
+        self.from
+            .recv_timeout(IO_TIMEOUT)
+            .expect("a connection at the echo peer")
+    }
+}
+
+/// One STUN-over-TCP connection to turnd with the dev credentials.
+struct Stun {
+    s: TcpStream,
+    realm: String,
+    nonce: Option<String>,
+}
+
+impl Stun {
+    fn connect(server: SocketAddr) -> Stun {
+        let s = TcpStream::connect(server).expect("connect to turnd");
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        Stun {
+            s,
+            realm: String::new(),
+            nonce: None,
+        }
+    }
+
+    fn read_msg(&mut self) -> Message {
+        let mut hdr = [0u8; 20];
+        self.s.read_exact(&mut hdr).expect("a STUN header");
+        let len = usize::from(u16::from_be_bytes([hdr[2], hdr[3]]));
+        let mut raw = hdr.to_vec();
+        raw.resize(20 + len, 0);
+        self.s.read_exact(&mut raw[20..]).expect("a STUN body");
+        let mut m = Message::new();
+        m.unmarshal_binary(&raw).expect("a STUN message");
+        m
+    }
+
+    /// Send a request (authenticated once a nonce is known; a 401 is answered once with
+    /// credentials) and return the answer.
+    fn request(
+        &mut self,
+        method: Method,
+        attrs: &[(AttrType, Vec<u8>)],
+        peer: Option<SocketAddr>,
+    ) -> Message {
+        for _ in 0..2 {
+            let mut m = Message::new();
+            m.typ = MessageType::new(method, CLASS_REQUEST);
+            m.new_transaction_id().unwrap();
+            m.write_header();
+            for (t, v) in attrs {
+                m.add(*t, v);
+            }
+            if let Some(p) = peer {
+                XorMappedAddress {
+                    ip: p.ip(),
+                    port: p.port(),
+                }
+                .add_to_as(&mut m, ATTR_XOR_PEER_ADDRESS)
+                .unwrap();
+            }
+            if let Some(nonce) = self.nonce.clone() {
+                for (t, v) in [
+                    (ATTR_USERNAME, USER),
+                    (ATTR_REALM, &self.realm),
+                    (ATTR_NONCE, &nonce),
+                ] {
+                    TextAttribute::new(t, v.to_string()).add_to(&mut m).unwrap();
+                }
+                MessageIntegrity::new_long_term_integrity(
+                    USER.into(),
+                    self.realm.clone(),
+                    PASSWORD.into(),
+                )
+                .add_to(&mut m)
+                .unwrap();
+            }
+            self.s.write_all(&m.raw).expect("send");
+            let answer = self.read_msg();
+            if code(&answer) == Some(401) && self.nonce.is_none() {
+                let text = |t| TextAttribute::get_from_as(&answer, t).unwrap().text;
+                self.realm = text(ATTR_REALM);
+                self.nonce = Some(text(ATTR_NONCE));
+                continue;
+            }
+            return answer;
+        }
+        panic!("401 twice");
+    }
+
+    fn allocate_tcp(&mut self) -> SocketAddr {
+        let a = self.request(
+            METHOD_ALLOCATE,
+            &[(ATTR_REQUESTED_TRANSPORT, vec![6, 0, 0, 0])],
+            None,
+        );
+        assert_eq!(
+            a.typ.class,
+            CLASS_SUCCESS_RESPONSE,
+            "TCP Allocate: {:?}",
+            code(&a)
+        );
+        let mut x = XorMappedAddress::default();
+        x.get_from_as(&a, ATTR_XOR_RELAYED_ADDRESS).unwrap();
+        SocketAddr::new(x.ip, x.port)
+    }
+
+    /// Connect to `peer`: the CONNECTION-ID, or the error code.
+    fn connect_peer(&mut self, peer: SocketAddr) -> Result<u32, u16> {
+        let a = self.request(METHOD_CONNECT, &[], Some(peer));
+        match code(&a) {
+            Some(c) => Err(c),
+            None => Ok(connection_id(&a)),
+        }
+    }
+
+    /// ConnectionBind `id` on this connection: the error code, if any.
+    fn connection_bind(&mut self, id: u32) -> Option<u16> {
+        let a = self.request(
+            METHOD_CONNECTION_BIND,
+            &[(ATTR_CONNECTION_ID, id.to_be_bytes().to_vec())],
+            None,
+        );
+        code(&a)
+    }
+}
+
+fn code(m: &Message) -> Option<u16> {
+    let mut ec = ErrorCodeAttribute::default();
+    ec.get_from(m).ok().map(|_| ec.code.0)
+}
+
+fn connection_id(m: &Message) -> u32 {
+    let v = m.get(ATTR_CONNECTION_ID).expect("CONNECTION-ID");
+    u32::from_be_bytes(v[..4].try_into().unwrap())
+}
+
+/// Write `n` bytes in chunks and read them back through the relay, byte for byte.
+fn echo_through(data: &mut TcpStream, n: usize) {
+    data.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let sent: Vec<u8> = (0..n).map(|i| (i * 7 % 251) as u8).collect();
+    let mut writer = data.try_clone().unwrap();
+    let copy = sent.clone();
+    let w = std::thread::spawn(move || writer.write_all(&copy).unwrap());
+    let mut got = vec![0u8; n];
+    data.read_exact(&mut got).expect("the echo");
+    w.join().unwrap();
+    assert!(got == sent, "bytes came back changed");
+}
+
+#[test]
+fn raw_connect_to_tcp_echo_peer_relays_bytes_from_the_relayed_address() {
+    let turnd = Turnd::start(true, |_| {});
+    let server = turnd.addr(Tcp, V4);
+    let peer = TcpEchoPeer::start();
+    let mut control = Stun::connect(server);
+    let relayed = control.allocate_tcp();
+    let id = control.connect_peer(peer.addr).expect("Connect succeeds");
+    assert_eq!(
+        peer.next_connection_from(),
+        relayed,
+        "the peer sees the relayed transport address (RFC 6062 §5.2)"
+    );
+    assert_eq!(
+        control.connect_peer(peer.addr),
+        Err(446),
+        "a second Connect to the same peer: Connection Already Exists"
+    );
+    assert_eq!(
+        control.connection_bind(id),
+        Some(400),
+        "ConnectionBind on the control connection"
+    );
+    let mut data = Stun::connect(server);
+    data.nonce = control.nonce.clone();
+    data.realm = control.realm.clone();
+    assert_eq!(
+        data.connection_bind(id ^ 1),
+        Some(400),
+        "unknown CONNECTION-ID"
+    );
+    let mut data = Stun::connect(server);
+    data.nonce = control.nonce.clone();
+    data.realm = control.realm.clone();
+    assert_eq!(data.connection_bind(id), None, "ConnectionBind succeeds");
+    echo_through(&mut data.s, 1 << 20);
+    let mut again = Stun::connect(server);
+    again.nonce = control.nonce.clone();
+    again.realm = control.realm.clone();
+    assert_eq!(again.connection_bind(id), Some(400), "already bound");
+    drop(control);
+    // The allocation ends with its control connection, and its data connection with it.
+    let mut rest = Vec::new();
+    let n = data.s.read_to_end(&mut rest);
+    assert!(matches!(n, Ok(0) | Err(_)), "data connection closed: {n:?}");
+    assert_stats_settle(turnd.running(), (0, 0, 0), "everything freed");
+}
+
+#[test]
+fn raw_connect_to_denied_peers_gets_403() {
+    let turnd = Turnd::start(true, |c| {
+        c.policy.allow_peers.clear();
+    });
+    let server = turnd.addr(Tcp, V4);
+    let peer = TcpEchoPeer::start();
+    let mut control = Stun::connect(server);
+    control.allocate_tcp();
+    // Loopback without the development profile's allowance, and the server's own listener
+    // (the policy bypass of pion/turn#570 would reach it).
+    assert_eq!(control.connect_peer(peer.addr), Err(403), "a denied peer");
+    assert_eq!(
+        control.connect_peer(server),
+        Err(403),
+        "turnd's own listener"
+    );
+    assert!(
+        peer.from.recv_timeout(Duration::from_millis(300)).is_err(),
+        "the denied peer saw no connection"
+    );
+}
+
+#[test]
+fn raw_inbound_peer_connection_needs_a_permission_then_gets_a_connection_attempt() {
+    let turnd = Turnd::start(true, |_| {});
+    let server = turnd.addr(Tcp, V4);
+    let mut control = Stun::connect(server);
+    let relayed = control.allocate_tcp();
+    // No permission: the connection is closed and the client hears nothing.
+    let mut early = TcpStream::connect(relayed).expect("the relay listens");
+    early.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut b = [0u8; 1];
+    assert!(
+        matches!(early.read(&mut b), Ok(0) | Err(_)),
+        "a peer without permission is closed"
+    );
+    let perm = control.request(METHOD_CREATE_PERMISSION, &[], Some(SocketAddr::new(V4, 9)));
+    assert_eq!(code(&perm), None, "CreatePermission for 127.0.0.1");
+    let mut inbound = TcpStream::connect(relayed).expect("the relay listens");
+    let attempt = control.read_msg();
+    assert_eq!(
+        attempt.typ,
+        MessageType::new(METHOD_CONNECTION_ATTEMPT, CLASS_INDICATION)
+    );
+    let mut x = XorMappedAddress::default();
+    x.get_from_as(&attempt, ATTR_XOR_PEER_ADDRESS).unwrap();
+    assert_eq!(SocketAddr::new(x.ip, x.port), inbound.local_addr().unwrap());
+    let id = connection_id(&attempt);
+    let mut data = Stun::connect(server);
+    data.nonce = control.nonce.clone();
+    data.realm = control.realm.clone();
+    assert_eq!(data.connection_bind(id), None, "ConnectionBind succeeds");
+    // Peer -> client and client -> peer.
+    inbound.write_all(b"from the peer").unwrap();
+    let mut got = [0u8; 13];
+    data.s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"from the peer");
+    data.s.write_all(b"from the client").unwrap();
+    inbound.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut got = [0u8; 15];
+    inbound.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"from the client");
 }

@@ -424,11 +424,7 @@ impl Engine {
         let State::Connecting { tid, fingerprint } = c.state else {
             return false;
         };
-        let Some(key) = self
-            .allocations_by_client
-            .get(&c.control)
-            .map(|a| a.key.clone())
-        else {
+        let Some(key) = self.allocations_by_client.get(&c.control).map(|a| a.key) else {
             self.tcp.remove(id);
             return false;
         };
@@ -568,7 +564,7 @@ impl Engine {
                     id,
                     tid: req.tid.0,
                     fingerprint: req.has_fingerprint,
-                    key: key.clone(),
+                    key: *key,
                 },
             );
             self.commands.push_back(Command::ClaimPeer {
@@ -603,10 +599,7 @@ impl Engine {
             };
             self.commands.push_back(Command::ClosePeer(id));
             if let State::Connecting { tid, fingerprint } = c.state {
-                let key = self
-                    .allocations_by_client
-                    .get(&c.control)
-                    .map(|a| a.key.clone());
+                let key = self.allocations_by_client.get(&c.control).map(|a| a.key);
                 let hdr = header(MSG_CONNECT_REQUEST, &tid);
                 if let (Some(key), Ok(req)) = (key, Parsed::parse(&hdr)) {
                     self.refuse_later(

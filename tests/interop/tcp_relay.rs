@@ -461,3 +461,116 @@ fn raw_inbound_peer_connection_needs_a_permission_then_gets_a_connection_attempt
     inbound.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"from the client");
 }
+
+fn rss_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Back-pressure: a peer that stops reading stops the client's writes (TCP flow control
+/// through turnd's bounded splice buffers) instead of growing turnd's memory; once it reads
+/// again every byte arrives, in order.
+#[test]
+fn raw_a_peer_that_stops_reading_pushes_back_on_the_client() {
+    let turnd = Turnd::start(true, |_| {});
+    let server = turnd.addr(Tcp, V4);
+    let l = TcpListener::bind((V4, 0)).unwrap();
+    let peer = l.local_addr().unwrap();
+    let mut control = Stun::connect(server);
+    control.allocate_tcp();
+    let id = control.connect_peer(peer).expect("Connect succeeds");
+    let (mut slow, _) = l.accept().unwrap();
+    let mut data = Stun::connect(server);
+    data.nonce = control.nonce.clone();
+    data.realm = control.realm.clone();
+    assert_eq!(data.connection_bind(id), None);
+    let rss_before = rss_kib();
+    data.s
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut written = 0usize;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        // Continue the pattern where the last (possibly partial) write stopped.
+        match data.s.write(&chunk[written % chunk.len()..]) {
+            Ok(n) => written += n,
+            Err(_) => break, // the write timed out: pushed back
+        }
+        assert!(
+            written < 64 << 20,
+            "64 MiB accepted while the peer reads nothing"
+        );
+    }
+    let rss_growth = rss_kib().saturating_sub(rss_before);
+    eprintln!("accepted {written} bytes before back-pressure; RSS +{rss_growth} KiB");
+    assert!(written > 0, "some bytes were accepted");
+    assert!(
+        rss_growth < 16 * 1024,
+        "memory grew by {rss_growth} KiB for {written} bytes queued"
+    );
+    // The peer reads again: every byte arrives, unchanged and in order.
+    slow.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut got = vec![0u8; written];
+    slow.read_exact(&mut got)
+        .expect("everything written arrives");
+    for (i, b) in got.iter().enumerate() {
+        assert_eq!(*b, chunk[i % chunk.len()], "byte {i}");
+    }
+}
+
+/// Back-pressure the other way: a client that stops reading its data connection stops the
+/// peer's writes.
+#[test]
+fn raw_a_client_that_stops_reading_pushes_back_on_the_peer() {
+    let turnd = Turnd::start(true, |_| {});
+    let server = turnd.addr(Tcp, V4);
+    let l = TcpListener::bind((V4, 0)).unwrap();
+    let peer = l.local_addr().unwrap();
+    let mut control = Stun::connect(server);
+    control.allocate_tcp();
+    let id = control.connect_peer(peer).expect("Connect succeeds");
+    let (slow, _) = l.accept().unwrap();
+    let mut data = Stun::connect(server);
+    data.nonce = control.nonce.clone();
+    data.realm = control.realm.clone();
+    assert_eq!(data.connection_bind(id), None);
+    let rss_before = rss_kib();
+    let (mut writer, mut reader) = (slow, data.s);
+    writer
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut written = 0usize;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        // Continue the pattern where the last (possibly partial) write stopped.
+        match writer.write(&chunk[written % chunk.len()..]) {
+            Ok(n) => written += n,
+            Err(_) => break, // the write timed out: pushed back
+        }
+        assert!(
+            written < 64 << 20,
+            "64 MiB accepted while the client reads nothing"
+        );
+    }
+    let rss_growth = rss_kib().saturating_sub(rss_before);
+    eprintln!("accepted {written} bytes before back-pressure; RSS +{rss_growth} KiB");
+    assert!(written > 0, "some bytes were accepted");
+    assert!(
+        rss_growth < 16 * 1024,
+        "memory grew by {rss_growth} KiB for {written} bytes queued"
+    );
+    // The client reads again: every byte arrives, unchanged and in order.
+    reader.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut got = vec![0u8; written];
+    reader
+        .read_exact(&mut got)
+        .expect("everything written arrives");
+    for (i, b) in got.iter().enumerate() {
+        assert_eq!(*b, chunk[i % chunk.len()], "byte {i}");
+    }
+}

@@ -574,3 +574,31 @@ fn raw_a_client_that_stops_reading_pushes_back_on_the_peer() {
         assert_eq!(*b, chunk[i % chunk.len()], "byte {i}");
     }
 }
+
+/// Eight allocations on two shards, each with a data connection: the kernel puts control and
+/// data connections on shards independently (SO_REUSEPORT), so most runs bind some
+/// connections across shards (the CONNECTION-ID's shard hands the peer socket over); every
+/// one must relay, and everything must be freed afterwards.
+#[test]
+fn raw_connection_binds_work_whichever_shard_the_data_connection_lands_on() {
+    let turnd = Turnd::start(true, |c| c.workers = 2);
+    let server = turnd.addr(Tcp, V4);
+    let peer = TcpEchoPeer::start();
+    let mut shards = std::collections::BTreeSet::new();
+    let mut pairs = Vec::new();
+    for _ in 0..8 {
+        let mut control = Stun::connect(server);
+        control.allocate_tcp();
+        let id = control.connect_peer(peer.addr).expect("Connect succeeds");
+        shards.insert(id >> (32 - turnd_proto::engine::SHARD_BITS));
+        let mut data = Stun::connect(server);
+        data.nonce = control.nonce.clone();
+        data.realm = control.realm.clone();
+        assert_eq!(data.connection_bind(id), None, "ConnectionBind succeeds");
+        echo_through(&mut data.s, 64 * 1024);
+        pairs.push((control, data));
+    }
+    assert!(shards.len() == 2 || shards.len() == 1, "{shards:?}");
+    drop(pairs);
+    assert_stats_settle(turnd.running(), (0, 0, 0), "everything freed");
+}

@@ -896,6 +896,7 @@ impl Shard {
                 true => rx.await.ok(),
                 false => None,
             };
+            let claimed = matches!(answer, Some(Ok(_)));
             let result = match answer {
                 Some(Ok((stream, stop))) => match shard.tcp.adopt(id, stream, stop) {
                     Ok(()) => Ok(()),
@@ -904,9 +905,15 @@ impl Shard {
                 Some(Err(why)) => Err(why),
                 None => Err(turnd_proto::engine::BadRequest::ConnectionId.into()),
             };
-            shard.engine_step("connection bind", |e, now| {
+            let spliced = result.is_ok();
+            let waited = shard.engine_step("connection bind", |e, now| {
                 e.peer_claimed(now, data, result)
             });
+            if claimed && !(spliced && waited == Some(true)) {
+                // Claimed, but not spliced here (the data connection went away meanwhile):
+                // give it back to its owner, which closes it.
+                super::tcp_relay::release(&shard, id);
+            }
         });
     }
 

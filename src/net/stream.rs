@@ -400,7 +400,7 @@ where
             if matches!(answered, Ok(Ok(()))) {
                 super::tcp_relay::splice(&shard, id, &mut io, &buf).await;
             } else {
-                shard.tcp().close(id);
+                super::tcp_relay::release(&shard, id);
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
         }
@@ -415,6 +415,10 @@ where
         }
     }
     drop(io);
+    if let (Some(id), false) = (conn.splice.get(), matches!(why, Closed::Spliced(_))) {
+        // Bound, but the connection ended before its splice began.
+        super::tcp_relay::release(&shard, id);
+    }
     streams.conns.borrow_mut().remove(&client);
     shard.client_closed(client);
     tracing::debug!(

@@ -333,11 +333,16 @@ where
             _ = stop.notified() => {}
         }
     }
-    if shard.tcp().forget(id) {
-        if shard.owns(id) {
-            shard.engine_step("peer closed", |e, now| e.peer_closed(now, id));
-        } else {
-            shard.peer_closed_remote(id);
-        }
+    release(shard, id);
+}
+
+/// Peer connection `id` is done here (its splice ended, or it never started): drop what
+/// this shard holds of it and tell the engine that owns it.
+pub fn release(shard: &Rc<Shard>, id: ConnectionId) {
+    let known = shard.tcp().forget(id);
+    if !shard.owns(id) {
+        shard.peer_closed_remote(id);
+    } else if known {
+        shard.engine_step("peer closed", |e, now| e.peer_closed(now, id));
     }
 }

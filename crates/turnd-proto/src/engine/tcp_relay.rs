@@ -297,14 +297,21 @@ impl Engine {
     }
 
     /// The owner shard's answer to [`Command::ClaimPeer`] for the data connection `data`:
-    /// answers its ConnectionBind and, on success, issues [`Command::SpliceData`].
-    pub fn peer_claimed(&mut self, _now: Instant, data: ClientAddr, result: Result<(), Refusal>) {
+    /// answers its ConnectionBind and, on success, issues [`Command::SpliceData`]. False when
+    /// the data connection no longer waits (closed meanwhile): the I/O layer gives a claimed
+    /// connection back.
+    pub fn peer_claimed(
+        &mut self,
+        _now: Instant,
+        data: ClientAddr,
+        result: Result<(), Refusal>,
+    ) -> bool {
         let Some(b) = self.tcp.remote_binds.remove(&data) else {
-            return;
+            return false;
         };
         let hdr = header(MSG_CONNECTION_BIND_REQUEST, &b.tid);
         let Ok(req) = Parsed::parse(&hdr) else {
-            return;
+            return false;
         };
         match result {
             Ok(()) => {
@@ -316,6 +323,7 @@ impl Engine {
             }
             Err(why) => self.refuse_later(data, &req, b.fingerprint, &b.key, why),
         }
+        true
     }
 
     /// A client connection closed: forget its ConnectionBind waiting for another shard.

@@ -283,7 +283,8 @@ fn a_connection_bind_for_another_shards_connection_asks_that_shard() {
             data
         }]
     );
-    t.e.peer_claimed(t.now, data, Ok(()));
+    assert!(t.e.peer_claimed(t.now, data, Ok(())));
+    assert!(!t.e.peer_claimed(t.now, data, Ok(())), "answered once");
     assert_eq!(
         t.tcp_commands(),
         vec![Command::SpliceData { id: other, data }]

@@ -298,6 +298,11 @@ fn tcp_relay_keys_default_off_and_are_checked() {
     assert_eq!(c.relay.tcp_max_connections, 4);
     let e = error(&format!("{MINIMAL}[relay]\ntcp_max_connections = 0\n"));
     assert!(e.contains("relay.tcp_max_connections"), "{e}");
+    let e = error(&format!(
+        "{MINIMAL}[listen]\ntcp = [\"0.0.0.0:50000\"]\n[relay]\ntcp = true\n"
+    ));
+    assert!(e.contains("TCP/TLS listener port of 0.0.0.0:50000"), "{e}");
+    load(&format!("{MINIMAL}[listen]\ntcp = [\"0.0.0.0:50000\"]\n")).expect("without relay.tcp");
 }
 
 #[test]

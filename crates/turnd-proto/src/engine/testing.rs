@@ -422,6 +422,12 @@ impl Harness {
                     Signing::ForeignNonce => Self::client(client.wrapping_add(1)).remote,
                     _ => c.remote,
                 };
+                // Stream clients' nonces are bound to their IP alone (`control::nonce_subject`).
+                let nonce_for = if c.transport.is_stream() {
+                    SocketAddr::new(nonce_for.ip(), 0)
+                } else {
+                    nonce_for
+                };
                 let secs = self.now.saturating_duration_since(self.epoch).as_secs();
                 let nonce = self.nonces.issue(nonce_for, secs);
                 push_attr(&mut msg, 0x0006, user.as_bytes());

@@ -21,7 +21,7 @@ use crate::net::{self, relay, Control, Health, Stats};
 use crate::tls::{self, ReloadableCert};
 use crate::{admin, http};
 use turnd_proto::auth::{self, Credentials, FailureBudget, NonceMint};
-use turnd_proto::engine::{Engine, EngineConfig, Quotas, Shared, Transport};
+use turnd_proto::engine::{Engine, EngineConfig, Quotas, Shared, TcpRelayConfig, Transport};
 
 /// A started server. Dropping it does not stop it; call [`Running::stop`].
 pub struct Running {
@@ -293,6 +293,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     let fastpath = crate::fastpath::FastPath::start(&config);
     let mut senders = Vec::new();
     let mut threads = Vec::new();
+    let siblings = net::shard::Siblings::default();
     for (i, (udp, tcp)) in udp.into_iter().zip(tcp).enumerate() {
         let (tx, rx) = mpsc::unbounded_channel();
         let setup = ShardSetup {
@@ -302,7 +303,11 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
                     .with_usage(m.handle.usage.clone())
                     .with_redirect(m.handle.redirect.clone()),
                 None => Engine::new(engine_cfg.clone(), shared.clone()).with_shard(i as u16),
-            },
+            }
+            .with_tcp_relay(TcpRelayConfig {
+                enabled: config.relay.tcp,
+                max_connections: config.relay.tcp_max_connections,
+            }),
             relay_cfg: config.relay.clone(),
             streams_cfg: config.streams,
             conn_limits: conn_limits.clone(),
@@ -314,6 +319,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             index: i,
             health: health.clone(),
             fastpath: fastpath.shard(),
+            siblings: siblings.clone(),
         };
         let guard = health.guard(i, "shard thread");
         let handle = std::thread::Builder::new()
@@ -329,6 +335,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         senders.push(tx);
         threads.push(handle);
     }
+    let _ = siblings.set(senders.clone());
     for (addrs, t) in [
         (&udp_addrs, "udp"),
         (&tcp_addrs, "tcp"),

@@ -376,6 +376,19 @@ fn apply(raw: RawConfig, c: &mut Config, base: &Path, problems: &mut Vec<Problem
         if let Some(v) = r.gso {
             c.relay.gso = v;
         }
+        if let Some(v) = r.tcp {
+            c.relay.tcp = v;
+        }
+        if let Some(v) = r.tcp_max_connections {
+            if (1..=1024).contains(&v) {
+                c.relay.tcp_max_connections = v;
+            } else {
+                problems.push(Problem::new(
+                    "relay.tcp_max_connections".to_string(),
+                    "must be between 1 and 1024",
+                ));
+            }
+        }
     }
     if let Some(a) = raw.auth {
         apply_auth(a, c, base, problems);

@@ -339,6 +339,10 @@ pub struct Relay {
     pub socket_buffer: usize,
     /// Send runs of equal-size datagrams to one destination as one UDP GSO message.
     pub gso: bool,
+    /// RFC 6062 TCP relay allocations (REQUESTED-TRANSPORT TCP over TCP/TLS clients).
+    pub tcp: bool,
+    /// Peer connections per TCP allocation (connecting, unbound or bound).
+    pub tcp_max_connections: usize,
 }
 
 impl Relay {
@@ -398,6 +402,8 @@ impl Config {
                 external: vec![],
                 socket_buffer: 2 << 20,
                 gso: true,
+                tcp: false,
+                tcp_max_connections: 16,
             },
             auth: Auth::default(),
             policy: Policy::default(),

@@ -241,6 +241,8 @@ pub struct RawRelay {
     pub external: Option<Vec<External>>,
     pub socket_buffer: Option<usize>,
     pub gso: Option<bool>,
+    pub tcp: Option<bool>,
+    pub tcp_max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -285,6 +285,27 @@ fn unknown_keys_are_rejected_with_file_line_and_key() {
 }
 
 #[test]
+fn tcp_relay_keys_default_off_and_are_checked() {
+    let c = load(MINIMAL).unwrap();
+    assert!(!c.relay.tcp);
+    assert_eq!(c.relay.tcp_max_connections, 16);
+    assert!(!Config::development().relay.tcp, "off in both profiles");
+    let c = load(&format!(
+        "{MINIMAL}[relay]\ntcp = true\ntcp_max_connections = 4\n"
+    ))
+    .unwrap();
+    assert!(c.relay.tcp);
+    assert_eq!(c.relay.tcp_max_connections, 4);
+    let e = error(&format!("{MINIMAL}[relay]\ntcp_max_connections = 0\n"));
+    assert!(e.contains("relay.tcp_max_connections"), "{e}");
+    let e = error(&format!(
+        "{MINIMAL}[listen]\ntcp = [\"0.0.0.0:50000\"]\n[relay]\ntcp = true\n"
+    ));
+    assert!(e.contains("TCP/TLS listener port of 0.0.0.0:50000"), "{e}");
+    load(&format!("{MINIMAL}[listen]\ntcp = [\"0.0.0.0:50000\"]\n")).expect("without relay.tcp");
+}
+
+#[test]
 fn bad_values_name_line_and_key() {
     let cases = [
         (

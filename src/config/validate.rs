@@ -267,6 +267,22 @@ impl Config {
                 ),
             ));
         }
+        if r.tcp {
+            // TCP relay listeners share their port (SO_REUSEPORT, for the outgoing Connects);
+            // one inside the range could join a TCP/TLS listener's group.
+            let inside = self
+                .listen
+                .tcp
+                .iter()
+                .chain(&self.listen.tls)
+                .find(|a| (r.ports.min..=r.ports.max).contains(&a.port()));
+            if let Some(a) = inside {
+                p.push(Problem::new(
+                    "relay.ports",
+                    format!("with relay.tcp, must not contain the TCP/TLS listener port of {a}"),
+                ));
+            }
+        }
         for (i, m) in r.external.iter().enumerate() {
             if m.public.is_ipv4() != m.private.is_ipv4() {
                 p.push(Problem::new(

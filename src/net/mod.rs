@@ -11,6 +11,7 @@ pub mod relay;
 pub mod revocations;
 pub mod shard;
 pub mod stream;
+pub mod tcp_relay;
 pub mod udp;
 
 pub use control::{Control, ReloadReport};

@@ -95,6 +95,22 @@ pub fn bind_relay(cfg: &RelayConfig, family: Family, even_port: bool) -> io::Res
     })
 }
 
+/// Bind with `bind` at the relay address of `family` and a random port of the range, trying
+/// at most [`BIND_TRIES`] ports (the TCP relays of RFC 6062, `net/tcp_relay.rs`).
+pub fn bind_in_range<T>(
+    cfg: &RelayConfig,
+    family: Family,
+    mut bind: impl FnMut(SocketAddr) -> io::Result<T>,
+) -> io::Result<T> {
+    let ip = relay_ip(cfg, family)?;
+    let PortRange { min, max } = cfg.ports;
+    let (min, max) = (u32::from(min), u32::from(max));
+    let count = if min > max { 0 } else { max - min + 1 };
+    search(min, 1, count, BIND_TRIES, |port| {
+        bind(SocketAddr::new(ip, port))
+    })
+}
+
 /// Bind an even port and the odd port after it (RTP and RTCP), both free, trying at most
 /// [`BIND_TRIES`] pairs.
 pub fn bind_pair(cfg: &RelayConfig, family: Family) -> io::Result<(UdpSocket, UdpSocket)> {
@@ -405,6 +421,8 @@ mod tests {
             external: vec![],
             socket_buffer: 1 << 16,
             gso: true,
+            tcp: false,
+            tcp_max_connections: 16,
         };
         let (a, b) = bind_pair(&cfg, Family::V4).unwrap();
         let (pa, pb) = (

@@ -27,13 +27,14 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::config::{Relay as RelayConfig, Streams};
 use turnd_proto::engine::{
-    ClientAddr, Command, Engine, EngineStats, Family, MetricsSnapshot, PeerAddr, PortChoice,
-    RelayAddr, SessionId, SessionInfo, Shared, Transport, HEADROOM,
+    ClientAddr, Command, ConnectionId, Engine, EngineStats, Family, MetricsSnapshot, PeerAddr,
+    PortChoice, Refusal, RelayAddr, SessionId, SessionInfo, Shared, Transport, HEADROOM,
 };
 
 use super::health::{panic_message, take_panic_location, Health, LogLimit};
 use super::relay::{bind_pair, bind_relay, Reservations};
 use super::stream::{accept_loop, Closed, ConnLimits, StreamTable};
+use super::tcp_relay::TcpRelays;
 use super::udp::{self, RecvBatch, SendQueue, BATCH};
 use crate::tls::HandshakeFailure;
 
@@ -65,8 +66,24 @@ pub enum ShardRequest {
     Reload(Shared),
     /// Refuse new allocations from now on.
     Drain,
+    /// Another shard's ConnectionBind claims this shard's peer connection (RFC 6062):
+    /// answered with its socket and the notify that stops its splice.
+    ClaimPeer {
+        id: ConnectionId,
+        user: String,
+        data: ClientAddr,
+        reply: tokio::sync::oneshot::Sender<ClaimAnswer>,
+    },
+    /// A splice on another shard of this shard's peer connection ended.
+    PeerClosed(ConnectionId),
     Stop,
 }
+
+/// The answer to [`ShardRequest::ClaimPeer`].
+pub type ClaimAnswer = Result<(std::net::TcpStream, Arc<Notify>), Refusal>;
+
+/// The request senders of all shards, by index (set once all shards exist).
+pub type Siblings = Arc<std::sync::OnceLock<Vec<mpsc::UnboundedSender<ShardRequest>>>>;
 
 /// One shard's part of `/metrics`.
 #[derive(Debug, Clone, Default)]
@@ -154,7 +171,10 @@ pub struct Shard {
     /// The send queue of stream clients' frames (the UDP loop has its own).
     stream_out: RefCell<SendQueue>,
     streams: StreamTable,
+    /// RFC 6062 TCP relay listeners and peer connections.
+    tcp: TcpRelays,
     reservations: Arc<Reservations>,
+    siblings: Siblings,
     timer_changed: Notify,
     index: usize,
     health: Arc<Health>,
@@ -182,6 +202,8 @@ pub struct ShardSetup {
     pub health: Arc<Health>,
     /// `[fastpath] xdp`: this shard's mirror of its routes in the kernel (off by default).
     pub fastpath: crate::fastpath::ShardFastPath,
+    /// Every shard's request sender (RFC 6062 ConnectionBinds across shards).
+    pub siblings: Siblings,
 }
 
 /// Run a shard on the current thread until it is asked to stop.
@@ -221,7 +243,9 @@ pub fn run(
             udp: UdpCounters::default(),
             stream_out: RefCell::new(SendQueue::new(gso)),
             streams: StreamTable::new(setup.streams_cfg, setup.conn_limits, setup.redact),
+            tcp: TcpRelays::default(),
             reservations: setup.reservations,
+            siblings: setup.siblings,
             timer_changed: Notify::new(),
             index: setup.index,
             health: setup.health,
@@ -286,6 +310,7 @@ pub fn run(
             socks.closing.clear();
         }
         shard.streams.close_all();
+        shard.tcp.close_all();
         Ok(())
     })
 }
@@ -545,6 +570,20 @@ impl Shard {
                 }
             }
             ShardRequest::Drain => self.engine.borrow_mut().set_draining(true),
+            ShardRequest::ClaimPeer {
+                id,
+                user,
+                data,
+                reply,
+            } => {
+                let answer = self.tcp.claim(self, id, &user, data);
+                let _ = reply.send(answer);
+            }
+            ShardRequest::PeerClosed(id) => {
+                if self.tcp.forget(id) {
+                    self.engine_step("peer closed", |e, now| e.peer_closed(now, id));
+                }
+            }
             ShardRequest::Stop => return false,
         }
         true
@@ -610,6 +649,28 @@ impl Shard {
                     .collect();
                 engine.relay_bound(now, client, bound);
             }
+            Command::BindTcpRelay { client, family } => {
+                let bound = match self.tcp.open(self, &self.relay_cfg, client, family) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        if let Some(suppressed) = self.refused_log.allow(now) {
+                            tracing::warn!(
+                                error = %e,
+                                family = ?family,
+                                suppressed,
+                                "cannot bind a TCP relay listener (508)"
+                            );
+                        }
+                        None
+                    }
+                };
+                engine.relay_bound(now, client, vec![bound]);
+            }
+            Command::ConnectPeer { id, relay, peer } => self.tcp.connect(self, id, relay, peer),
+            Command::SpliceData { id, data } => self.streams.splice(&data, id),
+            Command::ClosePeer(id) => self.tcp.close(id),
+            Command::ClaimPeer { id, user, data } => self.claim_remote(id, user, data),
+            Command::ReleaseRelay(addr) if self.tcp.release(&addr) => {}
             Command::ReleaseRelay(addr) => {
                 let mut socks = self.socks.borrow_mut();
                 if let Some(key) = socks.relays.remove(&addr) {
@@ -856,6 +917,87 @@ impl Shard {
     /// The shard's stream connections.
     pub(super) fn streams(&self) -> &StreamTable {
         &self.streams
+    }
+
+    /// Ask the shard that holds peer connection `id` for it (a ConnectionBind here), then
+    /// answer the ConnectionBind.
+    fn claim_remote(self: &Rc<Self>, id: ConnectionId, user: String, data: ClientAddr) {
+        let owner = self
+            .siblings
+            .get()
+            .and_then(|s| s.get(usize::from(id.shard())))
+            .cloned();
+        let shard = self.clone();
+        tokio::task::spawn_local(async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let asked = owner.is_some_and(|o| {
+                o.send(ShardRequest::ClaimPeer {
+                    id,
+                    user,
+                    data,
+                    reply: tx,
+                })
+                .is_ok()
+            });
+            let answer = match asked {
+                true => rx.await.ok(),
+                false => None,
+            };
+            let claimed = matches!(answer, Some(Ok(_)));
+            let result = match answer {
+                Some(Ok((stream, stop))) => match shard.tcp.adopt(id, stream, stop) {
+                    Ok(()) => Ok(()),
+                    Err(_) => Err(Refusal::ConnectionFailure),
+                },
+                Some(Err(why)) => Err(why),
+                None => Err(turnd_proto::engine::BadRequest::ConnectionId.into()),
+            };
+            let spliced = result.is_ok();
+            let waited = shard.engine_step("connection bind", |e, now| {
+                e.peer_claimed(now, data, result)
+            });
+            if claimed && !(spliced && waited == Some(true)) {
+                // Claimed, but not spliced here (the data connection went away meanwhile):
+                // give it back to its owner, which closes it.
+                super::tcp_relay::release(&shard, id);
+            }
+        });
+    }
+
+    /// Tell the shard that holds peer connection `id` that its splice here ended.
+    pub(super) fn peer_closed_remote(&self, id: ConnectionId) {
+        if let Some(owner) = self
+            .siblings
+            .get()
+            .and_then(|s| s.get(usize::from(id.shard())))
+        {
+            let _ = owner.send(ShardRequest::PeerClosed(id));
+        }
+    }
+
+    /// This shard's index, as [`ConnectionId::shard`] names it.
+    pub(super) fn owns(&self, id: ConnectionId) -> bool {
+        usize::from(id.shard()) == self.index % (1 << turnd_proto::engine::SHARD_BITS)
+    }
+
+    /// The shard's TCP relays (RFC 6062).
+    pub(super) fn tcp(&self) -> &TcpRelays {
+        &self.tcp
+    }
+
+    /// One engine input from the TCP relays, contained (`guarded`), its outputs flushed.
+    pub(super) fn engine_step<T>(
+        self: &Rc<Self>,
+        what: &'static str,
+        step: impl FnOnce(&mut Engine, Instant) -> T,
+    ) -> Option<T> {
+        let now = Instant::now();
+        self.guarded(what, || {
+            let mut engine = self.engine.borrow_mut();
+            let v = step(&mut engine, now);
+            self.flush_outputs(&mut engine, now);
+            v
+        })
     }
 
     /// Whether a stream client still has an allocation (idle connections without one close).

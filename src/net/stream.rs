@@ -45,6 +45,8 @@ pub enum Closed {
     WriteTimeout,
     Io,
     ByServer,
+    /// A ConnectionBind succeeded: the connection now carries raw bytes (RFC 6062).
+    Spliced(turnd_proto::engine::ConnectionId),
 }
 
 /// The length of the complete frame at the start of `buf`, `Ok(None)` if more bytes are
@@ -159,6 +161,11 @@ pub struct StreamConn {
     closed: Cell<Option<Closed>>,
     /// Woken when the queue overflows: the connection ends even while a write is stuck.
     overflow: Notify,
+    /// Set by a successful ConnectionBind: splice with this peer connection.
+    splice: Cell<Option<turnd_proto::engine::ConnectionId>>,
+    /// Woken when `splice` is set from outside the read loop (a ConnectionBind answered by
+    /// another shard).
+    spliced: Notify,
 }
 
 impl StreamConn {
@@ -169,6 +176,8 @@ impl StreamConn {
             ready: Notify::new(),
             closed: Cell::new(None),
             overflow: Notify::new(),
+            splice: Cell::new(None),
+            spliced: Notify::new(),
         }
     }
 
@@ -241,6 +250,15 @@ impl StreamTable {
     pub fn close(&self, client: &ClientAddr, why: Closed) {
         if let Some(c) = self.conns.borrow().get(client) {
             c.close(why);
+        }
+    }
+
+    /// After the answer queued for it, `client`'s connection carries raw bytes to and from
+    /// peer connection `id` (RFC 6062 ConnectionBind).
+    pub fn splice(&self, client: &ClientAddr, id: turnd_proto::engine::ConnectionId) {
+        if let Some(c) = self.conns.borrow().get(client) {
+            c.splice.set(Some(id));
+            c.spliced.notify_one();
         }
     }
 
@@ -357,8 +375,9 @@ where
     let conn = Rc::new(StreamConn::new(cfg.write_queue_bytes));
     streams.conns.borrow_mut().insert(client, conn.clone());
     let (mut rd, mut wr) = tokio::io::split(io);
+    let mut buf = BytesMut::with_capacity(4096);
     let why = tokio::select! {
-        why = read_loop(&shard, client, &mut rd) => why,
+        why = read_loop(&shard, client, &mut rd, &conn, &mut buf) => why,
         why = write_loop(&conn, &mut wr, cfg.write_timeout) => why,
         why = conn.overflowed() => why,
     };
@@ -370,6 +389,21 @@ where
             let _ = socket2::SockRef::from(io.tcp()).set_linger(Some(Duration::ZERO));
         }
         Closed::Io => {}
+        Closed::Spliced(id) => {
+            // The ConnectionBind answer first, then raw bytes both ways.
+            let rest = conn.queue.borrow_mut().split();
+            let answered = tokio::time::timeout(cfg.write_timeout, async {
+                io.write_all(&rest).await?;
+                io.flush().await
+            })
+            .await;
+            if matches!(answered, Ok(Ok(()))) {
+                super::tcp_relay::splice(&shard, id, &mut io, &buf).await;
+            } else {
+                super::tcp_relay::release(&shard, id);
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+        }
         // Answers queued before a protocol error (e.g. the error response) still go out.
         _ => {
             let rest = conn.queue.borrow_mut().split();
@@ -381,6 +415,10 @@ where
         }
     }
     drop(io);
+    if let (Some(id), false) = (conn.splice.get(), matches!(why, Closed::Spliced(_))) {
+        // Bound, but the connection ended before its splice began.
+        super::tcp_relay::release(&shard, id);
+    }
     streams.conns.borrow_mut().remove(&client);
     shard.client_closed(client);
     tracing::debug!(
@@ -395,9 +433,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
     shard: &Rc<Shard>,
     client: ClientAddr,
     mut rd: R,
+    conn: &StreamConn,
+    buf: &mut BytesMut,
 ) -> Closed {
     let cfg = &shard.streams().cfg;
-    let mut buf = BytesMut::with_capacity(4096);
     let mut got_frame = false;
     let mut deadline = tokio::time::Instant::now() + cfg.first_frame_timeout;
     // The complete frames of one read, as ranges of `buf`: handled together, so that the data
@@ -425,6 +464,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
             shard.on_client_frames(Instant::now(), client, &buf[..end], &frames);
             frames.clear();
             let _ = buf.split_to(end);
+            if let Some(id) = conn.splice.get() {
+                // What follows the ConnectionBind is raw data: it stays in `buf`.
+                return Closed::Spliced(id);
+            }
         }
         if let Some(why) = error {
             return why;
@@ -433,11 +476,16 @@ async fn read_loop<R: AsyncRead + Unpin>(
             buf.reserve(4096);
         }
         tokio::select! {
-            r = rd.read_buf(&mut buf) => match r {
+            r = rd.read_buf(buf) => match r {
                 Ok(0) => return Closed::ByPeer,
                 Ok(_) => {}
                 Err(_) => return Closed::Io,
             },
+            _ = conn.spliced.notified() => {
+                if let Some(id) = conn.splice.get() {
+                    return Closed::Spliced(id);
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => {
                 if !got_frame {
                     return Closed::FirstFrameTimeout;

@@ -12,4 +12,5 @@ mod auth_sha256;
 mod bound_credentials;
 mod interop_streams;
 mod interop_udp;
+mod tcp_relay;
 mod webhook;

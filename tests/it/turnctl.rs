@@ -132,6 +132,60 @@ fn probe_passes_against_turnd_over_udp_tcp_and_tls() {
     running.stop();
 }
 
+/// `--tcp-relay` (issue 16 item 4): RFC 6062 over TCP and TLS; refused (442) while
+/// `[relay] tcp` is off; a UDP URL is a usage error.
+#[test]
+fn probe_tcp_relay_against_turnd_over_tcp_and_tls() {
+    let mut config = turnd::Config::for_tests();
+    config.relay.tcp = true;
+    let running = turnd::start(config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write_ca(dir.path(), &running);
+    let auth = ["--user", "dev", "--password", "devpass", "--tcp-relay"];
+    for server in [
+        url("turn", running.tcp[0], "?transport=tcp"),
+        url("turn", running.tcp[1], "?transport=tcp"),
+    ] {
+        let o = turnctl(&[&["probe", "--server", &server][..], &auth].concat());
+        assert_passes(&o);
+        for step in ["Allocate (TCP)", "Connect", "ConnectionBind", "TCP data"] {
+            assert!(text(&o).contains(&format!("ok   {step}")), "{}", text(&o));
+        }
+        assert!(
+            text(&o).contains("PASS: all 6 checks passed"),
+            "{}",
+            text(&o)
+        );
+    }
+    let tls = url("turns", running.tls[0], "");
+    let o = turnctl(
+        &[
+            &["probe", "--server", &tls, "--ca", &ca, "--json"][..],
+            &auth,
+        ]
+        .concat(),
+    );
+    assert_passes(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["steps"].as_array().unwrap().len(), 6);
+    let udp = url("turn", running.udp[0], "?transport=udp");
+    let o = turnctl(&[&["probe", "--server", &udp][..], &auth].concat());
+    assert_fails_with(&o, "--tcp-relay needs a TCP or TLS server URL");
+    assert_eq!(
+        running.stats().allocations,
+        0,
+        "Refresh(0) freed every allocation"
+    );
+    running.stop();
+
+    let running = turnd::start(turnd::Config::for_tests()).unwrap();
+    let server = url("turn", running.tcp[0], "?transport=tcp");
+    let o = turnctl(&[&["probe", "--server", &server][..], &auth].concat());
+    assert_fails_with(&o, "442");
+    running.stop();
+}
+
 #[test]
 fn probe_failures_are_explained() {
     let running = turnd::start(turnd::Config::for_tests()).unwrap();

@@ -167,6 +167,15 @@ impl Conn {
         }
     }
 
+    /// The stream and the bytes already read from it but not consumed (after an RFC 6062
+    /// ConnectionBind the connection carries raw bytes). `None` for UDP.
+    pub fn into_raw(self) -> Option<(Box<dyn Stream>, Vec<u8>)> {
+        match self.link {
+            Link::Stream(s) => Some((s, self.buf[self.start..self.end].to_vec())),
+            Link::Udp(_) => None,
+        }
+    }
+
     /// Bytes of a range returned by [`Conn::next_frame`].
     pub fn frame(&self, r: Range<usize>) -> &[u8] {
         &self.buf[r]
@@ -306,6 +315,7 @@ pub struct Credentials {
     pub password: String,
 }
 
+#[derive(Clone)]
 struct Session {
     realm: String,
     nonce: String,
@@ -355,6 +365,17 @@ impl TurnClient {
             creds,
             session: None,
             timeout,
+        }
+    }
+
+    /// A client on another connection with this one's credentials and nonce (an RFC 6062
+    /// data connection).
+    pub fn sibling(&self, conn: Conn) -> TurnClient {
+        TurnClient {
+            conn,
+            creds: self.creds.clone(),
+            session: self.session.clone(),
+            timeout: self.timeout,
         }
     }
 
@@ -537,6 +558,38 @@ impl TurnClient {
         })
     }
 
+    /// Allocate an RFC 6062 TCP relay (REQUESTED-TRANSPORT TCP; TCP/TLS connections only).
+    pub async fn allocate_tcp(&mut self, ipv6: bool) -> Result<Allocated, ClientError> {
+        let t = Raw(ATTR_REQUESTED_TRANSPORT, vec![6, 0, 0, 0]);
+        let f = Raw(ATTR_REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0]);
+        let attrs: Vec<&dyn Setter> = if ipv6 { vec![&t, &f] } else { vec![&t] };
+        let r = self.transact(METHOD_ALLOCATE, &attrs).await?;
+        let relayed = xor_addr(&r, ATTR_XOR_RELAYED_ADDRESS).ok_or_else(|| {
+            ClientError::Protocol("Allocate response without XOR-RELAYED-ADDRESS".into())
+        })?;
+        Ok(Allocated {
+            relayed,
+            lifetime: lifetime(&r).unwrap_or(0),
+        })
+    }
+
+    /// RFC 6062 Connect to `peer`: the CONNECTION-ID.
+    pub async fn connect_peer(&mut self, peer: SocketAddr) -> Result<u32, ClientError> {
+        let r = self.transact(METHOD_CONNECT, &[&PeerAttr(peer)]).await?;
+        r.get(ATTR_CONNECTION_ID)
+            .ok()
+            .and_then(|v| Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?)))
+            .ok_or_else(|| ClientError::Protocol("Connect response without CONNECTION-ID".into()))
+    }
+
+    /// RFC 6062 ConnectionBind on this (new) connection; afterwards it carries raw bytes.
+    pub async fn connection_bind(&mut self, id: u32) -> Result<(), ClientError> {
+        let c = Raw(ATTR_CONNECTION_ID, id.to_be_bytes().to_vec());
+        self.transact(METHOD_CONNECTION_BIND, &[&c])
+            .await
+            .map(|_| ())
+    }
+
     pub async fn create_permission(&mut self, peer: SocketAddr) -> Result<(), ClientError> {
         self.transact(METHOD_CREATE_PERMISSION, &[&PeerAttr(peer)])
             .await
@@ -581,6 +634,8 @@ pub fn method_name(m: Method) -> &'static str {
         METHOD_REFRESH => "Refresh",
         METHOD_CREATE_PERMISSION => "CreatePermission",
         METHOD_CHANNEL_BIND => "ChannelBind",
+        METHOD_CONNECT => "Connect",
+        METHOD_CONNECTION_BIND => "ConnectionBind",
         _ => "request",
     }
 }

@@ -5,6 +5,10 @@
 //! indication back (RTT), ChannelBind and a ChannelData round trip, Refresh(0). The first
 //! failing step ends the probe (after a best-effort Refresh(0)); the exit code is 0 only
 //! when every step passed. `--stun-only` stops after Binding: the container HEALTHCHECK.
+//!
+//! `--tcp-relay` (over TCP or TLS) probes an RFC 6062 TCP allocation instead: Allocate with
+//! REQUESTED-TRANSPORT TCP, Connect to a TCP echo peer, ConnectionBind on a second
+//! connection, raw bytes there to the peer and back, Refresh(0).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -52,6 +56,11 @@ pub struct ProbeArgs {
     /// checks: it proves the listener and its shard answer.
     #[arg(long)]
     pub stun_only: bool,
+    /// Probe an RFC 6062 TCP relay (`turn:...?transport=tcp` or `turns:`): Allocate TCP,
+    /// Connect, ConnectionBind, bytes through. `--peer` must then be a TCP echo peer
+    /// (default: one turnctl runs itself).
+    #[arg(long)]
+    pub tcp_relay: bool,
 }
 
 /// One step's verdict.
@@ -99,6 +108,11 @@ impl Probe {
 
 /// Run the probe; Ok(true) when every step passed.
 pub fn run(args: &ProbeArgs) -> anyhow::Result<bool> {
+    if args.tcp_relay && args.server.transport == Transport::Udp {
+        anyhow::bail!(
+            "--tcp-relay needs a TCP or TLS server URL (turn:...?transport=tcp or turns:)"
+        );
+    }
     let server = args.server.resolve()?;
     let tls = args.tls.target(args.server.transport, &args.server.host)?;
     let creds = args.auth.credentials()?;
@@ -155,6 +169,9 @@ async fn steps(
     if args.stun_only {
         return None;
     }
+    if args.tcp_relay {
+        return tcp_relay_steps(p, args, c, server, tls).await;
+    }
 
     let t = Instant::now();
     let r = c.allocate(args.ipv6).await.map(|a| {
@@ -180,6 +197,145 @@ async fn steps(
     realm
 }
 
+/// The RFC 6062 steps on the control connection `c`.
+async fn tcp_relay_steps(
+    p: &mut Probe,
+    args: &ProbeArgs,
+    mut c: TurnClient,
+    server: SocketAddr,
+    tls: Option<TlsTarget>,
+) -> Option<String> {
+    let t = Instant::now();
+    let r = c.allocate_tcp(args.ipv6).await.map(|a| {
+        let d = format!(
+            "relayed TCP address {}, lifetime {} s",
+            a.relayed, a.lifetime
+        );
+        (a, d)
+    });
+    let alloc = p.record("Allocate (TCP)", t, r)?;
+    let realm = c.realm().map(str::to_string);
+    if tcp_data_steps(p, args, &mut c, server, tls, alloc.relayed)
+        .await
+        .is_none()
+    {
+        c.timeout = Duration::from_secs(1);
+        let _ = c.refresh(0).await;
+        return realm;
+    }
+    let t = Instant::now();
+    let r = c
+        .refresh(0)
+        .await
+        .map(|_| ((), "allocation deleted".to_string()));
+    p.record("Refresh(0)", t, r);
+    realm
+}
+
+async fn tcp_data_steps(
+    p: &mut Probe,
+    args: &ProbeArgs,
+    c: &mut TurnClient,
+    server: SocketAddr,
+    tls: Option<TlsTarget>,
+    relayed: SocketAddr,
+) -> Option<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = Instant::now();
+    let peer = match tcp_echo_peer(args, c, relayed).await {
+        Ok(peer) => peer,
+        Err(e) => return p.record("Connect", t, Err(e)),
+    };
+    let r = c
+        .connect_peer(peer)
+        .await
+        .map(|id| (id, format!("peer {peer}, CONNECTION-ID {id:#010x}")));
+    let id = p.record("Connect", t, r)?;
+    let t = Instant::now();
+    let r = async {
+        let conn = Conn::connect(server, args.server.transport, tls.as_ref(), args.timeout).await?;
+        let mut data = c.sibling(conn);
+        data.connection_bind(id).await?;
+        Ok::<_, ClientError>((data, "on a new connection".to_string()))
+    }
+    .await;
+    let data = p.record("ConnectionBind", t, r)?;
+    let t = Instant::now();
+    let token: [u8; 16] = rand::random();
+    let r = async {
+        let Some((mut s, early)) = data.conn.into_raw() else {
+            return Err(ClientError::Protocol("not a stream".into()));
+        };
+        let sent = Instant::now();
+        s.write_all(&token).await.map_err(ClientError::Io)?;
+        s.flush().await.map_err(ClientError::Io)?;
+        let mut got = early;
+        let mut buf = [0u8; 64];
+        while got.len() < token.len() {
+            let n = tokio::time::timeout(args.timeout, s.read(&mut buf))
+                .await
+                .map_err(|_| {
+                    ClientError::Protocol(format!(
+                        "no bytes back from TCP peer {peer} within {:.1}s (the peer does not echo?)",
+                        args.timeout.as_secs_f64()
+                    ))
+                })?
+                .map_err(ClientError::Io)?;
+            if n == 0 {
+                return Err(ClientError::Protocol("the data connection closed".into()));
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        if got.get(..token.len()) != Some(&token[..]) {
+            return Err(ClientError::Protocol("the bytes came back changed".into()));
+        }
+        let rtt = sent.elapsed().as_secs_f64() * 1000.0;
+        Ok(((), format!("{} bytes to {peer} and back, rtt {rtt:.2} ms", token.len())))
+    }
+    .await;
+    p.record("TCP data", t, r)
+}
+
+/// The TCP echo peer: `--peer`, or a listener of ours on an address the relay can reach.
+async fn tcp_echo_peer(
+    args: &ProbeArgs,
+    c: &TurnClient,
+    relayed: SocketAddr,
+) -> Result<SocketAddr, ClientError> {
+    if let Some(peer) = args.peer {
+        return Ok(peer);
+    }
+    let ip = local_peer_ip(c, relayed)?;
+    let l = tokio::net::TcpListener::bind(SocketAddr::new(ip, 0))
+        .await
+        .map_err(ClientError::Io)?;
+    let addr = l.local_addr().map_err(ClientError::Io)?;
+    tokio::task::spawn(async move {
+        // One connection (the probe's), echoed until it closes.
+        if let Ok((mut s, _)) = l.accept().await {
+            let (mut r, mut w) = s.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        }
+    });
+    Ok(addr)
+}
+
+fn local_peer_ip(c: &TurnClient, relayed: SocketAddr) -> Result<IpAddr, ClientError> {
+    if c.conn.server.ip().is_loopback() || relayed.ip().is_loopback() {
+        Ok(if relayed.is_ipv4() {
+            Ipv4Addr::LOCALHOST.into()
+        } else {
+            Ipv6Addr::LOCALHOST.into()
+        })
+    } else if c.conn.local.is_ipv4() == relayed.is_ipv4() {
+        Ok(c.conn.local.ip())
+    } else {
+        Err(ClientError::Protocol(format!(
+            "no local address of the relay's family ({relayed}) for an echo peer: give --peer"
+        )))
+    }
+}
+
 /// The echo peer: `--peer`, or a socket of ours on an address the relay can reach.
 async fn echo_peer(
     args: &ProbeArgs,
@@ -189,19 +345,7 @@ async fn echo_peer(
     if let Some(peer) = args.peer {
         return Ok(peer);
     }
-    let ip: IpAddr = if c.conn.server.ip().is_loopback() || relayed.ip().is_loopback() {
-        if relayed.is_ipv4() {
-            Ipv4Addr::LOCALHOST.into()
-        } else {
-            Ipv6Addr::LOCALHOST.into()
-        }
-    } else if c.conn.local.is_ipv4() == relayed.is_ipv4() {
-        c.conn.local.ip()
-    } else {
-        return Err(ClientError::Protocol(format!(
-            "no local address of the relay's family ({relayed}) for an echo peer: give --peer"
-        )));
-    };
+    let ip = local_peer_ip(c, relayed)?;
     let sock = UdpSocket::bind(SocketAddr::new(ip, 0))
         .await
         .map_err(ClientError::Io)?;

@@ -110,6 +110,14 @@ impl Uclient {
         self.flag("-X")
     }
 
+    /// `-T`: RFC 6062 TCP relay (implies `-t -y -c`: clients pair up and each Connects to
+    /// the other's relayed address; `-e`/`-r` are ignored). Add `.tls()` for TLS.
+    pub fn tcp_relay(mut self) -> Self {
+        self.c2c = true;
+        self.no_rtcp = true;
+        self.flag("-T")
+    }
+
     /// `-t`: TURN over TCP to the server (one TCP connection per allocation).
     pub fn tcp(self) -> Self {
         self.flag("-t")

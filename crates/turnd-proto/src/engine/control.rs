@@ -76,6 +76,8 @@ const KNOWN: &[AttrType] = &[
     ATTR_MESSAGE_INTEGRITY_SHA256,
     ATTR_PASSWORD_ALGORITHM,
     ATTR_USER_HASH,
+    // RFC 6062 §6.2.1.
+    ATTR_CONNECTION_ID,
 ];
 
 /// What a handler of an authenticated request answers; the dispatcher ([`Engine::authed`])
@@ -118,6 +120,15 @@ impl Engine {
                 self.authed(now, from, &req, Self::on_create_permission)
             }
             msg::METHOD_CHANNEL_BIND => self.authed(now, from, &req, Self::on_channel_bind),
+            msg::METHOD_CONNECT => self.authed(now, from, &req, |e, now, from, req, _| {
+                e.on_connect(now, from, req).map(|()| Answer::Later)
+            }),
+            msg::METHOD_CONNECTION_BIND => self.authed(now, from, &req, |e, _, from, req, au| {
+                match e.on_connection_bind(from, req, &au.user, &au.key)? {
+                    true => Ok(Answer::Now(Reply::success(req))),
+                    false => Ok(Answer::Later),
+                }
+            }),
             // Unknown methods: dropped silently; a 400 would only serve reflection.
             _ => {}
         }
@@ -395,11 +406,15 @@ impl Engine {
         if self.allocations_by_client.contains_key(&from) {
             return Err(Refusal::AllocationMismatch);
         }
-        match req.get(ATTR_REQUESTED_TRANSPORT) {
-            Some(&[PROTO_UDP, _, _, _]) => {}
+        let tcp = match req.get(ATTR_REQUESTED_TRANSPORT) {
+            Some(&[PROTO_UDP, _, _, _]) => false,
+            Some(&[super::tcp_relay::PROTO_TCP, _, _, _]) => {
+                self.check_tcp_allocate(&from, req)?;
+                true
+            }
             Some(&[_, _, _, _]) => return Err(Refusal::UnsupportedTransport),
             _ => return Err(BadRequest::RequestedTransport.into()),
-        }
+        };
         let requested = req.get(ATTR_REQUESTED_ADDRESS_FAMILY);
         let additional = req.get(ATTR_ADDITIONAL_ADDRESS_FAMILY);
         let mut port = match req.get(ATTR_EVEN_PORT) {
@@ -482,13 +497,20 @@ impl Engine {
                     _ => None,
                 },
                 fingerprint: req.has_fingerprint,
+                tcp,
             },
         );
-        self.commands.push_back(Command::BindRelays {
-            client: from,
-            families,
-            port,
-        });
+        match (tcp, families.as_slice()) {
+            (true, &[family]) => self.commands.push_back(Command::BindTcpRelay {
+                client: from,
+                family,
+            }),
+            _ => self.commands.push_back(Command::BindRelays {
+                client: from,
+                families,
+                port,
+            }),
+        }
         Ok(Answer::Later)
     }
 
@@ -587,6 +609,9 @@ impl Engine {
         );
         let deadline = a.expires;
         self.allocations_by_client.insert(client, Box::new(a));
+        if p.tcp {
+            self.tcp_allocation_created(client);
+        }
         self.timers.insert((now, client));
         self.schedule(client, deadline);
         self.transmits.push_back(Transmit { to: client, bytes });
@@ -725,6 +750,10 @@ impl Engine {
         let Some(number) = ChannelNumber::new(number) else {
             return Err(BadRequest::ChannelRange.into());
         };
+        if self.tcp.is_tcp(&from) {
+            // RFC 6062 §5: a TCP allocation's data goes over connections, not channels.
+            return Err(BadRequest::ChannelBindTcp.into());
+        }
         let peer = match *self.checked_peers(&from, req)? {
             [p] => p,
             _ => return Err(BadRequest::ChannelPeers.into()),

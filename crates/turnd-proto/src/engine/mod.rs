@@ -43,6 +43,7 @@ mod quota;
 mod redirect;
 pub mod refusal;
 pub mod route;
+mod tcp_relay;
 mod usage;
 pub mod wire;
 
@@ -78,6 +79,7 @@ pub use quota::{FleetCounts, Quotas};
 pub use redirect::{Alternate, Redirect};
 pub use refusal::{BadRequest, Capacity, Refusal};
 pub use route::{Route, RouteChange, RouteKey, ROUTE_EVENTS_MAX};
+pub use tcp_relay::{ConnectionId, TcpRelayConfig, BIND_TIMEOUT, CONNECT_TIMEOUT, SHARD_BITS};
 pub use usage::{UsageRecord, UsageSink};
 
 /// Bytes the caller leaves free before a peer datagram: the largest Data indication header
@@ -299,6 +301,46 @@ pub enum Command {
     ReleaseRelay(SocketAddr),
     /// Close a stream client's connection.
     CloseClient(ClientAddr),
+    /// Listen for TCP (RFC 6062) on a relayed address of `family` for `client`'s pending
+    /// Allocate, then call [`Engine::relay_bound`] with the one result.
+    BindTcpRelay {
+        /// The client whose Allocate waits.
+        client: ClientAddr,
+        /// The relay's family.
+        family: Family,
+    },
+    /// Connect from the relayed address `relay` to `peer` (within [`CONNECT_TIMEOUT`]), keep
+    /// the connection under `id`, then call [`Engine::peer_connected`].
+    ConnectPeer {
+        /// The connection's CONNECTION-ID.
+        id: ConnectionId,
+        /// The TCP relay (listener) address to connect from.
+        relay: RelayAddr,
+        /// Where to connect.
+        peer: PeerAddr,
+    },
+    /// ConnectionBind succeeded on the client connection `data`: once the answer queued for
+    /// it is written, copy raw bytes both ways between it and peer connection `id`, then
+    /// call [`Engine::peer_closed`].
+    SpliceData {
+        /// The peer connection.
+        id: ConnectionId,
+        /// The client's data connection.
+        data: ClientAddr,
+    },
+    /// Close peer connection `id` (and stop its splice).
+    ClosePeer(ConnectionId),
+    /// A ConnectionBind on client connection `data` names connection `id` of shard
+    /// `id.shard()`: ask that shard's engine ([`Engine::claim_peer`]) for it and its socket,
+    /// then answer here with [`Engine::peer_claimed`].
+    ClaimPeer {
+        /// The peer connection.
+        id: ConnectionId,
+        /// The ConnectionBind's user (it must own the allocation).
+        user: String,
+        /// The client's data connection.
+        data: ClientAddr,
+    },
 }
 
 /// Fixed settings of an engine.
@@ -379,6 +421,8 @@ struct PendingAllocate {
     /// The token to hand back when the next port was reserved.
     reserved: Option<ReservationToken>,
     fingerprint: bool,
+    /// A TCP (RFC 6062) allocation.
+    tcp: bool,
 }
 
 /// One shard's TURN state machine: sans-IO, driven by the I/O layer.
@@ -448,6 +492,8 @@ pub struct Engine {
     usage: Option<Arc<dyn UsageSink>>,
     /// New allocations go elsewhere while this names an alternate (`with_redirect`).
     redirect: Option<Arc<Redirect>>,
+    /// RFC 6062 TCP allocations and their peer connections.
+    tcp: tcp_relay::TcpRelays,
 }
 
 impl Engine {
@@ -476,6 +522,7 @@ impl Engine {
             draining: false,
             usage: None,
             redirect: None,
+            tcp: Default::default(),
         }
     }
 
@@ -512,6 +559,7 @@ impl Engine {
         for (client, gone) in pruned {
             self.sync_removed(client, gone);
         }
+        self.tcp_retain_allowed();
         (perms, chans)
     }
 
@@ -576,6 +624,7 @@ impl Engine {
     /// The stream connection of `client` closed: free its allocation now.
     pub fn client_closed(&mut self, now: Instant, client: ClientAddr) {
         self.deferred.forget(&client);
+        self.tcp_client_closed(&client);
         if let Some(p) = self.pending_by_client.remove(&client) {
             // Its relay sockets come back through relay_bound and are released there.
             self.shared.quotas.release(&p.user);
@@ -596,10 +645,10 @@ impl Engine {
     /// When [`Engine::handle_timeout`] must be called next; `None`: no timer.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let timer = self.timers.first().map(|(t, _)| *t);
-        match (timer, self.deferred.next()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [timer, self.deferred.next(), self.tcp.next_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Expire allocations, permissions and channels whose deadline is at or before `now`.
@@ -611,6 +660,7 @@ impl Engine {
             self.timers.pop_first();
             self.expire(now, client);
         }
+        self.tcp_timeout(now);
         self.retry_deferred(now);
     }
 
@@ -674,6 +724,7 @@ impl Engine {
         self.timers.remove(&(a.wake_at, client));
         let stats = self.routes.stats(a.slot);
         self.drop_routes(client, &a);
+        self.tcp_allocation_deleted(&client);
         for r in &a.relays {
             self.commands.push_back(Command::ReleaseRelay(r.bound));
         }

@@ -23,6 +23,8 @@ fn value() -> impl Strategy<Value = Value> {
         (0x3FF0u16..0x8010).prop_map(Value::Channel),
         Just(Value::Token),
         any::<u8>().prop_map(Value::EvenPort),
+        Just(Value::Tcp),
+        Just(Value::ConnectionId),
     ]
 }
 
@@ -46,6 +48,8 @@ fn method() -> impl Strategy<Value = Method> {
         3 => Just(Method::CreatePermission),
         3 => Just(Method::ChannelBind),
         1 => Just(Method::Binding),
+        1 => Just(Method::Connect),
+        1 => Just(Method::ConnectionBind),
         1 => any::<u16>().prop_map(Method::Other),
     ]
 }
@@ -60,7 +64,10 @@ fn with_valid_prefix(method: Method, valid: bool, n: u8, mut attrs: Vec<Attr>) -
     };
     let prefix = match (valid, method) {
         (false, _) => vec![],
+        (_, Method::Allocate) if n % 8 == 0 => vec![a(0x0019, Value::Tcp)],
         (_, Method::Allocate) => vec![a(0x0019, Value::Udp)],
+        (_, Method::Connect) => vec![a(0x0012, Value::Peer(n % 3))],
+        (_, Method::ConnectionBind) => vec![a(0x002A, Value::ConnectionId)],
         (_, Method::CreatePermission) => (0..=n % 3).map(|p| a(0x0012, Value::Peer(p))).collect(),
         (_, Method::ChannelBind) => vec![
             a(0x000C, Value::Channel(0x4000 + u16::from(n % 4))),
@@ -98,6 +105,12 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(
                 |(client, user, method, (valid, n, attrs), after_integrity, signing, fingerprint, tid)| {
                     let attrs = with_valid_prefix(method, valid, n, attrs);
+                    // A ConnectionBind belongs on a new stream connection: client 2 (TLS)
+                    // or 3 (UDP, refused), not on client 1's control connection.
+                    let client = match method {
+                        Method::ConnectionBind => client + 2,
+                        _ => client,
+                    };
                     Step::Request {
                         client,
                         user,
@@ -195,7 +208,8 @@ fn route_step() -> impl Strategy<Value = Step> {
         tid: 0,
     };
     prop_oneof![
-        2 => (0u8..2).prop_map(move |c| request(c, Method::Allocate, 0)),
+        // n = 1: a UDP relay (n % 8 == 0 asks for a TCP one).
+        2 => (0u8..2).prop_map(move |c| request(c, Method::Allocate, 1)),
         2 => Just(Step::ServeBinds { ok: true }),
         4 => (0u8..2, 0u8..6).prop_map(move |(c, n)| request(c, Method::ChannelBind, n)),
         3 => (0u8..2, any::<u8>()).prop_map(move |(c, n)| request(c, Method::CreatePermission, n)),

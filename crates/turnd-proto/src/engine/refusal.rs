@@ -42,6 +42,15 @@ pub enum BadRequest {
     /// Behind the nonce cookie: PASSWORD-ALGORITHMS not repeated as offered, or a
     /// PASSWORD-ALGORITHM not offered (the bid-down check of RFC 8489 §9.2.4).
     PasswordAlgorithm,
+    /// A TCP Allocate (RFC 6062) with EVEN-PORT, RESERVATION-TOKEN, DONT-FRAGMENT or a
+    /// second family.
+    TcpAllocateOption,
+    /// CONNECTION-ID missing, malformed, unknown or already bound.
+    ConnectionId,
+    /// ConnectionBind over UDP or on a connection that holds an allocation (RFC 6062 §5.4).
+    ConnectionBindConnection,
+    /// ChannelBind on a TCP allocation.
+    ChannelBindTcp,
 }
 
 impl BadRequest {
@@ -64,6 +73,10 @@ impl BadRequest {
             BadRequest::ChannelPeers => "bad_request_channel_peers",
             BadRequest::ChannelRebind => "bad_request_channel_rebind",
             BadRequest::PasswordAlgorithm => "bad_request_password_algorithm",
+            BadRequest::TcpAllocateOption => "bad_request_tcp_allocate_option",
+            BadRequest::ConnectionId => "bad_request_connection_id",
+            BadRequest::ConnectionBindConnection => "bad_request_connection_bind_connection",
+            BadRequest::ChannelBindTcp => "bad_request_channel_bind_tcp",
         }
     }
 }
@@ -79,6 +92,8 @@ pub enum Capacity {
     Permissions,
     /// The allocation has its maximum of channels.
     Channels,
+    /// The TCP allocation has its maximum of peer connections.
+    TcpConnections,
 }
 
 /// Why a request was refused; the answer is the error [`Refusal::code`].
@@ -108,6 +123,10 @@ pub enum Refusal {
     UnsupportedTransport,
     /// 443: a peer or refresh family the allocation has no relay for.
     PeerFamilyMismatch,
+    /// 446: a Connect to a peer the TCP allocation is already connected (or connecting) to.
+    ConnectionAlreadyExists,
+    /// 447: the connection to the peer failed or timed out.
+    ConnectionFailure,
     /// 486: the user's or the server's allocation quota.
     Quota,
     /// 508: a capacity ran out, and which.
@@ -129,6 +148,8 @@ impl Refusal {
             Refusal::WrongCredentials => 441,
             Refusal::UnsupportedTransport => 442,
             Refusal::PeerFamilyMismatch => 443,
+            Refusal::ConnectionAlreadyExists => 446,
+            Refusal::ConnectionFailure => 447,
             Refusal::Quota => 486,
             Refusal::Capacity(_) => 508,
         }
@@ -161,6 +182,10 @@ impl Refusal {
             B::ChannelPeers,
             B::ChannelRebind,
             B::PasswordAlgorithm,
+            B::TcpAllocateOption,
+            B::ConnectionId,
+            B::ConnectionBindConnection,
+            B::ChannelBindTcp,
         ]
         .map(Refusal::from)
         .into_iter()
@@ -178,11 +203,14 @@ impl Refusal {
             Refusal::WrongCredentials,
             Refusal::UnsupportedTransport,
             Refusal::PeerFamilyMismatch,
+            Refusal::ConnectionAlreadyExists,
+            Refusal::ConnectionFailure,
             Refusal::Quota,
             Refusal::Capacity(Capacity::Draining),
             Refusal::Capacity(Capacity::RelayPorts),
             Refusal::Capacity(Capacity::Permissions),
             Refusal::Capacity(Capacity::Channels),
+            Refusal::Capacity(Capacity::TcpConnections),
         ])
         .collect()
     }
@@ -201,11 +229,14 @@ impl Refusal {
             Refusal::WrongCredentials => "wrong_credentials",
             Refusal::UnsupportedTransport => "unsupported_transport",
             Refusal::PeerFamilyMismatch => "peer_family_mismatch",
+            Refusal::ConnectionAlreadyExists => "connection_already_exists",
+            Refusal::ConnectionFailure => "connection_failure",
             Refusal::Quota => "quota",
             Refusal::Capacity(Capacity::Draining) => "capacity_draining",
             Refusal::Capacity(Capacity::RelayPorts) => "capacity_relay_ports",
             Refusal::Capacity(Capacity::Permissions) => "capacity_permissions",
             Refusal::Capacity(Capacity::Channels) => "capacity_channels",
+            Refusal::Capacity(Capacity::TcpConnections) => "capacity_tcp_connections",
         }
     }
 }
@@ -231,6 +262,8 @@ pub fn reason_phrase(code: u16) -> &'static str {
         441 => "Wrong Credentials",
         442 => "Unsupported Transport Protocol",
         443 => "Peer Address Family Mismatch",
+        446 => "Connection Already Exists",
+        447 => "Connection Timeout or Failure",
         486 => "Allocation Quota Reached",
         500 => "Server Error",
         508 => "Insufficient Capacity",

@@ -38,6 +38,8 @@ pub const MAX_PER_USER: usize = 4;
 pub const MAX_PERMISSIONS: usize = 4;
 /// The harness engine's channels per allocation.
 pub const MAX_CHANNELS: usize = 3;
+/// The harness engine's peer connections per TCP allocation.
+pub const MAX_TCP_CONNECTIONS: usize = 2;
 /// Clients the steps choose from (index modulo this).
 pub const CLIENTS: usize = 6;
 const MAGIC: [u8; 4] = 0x2112_A442u32.to_be_bytes();
@@ -72,6 +74,10 @@ pub enum Value {
     EvenPort(u8),
     /// REQUESTED-TRANSPORT UDP.
     Udp,
+    /// REQUESTED-TRANSPORT TCP (RFC 6062).
+    Tcp,
+    /// The last CONNECTION-ID handed out (or zeros).
+    ConnectionId,
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +106,10 @@ pub enum Method {
     ChannelBind,
     /// Binding.
     Binding,
+    /// Connect (RFC 6062).
+    Connect,
+    /// ConnectionBind (RFC 6062).
+    ConnectionBind,
     /// Any other method number.
     Other(u16),
 }
@@ -216,6 +226,7 @@ const KNOWN_TYPES: &[u16] = &[
     0x8028, // FINGERPRINT (misplaced)
     0x0008, // MESSAGE-INTEGRITY (misplaced)
     0x8022, // SOFTWARE
+    0x002A, // CONNECTION-ID
 ];
 
 /// Peer addresses the steps choose from: allowed, denied by the harness policy (10/8, port 0),
@@ -274,6 +285,10 @@ pub struct Harness {
     pending_binds: VecDeque<(ClientAddr, Vec<Family>)>,
     next_port: u16,
     token: [u8; 8],
+    /// The last CONNECTION-ID in a Connect answer.
+    connection_id: [u8; 4],
+    /// Peer connections the engine asked for and did not close yet.
+    pub peer_connections: BTreeSet<u32>,
     tids: Vec<[u8; 12]>,
     tid_counter: u32,
     /// Requests that got a success answer (how deep a run went).
@@ -334,7 +349,10 @@ impl Harness {
             quotas: quotas.clone(),
         };
         Harness {
-            engine: Engine::new(cfg, shared),
+            engine: Engine::new(cfg, shared).with_tcp_relay(super::TcpRelayConfig {
+                enabled: true,
+                max_connections: MAX_TCP_CONNECTIONS,
+            }),
             now,
             nonces,
             quotas,
@@ -343,6 +361,8 @@ impl Harness {
             pending_binds: VecDeque::new(),
             next_port: 49152,
             token: [0; 8],
+            connection_id: [0; 4],
+            peer_connections: BTreeSet::new(),
             tids: vec![],
             tid_counter: 0,
             successes: 0,
@@ -423,6 +443,8 @@ impl Harness {
             Value::Token => self.token.to_vec(),
             Value::EvenPort(b) => vec![*b],
             Value::Udp => vec![17, 0, 0, 0],
+            Value::Tcp => vec![6, 0, 0, 0],
+            Value::ConnectionId => self.connection_id.to_vec(),
         };
         if let Some(t) = a.truncate {
             v.truncate(usize::from(t));
@@ -451,6 +473,8 @@ impl Harness {
                     Method::CreatePermission => 0x0008,
                     Method::ChannelBind => 0x0009,
                     Method::Binding => 0x0001,
+                    Method::Connect => 0x000A,
+                    Method::ConnectionBind => 0x000B,
                     Method::Other(m) => m & 0x3EEF,
                 };
                 let (user, pass) = USERS[usize::from(*user)];
@@ -624,6 +648,16 @@ impl Harness {
                     self.token.copy_from_slice(tok);
                 }
             }
+            // A CONNECTION-ID (Connect answer, ConnectionAttempt): for Value::ConnectionId.
+            if let Some(i) = t
+                .bytes
+                .windows(4)
+                .position(|w| w == [0x00, 0x2A, 0x00, 0x04])
+            {
+                if let Some(id) = t.bytes.get(i + 4..i + 8) {
+                    self.connection_id.copy_from_slice(id);
+                }
+            }
         }
         while let Some(c) = self.engine.poll_command() {
             match c {
@@ -636,7 +670,26 @@ impl Harness {
                         "released {addr} twice or never bound"
                     );
                 }
-                Command::CloseClient(_) => {}
+                Command::BindTcpRelay { client, family } => {
+                    self.pending_binds.push_back((client, vec![family]))
+                }
+                Command::ConnectPeer { id, .. } => {
+                    assert!(
+                        self.peer_connections.insert(id.0),
+                        "connection {id:?} twice"
+                    );
+                    // Every other connection attempt fails (447).
+                    if !self.engine.peer_connected(self.now, id, id.0 % 2 == 0) {
+                        self.peer_connections.remove(&id.0);
+                    }
+                    self.drain();
+                }
+                Command::ClosePeer(id) => {
+                    self.peer_connections.remove(&id.0);
+                }
+                Command::CloseClient(_)
+                | Command::SpliceData { .. }
+                | Command::ClaimPeer { .. } => {}
             }
         }
         self.drain_routes();
@@ -677,6 +730,16 @@ impl Harness {
         assert!(s.permissions <= s.allocations * MAX_PERMISSIONS, "{s:?}");
         assert!(s.channels <= s.allocations * MAX_CHANNELS, "{s:?}");
         assert_eq!(s.timers, s.allocations, "one timer per allocation: {s:?}");
+        let (conns, _) = self.engine.tcp_connections();
+        assert!(
+            conns <= s.allocations * MAX_TCP_CONNECTIONS,
+            "{conns} peer connections for {s:?}"
+        );
+        assert_eq!(
+            conns,
+            self.peer_connections.len(),
+            "peer connections accounted for"
+        );
         assert!(s.pending_allocations <= CLIENTS, "{s:?}");
         assert_eq!(
             self.quotas.total(),
@@ -737,6 +800,16 @@ impl Harness {
         assert_eq!(s.allocations, 0, "{s:?}");
         assert!(self.bound.is_empty(), "ports leaked: {:?}", self.bound);
         assert_eq!(self.quotas.total(), 0, "quota leaked");
+        assert_eq!(
+            self.engine.tcp_connections(),
+            (0, 0),
+            "peer connections leaked"
+        );
+        assert!(
+            self.peer_connections.is_empty(),
+            "{:?}",
+            self.peer_connections
+        );
     }
 }
 

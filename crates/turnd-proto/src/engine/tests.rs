@@ -1413,3 +1413,4 @@ fn channel_numbers_exist_only_in_range() {
 
 mod deferred;
 mod fleet;
+mod tcp_relay;

@@ -515,6 +515,8 @@ pub fn method_name(m: Method) -> &'static str {
         msg::METHOD_REFRESH => "refresh",
         msg::METHOD_CREATE_PERMISSION => "create_permission",
         msg::METHOD_CHANNEL_BIND => "channel_bind",
+        msg::METHOD_CONNECT => "connect",
+        msg::METHOD_CONNECTION_BIND => "connection_bind",
         _ => "other",
     }
 }

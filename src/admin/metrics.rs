@@ -58,7 +58,7 @@ pub const UDP_BATCH_DATAGRAMS_TOTAL: &str = "turnd_udp_batch_datagrams_total";
 /// The `Content-Type` of [`render`]'s output.
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
-const TRANSPORTS: [&str; 3] = ["udp", "tcp", "tls"];
+const TRANSPORTS: [&str; 4] = ["udp", "tcp", "tls", "dtls"];
 /// The methods the engine answers (`engine::wire::method_name`).
 const ANSWERED_METHODS: [&str; 5] = [
     "binding",

@@ -71,6 +71,11 @@ impl Conn {
     ) -> Result<Conn, ClientError> {
         let deadline = Instant::now() + timeout;
         let (link, local) = match transport {
+            Transport::Dtls => {
+                return Err(ClientError::Protocol(
+                    "turnctl has no DTLS client yet".into(),
+                ))
+            }
             Transport::Udp => {
                 let any: SocketAddr = if server.is_ipv4() {
                     "0.0.0.0:0".parse().expect("literal")

@@ -623,6 +623,7 @@ mod tests {
         let mut b = a.clone();
         b.engine.counters.responses.insert(("refresh", 0), 1);
         b.engine_panics = 6;
+        b.dtls.sessions = 6;
         vec![a, b]
     }
 
@@ -743,6 +744,10 @@ mod tests {
             "turnd_udp_send_dropped_total 6",
             "turnd_udp_batch_calls_total{call=\"recvmmsg\"} 4",
             "turnd_udp_batch_datagrams_total{call=\"sendmmsg\"} 80",
+            "# TYPE turnd_dtls_sessions gauge",
+            "turnd_dtls_sessions 6",
+            "# TYPE turnd_dtls_hello_verify_requests_total counter",
+            "turnd_dtls_hello_verify_requests_total 0",
         ] {
             assert_line(&text, line);
         }
@@ -750,6 +755,6 @@ mod tests {
         let helps: Vec<_> = text.lines().filter(|l| l.starts_with("# HELP ")).collect();
         let unique: std::collections::HashSet<_> = helps.iter().collect();
         assert_eq!(helps.len(), unique.len());
-        assert_eq!(helps.len(), 29);
+        assert_eq!(helps.len(), 35);
     }
 }

@@ -327,6 +327,10 @@ impl DtlsTable {
         let mut sessions = self.sessions.borrow_mut();
         let mut buf = self.buf.borrow_mut();
         if let Some(s) = sessions.get_mut(&(local, remote)) {
+            if s.closed {
+                // Gone at the next tick; nothing more reaches the engine.
+                return;
+            }
             s.last_rx = now;
             if s.dtls.handle_packet(packet).is_err() {
                 s.closed = true;

@@ -268,11 +268,9 @@ impl Engine {
     fn insert_incoming(&mut self, incoming: Incoming) -> Result<bool, Error> {
         // Capacity guard before iterating records.
         if self.queue_rx.len() >= self.config.max_queue_rx() {
-            warn!(
-                "Receive queue full (max {}): {:?}",
-                self.config.max_queue_rx(),
-                self.queue_rx
-            );
+            // turnd patch: a peer can fill the queue at will; no WARN line per packet and no
+            // dump of the queue.
+            debug!("Receive queue full (max {})", self.config.max_queue_rx());
             self.recycle_incoming(incoming);
             return Err(Error::ReceiveQueueFull);
         }
@@ -816,11 +814,8 @@ impl Engine {
 
         // If we cannot append, ensure we have space for a new datagram
         if !can_append && self.queue_tx.len() >= self.config.max_queue_tx() {
-            warn!(
-                "Transmit queue full (max {}): {:?}",
-                self.config.max_queue_tx(),
-                self.queue_tx
-            );
+            // turnd patch: as above, at debug and without the queue's content.
+            debug!("Transmit queue full (max {})", self.config.max_queue_tx());
             return Err(Error::TransmitQueueFull);
         }
 

@@ -206,6 +206,48 @@ fn dtls_sessions_per_ip_are_capped() {
     srv.stop();
 }
 
+impl Client {
+    /// Send a STUN request over the session and wait for its answer.
+    fn ask(&mut self, req: &Message) -> Message {
+        self.app.clear();
+        self.dtls.send_application_data(&req.raw).unwrap();
+        self.flush();
+        self.run(Duration::from_secs(5), usize::MAX, |c| !c.app.is_empty());
+        parse(self.app.first().expect("an answer over DTLS"))
+    }
+}
+
+/// An allocation made over DTLS belongs to its session: when the session goes (here: silent
+/// for `dtls.idle_timeout`), the allocation and its relay port are freed with it.
+#[test]
+fn dtls_allocation_goes_with_its_idle_session() {
+    let srv = turnd::start(config(|c| c.dtls.idle_timeout = Duration::from_secs(1))).unwrap();
+    let mut c = Client::new(srv.dtls[0]);
+    assert!(c.handshake());
+    let r = c.ask(&request(METHOD_ALLOCATE, &[&udp_transport()], None));
+    assert_eq!(code(&r), Some(401), "challenge first");
+    let nonce = nonce_of(&r);
+    let r = c.ask(&request(
+        METHOD_ALLOCATE,
+        &[&udp_transport()],
+        Some(("dev", "devpass", &nonce)),
+    ));
+    assert_eq!(
+        r.typ.class,
+        CLASS_SUCCESS_RESPONSE,
+        "Allocate over DTLS: {:?}",
+        code(&r)
+    );
+    assert_eq!(srv.stats().allocations, 1);
+    let end = Instant::now() + Duration::from_secs(5);
+    while srv.stats().allocations > 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(srv.stats().allocations, 0, "freed with the idle session");
+    assert_eq!(dtls_counters(&srv).sessions, 0);
+    srv.stop();
+}
+
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

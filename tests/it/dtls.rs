@@ -411,3 +411,69 @@ level = "info"
     assert!((&mut c).await.unwrap(), "a real client after the flood");
     assert_eq!(metric(admin, "turnd_dtls_sessions").await, 1.0);
 }
+
+fn turnctl(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(crate::common::turnctl_bin())
+        .args(args)
+        .env_remove("TURNCTL_SECRET")
+        .env_remove("TURNCTL_PASSWORD")
+        .env_remove("TURNCTL_USER")
+        .output()
+        .expect("run turnctl")
+}
+
+/// `turnctl probe --server turns:HOST:PORT?transport=udp`: every step over DTLS, with the
+/// server's certificate verified against `--ca`; another CA is refused.
+#[test]
+fn turnctl_probe_passes_over_dtls_and_checks_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, signing_key.serialize_pem()).unwrap();
+    let srv = turnd::start(config(|c| {
+        c.tls = Some(turnd::config::TlsFiles {
+            cert: cert_file.clone(),
+            key: key_file.clone(),
+        })
+    }))
+    .unwrap();
+    let server = format!("turns:{}?transport=udp", srv.dtls[0]);
+    let auth = ["--user", "dev", "--password", "devpass"];
+    let ca = cert_file.to_str().unwrap();
+    let o = turnctl(&[&["probe", "--server", &server, "--ca", ca][..], &auth].concat());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "turnctl probe over DTLS:\n{text}");
+    assert!(text.contains("PASS: all 7 checks passed"), "{text}");
+    assert!(dtls_counters(&srv).established >= 1);
+    // Another CA: the certificate is refused after the handshake.
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let other_file = dir.path().join("other.pem");
+    std::fs::write(&other_file, other.cert.pem()).unwrap();
+    let o = turnctl(
+        &[
+            &[
+                "probe",
+                "--server",
+                &server,
+                "--ca",
+                other_file.to_str().unwrap(),
+            ][..],
+            &auth,
+        ]
+        .concat(),
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!o.status.success(), "refused under another CA:\n{text}");
+    assert!(text.contains("certificate"), "{text}");
+    srv.stop();
+}

@@ -241,6 +241,9 @@ pub struct DtlsTable {
     handshake_timeouts: Cell<u64>,
     established: Cell<u64>,
     old_version: Cell<u64>,
+    /// Established sessions replaced by a new handshake from the same address: their
+    /// allocations are to be freed ([`DtlsTable::take_replaced`]).
+    replaced: RefCell<Vec<ClientAddr>>,
 }
 
 /// The certificate (leaf, DER) and key (DER) for DTLS: the `[tls]` files, or in the
@@ -296,6 +299,7 @@ impl DtlsTable {
             handshake_timeouts: Cell::new(0),
             established: Cell::new(0),
             old_version: Cell::new(0),
+            replaced: RefCell::new(Vec::new()),
         }
     }
 
@@ -326,7 +330,12 @@ impl DtlsTable {
         };
         let mut sessions = self.sessions.borrow_mut();
         let mut buf = self.buf.borrow_mut();
-        if let Some(s) = sessions.get_mut(&(local, remote)) {
+        let hello = client_hello(packet);
+        // A new ClientHello on an established session (the client restarted on the same
+        // port) goes through the cookie exchange again and replaces it (RFC 6347 4.2.8).
+        let rehello = matches!(hello, Hello::ClientHello { .. })
+            && sessions.get(&(local, remote)).is_some_and(|s| s.connected);
+        if let Some(s) = sessions.get_mut(&(local, remote)).filter(|_| !rehello) {
             if s.closed {
                 // Gone at the next tick; nothing more reaches the engine.
                 return;
@@ -339,7 +348,7 @@ impl DtlsTable {
             drain(s, remote, &mut buf, Some(app), &self.established);
             return;
         }
-        let cookie = match client_hello(packet) {
+        let cookie = match hello {
             Hello::ClientHello { cookie } => cookie,
             Hello::OldVersion => {
                 // Stateless, and smaller than the ClientHello: the client fails at once
@@ -356,6 +365,15 @@ impl DtlsTable {
             udp::send_one(fd, &hvr, remote);
             self.hello_verify_sent.set(self.hello_verify_sent.get() + 1);
             return;
+        }
+        if let Some(old) = sessions.remove(&(local, remote)) {
+            if old.connected {
+                self.replaced.borrow_mut().push(ClientAddr {
+                    transport: Transport::Dtls,
+                    remote,
+                    local,
+                });
+            }
         }
         let Some(slot) = setup.limits.acquire(remote.ip()) else {
             self.refused.set(self.refused.get() + 1);
@@ -382,6 +400,11 @@ impl DtlsTable {
         };
         drain(&mut s, remote, &mut buf, Some(app), &self.established);
         sessions.insert((local, remote), s);
+    }
+
+    /// Clients whose established session a new handshake replaced.
+    pub fn take_replaced(&self) -> Vec<ClientAddr> {
+        std::mem::take(&mut *self.replaced.borrow_mut())
     }
 
     /// Encrypt `bytes` (a STUN message or ChannelData) for an established session.

@@ -834,6 +834,9 @@ impl Shard {
                 self.dtls
                     .on_datagram(now, fd, local, remote, packet, &mut app)
             });
+            for client in self.dtls.take_replaced() {
+                self.client_closed(client);
+            }
             let from = ClientAddr {
                 transport: Transport::Dtls,
                 remote,

@@ -248,6 +248,55 @@ fn dtls_allocation_goes_with_its_idle_session() {
     srv.stop();
 }
 
+/// A client that restarts on the same address and port handshakes again: after the cookie
+/// exchange the new session replaces the old one, whose allocation is freed.
+#[test]
+fn dtls_new_handshake_from_the_same_address_replaces_the_session() {
+    let srv = turnd::start(config(|_| {})).unwrap();
+    let mut c = Client::new(srv.dtls[0]);
+    assert!(c.handshake());
+    let r = c.ask(&request(METHOD_ALLOCATE, &[&udp_transport()], None));
+    let nonce = nonce_of(&r);
+    let r = c.ask(&request(
+        METHOD_ALLOCATE,
+        &[&udp_transport()],
+        Some(("dev", "devpass", &nonce)),
+    ));
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    assert_eq!(srv.stats().allocations, 1);
+    // The same socket, a fresh DTLS client.
+    let sock = c.sock.try_clone().unwrap();
+    let mut again = Client::new(srv.dtls[0]);
+    again.sock = sock;
+    let (cert, key) = turnd::net::dtls::self_signed_der().unwrap();
+    again.dtls = dimpl::Dtls::new_12(
+        Arc::new(dimpl::Config::builder().build().unwrap()),
+        dimpl::DtlsCertificate {
+            certificate: cert,
+            private_key: key,
+        },
+        Instant::now(),
+    );
+    again.dtls.set_active(true);
+    again.dtls.handle_timeout(Instant::now()).unwrap();
+    again.connected = false;
+    again.flush();
+    assert!(again.handshake(), "a second handshake from the same port");
+    let n = wait_for(&srv, Duration::from_secs(2), |n| n.established == 2);
+    assert_eq!((n.sessions, n.established), (1, 2), "{n:?}");
+    assert_eq!(
+        srv.stats().allocations,
+        0,
+        "the old session's allocation is freed"
+    );
+    let r = again.ask(&request(METHOD_BINDING, &[], None));
+    assert_eq!(
+        r.typ.class, CLASS_SUCCESS_RESPONSE,
+        "the new session serves"
+    );
+    srv.stop();
+}
+
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

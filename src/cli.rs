@@ -70,6 +70,10 @@ pub struct Overrides {
     #[arg(long, env = "TURND_LISTEN_TLS", value_name = "ADDR:PORT", value_delimiter = ',', value_parser = parse::socket_addr)]
     pub listen_tls: Vec<SocketAddr>,
 
+    /// Overrides `listen.dtls` in the file. Repeatable; comma-separated in the variable.
+    #[arg(long, env = "TURND_LISTEN_DTLS", value_name = "ADDR:PORT", value_delimiter = ',', value_parser = parse::socket_addr)]
+    pub listen_dtls: Vec<SocketAddr>,
+
     /// Overrides `tls.cert` in the file (PEM certificate chain).
     #[arg(long, env = "TURND_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -234,6 +238,7 @@ pub fn apply_overrides(o: &Overrides, c: &mut Config) -> Result<Vec<&'static str
     over!("listen.udp", c.listen.udp, list(&o.listen_udp));
     over!("listen.tcp", c.listen.tcp, list(&o.listen_tcp));
     over!("listen.tls", c.listen.tls, list(&o.listen_tls));
+    over!("listen.dtls", c.listen.dtls, list(&o.listen_dtls));
     if o.tls_cert.is_some() || o.tls_key.is_some() {
         keys.push("tls");
         match tls_files(o, c.tls.as_ref()) {

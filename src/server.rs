@@ -31,6 +31,8 @@ pub struct Running {
     pub tcp: Vec<SocketAddr>,
     /// Bound TLS listener addresses, in config order.
     pub tls: Vec<SocketAddr>,
+    /// Bound DTLS listener addresses, in config order.
+    pub dtls: Vec<SocketAddr>,
     /// Bound HTTP (signaling, pages, ice-servers) address, when configured.
     pub http: Option<SocketAddr>,
     /// Bound admin (metrics, health, sessions) address, when configured.
@@ -98,7 +100,7 @@ fn probe_exclusive(addr: SocketAddr, what: &str) -> std::io::Result<()> {
     } else {
         Domain::IPV6
     };
-    let (ty, proto) = if what == "UDP" {
+    let (ty, proto) = if what == "UDP" || what == "DTLS" {
         (Type::DGRAM, Protocol::UDP)
     } else {
         (Type::STREAM, Protocol::TCP)
@@ -171,6 +173,27 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         }
     }
     let [udp_addrs, tcp_addrs, tls_addrs] = bound_addrs;
+    let mut dtls_socks: Vec<Vec<std::net::UdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut dtls_addrs = Vec::new();
+    for addr in &config.listen.dtls {
+        let (b, socks) = bind_per_shard(
+            *addr,
+            workers,
+            "DTLS",
+            |a| relay::bind_udp(a, true),
+            |s| s.local_addr(),
+        )?;
+        dtls_addrs.push(b);
+        for (i, s) in socks.into_iter().enumerate() {
+            dtls_socks[i].push(s);
+        }
+    }
+    let dtls_setup = if config.listen.dtls.is_empty() {
+        None
+    } else {
+        let (cert, key) = net::dtls::certificate_der(&config)?;
+        Some(net::dtls::DtlsSetup::new(config.dtls, cert, key)?)
+    };
     let certificate = match &config.acme {
         Some(acme) if !config.listen.tls.is_empty() => {
             let (cert, stored) = crate::acme::initial_certificate(acme)?;
@@ -189,6 +212,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         .iter()
         .chain(&tcp_addrs)
         .chain(&tls_addrs)
+        .chain(&dtls_addrs)
         .copied()
         .collect();
     let policy =
@@ -294,7 +318,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     let mut senders = Vec::new();
     let mut threads = Vec::new();
     let siblings = net::shard::Siblings::default();
-    for (i, (udp, tcp)) in udp.into_iter().zip(tcp).enumerate() {
+    for (i, ((udp, tcp), dtls)) in udp.into_iter().zip(tcp).zip(dtls_socks).enumerate() {
         let (tx, rx) = mpsc::unbounded_channel();
         let setup = ShardSetup {
             engine: match &cluster {
@@ -316,6 +340,8 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             udp,
             tcp,
             tls: acceptor.clone(),
+            dtls,
+            dtls_setup: dtls_setup.clone(),
             index: i,
             health: health.clone(),
             fastpath: fastpath.shard(),
@@ -340,6 +366,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         (&udp_addrs, "udp"),
         (&tcp_addrs, "tcp"),
         (&tls_addrs, "tls"),
+        (&dtls_addrs, "dtls"),
     ] {
         for addr in addrs {
             tracing::info!(%addr, transport = t, workers, "listening");
@@ -435,6 +462,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         udp: udp_addrs,
         tcp: tcp_addrs,
         tls: tls_addrs,
+        dtls: dtls_addrs,
         http: http_addr,
         admin: admin_addr,
         certificate,

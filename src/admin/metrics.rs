@@ -54,13 +54,19 @@ pub const READY_PROBE_FAILURES_TOTAL: &str = "turnd_ready_probe_failures_total";
 pub const UDP_KERNEL_DROPS_TOTAL: &str = "turnd_udp_kernel_drops_total";
 pub const ALLOCATIONS_LIMIT: &str = "turnd_allocations_limit";
 pub const UDP_SEND_DROPPED_TOTAL: &str = "turnd_udp_send_dropped_total";
+pub const DTLS_SESSIONS: &str = "turnd_dtls_sessions";
+pub const DTLS_HELLO_VERIFY_TOTAL: &str = "turnd_dtls_hello_verify_requests_total";
+pub const DTLS_ESTABLISHED_TOTAL: &str = "turnd_dtls_sessions_established_total";
+pub const DTLS_REFUSED_TOTAL: &str = "turnd_dtls_sessions_refused_total";
+pub const DTLS_HANDSHAKE_TIMEOUTS_TOTAL: &str = "turnd_dtls_handshake_timeouts_total";
+pub const DTLS_OLD_VERSION_TOTAL: &str = "turnd_dtls_old_version_refused_total";
 pub const UDP_BATCH_CALLS_TOTAL: &str = "turnd_udp_batch_calls_total";
 pub const UDP_BATCH_DATAGRAMS_TOTAL: &str = "turnd_udp_batch_datagrams_total";
 
 /// The `Content-Type` of [`render`]'s output.
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
-const TRANSPORTS: [&str; 3] = ["udp", "tcp", "tls"];
+const TRANSPORTS: [&str; 4] = ["udp", "tcp", "tls", "dtls"];
 /// The methods the engine answers (`engine::wire::method_name`).
 const ANSWERED_METHODS: [&str; 5] = [
     "binding",
@@ -512,6 +518,48 @@ impl Collector for ShardsCollector {
         });
         let help = "TLS handshakes that failed or timed out, by reason.";
         family(e, TLS_HANDSHAKE_FAILURES_TOTAL, help, Counter, failures)?;
+        for (name, kind, help, v) in [
+            (
+                DTLS_SESSIONS,
+                Gauge,
+                "DTLS sessions open (handshaking or established).",
+                sum(&|s| s.dtls.sessions),
+            ),
+            (
+                DTLS_HELLO_VERIFY_TOTAL,
+                Counter,
+                "DTLS ClientHellos without a valid cookie, answered statelessly with a \
+                 HelloVerifyRequest.",
+                sum(&|s| s.dtls.hello_verify_sent),
+            ),
+            (
+                DTLS_ESTABLISHED_TOTAL,
+                Counter,
+                "DTLS handshakes completed.",
+                sum(&|s| s.dtls.established),
+            ),
+            (
+                DTLS_REFUSED_TOTAL,
+                Counter,
+                "DTLS ClientHellos with a valid cookie refused by dtls.max_sessions(_per_ip).",
+                sum(&|s| s.dtls.refused),
+            ),
+            (
+                DTLS_HANDSHAKE_TIMEOUTS_TOTAL,
+                Counter,
+                "DTLS sessions dropped because the handshake did not finish within \
+                 dtls.handshake_timeout.",
+                sum(&|s| s.dtls.handshake_timeouts),
+            ),
+            (
+                DTLS_OLD_VERSION_TOTAL,
+                Counter,
+                "DTLS 1.0 ClientHellos answered with a protocol_version alert.",
+                sum(&|s| s.dtls.old_version),
+            ),
+        ] {
+            single(e, name, help, kind, v)?;
+        }
         let panics = sum(&|s| s.engine_panics);
         let help = "Inputs dropped because handling them panicked (the shard went on).";
         single(e, ENGINE_PANICS_TOTAL, help, Counter, panics)?;
@@ -598,6 +646,7 @@ mod tests {
         let mut b = a.clone();
         b.engine.counters.responses.insert(("refresh", 0), 1);
         b.engine_panics = 6;
+        b.dtls.sessions = 6;
         vec![a, b]
     }
 
@@ -726,6 +775,10 @@ mod tests {
             "turnd_udp_send_dropped_total 6",
             "turnd_udp_batch_calls_total{call=\"recvmmsg\"} 4",
             "turnd_udp_batch_datagrams_total{call=\"sendmmsg\"} 80",
+            "# TYPE turnd_dtls_sessions gauge",
+            "turnd_dtls_sessions 6",
+            "# TYPE turnd_dtls_hello_verify_requests_total counter",
+            "turnd_dtls_hello_verify_requests_total 0",
         ] {
             assert_line(&text, line);
         }
@@ -733,6 +786,6 @@ mod tests {
         let helps: Vec<_> = text.lines().filter(|l| l.starts_with("# HELP ")).collect();
         let unique: std::collections::HashSet<_> = helps.iter().collect();
         assert_eq!(helps.len(), unique.len());
-        assert_eq!(helps.len(), 29);
+        assert_eq!(helps.len(), 35);
     }
 }

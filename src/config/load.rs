@@ -310,6 +310,9 @@ fn apply(raw: RawConfig, c: &mut Config, base: &Path, problems: &mut Vec<Problem
         if let Some(v) = l.tls {
             c.listen.tls = addrs(v);
         }
+        if let Some(v) = l.dtls {
+            c.listen.dtls = addrs(v);
+        }
     }
     if let Some(t) = raw.tls {
         match (t.cert, t.key, t.acme) {
@@ -443,6 +446,13 @@ fn apply(raw: RawConfig, c: &mut Config, base: &Path, problems: &mut Vec<Problem
         set(&mut st.max_connections_per_ip, s.max_connections_per_ip);
         set(&mut st.write_queue_bytes, s.write_queue_bytes);
         set(&mut st.write_timeout, s.write_timeout.map(|d| d.0));
+    }
+    if let Some(d) = raw.dtls {
+        let dt = &mut c.dtls;
+        set(&mut dt.handshake_timeout, d.handshake_timeout.map(|d| d.0));
+        set(&mut dt.idle_timeout, d.idle_timeout.map(|d| d.0));
+        set(&mut dt.max_sessions, d.max_sessions);
+        set(&mut dt.max_sessions_per_ip, d.max_sessions_per_ip);
     }
     if let Some(sg) = raw.signaling {
         let c = &mut c.signaling;

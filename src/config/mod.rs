@@ -64,6 +64,8 @@ pub struct Config {
     pub policy: Policy,
     pub lifetimes: Lifetimes,
     pub streams: Streams,
+    /// `[dtls]`: limits of DTLS sessions (`listen.dtls`).
+    pub dtls: Dtls,
     pub signaling: Signaling,
     pub admin: Admin,
     pub server: Server,
@@ -286,11 +288,25 @@ pub struct Streams {
     pub write_timeout: Duration,
 }
 
+/// Limits of DTLS client sessions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dtls {
+    /// A DTLS handshake (from the first ClientHello with a valid cookie) must finish within this.
+    pub handshake_timeout: Duration,
+    /// A session is dropped (and its allocation freed) after this long without a datagram.
+    pub idle_timeout: Duration,
+    pub max_sessions: usize,
+    /// Sessions per client IPv4 address or IPv6 /64.
+    pub max_sessions_per_ip: usize,
+}
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Listen {
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
     pub tls: Vec<SocketAddr>,
+    /// DTLS over UDP (RFC 7350), the `[tls]` certificate (an ECDSA one).
+    pub dtls: Vec<SocketAddr>,
 }
 
 /// PEM certificate chain and key for TLS listeners. Without it, the development profile
@@ -389,6 +405,7 @@ impl Config {
                 udp: vec![SocketAddr::from(([0, 0, 0, 0], 3478))],
                 tcp: vec![],
                 tls: vec![],
+                dtls: vec![],
             },
             tls: None,
             acme: None,
@@ -416,6 +433,12 @@ impl Config {
                 max_connections_per_ip: 64,
                 write_queue_bytes: 256 * 1024,
                 write_timeout: Duration::from_secs(10),
+            },
+            dtls: Dtls {
+                handshake_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(600),
+                max_sessions: 10_000,
+                max_sessions_per_ip: 64,
             },
             signaling: Signaling {
                 listen: None,

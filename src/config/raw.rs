@@ -107,6 +107,7 @@ pub struct RawConfig {
     pub policy: Option<RawPolicy>,
     pub lifetimes: Option<RawLifetimes>,
     pub streams: Option<RawStreams>,
+    pub dtls: Option<RawDtls>,
     pub signaling: Option<RawSignaling>,
     pub admin: Option<RawAdmin>,
     pub server: Option<RawServer>,
@@ -208,6 +209,7 @@ pub struct RawListen {
     pub udp: Option<Vec<Addr>>,
     pub tcp: Option<Vec<Addr>>,
     pub tls: Option<Vec<Addr>>,
+    pub dtls: Option<Vec<Addr>>,
 }
 
 /// `cert` and `key` together, or `acme`.
@@ -337,6 +339,16 @@ pub struct RawStreams {
     pub max_connections_per_ip: Option<usize>,
     pub write_queue_bytes: Option<usize>,
     pub write_timeout: Option<Dur>,
+}
+
+/// Limits of DTLS client sessions.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDtls {
+    pub handshake_timeout: Option<Dur>,
+    pub idle_timeout: Option<Dur>,
+    pub max_sessions: Option<usize>,
+    pub max_sessions_per_ip: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -247,7 +247,7 @@ fn unknown_keys_are_rejected_with_file_line_and_key() {
     let text = "realm = \"x\"\n[listen]\nudpp = [\"0.0.0.0:3478\"]\n";
     assert_eq!(
         error(text),
-        format!("{FILE}:3: listen.udpp: unknown key (expected one of: udp, tcp, tls)")
+        format!("{FILE}:3: listen.udpp: unknown key (expected one of: udp, tcp, tls, dtls)")
     );
     let e = error("realmm = \"x\"\n");
     assert!(
@@ -443,6 +443,22 @@ fn rules_between_keys_name_line_and_key() {
         (
             "[listen]\ntls = [\"0.0.0.0:5349\"]\n",
             "2: listen.tls: TLS listeners need [tls]",
+        ),
+        (
+            "[listen]\ndtls = [\"0.0.0.0:5349\"]\n",
+            "2: listen.dtls: DTLS listeners need [tls] cert and key",
+        ),
+        (
+            "[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n[listen]\nudp = [\"0.0.0.0:3478\"]\ndtls = [\"0.0.0.0:3478\"]\n",
+            "6: listen.dtls: 0.0.0.0:3478 is also in listen.udp",
+        ),
+        (
+            "[dtls]\nmax_sessions_per_ip = 0\n",
+            "2: dtls.max_sessions_per_ip: must be at least 1",
+        ),
+        (
+            "[dtls]\nhandshake_timeout = \"0s\"\n",
+            "2: dtls.handshake_timeout: must be longer than 0s",
         ),
         ("realm = \"\"\n", "1: realm: is empty"),
         (

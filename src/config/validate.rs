@@ -151,7 +151,7 @@ impl Config {
 
     fn check_listen(&self, p: &mut Vec<Problem>) {
         let l = &self.listen;
-        if l.udp.is_empty() && l.tcp.is_empty() && l.tls.is_empty() {
+        if l.udp.is_empty() && l.tcp.is_empty() && l.tls.is_empty() && l.dtls.is_empty() {
             p.push(Problem::new(
                 "listen",
                 "no listeners: give at least one address in listen.udp, listen.tcp or listen.tls",
@@ -168,6 +168,23 @@ impl Config {
                 "TLS listeners need [tls] cert and key",
             ));
         }
+        // DTLS reads the [tls] files itself (no ACME certificate); the development profile
+        // generates a self-signed one.
+        if !l.dtls.is_empty() && self.tls.is_none() && self.profile == Profile::Production {
+            p.push(Problem::new(
+                "listen.dtls",
+                "DTLS listeners need [tls] cert and key (an ECDSA P-256 or P-384 key)",
+            ));
+        }
+        for a in &l.dtls {
+            if a.port() != 0 && l.udp.contains(a) {
+                p.push(Problem::new(
+                    "listen.dtls",
+                    format!("{a} is also in listen.udp"),
+                ));
+            }
+        }
+        duplicates(&l.dtls, "listen.dtls", p);
         if let Some(a) = &self.acme {
             if l.tls.is_empty() {
                 p.push(Problem::new(
@@ -449,6 +466,23 @@ impl Config {
             ("streams.max_connections", s.max_connections),
             ("streams.max_connections_per_ip", s.max_connections_per_ip),
             ("streams.write_queue_bytes", s.write_queue_bytes),
+        ] {
+            if value == 0 {
+                p.push(Problem::new(key, "must be at least 1"));
+            }
+        }
+        let d = &self.dtls;
+        for (key, value) in [
+            ("dtls.handshake_timeout", d.handshake_timeout),
+            ("dtls.idle_timeout", d.idle_timeout),
+        ] {
+            if value.is_zero() {
+                p.push(Problem::new(key, "must be longer than 0s"));
+            }
+        }
+        for (key, value) in [
+            ("dtls.max_sessions", d.max_sessions),
+            ("dtls.max_sessions_per_ip", d.max_sessions_per_ip),
         ] {
             if value == 0 {
                 p.push(Problem::new(key, "must be at least 1"));

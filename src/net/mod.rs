@@ -5,6 +5,7 @@
 //! API nor the HTTP server.
 
 mod control;
+pub mod dtls;
 pub mod health;
 pub mod peer_filter;
 pub mod relay;

@@ -31,6 +31,7 @@ use turnd_proto::engine::{
     PortChoice, Refusal, RelayAddr, SessionId, SessionInfo, Shared, Transport, HEADROOM,
 };
 
+use super::dtls::{DtlsCounters, DtlsSetup, DtlsTable};
 use super::health::{panic_message, take_panic_location, Health, LogLimit};
 use super::relay::{bind_pair, bind_relay, Reservations};
 use super::stream::{accept_loop, Closed, ConnLimits, StreamTable};
@@ -106,12 +107,18 @@ pub struct ShardMetrics {
     /// `recvmmsg` calls that returned datagrams, and the datagrams.
     pub udp_recv_calls: u64,
     pub udp_received: u64,
+    /// DTLS sessions and the stateless HelloVerifyRequests.
+    pub dtls: DtlsCounters,
 }
 
 /// What a UDP socket of the shard is for.
 #[derive(Clone, Copy)]
 enum SockKind {
     Listener {
+        local: SocketAddr,
+    },
+    /// A DTLS listener (`listen.dtls`): datagrams go to the shard's [`DtlsTable`].
+    Dtls {
         local: SocketAddr,
     },
     Relay {
@@ -173,6 +180,7 @@ pub struct Shard {
     streams: StreamTable,
     /// RFC 6062 TCP relay listeners and peer connections.
     tcp: TcpRelays,
+    dtls: DtlsTable,
     reservations: Arc<Reservations>,
     siblings: Siblings,
     timer_changed: Notify,
@@ -198,6 +206,9 @@ pub struct ShardSetup {
     /// TCP listener sockets with the transport they carry (TCP or TLS).
     pub tcp: Vec<(std::net::TcpListener, Transport)>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// DTLS listener sockets and what their sessions share (`None` without DTLS listeners).
+    pub dtls: Vec<std::net::UdpSocket>,
+    pub dtls_setup: Option<Arc<DtlsSetup>>,
     pub index: usize,
     pub health: Arc<Health>,
     /// `[fastpath] xdp`: this shard's mirror of its routes in the kernel (off by default).
@@ -233,6 +244,17 @@ pub fn run(
         }
         let mut engine = setup.engine;
         engine.set_route_events(setup.fastpath.is_on());
+        for s in setup.dtls {
+            let local = s.local_addr()?;
+            let mut io = mio::net::UdpSocket::from_std(s);
+            let entry = socks.slab.vacant_entry();
+            registry.register(&mut io, Token(entry.key()), Interest::READABLE)?;
+            entry.insert(Sock {
+                io,
+                kind: SockKind::Dtls { local },
+                queued: false,
+            });
+        }
         let gso = setup.relay_cfg.gso && udp::gso_supported();
         let shard = Rc::new(Shard {
             engine: RefCell::new(engine),
@@ -244,6 +266,7 @@ pub fn run(
             stream_out: RefCell::new(SendQueue::new(gso)),
             streams: StreamTable::new(setup.streams_cfg, setup.conn_limits, setup.redact),
             tcp: TcpRelays::default(),
+            dtls: DtlsTable::new(setup.dtls_setup),
             reservations: setup.reservations,
             siblings: setup.siblings,
             timer_changed: Notify::new(),
@@ -287,6 +310,7 @@ pub fn run(
                     as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
             ),
             ("reservation sweeper", Box::pin(sweeper(shard.clone()))),
+            ("DTLS timer", Box::pin(dtls_timer(shard.clone()))),
         ] {
             let guard = shard.health.guard(shard.index, what);
             tokio::task::spawn_local(async move {
@@ -311,6 +335,7 @@ pub fn run(
         }
         shard.streams.close_all();
         shard.tcp.close_all();
+        shard.dtls.close_all();
         Ok(())
     })
 }
@@ -449,6 +474,19 @@ async fn sweeper(shard: Rc<Shard>) {
     }
 }
 
+/// Drives the DTLS sessions' retransmissions and timeouts (idle without DTLS listeners).
+async fn dtls_timer(shard: Rc<Shard>) {
+    let Some(every) = shard.dtls.tick_interval() else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        shard.dtls_tick(Instant::now());
+    }
+}
+
 async fn timer(shard: Rc<Shard>) {
     loop {
         let deadline = shard.engine.borrow().poll_timeout();
@@ -529,6 +567,7 @@ impl Shard {
                     udp_sent: self.udp.sent.get(),
                     udp_recv_calls: self.udp.recv_calls.get(),
                     udp_received: self.udp.received.get(),
+                    dtls: self.dtls.counters(),
                 });
             }
             ShardRequest::Sessions(user, reply) => {
@@ -681,6 +720,9 @@ impl Shard {
                     }
                 }
             }
+            Command::CloseClient(client) if client.transport == Transport::Dtls => {
+                self.dtls.close(&client)
+            }
             Command::CloseClient(client) => self.streams.close(&client, Closed::ByServer),
         }
     }
@@ -756,6 +798,7 @@ impl Shard {
                 }
             }
             Transport::Tcp | Transport::Tls => self.streams.push(&to, bytes),
+            Transport::Dtls => self.dtls.send(&to, bytes),
         }
     }
 
@@ -801,6 +844,10 @@ impl Shard {
                 SockKind::Listener { local } => self.on_listener_batch(now, local, batch, n, out),
                 SockKind::Relay { client, bound } => {
                     self.on_relay_batch(now, client, bound, batch, n, out);
+                    false
+                }
+                SockKind::Dtls { local } => {
+                    self.on_dtls_batch(now, fd, local, batch, n);
                     false
                 }
             };
@@ -872,6 +919,66 @@ impl Shard {
         false
     }
 
+    /// Datagrams on a DTLS listener: the stateless cookie layer and the sessions
+    /// (`net::dtls`); decrypted datagrams go to the engine as UDP datagrams do, relayed
+    /// data straight to its relay socket.
+    fn on_dtls_batch(
+        self: &Rc<Self>,
+        now: Instant,
+        fd: RawFd,
+        local: SocketAddr,
+        batch: &mut RecvBatch,
+        n: usize,
+    ) {
+        let mut app = Vec::new();
+        for i in 0..n {
+            let (len, Some(remote)) = batch.datagram(i) else {
+                continue;
+            };
+            let Some(packet) = batch.slot_mut(i).get(HEADROOM..HEADROOM + len) else {
+                continue;
+            };
+            self.guarded("DTLS record", || {
+                self.dtls
+                    .on_datagram(now, fd, local, remote, packet, &mut app)
+            });
+            for client in self.dtls.take_replaced() {
+                self.client_closed(client);
+            }
+            let from = ClientAddr {
+                transport: Transport::Dtls,
+                remote,
+                local,
+            };
+            for data in app.drain(..) {
+                self.guarded(kind_of(&data), || {
+                    let mut engine = self.engine.borrow_mut();
+                    if let Some(to) = engine.handle_client(now, from, &data) {
+                        if let (Some(fd), Some(bytes)) =
+                            (self.relay_fd(to.relay.0), data.get(to.range))
+                        {
+                            self.count_send(udp::send_one(fd, bytes, to.peer.0));
+                        }
+                    }
+                });
+            }
+        }
+        self.guarded("flush", || {
+            let mut engine = self.engine.borrow_mut();
+            self.flush_outputs(&mut engine, now);
+        });
+    }
+
+    /// DTLS retransmissions and timeouts; ended sessions free their allocations.
+    fn dtls_tick(self: &Rc<Self>, now: Instant) {
+        let ended = self
+            .guarded("DTLS timer", || self.dtls.tick(now))
+            .unwrap_or_default();
+        for client in ended {
+            self.client_closed(client);
+        }
+    }
+
     /// Peer datagrams from one relay socket of `client`'s allocation.
     fn on_relay_batch(
         &self,
@@ -903,6 +1010,11 @@ impl Shard {
                             out.push(fd, to.client.remote, at + to.range.start..at + to.range.end)
                         }
                         (Transport::Udp, None) => {}
+                        (Transport::Dtls, _) => {
+                            if let Some(bytes) = slot.get(to.range) {
+                                self.dtls.send(&to.client, bytes);
+                            }
+                        }
                         _ => {
                             if let Some(bytes) = slot.get(to.range) {
                                 self.streams.push(&to.client, bytes);

@@ -10,6 +10,7 @@ mod common;
 
 mod auth_sha256;
 mod bound_credentials;
+mod dtls;
 mod interop_streams;
 mod interop_udp;
 mod tcp_relay;

@@ -25,6 +25,7 @@ mod config_files;
 mod containment;
 mod contrib;
 mod dockerfile;
+mod dtls;
 mod fastpath;
 mod fleet;
 mod http_limits;

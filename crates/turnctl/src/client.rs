@@ -11,6 +11,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 
 use stun::attributes::*;
@@ -37,6 +38,156 @@ pub enum Link {
     /// Connected to the server.
     Udp(UdpSocket),
     Stream(Box<dyn Stream>),
+    /// DTLS 1.2 over a connected UDP socket (probe only).
+    Dtls(Box<DtlsLink>),
+}
+
+/// A DTLS client session (dimpl, sans-IO) over a connected UDP socket.
+pub struct DtlsLink {
+    sock: UdpSocket,
+    dtls: dimpl::Dtls,
+    buf: Vec<u8>,
+    /// Records to send, plaintext received, the next retransmission.
+    out: Vec<Vec<u8>>,
+    app: std::collections::VecDeque<Vec<u8>>,
+    next: Option<std::time::Instant>,
+    connected: bool,
+    peer_cert: Option<Vec<u8>>,
+    closed: bool,
+}
+
+impl DtlsLink {
+    fn poll(&mut self) {
+        for _ in 0..1024 {
+            match self.dtls.poll_output(&mut self.buf) {
+                dimpl::Output::Packet(p) => self.out.push(p.to_vec()),
+                dimpl::Output::BufferTooSmall { needed } if needed <= 1 << 16 => {
+                    self.buf.resize(needed, 0)
+                }
+                dimpl::Output::Timeout(t) => {
+                    self.next = Some(t);
+                    return;
+                }
+                dimpl::Output::Connected => self.connected = true,
+                dimpl::Output::PeerCert(c) => self.peer_cert = Some(c.to_vec()),
+                dimpl::Output::ApplicationData(d) => self.app.push_back(d.to_vec()),
+                dimpl::Output::CloseNotify => {
+                    self.closed = true;
+                    return;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    async fn send_out(&mut self) -> io::Result<()> {
+        for p in std::mem::take(&mut self.out) {
+            self.sock.send(&p).await?;
+        }
+        Ok(())
+    }
+
+    /// Wait for one datagram or the next retransmission timer, and feed it to the session.
+    async fn step(&mut self) -> io::Result<()> {
+        let mut d = vec![0u8; 65536];
+        let timer = self
+            .next
+            .unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(1));
+        match tokio::time::timeout_at(Instant::from_std(timer), self.sock.recv(&mut d)).await {
+            Ok(r) => {
+                let n = r?;
+                self.dtls
+                    .handle_packet(&d[..n])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            }
+            Err(_) => self
+                .dtls
+                .handle_timeout(std::time::Instant::now())
+                .map_err(|e| io::Error::new(io::ErrorKind::TimedOut, e.to_string()))?,
+        }
+        self.poll();
+        if self.closed {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the server closed the DTLS session",
+            ));
+        }
+        self.send_out().await
+    }
+
+    async fn connect(sock: UdpSocket, target: &TlsTarget) -> io::Result<DtlsLink> {
+        let (cert, key) = {
+            let rcgen::CertifiedKey { cert, signing_key } =
+                rcgen::generate_simple_self_signed(vec!["turnctl".to_string()])
+                    .map_err(io::Error::other)?;
+            (cert.der().to_vec(), signing_key.serialize_der())
+        };
+        let config = dimpl::Config::builder().build().map_err(io::Error::other)?;
+        let mut dtls = dimpl::Dtls::new_12(
+            Arc::new(config),
+            dimpl::DtlsCertificate {
+                certificate: cert,
+                private_key: key,
+            },
+            std::time::Instant::now(),
+        );
+        dtls.set_active(true);
+        dtls.handle_timeout(std::time::Instant::now())
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let mut l = DtlsLink {
+            sock,
+            dtls,
+            buf: vec![0; 4096],
+            out: Vec::new(),
+            app: Default::default(),
+            next: None,
+            connected: false,
+            peer_cert: None,
+            closed: false,
+        };
+        l.poll();
+        l.send_out().await?;
+        while !l.connected {
+            l.step().await?;
+        }
+        let der = l
+            .peer_cert
+            .clone()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no server certificate"))?;
+        target
+            .verifier
+            .verify_server_cert(
+                &rustls::pki_types::CertificateDer::from(der),
+                &[],
+                &target.name,
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+            .map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("invalid peer certificate: {e}"),
+                )
+            })?;
+        Ok(l)
+    }
+
+    async fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        self.dtls
+            .send_application_data(data)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        self.poll();
+        self.send_out().await
+    }
+
+    async fn recv(&mut self) -> io::Result<Vec<u8>> {
+        loop {
+            if let Some(d) = self.app.pop_front() {
+                return Ok(d);
+            }
+            self.step().await?;
+        }
+    }
 }
 
 /// Receive buffer: a datagram of up to 64 KiB, or several stream frames.
@@ -59,6 +210,8 @@ pub struct Conn {
 pub struct TlsTarget {
     pub connector: TlsConnector,
     pub name: rustls::pki_types::ServerName<'static>,
+    /// For DTLS (`turns:...?transport=udp`): checks the leaf certificate the handshake used.
+    pub verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
 }
 
 impl Conn {
@@ -71,6 +224,31 @@ impl Conn {
     ) -> Result<Conn, ClientError> {
         let deadline = Instant::now() + timeout;
         let (link, local) = match transport {
+            Transport::Dtls => {
+                let Some(t) = tls else {
+                    return Err(ClientError::Protocol(
+                        "DTLS without a TLS configuration".into(),
+                    ));
+                };
+                let any: SocketAddr = if server.is_ipv4() {
+                    "0.0.0.0:0".parse().expect("literal")
+                } else {
+                    "[::]:0".parse().expect("literal")
+                };
+                let s = UdpSocket::bind(any).await.map_err(ClientError::Io)?;
+                s.connect(server)
+                    .await
+                    .map_err(|error| ClientError::Connect { server, error })?;
+                let local = s.local_addr().map_err(ClientError::Io)?;
+                let link = tokio::time::timeout_at(deadline, DtlsLink::connect(s, t))
+                    .await
+                    .map_err(|_| ClientError::Timeout {
+                        server,
+                        after: timeout,
+                    })?
+                    .map_err(|error| ClientError::Tls { server, error })?;
+                (Link::Dtls(Box::new(link)), local)
+            }
             Transport::Udp => {
                 let any: SocketAddr = if server.is_ipv4() {
                     "0.0.0.0:0".parse().expect("literal")
@@ -129,6 +307,7 @@ impl Conn {
     pub async fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         match &mut self.link {
             Link::Udp(s) => s.send(frame).await.map(|_| ()),
+            Link::Dtls(d) => d.send(frame).await,
             Link::Stream(s) => {
                 s.write_all(frame).await?;
                 s.flush().await
@@ -140,6 +319,12 @@ impl Conn {
     pub async fn recv(&mut self) -> io::Result<&[u8]> {
         if let Link::Udp(s) = &self.link {
             let n = s.recv(&mut self.buf).await?;
+            return Ok(&self.buf[..n]);
+        }
+        if let Link::Dtls(d) = &mut self.link {
+            let data = d.recv().await?;
+            let n = data.len().min(self.buf.len());
+            self.buf[..n].copy_from_slice(&data[..n]);
             return Ok(&self.buf[..n]);
         }
         loop {
@@ -172,7 +357,7 @@ impl Conn {
     pub fn into_raw(self) -> Option<(Box<dyn Stream>, Vec<u8>)> {
         match self.link {
             Link::Stream(s) => Some((s, self.buf[self.start..self.end].to_vec())),
-            Link::Udp(_) => None,
+            Link::Udp(_) | Link::Dtls(_) => None,
         }
     }
 

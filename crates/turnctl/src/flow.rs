@@ -262,6 +262,8 @@ pub async fn run(client: TurnClient, f: Rc<Flow>, index: usize, peer: SocketAddr
     let client = match client.conn.link {
         Link::Udp(_) => udp(client, &f, &mut pacer, &peer).await,
         Link::Stream(_) => stream(client, &f, &mut pacer, &peer).await,
+        // Refused by `turnctl load`'s argument check.
+        Link::Dtls(_) => client,
     };
     f.sent.set(f.sent.get() + pacer.sent);
     f.received.set(f.received.get() + pacer.received);

@@ -101,6 +101,9 @@ impl LoadArgs {
 }
 
 fn validate(a: &LoadArgs) -> anyhow::Result<()> {
+    if a.transport_of() == Transport::Dtls {
+        bail!("turnctl load does not speak DTLS (turnctl probe does)");
+    }
     if a.allocations == 0 || a.allocations > MAX_ALLOCATIONS {
         bail!("--allocations must be 1..={MAX_ALLOCATIONS}");
     }

@@ -19,7 +19,6 @@ use tokio::net::UdpSocket;
 use crate::client::{ClientError, Conn, TlsTarget, TurnClient};
 use crate::creds::AuthArgs;
 use stun::message::METHOD_SEND;
-use turnd_proto::engine::Transport;
 use turnd_proto::frames::{
     indication_header_len, write_channel_header, write_indication_header, CHANNEL_DATA_HEADER,
 };
@@ -31,7 +30,7 @@ const CHANNEL: u16 = 0x4000;
 
 #[derive(clap::Args, Debug)]
 pub struct ProbeArgs {
-    /// turn:HOST:PORT[?transport=udp|tcp] or turns:HOST:PORT.
+    /// turn:HOST:PORT[?transport=udp|tcp], turns:HOST:PORT (TLS) or turns:HOST:PORT?transport=udp (DTLS).
     #[arg(long, short = 's', value_parser = crate::parse_url)]
     pub server: ServerUrl,
     #[command(flatten)]
@@ -108,7 +107,7 @@ impl Probe {
 
 /// Run the probe; Ok(true) when every step passed.
 pub fn run(args: &ProbeArgs) -> anyhow::Result<bool> {
-    if args.tcp_relay && args.server.transport == Transport::Udp {
+    if args.tcp_relay && !args.server.transport.is_stream() {
         anyhow::bail!(
             "--tcp-relay needs a TCP or TLS server URL (turn:...?transport=tcp or turns:)"
         );
@@ -371,7 +370,7 @@ async fn relay_steps(
         .map(|_| ((), format!("peer {peer}")));
     p.record("CreatePermission", t, r)?;
 
-    let stream = c.conn.transport != Transport::Udp;
+    let stream = c.conn.transport.is_stream();
     let token: [u8; 16] = rand::random();
     let mut buf = vec![0u8; 256];
     let h = indication_header_len(&peer);

@@ -39,6 +39,7 @@ impl FromStr for ServerUrl {
         if let Some(q) = query {
             match q {
                 "transport=udp" if !secure => transport = Transport::Udp,
+                "transport=udp" => transport = Transport::Dtls,
                 "transport=tcp" if secure => transport = Transport::Tls,
                 "transport=tcp" => transport = Transport::Tcp,
                 _ => {
@@ -97,6 +98,7 @@ impl fmt::Display for ServerUrl {
         match (self.scheme, self.transport) {
             ("turn" | "stun", Transport::Tcp) => write!(f, "?transport=tcp"),
             ("turn" | "stun", Transport::Udp) => write!(f, "?transport=udp"),
+            ("turns" | "stuns", Transport::Dtls) => write!(f, "?transport=udp"),
             _ => Ok(()),
         }
     }
@@ -152,6 +154,9 @@ mod tests {
             url("turn:[::1]:3478").to_string(),
             "turn:[::1]:3478?transport=udp"
         );
+        let u = url("turns:127.0.0.1:5349?transport=udp");
+        assert_eq!((u.port, u.transport), (5349, Transport::Dtls));
+        assert_eq!(u.to_string(), "turns:127.0.0.1:5349?transport=udp");
         assert!("turn:host?transport=sctp".parse::<ServerUrl>().is_err());
         assert!("turn:host:notaport".parse::<ServerUrl>().is_err());
     }

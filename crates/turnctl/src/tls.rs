@@ -36,12 +36,14 @@ impl TlsArgs {
         transport: turnd_proto::engine::Transport,
         host: &str,
     ) -> anyhow::Result<Option<crate::client::TlsTarget>> {
-        if transport != turnd_proto::engine::Transport::Tls {
+        use turnd_proto::engine::Transport;
+        if !matches!(transport, Transport::Tls | Transport::Dtls) {
             return Ok(None);
         }
         Ok(Some(crate::client::TlsTarget {
             connector: connector(self.ca.as_deref(), self.insecure)?,
             name: server_name(host)?,
+            verifier: verifier(self.ca.as_deref(), self.insecure)?,
         }))
     }
 }
@@ -65,6 +67,20 @@ pub fn connector(ca: Option<&Path>, insecure: bool) -> anyhow::Result<TlsConnect
     };
     cfg.alpn_protocols = vec![b"stun.turn".to_vec()];
     Ok(TlsConnector::from(Arc::new(cfg)))
+}
+
+/// The same verification for DTLS, whose library hands over the server's leaf certificate
+/// and checks the handshake signatures with it, but leaves the certificate to us.
+pub fn verifier(ca: Option<&Path>, insecure: bool) -> anyhow::Result<Arc<dyn ServerCertVerifier>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    if insecure {
+        return Ok(Arc::new(DangerousAcceptAnyCert(provider)));
+    }
+    let v =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca)?), provider)
+            .build()
+            .context("certificate verifier")?;
+    Ok(v)
 }
 
 fn roots(ca: Option<&Path>) -> anyhow::Result<RootCertStore> {

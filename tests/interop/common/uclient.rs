@@ -132,6 +132,12 @@ impl Uclient {
         self.flag("-t").flag("-S")
     }
 
+    /// `-S` without `-t`: TURN over DTLS to the server (coturn 4.6.1 does not verify the
+    /// server's certificate).
+    pub fn dtls(self) -> Self {
+        self.flag("-S")
+    }
+
     /// The client leg's transport: nothing for UDP, [`Uclient::tcp`] or [`Uclient::tls`].
     pub fn transport(self, t: ClientTransport) -> Self {
         match t {

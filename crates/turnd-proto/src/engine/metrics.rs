@@ -57,17 +57,20 @@ impl AuthFailure {
 /// Upper bounds (seconds) of the allocation-duration histogram buckets.
 pub const DURATION_BUCKETS: [u64; 7] = [10, 60, 300, 600, 1800, 3600, 14400];
 
-/// Traffic by transport of the client leg: [udp, tcp, tls].
+/// Client-leg transports counted: udp, tcp, tls, dtls.
+pub const TRANSPORTS: usize = 4;
+
+/// Traffic by transport of the client leg: [udp, tcp, tls, dtls].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Traffic {
     /// Packets relayed client -> peer.
-    pub packets_to_peer: [u64; 3],
+    pub packets_to_peer: [u64; TRANSPORTS],
     /// Payload bytes relayed client -> peer.
-    pub bytes_to_peer: [u64; 3],
+    pub bytes_to_peer: [u64; TRANSPORTS],
     /// Packets relayed peer -> client.
-    pub packets_to_client: [u64; 3],
+    pub packets_to_client: [u64; TRANSPORTS],
     /// Payload bytes relayed peer -> client.
-    pub bytes_to_client: [u64; 3],
+    pub bytes_to_client: [u64; TRANSPORTS],
 }
 
 /// Counters of one engine since it started.
@@ -99,7 +102,7 @@ pub struct MetricsSnapshot {
     /// The engine's counters.
     pub counters: EngineMetrics,
     /// Live allocations by [transport][family: 0 = IPv4 relay, 1 = IPv6 relay, 2 = dual].
-    pub allocations: [[u64; 3]; 3],
+    pub allocations: [[u64; 3]; TRANSPORTS],
     /// Live permissions.
     pub permissions: u64,
     /// Live channels.
@@ -144,6 +147,7 @@ pub(super) fn transport_index(t: Transport) -> usize {
         Transport::Udp => 0,
         Transport::Tcp => 1,
         Transport::Tls => 2,
+        Transport::Dtls => 3,
     }
 }
 

@@ -97,12 +97,14 @@ pub enum Transport {
     Tcp,
     /// TLS over TCP.
     Tls,
+    /// DTLS over UDP (RFC 7350): datagrams, like UDP, once the handshake is done.
+    Dtls,
 }
 
 impl Transport {
     /// Streams pad ChannelData to a multiple of 4 (RFC 8656 §12.5).
     pub fn is_stream(self) -> bool {
-        !matches!(self, Transport::Udp)
+        matches!(self, Transport::Tcp | Transport::Tls)
     }
     /// The metrics and log label.
     pub fn as_str(self) -> &'static str {
@@ -110,6 +112,7 @@ impl Transport {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
+            Transport::Dtls => "dtls",
         }
     }
 }

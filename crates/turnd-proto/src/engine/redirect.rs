@@ -21,7 +21,7 @@ pub struct Alternate {
 /// The current alternate per transport (UDP, TCP, TLS), shared by all shards.
 #[derive(Debug, Default)]
 pub struct Redirect {
-    targets: RwLock<[Option<Alternate>; 3]>,
+    targets: RwLock<[Option<Alternate>; 4]>,
 }
 
 fn index(t: Transport) -> usize {
@@ -29,6 +29,8 @@ fn index(t: Transport) -> usize {
         Transport::Udp => 0,
         Transport::Tcp => 1,
         Transport::Tls => 2,
+        // No DTLS alternates are published: a DTLS client is never redirected.
+        Transport::Dtls => 3,
     }
 }
 

@@ -276,6 +276,10 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         config.signaling.mint_allocations_per_client,
         config.signaling.mint_allocations,
     );
+    // Read by each engine when it starts (and by the XDP loader, from the config).
+    shared
+        .quotas
+        .set_max_bps_per_allocation(config.policy.max_bps_per_allocation);
     let shared = match &probe {
         Some(p) => p.wrap(shared),
         None => shared,

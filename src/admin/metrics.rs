@@ -34,6 +34,7 @@ pub const CLUSTER_UP: &str = "turnd_cluster_up";
 pub const CLUSTER_NODES: &str = "turnd_cluster_nodes";
 pub const CLUSTER_USAGE_DROPPED: &str = "turnd_cluster_usage_dropped_total";
 pub const QUOTA_REFUSALS_TOTAL: &str = "turnd_quota_refusals_total";
+pub const BANDWIDTH_DROPPED_TOTAL: &str = "turnd_bandwidth_dropped_total";
 pub const RELAYED_PACKETS_TOTAL: &str = "turnd_relayed_packets_total";
 pub const RELAYED_BYTES_TOTAL: &str = "turnd_relayed_bytes_total";
 pub const PERMISSIONS_ACTIVE: &str = "turnd_permissions_active";
@@ -468,6 +469,12 @@ impl Collector for ShardsCollector {
         let quota = sum(&|s| s.engine.counters.quota_refusals);
         let help = "Allocations refused by quotas (486).";
         single(e, QUOTA_REFUSALS_TOTAL, help, Counter, quota)?;
+        let bw = [("to_peer", 0), ("to_client", 1)].map(|(dir, i)| {
+            let n = sum(&|s| s.engine.counters.bandwidth_dropped[i]);
+            (vec![("direction", dir.to_string())], n)
+        });
+        let help = "Relayed datagrams dropped by policy.max_bps_per_allocation, by direction.";
+        family(e, BANDWIDTH_DROPPED_TOTAL, help, Counter, bw)?;
 
         let traffic = |pick: &dyn Fn(&Traffic, usize) -> [u64; 2]| -> Vec<(Labels, u64)> {
             let mut v = Vec::new();

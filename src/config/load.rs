@@ -422,6 +422,7 @@ fn apply(raw: RawConfig, c: &mut Config, base: &Path, problems: &mut Vec<Problem
             &mut pol.max_reservations_per_user,
             p.max_reservations_per_user,
         );
+        set(&mut pol.max_bps_per_allocation, p.max_bps_per_allocation);
     }
     if let Some(l) = raw.lifetimes {
         let lt = &mut c.lifetimes;

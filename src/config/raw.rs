@@ -316,6 +316,7 @@ pub struct RawPolicy {
     pub max_permissions_per_allocation: Option<usize>,
     pub max_channels_per_allocation: Option<usize>,
     pub max_reservations_per_user: Option<usize>,
+    pub max_bps_per_allocation: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -35,6 +35,10 @@ impl fmt::Display for Problem {
     }
 }
 
+/// The smallest non-zero `policy.max_bps_per_allocation` (bits per second): below it the value
+/// is more likely a unit mistake (kbit/s, or coturn's bytes) than a cap.
+const MIN_BPS_PER_ALLOCATION: u64 = 8_000;
+
 /// SOFTWARE: RFC 8489 §14.14 allows fewer than 128 characters; we count bytes. It is only
 /// sent on answers to authenticated requests (`engine::control::reply`).
 const MAX_SOFTWARE_BYTES: usize = 127;
@@ -419,6 +423,12 @@ impl Config {
             if value == 0 {
                 p.push(Problem::new(key, "must be at least 1"));
             }
+        }
+        if (1..MIN_BPS_PER_ALLOCATION).contains(&pol.max_bps_per_allocation) {
+            p.push(Problem::new(
+                "policy.max_bps_per_allocation",
+                "is in bits per second: at least 8000 (1 kB/s), or 0 for unlimited",
+            ));
         }
     }
 

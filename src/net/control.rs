@@ -330,6 +330,10 @@ impl Control {
             new.policy.max_allocations,
             new.policy.max_allocations_per_user,
         );
+        // Each shard's engine copies it in `set_shared` below.
+        old_shared
+            .quotas
+            .set_max_bps_per_allocation(new.policy.max_bps_per_allocation);
         self.reservations
             .set_per_user(new.policy.max_reservations_per_user);
         // The HTTP listener keeps the mint secret it started with: so does auth.

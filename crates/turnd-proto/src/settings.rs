@@ -120,6 +120,9 @@ pub struct Policy {
     /// Ports held by EVEN-PORT's R bit per user (each also counts as an allocation of the
     /// user's quota); 0 refuses R with 508.
     pub max_reservations_per_user: usize,
+    /// Relayed payload bits per second per allocation, each direction separately; more is
+    /// dropped. 0: unlimited. (coturn's `--max-bps` is bytes per second.)
+    pub max_bps_per_allocation: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -167,6 +170,7 @@ impl Default for Policy {
             max_permissions_per_allocation: 64,
             max_channels_per_allocation: 64,
             max_reservations_per_user: 2,
+            max_bps_per_allocation: 0,
         }
     }
 }

@@ -582,6 +582,7 @@ impl Engine {
         self.metrics.allocations_created += 1;
         self.next_id += 1;
         let slot = self.routes.open(&p.user);
+        self.bandwidth.reset(slot);
         let mut a = Allocation {
             id: SessionId::new(self.shard, self.next_id),
             user: p.user,

@@ -1,7 +1,9 @@
 //! Data path: ChannelData and Send indications from clients, datagrams from peers.
 //!
 //! Nothing here allocates or copies the payload: the result names a byte range of the
-//! caller's buffer. Per-packet events are not logged.
+//! caller's buffer. Per-packet events are not logged. With `[policy] max_bps_per_allocation`
+//! set, each relayed payload passes its allocation's bucket for its direction
+//! (`bandwidth.rs`) before it is counted; over the cap it is dropped.
 //!
 //! Indexing is denied here: lengths come from the network and the caller's buffer is only
 //! written through `get_mut(..)`, so a buffer without the promised headroom drops the packet.
@@ -10,7 +12,9 @@
 
 use std::time::Instant;
 
+use super::bandwidth::{TO_CLIENT, TO_PEER};
 use super::control::ChannelNumber;
+use super::route::Slot;
 use super::wire::{
     encode_xor_addr, parse_send, ATTR_DATA_BYTES, ATTR_XOR_PEER_ADDRESS_BYTES,
     MSG_DATA_INDICATION_BYTES,
@@ -26,6 +30,9 @@ impl Engine {
         // reload); what is left to check per packet depends on the port.
         let (slot, user) = self.routes.permission_in(now, relay, peer.ip(), from)?;
         if !self.shared.policy.permits_port_for(user, peer) {
+            return None;
+        }
+        if self.bandwidth.on() && !self.admit(now, slot, TO_PEER, range.len()) {
             return None;
         }
         self.routes.count_to_peer(slot, range.len());
@@ -52,7 +59,11 @@ impl Engine {
         }
         // One lookup: the forward route carries the relay, the peer, the channel's expiry
         // and the allocation's counters.
-        let (relay, peer) = self.routes.channel_out(now, from, number, len)?;
+        let (relay, peer, slot) = self.routes.channel_out(now, from, number)?;
+        if self.bandwidth.on() && !self.admit(now, slot, TO_PEER, len) {
+            return None;
+        }
+        self.routes.count_to_peer(slot, len);
         Some(ToPeer {
             relay,
             peer,
@@ -90,6 +101,9 @@ impl Engine {
                 (None, slot)
             }
         };
+        if self.bandwidth.on() && !self.admit(now, slot, TO_CLIENT, len) {
+            return None;
+        }
         let PeerAddr(peer) = peer;
         let range = match route {
             Some(number) => {
@@ -143,5 +157,18 @@ impl Engine {
         };
         self.routes.counted_to_client(slot, len);
         Some(ToClient { client, range })
+    }
+
+    /// `[policy] max_bps_per_allocation`: may `len` payload bytes of `slot`'s allocation go
+    /// in direction `dir` now? Counts the drop when not (no log: one per packet).
+    #[cold]
+    fn admit(&mut self, now: Instant, slot: Slot, dir: usize, len: usize) -> bool {
+        let ok = self.bandwidth.admit(self.cfg.epoch, now, slot, dir, len);
+        if !ok {
+            if let Some(n) = self.metrics.bandwidth_dropped.get_mut(dir) {
+                *n += 1;
+            }
+        }
+        ok
     }
 }

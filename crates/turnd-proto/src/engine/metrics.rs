@@ -94,6 +94,8 @@ pub struct EngineMetrics {
     pub duration_sum_secs: f64,
     /// Traffic of allocations that have ended (live ones are added in snapshots).
     pub traffic: Traffic,
+    /// Relayed datagrams dropped by `[policy] max_bps_per_allocation`: [to_peer, to_client].
+    pub bandwidth_dropped: [u64; 2],
 }
 
 /// A point-in-time view of an engine for `/metrics`.

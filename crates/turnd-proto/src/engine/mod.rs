@@ -34,6 +34,7 @@ use crate::policy::PeerPolicy;
 use crate::settings::{ExternalMapping, Lifetimes};
 
 mod allocation;
+mod bandwidth;
 mod control;
 mod data;
 mod deferred;
@@ -497,6 +498,9 @@ pub struct Engine {
     redirect: Option<Arc<Redirect>>,
     /// RFC 6062 TCP allocations and their peer connections.
     tcp: tcp_relay::TcpRelays,
+    /// `[policy] max_bps_per_allocation` and its buckets (`bandwidth.rs`), copied from
+    /// `shared.quotas` at start and on reload.
+    bandwidth: bandwidth::Bandwidth,
 }
 
 impl Engine {
@@ -507,6 +511,8 @@ impl Engine {
             None => StdRng::from_entropy(),
         };
         let tid_state = rng.gen::<u64>() | 1;
+        let mut bw = bandwidth::Bandwidth::default();
+        bw.set_cap(shared.quotas.max_bps_per_allocation());
         Engine {
             rng,
             cfg,
@@ -526,6 +532,7 @@ impl Engine {
             usage: None,
             redirect: None,
             tcp: Default::default(),
+            bandwidth: bw,
         }
     }
 
@@ -541,12 +548,15 @@ impl Engine {
         self.draining = on;
     }
 
-    /// Swap credentials and policy (reload). Existing allocations keep their keys; their
-    /// permissions and channels that the new peer policy forbids are removed, with their
+    /// Swap credentials and policy (reload), and take the bandwidth cap from the new
+    /// `shared.quotas` (for existing allocations too). Existing allocations keep their keys;
+    /// their permissions and channels that the new peer policy forbids are removed, with their
     /// routes, so that ChannelData, Send and peer data all follow the new policy. Returns how
     /// many (permissions, channels) were removed.
     pub fn set_shared(&mut self, shared: Shared) -> (usize, usize) {
         self.shared = shared;
+        self.bandwidth
+            .set_cap(self.shared.quotas.max_bps_per_allocation());
         let policy = self.shared.policy.clone();
         let (mut perms, mut chans) = (0, 0);
         let mut pruned = Vec::new();

@@ -11,7 +11,7 @@
 //! they admit within one heartbeat interval.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Allocation counters and limits, shared by every shard of a server.
@@ -26,6 +26,10 @@ pub struct Quotas {
     minted_total: AtomicUsize,
     /// What the rest of the fleet holds (empty when standalone or on local limits).
     fleet: Mutex<FleetCounts>,
+    /// `[policy] max_bps_per_allocation`: bits per second per allocation and direction, 0
+    /// unlimited. Engines copy it when they start and on reload (`Engine::set_shared`), so
+    /// the data path never reads this atomic.
+    max_bps_per_allocation: AtomicU64,
 }
 
 /// Allocations held by the other nodes of a fleet, as last read from Redis.
@@ -51,7 +55,19 @@ impl Quotas {
             max_minted_total: AtomicUsize::new(usize::MAX),
             minted_total: AtomicUsize::new(0),
             fleet: Mutex::new(FleetCounts::default()),
+            max_bps_per_allocation: AtomicU64::new(0),
         }
+    }
+
+    /// The bandwidth cap per allocation and direction, in bits per second (0: none). Set it
+    /// before the shards' engines start or before the reload that hands them this `Quotas`.
+    pub fn set_max_bps_per_allocation(&self, bps: u64) {
+        self.max_bps_per_allocation.store(bps, Ordering::Relaxed);
+    }
+
+    /// The bandwidth cap per allocation and direction, in bits per second (0: none).
+    pub fn max_bps_per_allocation(&self) -> u64 {
+        self.max_bps_per_allocation.load(Ordering::Relaxed)
     }
 
     /// Replace the view of the other nodes' allocations (the cluster task, each heartbeat);

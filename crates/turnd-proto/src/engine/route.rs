@@ -63,6 +63,18 @@ pub const ROUTE_EVENTS_MAX: usize = 65_536;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Slot(u32);
 
+impl Slot {
+    /// The slab index (dense: freed slots are reused), for per-slot state kept elsewhere.
+    pub(super) fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    #[cfg(test)]
+    pub(super) fn from_index(i: u32) -> Self {
+        Slot(i)
+    }
+}
+
 /// What a route is looked up by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RouteKey {
@@ -284,21 +296,17 @@ impl RouteTable {
         }
     }
 
-    /// ChannelData of `len` payload bytes from `client` on `channel`: where it goes (and
-    /// counted), or `None` (no live channel).
+    /// ChannelData from `client` on `channel`: where it goes and the allocation's slot (the
+    /// caller counts it with [`count_to_peer`](Self::count_to_peer)), or `None` (no live
+    /// channel).
     pub(super) fn channel_out(
-        &mut self,
+        &self,
         now: Instant,
         client: ClientAddr,
         channel: ChannelNumber,
-        len: usize,
-    ) -> Option<(RelayAddr, PeerAddr)> {
-        let f = *self.forward.get(&(client, channel))?;
-        if f.expires <= now {
-            return None;
-        }
-        self.count_to_peer(f.slot, len);
-        Some((f.relay, f.peer))
+    ) -> Option<(RelayAddr, PeerAddr, Slot)> {
+        let f = self.forward.get(&(client, channel))?;
+        (f.expires > now).then_some((f.relay, f.peer, f.slot))
     }
 
     /// The live channel of a datagram from `peer` on `relay` for `client`, and its slot.

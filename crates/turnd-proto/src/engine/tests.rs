@@ -1384,6 +1384,7 @@ fn stream_closed_while_the_relay_is_being_bound_frees_the_quota_and_the_socket()
 }
 
 mod advisories;
+mod bandwidth;
 mod bound;
 mod routes;
 mod sha256;

@@ -83,6 +83,7 @@ max_allocations = 500
 max_allocations_per_user = 5
 max_permissions_per_allocation = 10
 max_channels_per_allocation = 0
+max_bps_per_allocation = 2000000
 
 [lifetimes]
 allocation_default = "5m"
@@ -178,6 +179,7 @@ fn every_key_parses() {
     assert_eq!(c.policy.max_allocations_per_user, 5);
     assert_eq!(c.policy.max_permissions_per_allocation, 10);
     assert_eq!(c.policy.max_channels_per_allocation, 0);
+    assert_eq!(c.policy.max_bps_per_allocation, 2_000_000);
     assert_eq!(c.lifetimes.allocation_default, Duration::from_secs(300));
     assert_eq!(c.lifetimes.allocation_max, Duration::from_secs(7200));
     assert_eq!(c.lifetimes.permission, Duration::from_secs(300));
@@ -211,6 +213,10 @@ fn absent_keys_keep_the_secure_defaults() {
     );
     assert_eq!(c.relay.ipv6, None);
     assert_eq!(c.software, None);
+    assert_eq!(
+        c.policy.max_bps_per_allocation, 0,
+        "no bandwidth cap by default"
+    );
     // A key present in a section leaves the section's other keys at their defaults.
     let c = load(&format!("{MINIMAL}[listen]\ntcp = [\"0.0.0.0:3478\"]\n")).unwrap();
     assert_eq!(c.listen.udp, vec![addr("0.0.0.0:3478")]);
@@ -234,6 +240,10 @@ fn development_profile_values() {
         Credential::Password(DEV_PASSWORD.into())
     );
     assert_eq!(c.auth.secrets, vec![DEV_SECRET]);
+    assert_eq!(
+        c.policy.max_bps_per_allocation, 0,
+        "no bandwidth cap in development either"
+    );
     assert!(c
         .policy
         .allow_peers
@@ -489,6 +499,10 @@ fn rules_between_keys_name_line_and_key() {
         (
             "[policy]\nmax_allocations = 0\n",
             "2: policy.max_allocations: must be at least 1",
+        ),
+        (
+            "[policy]\nmax_bps_per_allocation = 500\n",
+            "2: policy.max_bps_per_allocation: is in bits per second: at least 8000 (1 kB/s), or 0 for unlimited",
         ),
         (
             "[lifetimes]\npermission = \"500ms\"\n",

@@ -9,6 +9,7 @@
 mod common;
 
 mod auth_sha256;
+mod bandwidth;
 mod bound_credentials;
 mod dtls;
 mod interop_streams;

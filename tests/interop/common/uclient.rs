@@ -95,6 +95,11 @@ impl Uclient {
         self.opt("-n", n)
     }
 
+    /// `-z ms`: interval between a connection's messages (uclient's default: 20 ms).
+    pub fn interval_ms(self, ms: u32) -> Self {
+        self.opt("-z", ms)
+    }
+
     /// `-l bytes`: message length (uclient's minimum is its header size).
     pub fn length(self, bytes: u32) -> Self {
         self.opt("-l", bytes)

@@ -188,6 +188,8 @@ pub(crate) fn session_json(s: &SessionInfo) -> serde_json::Value {
         "bytes_to_client": s.bytes_to_client,
         "packets_to_peer": s.packets_to_peer,
         "packets_to_client": s.packets_to_client,
+        "bandwidth_dropped_to_peer": s.bandwidth_dropped[0],
+        "bandwidth_dropped_to_client": s.bandwidth_dropped[1],
         "permissions": s.permissions,
         "channels": s.channels,
     })

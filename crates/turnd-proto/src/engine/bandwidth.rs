@@ -9,8 +9,10 @@
 //! Burst: a quarter second of the rate, at least [`MIN_BURST_BYTES`].
 //!
 //! Cost: with the cap at 0 (the default) the data path pays one branch and the state is an
-//! empty `Vec`; with a cap, 16 bytes per allocation slot ([`RouteTable`](super::route)'s
-//! slot numbers index it), grown on first use. Time is the `now` the caller passes in.
+//! empty `Vec`; with a cap, 24 bytes per allocation slot ([`RouteTable`](super::route)'s
+//! slot numbers index it; grown on first use): the two buckets and the allocation's drops
+//! per direction (for the session API; they start again when the cap is set to 0 and back).
+//! Time is the `now` the caller passes in.
 
 #![deny(clippy::indexing_slicing)]
 
@@ -35,8 +37,17 @@ pub(super) struct Bandwidth {
     ns_per_byte: u128,
     /// How far (ns) a bucket may owe before a datagram is dropped.
     burst_ns: u64,
-    /// Per slot, per direction: when the bucket is full again (ns since the epoch).
-    full_at: Vec<[u64; 2]>,
+    /// Per slot: the buckets and drops.
+    slots: Vec<Buckets>,
+}
+
+/// One allocation's buckets, per direction ([`TO_PEER`], [`TO_CLIENT`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct Buckets {
+    /// When the bucket is full again (ns since the epoch).
+    full_at: [u64; 2],
+    /// Datagrams dropped (saturating).
+    dropped: [u32; 2],
 }
 
 impl Bandwidth {
@@ -55,7 +66,7 @@ impl Bandwidth {
         if bps == 0 {
             self.ns_per_byte = 0;
             self.burst_ns = 0;
-            self.full_at = Vec::new();
+            self.slots = Vec::new();
             return;
         }
         // 8e9 ns-bits per byte-second, in 32.32 fixed point.
@@ -68,11 +79,19 @@ impl Bandwidth {
         u64::try_from(u128::from(bytes).saturating_mul(self.ns_per_byte) >> 32).unwrap_or(u64::MAX)
     }
 
-    /// A new allocation took `slot`: its buckets start full.
+    /// A new allocation took `slot`: its buckets start full, its drops at 0.
     pub(super) fn reset(&mut self, slot: Slot) {
-        if let Some(b) = self.full_at.get_mut(slot.index()) {
-            *b = [0, 0];
+        if let Some(b) = self.slots.get_mut(slot.index()) {
+            *b = Buckets::default();
         }
+    }
+
+    /// Datagrams of `slot`'s allocation dropped over the cap: [to_peer, to_client]. Still
+    /// there after the allocation ended, until its slot is taken again.
+    pub(super) fn dropped(&self, slot: Slot) -> [u64; 2] {
+        self.slots
+            .get(slot.index())
+            .map_or([0, 0], |b| b.dropped.map(u64::from))
     }
 
     /// May `len` payload bytes go in direction `dir` (`TO_PEER`, `TO_CLIENT`) of `slot`'s
@@ -88,17 +107,22 @@ impl Bandwidth {
         let t = u64::try_from(now.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX);
         let cost = self.cost_ns(len as u64);
         let i = slot.index();
-        if i >= self.full_at.len() {
+        if i >= self.slots.len() {
             // Slots are dense (the route table reuses freed ones): bounded by allocations.
-            self.full_at.resize(i + 1, [0, 0]);
+            self.slots.resize(i + 1, Buckets::default());
         }
         let burst = self.burst_ns;
-        let Some(full_at) = self.full_at.get_mut(i).and_then(|b| b.get_mut(dir)) else {
+        let Some(b) = self.slots.get_mut(i) else {
+            return false;
+        };
+        let (Some(full_at), Some(dropped)) = (b.full_at.get_mut(dir), b.dropped.get_mut(dir))
+        else {
             return false;
         };
         let start = (*full_at).max(t);
         let owed = start - t;
         if owed != 0 && owed.saturating_add(cost) > burst {
+            *dropped = dropped.saturating_add(1);
             return false;
         }
         *full_at = start.saturating_add(cost);
@@ -195,10 +219,14 @@ mod tests {
         assert_eq!(burst_of(&mut b, epoch, epoch, slot(2), 1000), 25);
         b.reset(slot(2));
         assert_eq!(burst_of(&mut b, epoch, epoch, slot(2), 1000), 25);
-        assert_eq!(b.full_at.len(), 3);
+        assert_eq!(b.slots.len(), 3);
+        assert_eq!(b.dropped(slot(2)), [1, 0], "the one that stopped the count");
+        b.reset(slot(2));
+        assert_eq!(b.dropped(slot(2)), [0, 0]);
+        assert_eq!(std::mem::size_of::<Buckets>(), 24);
         b.set_cap(0);
         assert!(!b.on());
-        assert_eq!(b.full_at.capacity(), 0);
+        assert_eq!(b.slots.capacity(), 0);
     }
 
     #[test]

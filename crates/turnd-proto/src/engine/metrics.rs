@@ -138,6 +138,9 @@ pub struct SessionInfo {
     pub packets_to_peer: u64,
     /// Packets relayed peer -> client.
     pub packets_to_client: u64,
+    /// Datagrams dropped over `[policy] max_bps_per_allocation`: [to_peer, to_client] (0
+    /// without a cap; counted since the cap was last set from 0).
+    pub bandwidth_dropped: [u64; 2],
     /// Live permissions.
     pub permissions: usize,
     /// Live channels.
@@ -249,6 +252,7 @@ impl Engine {
                 bytes_to_client: stats.bytes_to_client,
                 packets_to_peer: stats.packets_to_peer,
                 packets_to_client: stats.packets_to_client,
+                bandwidth_dropped: self.bandwidth.dropped(a.slot),
                 permissions: a.permissions.len(),
                 channels: a.channels_by_number.len(),
             })

@@ -65,6 +65,7 @@ impl Engine {
                 bytes_to_client: stats.bytes_to_client,
                 packets_to_peer: stats.packets_to_peer,
                 packets_to_client: stats.packets_to_client,
+                bandwidth_dropped: self.bandwidth.dropped(a.slot),
                 permissions: a.permissions.len(),
                 channels: a.channels_by_number.len(),
             },

@@ -66,6 +66,7 @@ fn channel_data_to_the_peer_gets_the_burst_then_the_rate_and_drops_are_counted()
     assert_eq!(t.e.metrics_snapshot().counters.bandwidth_dropped, [165, 75]);
     let info = &t.e.sessions(t.now, None)[0];
     assert_eq!((info.packets_to_peer, info.packets_to_client), (35, 25));
+    assert_eq!(info.bandwidth_dropped, [165, 75], "the session API's view");
 }
 
 #[test]
@@ -143,5 +144,26 @@ fn the_rate_holds_over_ten_seconds_of_four_times_the_cap() {
             got.abs_diff(expected) <= 1000,
             "{got} bytes, expected {expected}"
         );
+    }
+}
+
+#[test]
+fn every_client_transport_is_capped_by_payload_not_by_framing() {
+    for transport in [Transport::Tcp, Transport::Tls, Transport::Dtls] {
+        let mut t = engine();
+        set_cap(&mut t, 800_000);
+        let mut c = client(1);
+        c.transport = transport;
+        let (relay, _) = with_channel(&mut t, c);
+        assert_eq!(to_peer(&mut t, c, 100), 25, "{transport:?}");
+        // 961-byte payloads (964 padded on streams, 968 with the ChannelData header): the
+        // bucket counts payload, so 26 fit in the 25 000 bytes of the burst (26 x 964 would
+        // not).
+        let got = (0..100)
+            .filter(|_| from_peer(&mut t, c, relay, peer(2), &[5; 961]).is_some())
+            .count();
+        assert_eq!(got, 26, "{transport:?}");
+        let s = t.e.metrics_snapshot();
+        assert_eq!(s.counters.bandwidth_dropped, [75, 74], "{transport:?}");
     }
 }

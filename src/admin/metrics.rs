@@ -644,6 +644,7 @@ mod tests {
         a.engine.allocations[0][1] = 2;
         a.engine.traffic.packets_to_peer[0] = 7;
         a.engine.traffic.bytes_to_client[2] = 900;
+        a.engine.counters.bandwidth_dropped = [5, 2];
         a.streams_open = [1, 2];
         a.handshake_failures[HandshakeFailure::Alert.index()] = 5;
         a.reservations_held = 1;
@@ -786,6 +787,9 @@ mod tests {
             "turnd_dtls_sessions 6",
             "# TYPE turnd_dtls_hello_verify_requests_total counter",
             "turnd_dtls_hello_verify_requests_total 0",
+            "# TYPE turnd_bandwidth_dropped_total counter",
+            "turnd_bandwidth_dropped_total{direction=\"to_peer\"} 10",
+            "turnd_bandwidth_dropped_total{direction=\"to_client\"} 4",
         ] {
             assert_line(&text, line);
         }
@@ -793,6 +797,6 @@ mod tests {
         let helps: Vec<_> = text.lines().filter(|l| l.starts_with("# HELP ")).collect();
         let unique: std::collections::HashSet<_> = helps.iter().collect();
         assert_eq!(helps.len(), unique.len());
-        assert_eq!(helps.len(), 35);
+        assert_eq!(helps.len(), 36);
     }
 }

@@ -639,3 +639,164 @@ pub(crate) fn attach_pass(iface: &str) -> Result<PassProgram, String> {
         .map_err(|e| format!("attaching to {iface}: {e}"))?;
     Ok(PassProgram { _ebpf: ebpf })
 }
+
+#[cfg(test)]
+impl Loaded {
+    /// The object's maps without attaching the program (for tests; needs root).
+    fn load_detached() -> Result<Loaded, String> {
+        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| format!("loading the BPF object: {e}"))?;
+        let (maps, counts) = Self::maps_of(&mut ebpf)?;
+        Ok(Loaded {
+            maps: Mutex::new(maps),
+            counts,
+            interfaces: 0,
+            v6: true,
+            _ebpf: Mutex::new(ebpf),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::time::Instant;
+    use turnd_proto::engine::{ChannelNumber, PeerAddr, RelayAddr};
+
+    /// `n` clients, each with a channel both ways: 2n routes (IPv4 and IPv6 alternating).
+    fn routes(n: u32) -> Vec<Route> {
+        let expires = Instant::now() + std::time::Duration::from_secs(600);
+        let channel = ChannelNumber::new(0x4000).unwrap();
+        let mut v = Vec::new();
+        for i in 0..n {
+            let (c, l, r, p): (IpAddr, IpAddr, IpAddr, IpAddr) = if i % 2 == 0 {
+                (
+                    Ipv4Addr::from(0x0a00_0000 + i).into(),
+                    Ipv4Addr::new(10, 213, 0, 1).into(),
+                    Ipv4Addr::new(10, 213, 0, 1).into(),
+                    Ipv4Addr::from(0x0b00_0000 + i).into(),
+                )
+            } else {
+                (
+                    Ipv6Addr::from(0xfd13_u128 << 112 | u128::from(i)).into(),
+                    "fd13::1".parse::<Ipv6Addr>().unwrap().into(),
+                    "fd13::1".parse::<Ipv6Addr>().unwrap().into(),
+                    Ipv6Addr::from(0xfd14_u128 << 112 | u128::from(i)).into(),
+                )
+            };
+            let client = ClientAddr {
+                transport: Transport::Udp,
+                remote: SocketAddr::new(c, 40000),
+                local: SocketAddr::new(l, 3478),
+            };
+            let relay = RelayAddr(SocketAddr::new(r, 50000 + (i % 10000) as u16));
+            let peer = PeerAddr(SocketAddr::new(p, 9));
+            v.push(Route::Forward {
+                client,
+                channel,
+                relay,
+                peer,
+                expires,
+            });
+            v.push(Route::Reverse {
+                relay,
+                peer,
+                client,
+                channel,
+                expires,
+            });
+        }
+        v
+    }
+
+    /// Both directions' kernel forms from one builder: the reverse key is the forward value
+    /// with source and destination swapped, channel moved to the value.
+    #[test]
+    fn both_directions_are_built_alike() {
+        let r = routes(2);
+        for pair in r.chunks(2) {
+            let (_, f) = kernel_route(&pair[0], true).unwrap();
+            let (_, b) = kernel_route(&pair[1], true).unwrap();
+            assert_eq!((f.dir, b.dir), (Dir::ToPeer, Dir::ToClient));
+            assert_eq!((f.key.src, f.key.dst), (b.val.dst, b.val.src));
+            assert_eq!((f.val.src, f.val.dst), (b.key.dst, b.key.src));
+            assert_eq!(f.key.channel, b.val.channel);
+            assert_eq!((f.val.channel, b.key.channel), (0, 0));
+        }
+        // IPv4 addresses are v4-mapped.
+        let (_, f) = kernel_route(&r[0], true).unwrap();
+        assert_eq!(f.key.dst[2], 0xffff_u32.to_be());
+        // IPv6 routes stay out when IPv6 is off; cross-family ones always.
+        assert!(kernel_route(&r[2], false).is_none());
+        let mut cross = r[0];
+        if let Route::Forward { peer, .. } = &mut cross {
+            *peer = PeerAddr("[fd14::1]:9".parse().unwrap());
+        }
+        assert!(kernel_route(&cross, true).is_none());
+    }
+
+    /// 10,000 routes: the fold reads mapped memory (printed: against one map syscall per
+    /// route, what the per-CPU stats maps cost before), and it sees what the program counts.
+    /// Needs root (loading the object creates the maps).
+    #[test]
+    fn folding_ten_thousand_routes_reads_memory() {
+        let loaded = Arc::new(
+            Loaded::load_detached()
+                .unwrap_or_else(|e| panic!("needs root and a kernel that takes BPF: {e}")),
+        );
+        let mut m = Mirror::new(loaded.clone());
+        let all = routes(5_000);
+        let mut nothing = |_: &ClientAddr, _: (u64, u64), _: (u64, u64)| {};
+        for r in &all {
+            let (client, k) = kernel_route(r, true).unwrap();
+            m.add_kernel(&mut nothing, r.key(), client, k);
+        }
+        assert_eq!(m.len(), 10_000);
+
+        // Before: one bpf(2) lookup per route (the old fold's per-CPU hash lookups).
+        let t0 = Instant::now();
+        let mut found = 0;
+        {
+            let maps = loaded.maps();
+            for e in m.routes.values() {
+                found += usize::from(maps.routes.get(&e.route.key, 0).is_ok());
+            }
+        }
+        let syscalls = t0.elapsed();
+        assert_eq!(found, 10_000);
+
+        // The program's side, simulated: counts at every slot.
+        for e in m.routes.values() {
+            let (p, b) = loaded.counts.words(e.slot).unwrap();
+            p.fetch_add(2, Ordering::Relaxed);
+            b.fetch_add(200, Ordering::Relaxed);
+        }
+        let sum = std::cell::Cell::new((0u64, 0u64));
+        let mut add = |_: &ClientAddr, a: (u64, u64), b: (u64, u64)| {
+            let s = sum.get();
+            sum.set((s.0 + a.0 + b.0, s.1 + a.1 + b.1));
+        };
+        let t0 = Instant::now();
+        m.fold_all_with(&mut add);
+        let mapped = t0.elapsed();
+        assert_eq!(
+            sum.get(),
+            (20_000, 2_000_000),
+            "every route's counts folded once"
+        );
+        // Nothing new: nothing folded.
+        let t0 = Instant::now();
+        m.fold_all_with(&mut add);
+        let idle = t0.elapsed();
+        assert_eq!(sum.get(), (20_000, 2_000_000));
+        eprintln!(
+            "10,000 routes: one map syscall per route {syscalls:?}; fold from mapped memory \
+             {mapped:?} (idle {idle:?})"
+        );
+        // Removal frees the slots for the next routes.
+        for r in &all {
+            m.remove_with(&mut nothing, &r.key());
+        }
+        assert_eq!(loaded.maps().free.len(), MAX_ROUTES as usize);
+    }
+}

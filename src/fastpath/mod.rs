@@ -122,6 +122,19 @@ impl FastPath {
         Ok(())
     }
 
+    /// The program's (run_time_ns, run_cnt): how long it ran and how often, counted while
+    /// BPF run-time stats are on (`sysctl kernel.bpf_stats_enabled=1`); `None` when off.
+    pub fn run_stats(&self) -> Option<(u64, u64)> {
+        #[cfg(feature = "xdp")]
+        {
+            self.inner.as_ref().and_then(|l| l.run_stats())
+        }
+        #[cfg(not(feature = "xdp"))]
+        {
+            None
+        }
+    }
+
     /// The program's action counters (scrape time), `None` when off.
     pub fn stats(&self) -> Option<FastPathStats> {
         #[cfg(feature = "xdp")]
@@ -203,6 +216,10 @@ impl ShardFastPath {
 /// XDP program of its own for frames sent with `XDP_TX` to arrive there.
 #[cfg(feature = "xdp")]
 pub use xdp::PassProgram;
+
+/// For measurements: BPF run-time stats on until the fd is dropped.
+#[cfg(feature = "xdp")]
+pub use xdp::enable_run_stats;
 
 /// See [`PassProgram`].
 #[cfg(feature = "xdp")]

@@ -338,6 +338,13 @@ impl Loaded {
         s
     }
 
+    /// The program's (run_time_ns, run_cnt), counted while BPF run-time stats are on.
+    pub(crate) fn run_stats(&self) -> Option<(u64, u64)> {
+        let ebpf = self._ebpf.lock().unwrap_or_else(|e| e.into_inner());
+        let info = ebpf.program("turnd_xdp")?.info().ok()?;
+        Some((info.run_time().as_nanos() as u64, info.run_count()))
+    }
+
     /// `[policy] max_bps_per_allocation` for the program (0: no cap): bits per second of
     /// payload, each route direction separately.
     pub(crate) fn set_max_bps(&self, bps: u64) -> Result<(), String> {
@@ -619,6 +626,12 @@ impl Drop for Mirror {
             let _ = self.loaded.remove(&e.route.key, e.slot);
         }
     }
+}
+
+/// BPF run-time statistics on (machine-wide) until the returned fd is closed
+/// (BPF_ENABLE_STATS; what `sysctl kernel.bpf_stats_enabled=1` does, undone on drop).
+pub fn enable_run_stats() -> Result<std::os::fd::OwnedFd, String> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| format!("BPF_ENABLE_STATS: {e}"))
 }
 
 /// The `XDP_PASS` program attached to one interface, for tests (detached on drop).

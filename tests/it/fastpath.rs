@@ -1058,4 +1058,57 @@ mod netns {
         uclient(&t, &running, "fd13::3", &["-x"], SERVER6.into());
         running.stop();
     }
+
+    /// The program's cost per packet (run_time_ns / run_cnt), IPv4 and IPv6, 100-byte
+    /// payloads, 20,000 each way. A measurement, not a check: it turns on BPF run-time stats
+    /// machine-wide while it runs (`cargo test --features xdp --test it fastpath_cost --
+    /// --ignored --nocapture`).
+    #[test]
+    #[ignore = "measurement: turns on BPF run-time stats for the whole machine while it runs"]
+    fn fastpath_cost_per_packet() {
+        let t = Topo::new("m");
+        let running = t.start(t.config6());
+        let _stats = turnd::fastpath::enable_run_stats().expect("BPF_ENABLE_STATS (root?)");
+        for (client, peer) in [
+            (IpAddr::from(CLIENT), IpAddr::from(PEER)),
+            (CLIENT6.into(), PEER6.into()),
+        ] {
+            let server = listener(
+                &running,
+                if client.is_ipv4() {
+                    SERVER.into()
+                } else {
+                    SERVER6.into()
+                },
+            );
+            const N: u64 = 20_000;
+            let (tx, before, after) = t.client(|| async {
+                let (c, peer, relay) = bound_at(server, client, peer).await;
+                warm_up(&running, &c, &peer, relay).await;
+                let tx = kernel(&running, "to_peer", "tx") + kernel(&running, "to_client", "tx");
+                let before = running.control.fastpath().run_stats().unwrap();
+                let data = channel_data(0x4000, &[0x42u8; 100]);
+                for i in 0..N {
+                    c.sock.send_to(&data, server).await.unwrap();
+                    peer.send_to(&[0x42u8; 100], relay).await.unwrap();
+                    if i % 64 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let after = running.control.fastpath().run_stats().unwrap();
+                let tx =
+                    kernel(&running, "to_peer", "tx") + kernel(&running, "to_client", "tx") - tx;
+                (tx, before, after)
+            });
+            let (ns, runs) = (after.0 - before.0, after.1 - before.1);
+            eprintln!(
+                "{}: {runs} runs, {tx} relayed by the program, {ns} ns, {:.0} ns per run",
+                if client.is_ipv4() { "IPv4" } else { "IPv6" },
+                ns as f64 / runs.max(1) as f64
+            );
+            assert!(runs >= 2 * N, "the program ran for every datagram ({runs})");
+        }
+        running.stop();
+    }
 }

@@ -1044,6 +1044,17 @@ mod netns {
                     tick.tick().await;
                     c.sock.send_to(&data, server).await.unwrap();
                 }
+                // The other direction has a bucket of its own: full while this one is
+                // empty (the last datagrams to the peer were just dropped).
+                let to_client = kernel(&running, "to_client", "tx");
+                for i in 0..5 {
+                    peer.send_to(&[0x55u8; PAYLOAD], relay).await.unwrap();
+                    assert!(
+                        recv_within(&c.sock, Duration::from_secs(1)).await.is_some(),
+                        "to the client {i}"
+                    );
+                }
+                assert_eq!(kernel(&running, "to_client", "tx"), to_client + 5.0);
             };
             let ((bytes, packets), ()) = tokio::join!(receive, send);
             assert_eq!(user_space_received(&running), start_rx, "all in the kernel");

@@ -20,7 +20,9 @@ fn main() {
         _ => "x86_64-linux-gnu",
     };
     let status = Command::new(&clang)
-        .args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf"])
+        .args([
+            "-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-mcpu=v3",
+        ])
         .arg(format!("-I/usr/include/{multiarch}"))
         .args(["-c", "bpf/turnd_xdp.c", "-o"])
         .arg(&out)

@@ -239,7 +239,8 @@ impl Collector for ProcessCollector {
             });
             let help = "Packets of a fast-path route, by direction and what the XDP program \
                  did: tx/redirect (relayed in the kernel), pass (to user space: no next hop \
-                 yet, over the MTU), drop (a rewrite the kernel refused half-way).";
+                 yet, over the MTU), drop (over the bandwidth cap, or a rewrite the kernel \
+                 refused half-way).";
             family(e, FASTPATH_PACKETS_TOTAL, help, Counter, samples)?;
         }
         if let Some(w) = p.webhook {

@@ -1,5 +1,5 @@
-//! `[fastpath]`: the XDP kernel fast path (issue 13; first landing: IPv4 UDP ChannelData in
-//! both directions).
+//! `[fastpath]`: the XDP kernel fast path (issue 13): UDP ChannelData over IPv4 and IPv6 in
+//! both directions.
 //!
 //! The engine stays the authority. With the fast path on, each shard turns on the engine's
 //! route events ([`Engine::set_route_events`]) and, after every engine step
@@ -8,9 +8,10 @@
 //! `Reset` reloads from [`Engine::routes`]. A route leaves the kernel at the same engine
 //! step that removes it from the engine (expiry at the timer tick, Refresh(0), kill, reload
 //! pruning, allocation end). Permission routes (Send and Data indications), TCP/TLS
-//! clients and IPv6 stay in user space.
+//! clients and routes whose client and peer differ in family stay in user space.
 //!
-//! Counters: the program counts packets and payload bytes per route in per-CPU maps; the
+//! Counters: the program counts packets and payload bytes per route in an array map that
+//! turnd maps into its memory (a slot per route), so a fold reads memory, no syscall; the
 //! shard folds what is new into the allocation ([`Engine::add_fastpath_counts`]) at every
 //! timer tick, before kill and metrics/session requests, before a STUN message of a client
 //! that has routes (a Refresh(0) ends the allocation), and when the route is removed: the
@@ -36,7 +37,7 @@ pub struct FastPathStats {
     pub interfaces: u64,
     /// `[direction][action]`: direction 0 `to_peer`, 1 `to_client`; action 0 `tx`,
     /// 1 `redirect`, 2 `pass` (to user space: no next hop yet, over the MTU), 3 `drop`
-    /// (a rewrite the kernel refused half-way).
+    /// (over the bandwidth cap, or a rewrite the kernel refused half-way).
     pub packets: [[u64; 4]; 2],
 }
 
@@ -68,7 +69,7 @@ impl FastPath {
                 tracing::info!(
                     interfaces = ?f.xdp,
                     mode = ?f.xdp_mode,
-                    "kernel fast path (XDP) attached: IPv4 UDP ChannelData is relayed in the kernel"
+                    "kernel fast path (XDP) attached: UDP ChannelData is relayed in the kernel"
                 );
                 p
             }
@@ -106,6 +107,31 @@ impl FastPath {
         ShardFastPath {
             #[cfg(feature = "xdp")]
             inner: self.inner.clone().map(xdp::Mirror::new),
+        }
+    }
+
+    /// `[policy] max_bps_per_allocation` for the program: bits per second of payload, each
+    /// route direction separately (0, the default: no cap). Over it the program drops
+    /// (`action="drop"`). Call at start and at every reload; nothing when off.
+    pub fn set_max_bps(&self, bps: u64) -> Result<(), String> {
+        #[cfg(feature = "xdp")]
+        if let Some(l) = &self.inner {
+            return l.set_max_bps(bps);
+        }
+        let _ = bps;
+        Ok(())
+    }
+
+    /// The program's (run_time_ns, run_cnt): how long it ran and how often, counted while
+    /// BPF run-time stats are on (`sysctl kernel.bpf_stats_enabled=1`); `None` when off.
+    pub fn run_stats(&self) -> Option<(u64, u64)> {
+        #[cfg(feature = "xdp")]
+        {
+            self.inner.as_ref().and_then(|l| l.run_stats())
+        }
+        #[cfg(not(feature = "xdp"))]
+        {
+            None
         }
     }
 
@@ -190,6 +216,10 @@ impl ShardFastPath {
 /// XDP program of its own for frames sent with `XDP_TX` to arrive there.
 #[cfg(feature = "xdp")]
 pub use xdp::PassProgram;
+
+/// For measurements: BPF run-time stats on until the fd is dropped.
+#[cfg(feature = "xdp")]
+pub use xdp::enable_run_stats;
 
 /// See [`PassProgram`].
 #[cfg(feature = "xdp")]

@@ -81,6 +81,7 @@ struct route_val {
 struct counter {
 	__u64 packets;
 	__u64 bytes;
+	__u64 drops; // over the cap (folded into the engine's turnd_bandwidth_dropped_total)
 };
 
 // `[policy] max_bps_per_allocation` (0: none) and the burst it tolerates, in ns of the rate.
@@ -162,6 +163,13 @@ static __always_inline void count_route(__u32 slot, __u64 bytes)
 		__sync_fetch_and_add(&c->packets, 1);
 		__sync_fetch_and_add(&c->bytes, bytes);
 	}
+}
+
+static __always_inline void count_drop(__u32 slot)
+{
+	struct counter *c = bpf_map_lookup_elem(&TURND_COUNTS, &slot);
+	if (c)
+		__sync_fetch_and_add(&c->drops, 1);
 }
 
 static __always_inline __u16 fold(__u64 sum)
@@ -265,8 +273,10 @@ static __always_inline int relay(struct xdp_md *ctx, const int v6, const __u32 d
 	int verdict = next_hop(ctx, &fib, v6, &v, l3 + nulen);
 	if (verdict < 0)
 		return count_action(dir, ACT_PASS, XDP_PASS);
-	if (over_cap(r, len))
+	if (over_cap(r, len)) {
+		count_drop(v.slot);
 		return count_action(dir, ACT_DROP, XDP_DROP);
+	}
 
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;

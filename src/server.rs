@@ -319,6 +319,9 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     net::health::install_panic_hook();
     // [fastpath] xdp: attached before the shards start (one log line if it cannot be).
     let fastpath = crate::fastpath::FastPath::start(&config);
+    if let Err(e) = fastpath.set_max_bps(config.policy.max_bps_per_allocation) {
+        tracing::warn!("kernel fast path: the bandwidth cap could not be set: {e}");
+    }
     let mut senders = Vec::new();
     let mut threads = Vec::new();
     let siblings = net::shard::Siblings::default();

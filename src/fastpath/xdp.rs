@@ -21,8 +21,15 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tu
 const MAX_ROUTES: u32 = 131_072;
 
 /// The burst the cap lets through at once, as time at the capped rate (GCRA's tolerance):
-/// 100 ms, plus the packet that crosses it.
-const CAP_BURST_NS: u64 = 100_000_000;
+/// the engine's (a quarter second of the rate, at least 1,500 bytes), plus the packet that
+/// crosses it, so a route is capped alike in the kernel and in user space.
+fn cap_burst_ns(bps: u64) -> u64 {
+    if bps == 0 {
+        return 0;
+    }
+    let bytes = u128::from((bps / 8 / 4).max(1500));
+    u64::try_from(bytes * 8_000_000_000 / u128::from(bps)).unwrap_or(u64::MAX)
+}
 
 // The map layouts of bpf/turnd_xdp.c: addresses as 16 bytes (IPv4 v4-mapped), addresses and
 // ports in network byte order.
@@ -56,6 +63,8 @@ struct Val {
 struct Counter {
     packets: u64,
     bytes: u64,
+    /// Datagrams dropped over `[policy] max_bps_per_allocation`.
+    drops: u64,
 }
 
 #[repr(C)]
@@ -65,7 +74,7 @@ struct Cap {
     burst_ns: u64,
 }
 
-// SAFETY: plain `repr(C)` structs of integers without implicit padding (sizes 40, 56, 16,
+// SAFETY: plain `repr(C)` structs of integers without implicit padding (sizes 40, 56, 24,
 // 16), as `Pod` requires.
 unsafe impl Pod for Key {}
 unsafe impl Pod for Val {}
@@ -128,33 +137,36 @@ impl Counts {
         })
     }
 
-    fn words(&self, slot: u32) -> Option<(&AtomicU64, &AtomicU64)> {
+    fn words(&self, slot: u32) -> Option<(&AtomicU64, &AtomicU64, &AtomicU64)> {
         if slot >= MAX_ROUTES {
             return None;
         }
-        // SAFETY: in bounds (checked), 8-byte aligned (page-aligned mapping of 16-byte
+        // SAFETY: in bounds (checked), 8-byte aligned (page-aligned mapping of 24-byte
         // values), and only accessed atomically on both sides.
         unsafe {
             let c = self.ptr.add(slot as usize);
             Some((
                 AtomicU64::from_ptr(std::ptr::addr_of_mut!((*c).packets)),
                 AtomicU64::from_ptr(std::ptr::addr_of_mut!((*c).bytes)),
+                AtomicU64::from_ptr(std::ptr::addr_of_mut!((*c).drops)),
             ))
         }
     }
 
     fn get(&self, slot: u32) -> Counter {
         self.words(slot)
-            .map_or_else(Counter::default, |(p, b)| Counter {
+            .map_or_else(Counter::default, |(p, b, d)| Counter {
                 packets: p.load(Ordering::Relaxed),
                 bytes: b.load(Ordering::Relaxed),
+                drops: d.load(Ordering::Relaxed),
             })
     }
 
     fn zero(&self, slot: u32) {
-        if let Some((p, b)) = self.words(slot) {
+        if let Some((p, b, d)) = self.words(slot) {
             p.store(0, Ordering::Relaxed);
             b.store(0, Ordering::Relaxed);
+            d.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -350,7 +362,7 @@ impl Loaded {
     pub(crate) fn set_max_bps(&self, bps: u64) -> Result<(), String> {
         let cap = Cap {
             bps,
-            burst_ns: CAP_BURST_NS,
+            burst_ns: cap_burst_ns(bps),
         };
         self.maps()
             .cap
@@ -476,21 +488,34 @@ fn kernel_route(route: &Route, v6: bool) -> Option<(ClientAddr, Kernel)> {
 
 /// What the kernel counted for `e` since the last fold, handed to `add` (the engine's
 /// [`Engine::add_fastpath_counts`]) as (client, to_peer, to_client).
-fn fold(add: &mut impl FnMut(&ClientAddr, (u64, u64), (u64, u64)), e: &mut Entry, now: Counter) {
-    let packets = now.packets.saturating_sub(e.folded.packets);
-    let bytes = now.bytes.saturating_sub(e.folded.bytes);
-    if packets == 0 && bytes == 0 {
+fn fold(add: &mut impl FnMut(&ClientAddr, Dir, Counter), e: &mut Entry, now: Counter) {
+    let new = Counter {
+        packets: now.packets.saturating_sub(e.folded.packets),
+        bytes: now.bytes.saturating_sub(e.folded.bytes),
+        drops: now.drops.saturating_sub(e.folded.drops),
+    };
+    if new == Counter::default() {
         return;
     }
     e.folded = now;
-    match e.route.dir {
-        Dir::ToPeer => add(&e.client, (packets, bytes), (0, 0)),
-        Dir::ToClient => add(&e.client, (0, 0), (packets, bytes)),
-    }
+    add(&e.client, e.route.dir, new)
 }
 
-fn engine_add(engine: &mut Engine) -> impl FnMut(&ClientAddr, (u64, u64), (u64, u64)) + '_ {
-    |client, to_peer, to_client| engine.add_fastpath_counts(client, to_peer, to_client)
+fn engine_add(engine: &mut Engine) -> impl FnMut(&ClientAddr, Dir, Counter) + '_ {
+    |client, dir, c| {
+        let (relayed, drops) = ((c.packets, c.bytes), c.drops);
+        match dir {
+            Dir::ToPeer => engine.add_fastpath_counts(client, relayed, (0, 0)),
+            Dir::ToClient => engine.add_fastpath_counts(client, (0, 0), relayed),
+        }
+        if drops != 0 {
+            let d = match dir {
+                Dir::ToPeer => [drops, 0],
+                Dir::ToClient => [0, drops],
+            };
+            engine.add_fastpath_drops(client, d);
+        }
+    }
 }
 
 impl Mirror {
@@ -534,7 +559,7 @@ impl Mirror {
 
     fn add_kernel(
         &mut self,
-        add: &mut impl FnMut(&ClientAddr, (u64, u64), (u64, u64)),
+        add: &mut impl FnMut(&ClientAddr, Dir, Counter),
         key: RouteKey,
         client: ClientAddr,
         kernel: Kernel,
@@ -572,11 +597,7 @@ impl Mirror {
         self.remove_with(&mut engine_add(engine), key)
     }
 
-    fn remove_with(
-        &mut self,
-        add: &mut impl FnMut(&ClientAddr, (u64, u64), (u64, u64)),
-        key: &RouteKey,
-    ) {
+    fn remove_with(&mut self, add: &mut impl FnMut(&ClientAddr, Dir, Counter), key: &RouteKey) {
         let Some(mut e) = self.routes.remove(key) else {
             return;
         };
@@ -595,7 +616,7 @@ impl Mirror {
         self.fold_all_with(&mut engine_add(engine))
     }
 
-    fn fold_all_with(&mut self, add: &mut impl FnMut(&ClientAddr, (u64, u64), (u64, u64))) {
+    fn fold_all_with(&mut self, add: &mut impl FnMut(&ClientAddr, Dir, Counter)) {
         let counts = &self.loaded.counts;
         for e in self.routes.values_mut() {
             let now = counts.get(e.slot);
@@ -759,7 +780,7 @@ mod tests {
         );
         let mut m = Mirror::new(loaded.clone());
         let all = routes(5_000);
-        let mut nothing = |_: &ClientAddr, _: (u64, u64), _: (u64, u64)| {};
+        let mut nothing = |_: &ClientAddr, _: Dir, _: Counter| {};
         for r in &all {
             let (client, k) = kernel_route(r, true).unwrap();
             m.add_kernel(&mut nothing, r.key(), client, k);
@@ -780,14 +801,14 @@ mod tests {
 
         // The program's side, simulated: counts at every slot.
         for e in m.routes.values() {
-            let (p, b) = loaded.counts.words(e.slot).unwrap();
+            let (p, b, _) = loaded.counts.words(e.slot).unwrap();
             p.fetch_add(2, Ordering::Relaxed);
             b.fetch_add(200, Ordering::Relaxed);
         }
         let sum = std::cell::Cell::new((0u64, 0u64));
-        let mut add = |_: &ClientAddr, a: (u64, u64), b: (u64, u64)| {
+        let mut add = |_: &ClientAddr, _: Dir, c: Counter| {
             let s = sum.get();
-            sum.set((s.0 + a.0 + b.0, s.1 + a.1 + b.1));
+            sum.set((s.0 + c.packets, s.1 + c.bytes));
         };
         let t0 = Instant::now();
         m.fold_all_with(&mut add);

@@ -334,6 +334,10 @@ impl Control {
         old_shared
             .quotas
             .set_max_bps_per_allocation(new.policy.max_bps_per_allocation);
+        // The kernel fast path's buckets follow (the same cap, per route direction).
+        if let Err(e) = self.fastpath.set_max_bps(new.policy.max_bps_per_allocation) {
+            tracing::warn!("kernel fast path: the bandwidth cap could not be set: {e}");
+        }
         self.reservations
             .set_per_user(new.policy.max_reservations_per_user);
         // The HTTP listener keeps the mint secret it started with: so does auth.

@@ -1061,7 +1061,8 @@ mod netns {
             (SENT, bytes, packets, drops_before)
         });
         let drops = kernel(&running, "to_peer", "drop") - drops_before;
-        let expected = CAP_BPS as f64 / 8.0 * SECS + CAP_BPS as f64 / 8.0 * 0.1 + PAYLOAD as f64;
+        // The engine's burst: a quarter second of the rate (the kernel uses the same).
+        let expected = CAP_BPS as f64 / 8.0 * SECS + CAP_BPS as f64 / 8.0 * 0.25 + PAYLOAD as f64;
         eprintln!(
             "cap {CAP_BPS} bit/s: {sent} datagrams offered, {got_packets} ({got_bytes} bytes) \
              delivered, expected {expected:.0} bytes; {drops} dropped by the program"
@@ -1075,6 +1076,21 @@ mod netns {
             drops,
             (sent - got_packets) as f64,
             "every datagram not delivered was dropped by the program"
+        );
+        // The program's drops are folded into the engine like its relayed counts: the
+        // allocation's session view and turnd_bandwidth_dropped_total say the same.
+        let m = metrics(&running);
+        assert_eq!(
+            m.get("turnd_bandwidth_dropped_total{direction=\"to_peer\"}")
+                .copied(),
+            Some(drops),
+            "the kernel's drops in /metrics"
+        );
+        let s = running.control.sessions(None);
+        assert_eq!(
+            s.iter().map(|s| s.bandwidth_dropped[0]).sum::<u64>() as f64,
+            drops,
+            "the kernel's drops in the session view"
         );
         // Lifting the cap: everything goes through again.
         running.control.fastpath().set_max_bps(0).unwrap();

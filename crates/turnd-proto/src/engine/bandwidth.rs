@@ -94,6 +94,19 @@ impl Bandwidth {
             .map_or([0, 0], |b| b.dropped.map(u64::from))
     }
 
+    /// Drops counted elsewhere (the kernel fast path) for `slot`'s allocation.
+    pub(super) fn add_dropped(&mut self, slot: Slot, dropped: [u64; 2]) {
+        let i = slot.index();
+        if i >= self.slots.len() {
+            self.slots.resize(i + 1, Buckets::default());
+        }
+        if let Some(b) = self.slots.get_mut(i) {
+            for (n, d) in b.dropped.iter_mut().zip(dropped) {
+                *n = n.saturating_add(u32::try_from(d).unwrap_or(u32::MAX));
+            }
+        }
+    }
+
     /// May `len` payload bytes go in direction `dir` (`TO_PEER`, `TO_CLIENT`) of `slot`'s
     /// allocation at `now`? Charges the bucket when they may. Call only when [`on`](Self::on).
     pub(super) fn admit(

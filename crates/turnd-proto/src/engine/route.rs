@@ -617,6 +617,18 @@ impl Engine {
         }
     }
 
+    /// Datagrams the fast path dropped over `[policy] max_bps_per_allocation`
+    /// ([to_peer, to_client]), folded in as [`add_fastpath_counts`](Self::add_fastpath_counts)
+    /// folds what it relayed: `/metrics` and the session API count them as the engine's own.
+    pub fn add_fastpath_drops(&mut self, client: &ClientAddr, dropped: [u64; 2]) {
+        for (n, d) in self.metrics.bandwidth_dropped.iter_mut().zip(dropped) {
+            *n += d;
+        }
+        if let Some(a) = self.allocations_by_client.get(client) {
+            self.bandwidth.add_dropped(a.slot, dropped);
+        }
+    }
+
     /// Every route, sorted (a mirror's starting point after [`RouteChange::Reset`]).
     pub fn routes(&self) -> Vec<Route> {
         self.routes.all()

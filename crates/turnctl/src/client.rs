@@ -791,22 +791,21 @@ impl TurnClient {
 
     /// Allocate a UDP relay; `ipv6` asks for an IPv6 one (REQUESTED-ADDRESS-FAMILY).
     pub async fn allocate(&mut self, ipv6: bool) -> Result<Allocated, ClientError> {
-        let t = Raw(ATTR_REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
-        let f = Raw(ATTR_REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0]);
-        let attrs: Vec<&dyn Setter> = if ipv6 { vec![&t, &f] } else { vec![&t] };
-        let r = self.transact(METHOD_ALLOCATE, &attrs).await?;
-        let relayed = xor_addr(&r, ATTR_XOR_RELAYED_ADDRESS).ok_or_else(|| {
-            ClientError::Protocol("Allocate response without XOR-RELAYED-ADDRESS".into())
-        })?;
-        Ok(Allocated {
-            relayed,
-            lifetime: lifetime(&r).unwrap_or(0),
-        })
+        self.allocate_protocol(17, ipv6).await
     }
 
     /// Allocate an RFC 6062 TCP relay (REQUESTED-TRANSPORT TCP; TCP/TLS connections only).
     pub async fn allocate_tcp(&mut self, ipv6: bool) -> Result<Allocated, ClientError> {
-        let t = Raw(ATTR_REQUESTED_TRANSPORT, vec![6, 0, 0, 0]);
+        self.allocate_protocol(6, ipv6).await
+    }
+
+    /// Allocate with REQUESTED-TRANSPORT `protocol` (17 UDP, 6 TCP).
+    async fn allocate_protocol(
+        &mut self,
+        protocol: u8,
+        ipv6: bool,
+    ) -> Result<Allocated, ClientError> {
+        let t = Raw(ATTR_REQUESTED_TRANSPORT, vec![protocol, 0, 0, 0]);
         let f = Raw(ATTR_REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0]);
         let attrs: Vec<&dyn Setter> = if ipv6 { vec![&t, &f] } else { vec![&t] };
         let r = self.transact(METHOD_ALLOCATE, &attrs).await?;

@@ -104,10 +104,8 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<bool> {
         args.allocations, args.concurrency
     ));
     let t0 = Instant::now();
-    let (mut sessions, failed, first_error) = local.block_on(
-        &rt,
-        open_all(args, server, &tls, creds.as_ref(), peer_ip.into()),
-    )?;
+    let (mut sessions, failed, first_error) =
+        local.block_on(&rt, open_all(args, server, &tls, creds.as_ref(), peer_ip))?;
     let alloc_secs = t0.elapsed().as_secs_f64();
     note(&format!(
         "allocated {}/{} in {alloc_secs:.2} s, {failed} failed",
@@ -469,6 +467,7 @@ fn receive(fds: &[RawFd], expect: usize, stop: &AtomicBool, count: &AtomicU64) -
     out
 }
 
+#[derive(Default)]
 struct Report {
     requested: usize,
     usable: usize,
@@ -495,24 +494,10 @@ impl Report {
     fn failed(alloc_secs: f64, failed: usize, first_error: Option<String>) -> Report {
         Report {
             requested: failed,
-            usable: 0,
             failed,
             alloc_secs,
             first_error,
-            per_session: 0,
-            rec_len: 0,
-            seal_secs: 0.0,
-            sent: 0,
-            send_errors: 0,
-            would_block: 0,
-            ran_out: false,
-            at_peer: 0,
-            wrong_size: 0,
-            send_secs: 0.0,
-            window_secs: 0.0,
-            window_unix: None,
-            cpu: None,
-            released: 0,
+            ..Report::default()
         }
     }
 }

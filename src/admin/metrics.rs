@@ -55,6 +55,7 @@ pub const UDP_KERNEL_DROPS_TOTAL: &str = "turnd_udp_kernel_drops_total";
 pub const ALLOCATIONS_LIMIT: &str = "turnd_allocations_limit";
 pub const UDP_SEND_DROPPED_TOTAL: &str = "turnd_udp_send_dropped_total";
 pub const DTLS_SESSIONS: &str = "turnd_dtls_sessions";
+pub const TCP_RELAY_CONNECTIONS: &str = "turnd_tcp_relay_connections";
 pub const DTLS_HELLO_VERIFY_TOTAL: &str = "turnd_dtls_hello_verify_requests_total";
 pub const DTLS_ESTABLISHED_TOTAL: &str = "turnd_dtls_sessions_established_total";
 pub const DTLS_REFUSED_TOTAL: &str = "turnd_dtls_sessions_refused_total";
@@ -509,6 +510,9 @@ impl Collector for ShardsCollector {
         });
         let help = "Open TCP and TLS client connections.";
         family(e, CONNECTIONS_ACTIVE, help, Gauge, conns)?;
+        let peers = sum(&|s| s.tcp_relay_connections);
+        let help = "RFC 6062 peer data connections open (waiting for ConnectionBind or spliced).";
+        single(e, TCP_RELAY_CONNECTIONS, help, Gauge, peers)?;
         let refused = sum(&|s| s.connections_refused);
         let help = "Connections refused by the connection caps.";
         single(e, CONNECTIONS_REFUSED_TOTAL, help, Counter, refused)?;
@@ -647,6 +651,7 @@ mod tests {
         b.engine.counters.responses.insert(("refresh", 0), 1);
         b.engine_panics = 6;
         b.dtls.sessions = 6;
+        b.tcp_relay_connections = 2;
         vec![a, b]
     }
 
@@ -779,6 +784,8 @@ mod tests {
             "turnd_dtls_sessions 6",
             "# TYPE turnd_dtls_hello_verify_requests_total counter",
             "turnd_dtls_hello_verify_requests_total 0",
+            "# TYPE turnd_tcp_relay_connections gauge",
+            "turnd_tcp_relay_connections 2",
         ] {
             assert_line(&text, line);
         }
@@ -786,6 +793,6 @@ mod tests {
         let helps: Vec<_> = text.lines().filter(|l| l.starts_with("# HELP ")).collect();
         let unique: std::collections::HashSet<_> = helps.iter().collect();
         assert_eq!(helps.len(), unique.len());
-        assert_eq!(helps.len(), 35);
+        assert_eq!(helps.len(), 36);
     }
 }

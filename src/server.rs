@@ -430,6 +430,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         .with_revocations(revocations, base_auth)
         .with_cluster(cluster.as_ref().map(|m| m.handle.clone()))
         .with_webhook(webhook.clone())
+        .with_dtls(dtls_setup.clone())
         .with_fastpath(fastpath),
     );
     threads.extend(webhook.as_ref().and_then(|w| w.take_thread()));

@@ -56,6 +56,7 @@ pub const UDP_KERNEL_DROPS_TOTAL: &str = "turnd_udp_kernel_drops_total";
 pub const ALLOCATIONS_LIMIT: &str = "turnd_allocations_limit";
 pub const UDP_SEND_DROPPED_TOTAL: &str = "turnd_udp_send_dropped_total";
 pub const DTLS_SESSIONS: &str = "turnd_dtls_sessions";
+pub const TCP_RELAY_CONNECTIONS: &str = "turnd_tcp_relay_connections";
 pub const DTLS_HELLO_VERIFY_TOTAL: &str = "turnd_dtls_hello_verify_requests_total";
 pub const DTLS_ESTABLISHED_TOTAL: &str = "turnd_dtls_sessions_established_total";
 pub const DTLS_REFUSED_TOTAL: &str = "turnd_dtls_sessions_refused_total";
@@ -517,6 +518,9 @@ impl Collector for ShardsCollector {
         });
         let help = "Open TCP and TLS client connections.";
         family(e, CONNECTIONS_ACTIVE, help, Gauge, conns)?;
+        let peers = sum(&|s| s.tcp_relay_connections);
+        let help = "RFC 6062 peer data connections open (waiting for ConnectionBind or spliced).";
+        single(e, TCP_RELAY_CONNECTIONS, help, Gauge, peers)?;
         let refused = sum(&|s| s.connections_refused);
         let help = "Connections refused by the connection caps.";
         single(e, CONNECTIONS_REFUSED_TOTAL, help, Counter, refused)?;
@@ -656,6 +660,7 @@ mod tests {
         b.engine.counters.responses.insert(("refresh", 0), 1);
         b.engine_panics = 6;
         b.dtls.sessions = 6;
+        b.tcp_relay_connections = 2;
         vec![a, b]
     }
 
@@ -791,6 +796,8 @@ mod tests {
             "# TYPE turnd_bandwidth_dropped_total counter",
             "turnd_bandwidth_dropped_total{direction=\"to_peer\"} 10",
             "turnd_bandwidth_dropped_total{direction=\"to_client\"} 4",
+            "# TYPE turnd_tcp_relay_connections gauge",
+            "turnd_tcp_relay_connections 2",
         ] {
             assert_line(&text, line);
         }

@@ -45,6 +45,8 @@ pub struct Control {
     webhook: Option<Arc<crate::auth_webhook::Webhook>>,
     /// `[fastpath]`: the XDP program's counters for `/metrics`.
     fastpath: crate::fastpath::FastPath,
+    /// `listen.dtls`: its certificate is reloaded with the TLS one.
+    dtls: Option<Arc<super::dtls::DtlsSetup>>,
 }
 
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
@@ -75,7 +77,14 @@ impl Control {
             cluster: None,
             webhook: None,
             fastpath: Default::default(),
+            dtls: None,
         }
+    }
+
+    /// With `listen.dtls`: the setup whose certificate a reload replaces.
+    pub(crate) fn with_dtls(mut self, d: Option<Arc<super::dtls::DtlsSetup>>) -> Self {
+        self.dtls = d;
+        self
     }
 
     /// With the revocation store the shards' authenticator was built with.
@@ -302,8 +311,16 @@ impl Control {
             new.auth.challenge_budget_per_sec,
             new.auth.failure_budget_per_sec,
         );
+        // DTLS's copy is checked first, installed after the TLS one loaded.
+        let dtls_cert = match (&self.dtls, &new.tls) {
+            (Some(d), Some(files)) => Some(d.load(&files.cert, &files.key)?),
+            _ => None,
+        };
         if let (Some(cert), Some(files)) = (&self.certificate, &new.tls) {
             cert.reload(&files.cert, &files.key)?;
+        }
+        if let (Some(d), Some(c)) = (&self.dtls, dtls_cert) {
+            d.set_certificate(c);
         }
         self.revocations
             .reload(new.auth.revocations_file.as_deref())?;
@@ -386,6 +403,14 @@ impl Control {
     /// Load the certificate files of the current configuration again.
     pub fn reload_tls(&self) -> anyhow::Result<()> {
         let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some(d), Some(f)) = (&self.dtls, &current.0.tls) {
+            let c = d.load(&f.cert, &f.key)?;
+            if let Some(t) = &self.certificate {
+                t.reload(&f.cert, &f.key)?;
+            }
+            d.set_certificate(c);
+            return Ok(());
+        }
         match (&self.certificate, &current.0.tls) {
             (Some(c), Some(f)) => c.reload(&f.cert, &f.key),
             _ => Ok(()),

@@ -17,6 +17,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -47,7 +48,9 @@ const HELLO_VERIFY_REQUEST: u8 = 3;
 /// What is shared by every shard's DTLS sessions.
 pub struct DtlsSetup {
     pub config: Arc<dimpl::Config>,
-    pub certificate: dimpl::DtlsCertificate,
+    /// The certificate new handshakes get; replaced whole on reload (SIGHUP), while the
+    /// sessions already made keep the one they started with.
+    certificate: std::sync::RwLock<dimpl::DtlsCertificate>,
     pub limits: Arc<ConnLimits>,
     pub limits_cfg: crate::config::Dtls,
     /// Keys the cookies; per process, never logged.
@@ -73,18 +76,8 @@ impl DtlsSetup {
             private_key,
         };
         let config = Arc::new(config);
-        // dimpl panics on a key it cannot use: try once here, at start-up, not per client.
-        let probe = {
-            let (config, certificate) = (config.clone(), certificate.clone());
-            std::panic::catch_unwind(move || {
-                dimpl::Dtls::new_12_hello_verified(config, certificate, Instant::now())
-            })
-        };
-        if probe.is_err() {
-            anyhow::bail!(
-                "the [tls] key cannot be used for DTLS: it must be an ECDSA P-256 or P-384 key"
-            );
-        }
+        usable(&config, &certificate)?;
+        let certificate = std::sync::RwLock::new(certificate);
         let mut cookie_secret = [0u8; 32];
         rand::Rng::fill(&mut rand::thread_rng(), &mut cookie_secret[..]);
         Ok(Arc::new(DtlsSetup {
@@ -94,6 +87,31 @@ impl DtlsSetup {
             limits_cfg: cfg,
             cookie_secret,
         }))
+    }
+
+    /// The certificate the next handshake gets.
+    pub fn certificate(&self) -> dimpl::DtlsCertificate {
+        self.certificate
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Read the `[tls]` files again and check that DTLS can use them; nothing changes yet
+    /// ([`DtlsSetup::set_certificate`] installs what this returns).
+    pub fn load(&self, cert: &Path, key: &Path) -> anyhow::Result<dimpl::DtlsCertificate> {
+        let (certificate, private_key) = der_from_files(cert, key)?;
+        let c = dimpl::DtlsCertificate {
+            certificate,
+            private_key,
+        };
+        usable(&self.config, &c)?;
+        Ok(c)
+    }
+
+    /// New handshakes get `c` from now on; established sessions keep theirs.
+    pub fn set_certificate(&self, c: dimpl::DtlsCertificate) {
+        *self.certificate.write().unwrap_or_else(|e| e.into_inner()) = c;
     }
 
     fn cookie(&self, remote: SocketAddr, bucket: u64) -> [u8; COOKIE_LEN] {
@@ -119,6 +137,20 @@ impl DtlsSetup {
                 .iter()
                 .any(|b| bool::from(self.cookie(remote, *b).ct_eq(cookie)))
     }
+}
+
+/// dimpl panics on a key it cannot use: try once (at start-up and on reload), not per client.
+fn usable(config: &Arc<dimpl::Config>, c: &dimpl::DtlsCertificate) -> anyhow::Result<()> {
+    let (config, certificate) = (config.clone(), c.clone());
+    let probe = std::panic::catch_unwind(move || {
+        dimpl::Dtls::new_12_hello_verified(config, certificate, Instant::now())
+    });
+    if probe.is_err() {
+        anyhow::bail!(
+            "the [tls] key cannot be used for DTLS: it must be an ECDSA P-256 or P-384 key"
+        );
+    }
+    Ok(())
 }
 
 /// What the first record of a datagram is, as far as the stateless layer cares.
@@ -249,22 +281,26 @@ pub struct DtlsTable {
 /// The certificate (leaf, DER) and key (DER) for DTLS: the `[tls]` files, or in the
 /// development profile without them a self-signed ECDSA P-256 one for localhost.
 pub fn certificate_der(config: &crate::config::Config) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    match &config.tls {
+        Some(files) => der_from_files(&files.cert, &files.key),
+        None => self_signed_der(),
+    }
+}
+
+/// The leaf certificate (DER) of a PEM chain file and the key (DER) of a PEM key file.
+fn der_from_files(cert: &Path, key: &Path) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
     use anyhow::Context;
-    let Some(files) = &config.tls else {
-        return self_signed_der();
-    };
-    let cert_pem = std::fs::read(&files.cert)
-        .with_context(|| format!("cannot read {}", files.cert.display()))?;
-    let key_pem = std::fs::read(&files.key)
-        .with_context(|| format!("cannot read {}", files.key.display()))?;
+    let cert_pem =
+        std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
+    let key_pem = std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
     let leaf = rustls_pemfile::certs(&mut &cert_pem[..])
         .next()
-        .ok_or_else(|| anyhow::anyhow!("{}: no certificate found", files.cert.display()))?
-        .with_context(|| format!("{}: not a PEM certificate", files.cert.display()))?;
-    let key = rustls_pemfile::private_key(&mut &key_pem[..])
-        .with_context(|| format!("{}: not a PEM private key", files.key.display()))?
-        .ok_or_else(|| anyhow::anyhow!("{}: no private key found", files.key.display()))?;
-    Ok((leaf.to_vec(), key.secret_der().to_vec()))
+        .ok_or_else(|| anyhow::anyhow!("{}: no certificate found", cert.display()))?
+        .with_context(|| format!("{}: not a PEM certificate", cert.display()))?;
+    let key_der = rustls_pemfile::private_key(&mut &key_pem[..])
+        .with_context(|| format!("{}: not a PEM private key", key.display()))?
+        .ok_or_else(|| anyhow::anyhow!("{}: no private key found", key.display()))?;
+    Ok((leaf.to_vec(), key_der.secret_der().to_vec()))
 }
 
 /// A self-signed ECDSA P-256 certificate for localhost, 127.0.0.1 and ::1.
@@ -379,11 +415,8 @@ impl DtlsTable {
             self.refused.set(self.refused.get() + 1);
             return;
         };
-        let mut dtls = dimpl::Dtls::new_12_hello_verified(
-            setup.config.clone(),
-            setup.certificate.clone(),
-            now,
-        );
+        let mut dtls =
+            dimpl::Dtls::new_12_hello_verified(setup.config.clone(), setup.certificate(), now);
         // dimpl draws its random on its first timeout: before the ClientHello.
         if dtls.handle_timeout(now).is_err() || dtls.handle_packet(packet).is_err() {
             return;

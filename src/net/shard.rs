@@ -109,6 +109,8 @@ pub struct ShardMetrics {
     pub udp_received: u64,
     /// DTLS sessions and the stateless HelloVerifyRequests.
     pub dtls: DtlsCounters,
+    /// RFC 6062 peer data connections open ([`TcpRelays::open_connections`]).
+    pub tcp_relay_connections: u64,
 }
 
 /// What a UDP socket of the shard is for.
@@ -568,6 +570,7 @@ impl Shard {
                     udp_recv_calls: self.udp.recv_calls.get(),
                     udp_received: self.udp.received.get(),
                     dtls: self.dtls.counters(),
+                    tcp_relay_connections: self.tcp.open_connections(),
                 });
             }
             ShardRequest::Sessions(user, reply) => {

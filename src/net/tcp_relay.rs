@@ -85,8 +85,11 @@ enum Peer {
     Connecting(AbortHandle),
     /// Established, waiting for its ConnectionBind (not read).
     Waiting(TcpStream),
-    /// Spliced (here or on another shard); notified to stop.
+    /// Spliced here; notified to stop.
     Spliced(Arc<Notify>),
+    /// Claimed by another shard's ConnectionBind and spliced there (counted there);
+    /// notified to stop.
+    Lent(Arc<Notify>),
     /// Another shard's connection, handed over for a ConnectionBind here; `Arc`: that
     /// shard's stop.
     Adopted(TcpStream, Arc<Notify>),
@@ -149,7 +152,7 @@ impl TcpRelays {
         let peer = self.peers.borrow_mut().remove(&id);
         match peer {
             Some(Peer::Connecting(task)) => task.abort(),
-            Some(Peer::Spliced(stop)) => stop.notify_one(),
+            Some(Peer::Spliced(stop) | Peer::Lent(stop)) => stop.notify_one(),
             Some(Peer::Waiting(_) | Peer::Adopted(..)) | None => {}
         }
     }
@@ -189,11 +192,7 @@ impl TcpRelays {
             })
             .unwrap_or(Err(BadRequest::ConnectionId.into()))?;
         let stop = Arc::new(Notify::new());
-        let stream = match self
-            .peers
-            .borrow_mut()
-            .insert(id, Peer::Spliced(stop.clone()))
-        {
+        let stream = match self.peers.borrow_mut().insert(id, Peer::Lent(stop.clone())) {
             Some(Peer::Waiting(s)) => s,
             _ => return Err(BadRequest::ConnectionId.into()),
         };
@@ -233,7 +232,7 @@ impl TcpRelays {
         for (_, p) in peers {
             match p {
                 Peer::Connecting(t) => t.abort(),
-                Peer::Spliced(stop) => stop.notify_one(),
+                Peer::Spliced(stop) | Peer::Lent(stop) => stop.notify_one(),
                 Peer::Waiting(_) | Peer::Adopted(..) => {}
             }
         }
@@ -242,6 +241,17 @@ impl TcpRelays {
     /// (listeners, peer connections) held now.
     pub fn counts(&self) -> (usize, usize) {
         (self.listeners.borrow().len(), self.peers.borrow().len())
+    }
+
+    /// Peer connections open in this shard (`turnd_tcp_relay_connections`): connected or
+    /// accepted and waiting for their ConnectionBind, adopted, or spliced here; not those
+    /// still connecting, nor those lent to another shard (counted there).
+    pub fn open_connections(&self) -> u64 {
+        let peers = self.peers.borrow();
+        let open = peers
+            .values()
+            .filter(|p| matches!(p, Peer::Waiting(_) | Peer::Adopted(..) | Peer::Spliced(_)));
+        open.count() as u64
     }
 
     fn waiting(&self, id: ConnectionId, s: TcpStream) {

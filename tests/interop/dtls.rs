@@ -2,7 +2,8 @@
 //! `turnutils_uclient -S` (DTLS over UDP to the server, OpenSSL; 4.6.1 does not verify the
 //! certificate) against turnd started in-process on port 0, on 127.0.0.1 and ::1, with the
 //! development profile's self-signed ECDSA certificate. Channels (ChannelData) and Send/Data
-//! indications, each relayed to an echo peer and back, every message counted.
+//! indications, each relayed to an echo peer and back, every message counted. And the other
+//! way round: turnctl's DTLS load generator (dimpl) against coturn's DTLS server.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -135,4 +136,47 @@ fn uclient_dtls_send_indications_v4() {
     );
     assert_peer_saw(&peer, u.expected_messages(), r.relay_addrs[1]);
     assert!(turnd.established() >= 2, "DTLS sessions established");
+}
+
+/// `turnctl load --dtls` against coturn (OpenSSL's DTLS server): handshakes with turnctl's
+/// dimpl client, long-term credentials, ChannelBind, and pre-encrypted ChannelData that
+/// coturn decrypts and relays to turnctl's peers.
+#[test]
+fn turnctl_load_dtls_against_coturn() {
+    let cert = TestCert::generate(&["127.0.0.1"]);
+    let coturn = Coturn::start_streams_dtls(&cert);
+    let server = format!("turn:{}", coturn.tls_addr(V4));
+    let out = std::process::Command::new(turnctl_bin())
+        .args(["load", "--dtls", "--server", &server, "--ca"])
+        .arg(&cert.cert)
+        .args([
+            "--user",
+            USER,
+            "--password",
+            PASSWORD,
+            "-n",
+            "2",
+            "--rate",
+            "500",
+        ])
+        .args(["--duration", "2s", "--dtls-mib", "1", "--json", "--quiet"])
+        .env_remove("TURNCTL_SECRET")
+        .env_remove("TURNCTL_PASSWORD")
+        .env_remove("TURNCTL_USER")
+        .output()
+        .expect("run turnctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "turnctl load --dtls against coturn: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_str(&text).expect("one JSON report");
+    assert_eq!(j["allocations"]["usable"], 2, "{j}");
+    let (sent, at_peer) = (
+        j["packets"]["sent"].as_u64().unwrap(),
+        j["packets"]["at_peer"].as_u64().unwrap(),
+    );
+    assert!(at_peer > 0 && at_peer <= sent, "{j}");
+    assert_eq!(j["packets"]["wrong_size"], 0, "{j}");
 }

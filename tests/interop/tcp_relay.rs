@@ -602,3 +602,51 @@ fn raw_connection_binds_work_whichever_shard_the_data_connection_lands_on() {
     drop(pairs);
     assert_stats_settle(turnd.running(), (0, 0, 0), "everything freed");
 }
+
+/// `turnd_tcp_relay_connections` (RFC 6062 peer data connections open), rendered as
+/// `/metrics` renders it.
+fn tcp_relay_connections(r: &turnd::Running) -> Option<f64> {
+    let text = turnd::admin::metrics::render(
+        &r.control.metrics(),
+        &turnd::admin::metrics::ProcessMetrics::read(&r.control),
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix("turnd_tcp_relay_connections "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Wait up to 5 s for the gauge to read `want`.
+fn gauge_settles(r: &turnd::Running, want: f64, why: &str) {
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    let mut last = tcp_relay_connections(r);
+    while last != Some(want) && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+        last = tcp_relay_connections(r);
+    }
+    assert_eq!(last, Some(want), "turnd_tcp_relay_connections: {why}");
+}
+
+/// The gauge counts a peer connection from its Connect until it closes: waiting for its
+/// ConnectionBind, spliced, then gone with its allocation.
+#[test]
+fn raw_tcp_relay_connections_gauge_moves_up_and_down() {
+    let turnd = Turnd::start(true, |_| {});
+    let r = turnd.running();
+    let server = turnd.addr(Tcp, V4);
+    let peer = TcpEchoPeer::start();
+    gauge_settles(r, 0.0, "none before");
+    let mut control = Stun::connect(server);
+    control.allocate_tcp();
+    let id = control.connect_peer(peer.addr).expect("Connect succeeds");
+    gauge_settles(r, 1.0, "connected, waiting for ConnectionBind");
+    let mut data = Stun::connect(server);
+    data.nonce = control.nonce.clone();
+    data.realm = control.realm.clone();
+    assert_eq!(data.connection_bind(id), None, "ConnectionBind succeeds");
+    echo_through(&mut data.s, 4096);
+    gauge_settles(r, 1.0, "spliced");
+    drop(control);
+    let mut rest = Vec::new();
+    let _ = data.s.read_to_end(&mut rest);
+    gauge_settles(r, 0.0, "closed with its allocation");
+}

@@ -21,6 +21,8 @@ struct Client {
     connected: bool,
     app: Vec<Vec<u8>>,
     next: Option<Instant>,
+    /// The server's leaf certificate (DER), once the handshake showed it.
+    peer_cert: Option<Vec<u8>>,
 }
 
 impl Client {
@@ -49,6 +51,7 @@ impl Client {
             connected: false,
             app: Vec::new(),
             next: None,
+            peer_cert: None,
         };
         c.flush();
         c
@@ -68,6 +71,7 @@ impl Client {
                 }
                 dimpl::Output::Connected => self.connected = true,
                 dimpl::Output::ApplicationData(d) => self.app.push(d.to_vec()),
+                dimpl::Output::PeerCert(c) => self.peer_cert = Some(c.to_vec()),
                 _ => {}
             }
         }
@@ -524,5 +528,118 @@ fn turnctl_probe_passes_over_dtls_and_checks_the_certificate() {
     );
     assert!(!o.status.success(), "refused under another CA:\n{text}");
     assert!(text.contains("certificate"), "{text}");
+    srv.stop();
+}
+
+/// Write a new self-signed ECDSA P-256 certificate for 127.0.0.1 into `cert` and `key`;
+/// returns its DER.
+fn write_cert(cert: &std::path::Path, key: &std::path::Path) -> Vec<u8> {
+    let rcgen::CertifiedKey {
+        cert: c,
+        signing_key,
+    } = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    std::fs::write(cert, c.pem()).unwrap();
+    std::fs::write(key, signing_key.serialize_pem()).unwrap();
+    c.der().to_vec()
+}
+
+/// The SIGHUP reload (`Control::reload`, what `main` runs on SIGHUP) with new `[tls]` files:
+/// a DTLS handshake after it gets the new certificate, and a session established before it
+/// keeps working.
+#[test]
+fn dtls_handshakes_after_a_reload_get_the_new_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let first = write_cert(&cert_file, &key_file);
+    let cfg = config(|c| {
+        c.tls = Some(turnd::config::TlsFiles {
+            cert: cert_file.clone(),
+            key: key_file.clone(),
+        })
+    });
+    let srv = turnd::start(cfg.clone()).unwrap();
+    let server = srv.dtls[0];
+    let mut before = Client::new(server);
+    assert!(before.handshake(), "handshake before the reload");
+    assert_eq!(before.peer_cert.as_deref(), Some(&first[..]));
+
+    let second = write_cert(&cert_file, &key_file);
+    assert_ne!(first, second);
+    srv.control.reload(cfg).expect("reload");
+
+    let mut after = Client::new(server);
+    assert!(after.handshake(), "handshake after the reload");
+    assert!(
+        after.peer_cert.as_deref() == Some(&second[..]),
+        "a new DTLS handshake does not get the new certificate (the old one: {})",
+        after.peer_cert.as_deref() == Some(&first[..])
+    );
+    // The session of before the reload still answers STUN.
+    let req = request(METHOD_BINDING, &[], None);
+    before.dtls.send_application_data(&req.raw).unwrap();
+    before.flush();
+    before.run(Duration::from_secs(5), usize::MAX, |c| !c.app.is_empty());
+    let answer = parse(before.app.first().expect("an answer on the old session"));
+    assert_eq!(answer.typ.class, CLASS_SUCCESS_RESPONSE);
+    srv.stop();
+}
+
+/// `turnctl load --dtls`: real DTLS sessions with long-term credentials and ChannelBind, then
+/// pre-encrypted ChannelData (paced, sealed for the run at that rate) that turnd decrypts
+/// and relays to turnctl's plain UDP peers; nothing arrives that was not sent.
+#[test]
+fn turnctl_load_over_dtls_relays_pre_encrypted_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    write_cert(&cert_file, &key_file);
+    let srv = turnd::start(config(|c| {
+        c.tls = Some(turnd::config::TlsFiles {
+            cert: cert_file.clone(),
+            key: key_file.clone(),
+        })
+    }))
+    .unwrap();
+    let server = format!("turn:{}", srv.dtls[0]);
+    let o = turnctl(&[
+        "load",
+        "--dtls",
+        "--server",
+        &server,
+        "--ca",
+        cert_file.to_str().unwrap(),
+        "--user",
+        "dev",
+        "--password",
+        "devpass",
+        "-n",
+        "2",
+        "--rate",
+        "1000",
+        "--duration",
+        "2s",
+        "--dtls-mib",
+        "1",
+        "--json",
+        "--quiet",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "turnctl load --dtls: {out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_str(&out).expect("one JSON report");
+    assert_eq!(j["allocations"]["usable"], 2, "{j}");
+    assert_eq!(j["allocations"]["released"], 2, "{j}");
+    let (sent, at_peer) = (
+        j["packets"]["sent"].as_u64().unwrap(),
+        j["packets"]["at_peer"].as_u64().unwrap(),
+    );
+    let per_session = j["records"]["per_session"].as_u64().unwrap();
+    assert!(per_session > 0 && sent <= 2 * per_session, "{j}");
+    assert!(at_peer > 0 && at_peer <= sent, "relayed what was sent: {j}");
+    assert_eq!(j["packets"]["wrong_size"], 0, "{j}");
+    assert_eq!(j["transport"], "dtls");
+    assert!(dtls_counters(&srv).established >= 2);
     srv.stop();
 }

@@ -180,6 +180,67 @@ impl DtlsLink {
         self.send_out().await
     }
 
+    /// Encrypt `frame` `count` times as consecutive application-data records of this
+    /// session, one record per datagram, appended to `out` in sequence order; returns the
+    /// length of one record (all are equal: same plaintext length, same AEAD overhead). The
+    /// records are for the load generator to send later, each exactly once (the server's
+    /// replay window refuses a sequence number it has seen or one 64 behind its newest).
+    pub fn seal_records(
+        &mut self,
+        frame: &[u8],
+        count: usize,
+        out: &mut Vec<u8>,
+    ) -> io::Result<usize> {
+        if !self.connected || self.closed {
+            return Err(io::Error::other("the DTLS session is not established"));
+        }
+        let mut rec_len = 0;
+        for _ in 0..count {
+            self.dtls
+                .send_application_data(frame)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            // Take the datagram right away: dimpl would put the next record in the same one.
+            let mut records = 0;
+            loop {
+                match self.dtls.poll_output(&mut self.buf) {
+                    dimpl::Output::Packet(p) => {
+                        if rec_len == 0 {
+                            rec_len = p.len();
+                        }
+                        if p.len() != rec_len {
+                            return Err(io::Error::other(format!(
+                                "a record of {} bytes after ones of {rec_len}",
+                                p.len()
+                            )));
+                        }
+                        out.extend_from_slice(p);
+                        records += 1;
+                    }
+                    dimpl::Output::BufferTooSmall { needed } if needed <= 1 << 16 => {
+                        self.buf.resize(needed, 0)
+                    }
+                    dimpl::Output::Timeout(t) => {
+                        self.next = Some(t);
+                        break;
+                    }
+                    dimpl::Output::ApplicationData(d) => self.app.push_back(d.to_vec()),
+                    _ => break,
+                }
+            }
+            if records != 1 {
+                return Err(io::Error::other(format!(
+                    "one application record gave {records} datagrams"
+                )));
+            }
+        }
+        Ok(rec_len)
+    }
+
+    /// The UDP socket, connected to the server.
+    pub fn socket(&self) -> &UdpSocket {
+        &self.sock
+    }
+
     async fn recv(&mut self) -> io::Result<Vec<u8>> {
         loop {
             if let Some(d) = self.app.pop_front() {
@@ -730,22 +791,21 @@ impl TurnClient {
 
     /// Allocate a UDP relay; `ipv6` asks for an IPv6 one (REQUESTED-ADDRESS-FAMILY).
     pub async fn allocate(&mut self, ipv6: bool) -> Result<Allocated, ClientError> {
-        let t = Raw(ATTR_REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
-        let f = Raw(ATTR_REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0]);
-        let attrs: Vec<&dyn Setter> = if ipv6 { vec![&t, &f] } else { vec![&t] };
-        let r = self.transact(METHOD_ALLOCATE, &attrs).await?;
-        let relayed = xor_addr(&r, ATTR_XOR_RELAYED_ADDRESS).ok_or_else(|| {
-            ClientError::Protocol("Allocate response without XOR-RELAYED-ADDRESS".into())
-        })?;
-        Ok(Allocated {
-            relayed,
-            lifetime: lifetime(&r).unwrap_or(0),
-        })
+        self.allocate_protocol(17, ipv6).await
     }
 
     /// Allocate an RFC 6062 TCP relay (REQUESTED-TRANSPORT TCP; TCP/TLS connections only).
     pub async fn allocate_tcp(&mut self, ipv6: bool) -> Result<Allocated, ClientError> {
-        let t = Raw(ATTR_REQUESTED_TRANSPORT, vec![6, 0, 0, 0]);
+        self.allocate_protocol(6, ipv6).await
+    }
+
+    /// Allocate with REQUESTED-TRANSPORT `protocol` (17 UDP, 6 TCP).
+    async fn allocate_protocol(
+        &mut self,
+        protocol: u8,
+        ipv6: bool,
+    ) -> Result<Allocated, ClientError> {
+        let t = Raw(ATTR_REQUESTED_TRANSPORT, vec![protocol, 0, 0, 0]);
         let f = Raw(ATTR_REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0]);
         let attrs: Vec<&dyn Setter> = if ipv6 { vec![&t, &f] } else { vec![&t] };
         let r = self.transact(METHOD_ALLOCATE, &attrs).await?;

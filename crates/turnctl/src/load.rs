@@ -27,12 +27,22 @@ pub const MAX_DURATION: Duration = Duration::from_secs(300);
 
 #[derive(clap::Args, Debug)]
 pub struct LoadArgs {
-    /// turn:HOST:PORT[?transport=udp|tcp] or turns:HOST:PORT.
+    /// turn:HOST:PORT[?transport=udp|tcp], turns:HOST:PORT, or turns:HOST:PORT?transport=udp
+    /// (DTLS, as --dtls).
     #[arg(long, short = 's', value_parser = crate::parse_url)]
     pub server: ServerUrl,
     /// Override the URL's transport (give the matching port).
     #[arg(long, value_parser = parse_transport)]
     pub transport: Option<Transport>,
+    /// Over DTLS (RFC 7350; give the DTLS port): one DTLS session per allocation, then
+    /// pre-encrypted ChannelData client -> peer, open loop: at --rate per allocation or, without
+    /// it, as fast as turnctl can send (`dtls_load.rs`). The peers do not echo.
+    #[arg(long)]
+    pub dtls: bool,
+    /// With --dtls: memory for the pre-encrypted records of all sessions, in MiB (at most
+    /// 512); the run ends early when they are spent (each record is sent once).
+    #[arg(long, default_value_t = 256)]
+    pub dtls_mib: usize,
     #[command(flatten)]
     pub auth: AuthArgs,
     /// Number of allocations (each its own UDP socket or TCP/TLS connection).
@@ -96,14 +106,14 @@ pub struct LoadArgs {
 
 impl LoadArgs {
     fn transport_of(&self) -> Transport {
+        if self.dtls {
+            return Transport::Dtls;
+        }
         self.transport.unwrap_or(self.server.transport)
     }
 }
 
-fn validate(a: &LoadArgs) -> anyhow::Result<()> {
-    if a.transport_of() == Transport::Dtls {
-        bail!("turnctl load does not speak DTLS (turnctl probe does)");
-    }
+pub(crate) fn validate(a: &LoadArgs) -> anyhow::Result<()> {
     if a.allocations == 0 || a.allocations > MAX_ALLOCATIONS {
         bail!("--allocations must be 1..={MAX_ALLOCATIONS}");
     }
@@ -119,8 +129,9 @@ fn validate(a: &LoadArgs) -> anyhow::Result<()> {
     if a.mix == Mix::Av && (a.mode == Mode::Idle || a.transport_of() != Transport::Udp) {
         bail!("--mix av needs UDP and --mode channel or send");
     }
-    if a.direct && (a.mode != Mode::Channel || a.transport_of() != Transport::Udp) {
-        bail!("--direct needs UDP and --mode channel");
+    let datagrams = matches!(a.transport_of(), Transport::Udp | Transport::Dtls);
+    if a.direct && (a.mode != Mode::Channel || !datagrams) {
+        bail!("--direct needs UDP or DTLS and --mode channel");
     }
     if !(1..=16).contains(&a.threads) || !(1..=256).contains(&a.window) || a.concurrency == 0 {
         bail!("--threads must be 1..=16, --window 1..=256, --concurrency at least 1");
@@ -135,7 +146,7 @@ fn validate(a: &LoadArgs) -> anyhow::Result<()> {
 
 /// Where echo peers bind: loopback for a server on this machine, else the address this
 /// host uses to reach the server (which must then be reachable from the relay).
-fn peer_ip(server: SocketAddr, ipv6: bool) -> anyhow::Result<IpAddr> {
+pub(crate) fn peer_ip(server: SocketAddr, ipv6: bool) -> anyhow::Result<IpAddr> {
     if server.ip().is_loopback() {
         return Ok(if ipv6 {
             Ipv6Addr::LOCALHOST.into()
@@ -153,7 +164,7 @@ fn peer_ip(server: SocketAddr, ipv6: bool) -> anyhow::Result<IpAddr> {
 }
 
 /// Raise the soft limit of open files towards what the allocations need.
-fn raise_nofile(need: usize) {
+pub(crate) fn raise_nofile(need: usize) {
     // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
     unsafe {
         let mut r: libc::rlimit = std::mem::zeroed();
@@ -281,6 +292,9 @@ impl Progress {
 
 /// Run `turnctl load`; Ok(false) when nothing could be measured.
 pub fn run(args: &LoadArgs) -> anyhow::Result<bool> {
+    if args.transport_of() == Transport::Dtls {
+        return crate::dtls_load::run(args);
+    }
     validate(args)?;
     let server = args.server.resolve()?;
     let transport = args.transport.unwrap_or(args.server.transport);
@@ -433,7 +447,7 @@ fn run_phases(
 
 /// Seconds since the Unix epoch at `at` (for others to line up their samples with the
 /// data phase).
-fn unix_at(at: Instant) -> f64 {
+pub(crate) fn unix_at(at: Instant) -> f64 {
     let now = Instant::now();
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -7,7 +7,8 @@
 //! Modules: `server` (URLs, durations), `client` (connections, framing, transactions),
 //! `wire` (data-path encodings), `tls` (client TLS), `creds`, `probe`, `load` (orchestration
 //! and report), `worker` (one load thread), `flow` (one allocation's data path), `echo`
-//! (echo peers), `mmsg` (batched UDP syscalls), `stats` (RTT histogram, own CPU use).
+//! (echo peers), `mmsg` (batched UDP syscalls), `stats` (RTT histogram, own CPU use),
+//! `dtls_load` (`load --dtls`: pre-encrypted DTLS records, open loop).
 //!
 //! Exit codes: 0 success, 1 a check or run failed, 2 bad usage.
 
@@ -17,6 +18,7 @@ use clap::{Parser, Subcommand};
 
 mod client;
 mod creds;
+mod dtls_load;
 mod echo;
 mod flow;
 mod load;

@@ -248,6 +248,76 @@ impl Batch {
     }
 }
 
+/// Consecutive equal-length datagrams already in one buffer (the DTLS load generator's
+/// pre-encrypted records), sent on a connected socket without copying them into slots.
+/// Holds the headers of one `sendmmsg` (raw pointers, filled per call: neither `Send` nor
+/// kept across calls).
+pub struct RunSender {
+    iov: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+impl RunSender {
+    /// Headers for up to `n` datagrams per call.
+    pub fn new(n: usize) -> RunSender {
+        let n = n.max(1);
+        RunSender {
+            iov: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0
+                };
+                n
+            ],
+            // SAFETY: mmsghdr is plain old data; all zeroes is a valid (empty) header.
+            hdrs: vec![unsafe { mem::zeroed() }; n],
+        }
+    }
+
+    /// Send the datagrams `buf[0..len]`, `buf[len..2 * len]`, ... (at most the capacity, and
+    /// only whole ones) with one `sendmmsg`, or with `gso` as one `UDP_SEGMENT` send per 64
+    /// of them. Returns how many the kernel took (`WouldBlock` when none).
+    pub fn send(&mut self, fd: RawFd, buf: &[u8], len: usize, gso: bool) -> io::Result<usize> {
+        if len == 0 {
+            return Ok(0);
+        }
+        let n = (buf.len() / len).min(self.hdrs.len());
+        if gso {
+            let k = n.min(gso_segments(len));
+            let iov = libc::iovec {
+                // sendmsg only reads through the pointer.
+                iov_base: buf.as_ptr().cast_mut().cast(),
+                iov_len: k * len,
+            };
+            return send_segmented(fd, std::ptr::null_mut(), 0, &[iov], len).map(|()| k);
+        }
+        for i in 0..n {
+            self.iov[i] = libc::iovec {
+                iov_base: buf[i * len..].as_ptr().cast_mut().cast(),
+                iov_len: len,
+            };
+            // SAFETY: as in `new`: an all-zero header is valid; it then points at one iovec.
+            self.hdrs[i] = unsafe { mem::zeroed() };
+            self.hdrs[i].msg_hdr.msg_iov = &mut self.iov[i];
+            self.hdrs[i].msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: headers 0..n point at iovecs of this struct, each at `len` bytes inside
+        // `buf`, which outlives the call; the kernel only reads them.
+        let r = unsafe {
+            libc::sendmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r as usize)
+    }
+}
+
 /// Segments per GSO send: the kernel's limit is 64 segments (128 on newer kernels) and a
 /// 64 KiB datagram.
 pub const GSO_MAX_SEGMENTS: usize = 64;
@@ -331,6 +401,28 @@ mod tests {
         let mut buf = [0u8; 64];
         let (len, _) = a.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..len], &[0u8; 10]);
+    }
+
+    /// A run of records in one buffer leaves as one datagram each, with and without GSO.
+    #[test]
+    fn run_sender_sends_each_record_once() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.connect(b.local_addr().unwrap()).unwrap();
+        let buf: Vec<u8> = (0..30u8).flat_map(|i| [i; 50]).collect();
+        let mut tx = RunSender::new(16);
+        assert_eq!(tx.send(a.as_raw_fd(), &buf, 50, false).unwrap(), 16);
+        assert_eq!(
+            tx.send(a.as_raw_fd(), &buf[16 * 50..], 50, true).unwrap(),
+            14
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut rx = Batch::new(64, 2048);
+        let n = rx.recv(b.as_raw_fd()).unwrap();
+        assert_eq!(n, 30);
+        for i in 0..n {
+            assert_eq!(rx.packet(i), &[i as u8; 50][..]);
+        }
     }
 
     /// A GSO send reaches a plain socket (no `UDP_GRO`) as one datagram per slot, and a GSO

@@ -181,11 +181,18 @@ async fn steps(
     });
     let alloc = p.record("Allocate", t, r)?;
     let realm = c.realm().map(str::to_string);
-    if relay_steps(p, args, &mut c, alloc.relayed).await.is_none() {
-        // Free the allocation anyway; its result is not a step of its own.
+    let passed = relay_steps(p, args, &mut c, alloc.relayed).await.is_some();
+    release(p, &mut c, passed).await;
+    realm
+}
+
+/// Refresh(0): a step of its own after the data steps passed; after a failed one the
+/// allocation is freed anyway, quietly.
+async fn release(p: &mut Probe, c: &mut TurnClient, steps_passed: bool) {
+    if !steps_passed {
         c.timeout = Duration::from_secs(1);
         let _ = c.refresh(0).await;
-        return realm;
+        return;
     }
     let t = Instant::now();
     let r = c
@@ -193,7 +200,6 @@ async fn steps(
         .await
         .map(|_| ((), "allocation deleted".to_string()));
     p.record("Refresh(0)", t, r);
-    realm
 }
 
 /// The RFC 6062 steps on the control connection `c`.
@@ -214,20 +220,10 @@ async fn tcp_relay_steps(
     });
     let alloc = p.record("Allocate (TCP)", t, r)?;
     let realm = c.realm().map(str::to_string);
-    if tcp_data_steps(p, args, &mut c, server, tls, alloc.relayed)
+    let passed = tcp_data_steps(p, args, &mut c, server, tls, alloc.relayed)
         .await
-        .is_none()
-    {
-        c.timeout = Duration::from_secs(1);
-        let _ = c.refresh(0).await;
-        return realm;
-    }
-    let t = Instant::now();
-    let r = c
-        .refresh(0)
-        .await
-        .map(|_| ((), "allocation deleted".to_string()));
-    p.record("Refresh(0)", t, r);
+        .is_some();
+    release(p, &mut c, passed).await;
     realm
 }
 

@@ -38,24 +38,35 @@ impl Coturn {
         Self::start_inner(
             &["--lt-cred-mech", &format!("--user={USER}:{PASSWORD}")],
             Some(cert),
+            false,
+        )
+    }
+
+    /// As [`Coturn::start_streams`], and DTLS on the TLS port's UDP twin (coturn serves DTLS
+    /// on its `tls-listening-port`).
+    pub fn start_streams_dtls(cert: &TestCert) -> Coturn {
+        Self::start_inner(
+            &["--lt-cred-mech", &format!("--user={USER}:{PASSWORD}")],
+            Some(cert),
+            true,
         )
     }
 
     fn start_with(auth: &[&str]) -> Coturn {
-        Self::start_inner(auth, None)
+        Self::start_inner(auth, None, false)
     }
 
-    fn start_inner(auth: &[&str], streams: Option<&TestCert>) -> Coturn {
+    fn start_inner(auth: &[&str], streams: Option<&TestCert>, dtls: bool) -> Coturn {
         require_tool("turnserver");
         for _attempt in 0..3 {
-            if let Some(c) = Self::try_start(auth, streams) {
+            if let Some(c) = Self::try_start(auth, streams, dtls) {
                 return c;
             }
         }
         panic!("coturn did not start in 3 attempts (see the logs above)");
     }
 
-    fn try_start(auth: &[&str], streams: Option<&TestCert>) -> Option<Coturn> {
+    fn try_start(auth: &[&str], streams: Option<&TestCert>, dtls: bool) -> Option<Coturn> {
         let dir = ScratchDir::new("coturn");
         let port = if streams.is_some() {
             free_stream_port()
@@ -80,7 +91,6 @@ impl Coturn {
             "--max-port=65535",
             &format!("--realm={REALM}"),
             "--allow-loopback-peers",
-            "--no-dtls",
             "--no-rfc5780",
             "--no-cli",
             "--cli-password=x",
@@ -93,6 +103,9 @@ impl Coturn {
         .iter()
         .map(ToString::to_string)
         .collect();
+        if !dtls {
+            args.push("--no-dtls".into());
+        }
         match streams {
             None => args.extend(["--no-tcp".into(), "--no-tls".into()]),
             Some(cert) => args.extend([

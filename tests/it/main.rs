@@ -27,6 +27,8 @@ mod contrib;
 mod dockerfile;
 mod dtls;
 mod fastpath;
+#[cfg(feature = "xdp")]
+mod fastpath_clients;
 mod fleet;
 mod http_limits;
 mod http_mint;

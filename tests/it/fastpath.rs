@@ -95,7 +95,7 @@ xdp = ["turnd-nosuch0"]
 }
 
 #[cfg(feature = "xdp")]
-mod netns {
+pub(crate) mod netns {
     use super::*;
     use crate::policy_netns::Netns;
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -231,7 +231,7 @@ mod netns {
     }
 
     /// `ethtool -K <iface> tx off` (ETHTOOL_STXCSUM), in the calling thread's namespace.
-    fn tx_checksum_off(iface: &str) {
+    pub(crate) fn tx_checksum_off(iface: &str) {
         #[repr(C)]
         struct EthtoolValue {
             cmd: u32,

@@ -27,13 +27,14 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::config::{Relay as RelayConfig, Streams};
 use turnd_proto::engine::{
-    ClientAddr, Command, ConnectionId, Engine, EngineStats, Family, MetricsSnapshot, PeerAddr,
-    PortChoice, Refusal, RelayAddr, SessionId, SessionInfo, Shared, Transport, HEADROOM,
+    BoundRelay, Capacity, ClientAddr, Command, ConnectionId, Engine, EngineStats, Family,
+    MetricsSnapshot, PeerAddr, PortChoice, Refusal, RelayAddr, RelayHandle, SessionId, SessionInfo,
+    Shared, Transport, HEADROOM,
 };
 
 use super::dtls::{DtlsCounters, DtlsSetup, DtlsTable};
 use super::health::{panic_message, take_panic_location, Health, LogLimit};
-use super::relay::{bind_pair, bind_relay, Reservations};
+use super::relay::{bind_pair, bind_relay, HoldRefused, Reservations};
 use super::stream::{accept_loop, Closed, ConnLimits, StreamTable};
 use super::tcp_relay::TcpRelays;
 use super::udp::{self, RecvBatch, SendQueue, BATCH};
@@ -138,13 +139,54 @@ struct Sock {
 #[derive(Default)]
 struct Sockets {
     slab: Slab<Sock>,
-    /// Relay socket address -> slab key (looked up once per relayed packet: foldhash).
-    relays: HashMap<SocketAddr, usize, foldhash::fast::RandomState>,
     /// Listener address -> descriptor (listeners live as long as the shard).
     listeners: HashMap<SocketAddr, RawFd, foldhash::fast::RandomState>,
     /// Relay sockets released during a loop turn: closed when the turn ends, so that no
     /// descriptor number is reused while the turn may still send from it.
     closing: Vec<mio::net::UdpSocket>,
+}
+
+impl Sockets {
+    /// The relay socket of slab key `key` if it is the one bound at `addr` (the engine's
+    /// [`RelayHandle`] of a relay is its slab key: an index, no lookup).
+    fn relay_at(&self, key: usize, addr: SocketAddr) -> Option<&Sock> {
+        self.slab
+            .get(key)
+            .filter(|s| matches!(s.kind, SockKind::Relay { bound, .. } if bound == addr))
+    }
+
+    /// The descriptor of the relay socket an engine output names.
+    fn relay_fd(&self, handle: RelayHandle, addr: RelayAddr) -> Option<RawFd> {
+        self.relay_at(handle.0 as usize, addr.0)
+            .map(|s| s.io.as_raw_fd())
+    }
+}
+
+/// The handle TCP (RFC 6062) relays are bound with: they live in [`TcpRelays`], by address.
+const TCP_RELAY_HANDLE: RelayHandle = RelayHandle(u32::MAX);
+
+/// Why a relay socket could not be had for an Allocate.
+enum RelayRefused {
+    /// The user is at a cap (port reservations, or the quota a reservation counts against):
+    /// 486.
+    Quota(HoldRefused),
+    /// Binding failed, or the server-wide reservation table is full: 508.
+    Io(io::Error),
+}
+
+impl From<io::Error> for RelayRefused {
+    fn from(e: io::Error) -> Self {
+        RelayRefused::Io(e)
+    }
+}
+
+impl From<HoldRefused> for RelayRefused {
+    fn from(e: HoldRefused) -> Self {
+        match e {
+            HoldRefused::UserCap | HoldRefused::Quota => RelayRefused::Quota(e),
+            HoldRefused::Full => RelayRefused::Io(io::Error::other(e)),
+        }
+    }
 }
 
 /// Per-shard UDP counters (plain integers on the shard's thread).
@@ -329,7 +371,6 @@ pub fn run(
         // Dropping the LocalSet drops every task and with them every socket.
         {
             let mut socks = shard.socks.borrow_mut();
-            socks.relays.clear();
             socks.slab.clear();
             socks.closing.clear();
         }
@@ -671,8 +712,13 @@ impl Shard {
                 let bound = families
                     .iter()
                     .map(|f| match self.open_relay(engine, client, *f, port, now) {
-                        Ok(a) => Some(a),
-                        Err(e) => {
+                        Ok(b) => Ok(b),
+                        Err(RelayRefused::Quota(why)) => {
+                            // A user's own cap: 486, not worth a log line.
+                            tracing::debug!(reason = %why, family = ?f, "relay refused (486)");
+                            Err(Refusal::Quota)
+                        }
+                        Err(RelayRefused::Io(e)) => {
                             // An attacker can make every Allocate fail: one line per interval.
                             if let Some(suppressed) = self.refused_log.allow(now) {
                                 tracing::warn!(
@@ -682,7 +728,7 @@ impl Shard {
                                     "cannot bind a relay socket (508)"
                                 );
                             }
-                            None
+                            Err(Refusal::Capacity(Capacity::RelayPorts))
                         }
                     })
                     .collect();
@@ -690,7 +736,10 @@ impl Shard {
             }
             Command::BindTcpRelay { client, family } => {
                 let bound = match self.tcp.open(self, &self.relay_cfg, client, family) {
-                    Ok(a) => Some(a),
+                    Ok(addr) => Ok(BoundRelay {
+                        addr,
+                        handle: TCP_RELAY_HANDLE,
+                    }),
                     Err(e) => {
                         if let Some(suppressed) = self.refused_log.allow(now) {
                             tracing::warn!(
@@ -700,7 +749,7 @@ impl Shard {
                                 "cannot bind a TCP relay listener (508)"
                             );
                         }
-                        None
+                        Err(Refusal::Capacity(Capacity::RelayPorts))
                     }
                 };
                 engine.relay_bound(now, client, vec![bound]);
@@ -709,10 +758,12 @@ impl Shard {
             Command::SpliceData { id, data } => self.streams.splice(&data, id),
             Command::ClosePeer(id) => self.tcp.close(id),
             Command::ClaimPeer { id, user, data } => self.claim_remote(id, user, data),
-            Command::ReleaseRelay(addr) if self.tcp.release(&addr) => {}
-            Command::ReleaseRelay(addr) => {
+            Command::ReleaseRelay(b)
+                if b.handle == TCP_RELAY_HANDLE && self.tcp.release(&b.addr) => {}
+            Command::ReleaseRelay(b) => {
                 let mut socks = self.socks.borrow_mut();
-                if let Some(key) = socks.relays.remove(&addr) {
+                let key = b.handle.0 as usize;
+                if socks.relay_at(key, b.addr).is_some() {
                     let mut s = socks.slab.remove(key);
                     let _ = self.registry.deregister(&mut s.io);
                     if self.in_turn.get() {
@@ -734,7 +785,7 @@ impl Shard {
         family: Family,
         port: PortChoice,
         now: Instant,
-    ) -> io::Result<SocketAddr> {
+    ) -> Result<BoundRelay, RelayRefused> {
         let std_sock = match port {
             PortChoice::Any => bind_relay(&self.relay_cfg, family, false)?,
             PortChoice::Even => bind_relay(&self.relay_cfg, family, true)?,
@@ -743,11 +794,9 @@ impl Shard {
                     .pending_user(&client)
                     .ok_or_else(|| io::Error::other("no pending Allocate"))?;
                 // Refuse before binding anything: a user at the cap costs no bind calls.
-                self.reservations.admits(user).map_err(io::Error::other)?;
+                self.reservations.admits(user)?;
                 let (even, odd) = bind_pair(&self.relay_cfg, family)?;
-                self.reservations
-                    .hold(token.0, odd, user, now)
-                    .map_err(io::Error::other)?;
+                self.reservations.hold(token.0, odd, user, now)?;
                 even
             }
             PortChoice::Reserved(token) => {
@@ -775,15 +824,21 @@ impl Shard {
             kind: SockKind::Relay { client, bound },
             queued: false,
         });
-        socks.relays.insert(bound, key);
-        Ok(bound)
-    }
-
-    /// The descriptor of the relay socket bound at `addr`.
-    fn relay_fd(&self, addr: SocketAddr) -> Option<RawFd> {
-        let socks = self.socks.borrow();
-        let key = *socks.relays.get(&addr)?;
-        socks.slab.get(key).map(|s| s.io.as_raw_fd())
+        let handle = u32::try_from(key)
+            .ok()
+            .filter(|h| RelayHandle(*h) != TCP_RELAY_HANDLE)
+            .ok_or_else(|| io::Error::other("too many relay sockets"));
+        let handle = match handle {
+            Ok(h) => RelayHandle(h),
+            Err(e) => {
+                socks.slab.remove(key);
+                return Err(e.into());
+            }
+        };
+        Ok(BoundRelay {
+            addr: bound,
+            handle,
+        })
     }
 
     fn listener_fd(&self, local: SocketAddr) -> Option<RawFd> {
@@ -875,47 +930,49 @@ impl Shard {
         n: usize,
         out: &mut SendQueue,
     ) -> bool {
-        for i in 0..n {
-            let (len, Some(remote)) = batch.datagram(i) else {
-                continue;
-            };
-            let Some(packet) = batch.slot_mut(i).get(HEADROOM..HEADROOM + len) else {
-                continue;
-            };
-            #[cfg(feature = "fault-injection")]
-            {
-                use turnd_proto::engine::fault;
-                if packet.starts_with(fault::END_LISTENER) {
-                    return true;
-                }
-                if packet.starts_with(fault::END_SHARD) {
-                    self.fault_end_shard.notify_one();
-                }
-            }
-            let from = ClientAddr {
-                transport: Transport::Udp,
-                remote,
-                local,
-            };
-            self.guarded(kind_of(packet), || {
-                let mut engine = self.engine.borrow_mut();
-                if packet.first().is_some_and(|b| *b < 0x40) {
-                    // A STUN message (a Refresh(0) ends the allocation): the kernel's counts
-                    // of this client's routes first.
-                    self.fastpath.borrow_mut().fold_client(&mut engine, &from);
-                }
-                if let Some(to) = engine.handle_client(now, from, packet) {
-                    if let Some(fd) = self.relay_fd(to.relay.0) {
-                        let at = RecvBatch::slot_offset(i) + HEADROOM;
-                        out.push(fd, to.peer.0, at + to.range.start..at + to.range.end);
+        // One borrow of the engine and of the sockets for the whole batch (nothing in the
+        // loop reaches them through the shard: the commands run in `flush_outputs`).
+        let mut engine = self.engine.borrow_mut();
+        {
+            let socks = self.socks.borrow();
+            for i in 0..n {
+                let (len, Some(remote)) = batch.datagram(i) else {
+                    continue;
+                };
+                let Some(packet) = batch.slot_mut(i).get(HEADROOM..HEADROOM + len) else {
+                    continue;
+                };
+                #[cfg(feature = "fault-injection")]
+                {
+                    use turnd_proto::engine::fault;
+                    if packet.starts_with(fault::END_LISTENER) {
+                        return true;
+                    }
+                    if packet.starts_with(fault::END_SHARD) {
+                        self.fault_end_shard.notify_one();
                     }
                 }
-            });
+                let from = ClientAddr {
+                    transport: Transport::Udp,
+                    remote,
+                    local,
+                };
+                self.guarded(kind_of(packet), || {
+                    if packet.first().is_some_and(|b| *b < 0x40) {
+                        // A STUN message (a Refresh(0) ends the allocation): the kernel's
+                        // counts of this client's routes first.
+                        self.fastpath.borrow_mut().fold_client(&mut engine, &from);
+                    }
+                    if let Some(to) = engine.handle_client(now, from, packet) {
+                        if let Some(fd) = socks.relay_fd(to.handle, to.relay) {
+                            let at = RecvBatch::slot_offset(i) + HEADROOM;
+                            out.push(fd, to.peer.0, at + to.range.start..at + to.range.end);
+                        }
+                    }
+                });
+            }
         }
-        self.guarded("flush", || {
-            let mut engine = self.engine.borrow_mut();
-            self.flush_outputs(&mut engine, now);
-        });
+        self.guarded("flush", || self.flush_outputs(&mut engine, now));
         false
     }
 
@@ -954,9 +1011,8 @@ impl Shard {
                 self.guarded(kind_of(&data), || {
                     let mut engine = self.engine.borrow_mut();
                     if let Some(to) = engine.handle_client(now, from, &data) {
-                        if let (Some(fd), Some(bytes)) =
-                            (self.relay_fd(to.relay.0), data.get(to.range))
-                        {
+                        let fd = self.socks.borrow().relay_fd(to.handle, to.relay);
+                        if let (Some(fd), Some(bytes)) = (fd, data.get(to.range)) {
                             self.count_send(udp::send_one(fd, bytes, to.peer.0));
                         }
                     }
@@ -993,16 +1049,17 @@ impl Shard {
             Transport::Udp => self.listener_fd(client.local),
             _ => None,
         };
+        // One borrow of the engine for the whole batch (the stream and DTLS queues below do
+        // not reach it).
+        let mut engine = self.engine.borrow_mut();
         for i in 0..n {
             let (len, Some(peer)) = batch.datagram(i) else {
                 continue;
             };
             let slot = batch.slot_mut(i);
             self.guarded("peer datagram", || {
-                let mut engine = self.engine.borrow_mut();
                 let to =
                     engine.handle_peer(now, client, RelayAddr(bound), PeerAddr(peer), slot, len);
-                drop(engine);
                 if let Some(to) = to {
                     match (to.client.transport, listener) {
                         (Transport::Udp, Some(fd)) => {
@@ -1146,7 +1203,7 @@ impl Shard {
             self.guarded(kind_of(frame), || {
                 let mut engine = self.engine.borrow_mut();
                 if let Some(to) = engine.handle_client(now, client, frame) {
-                    if let Some(fd) = self.relay_fd(to.relay.0) {
+                    if let Some(fd) = self.socks.borrow().relay_fd(to.handle, to.relay) {
                         out.push(
                             fd,
                             to.peer.0,

@@ -17,6 +17,18 @@ pub struct Relay {
     pub bound: SocketAddr,
     /// The address clients are told (external mapping applied).
     pub advertised: SocketAddr,
+    /// The I/O layer's handle of the socket ([`super::RelayHandle`]).
+    pub handle: super::RelayHandle,
+}
+
+impl Relay {
+    /// The socket as the I/O layer named it.
+    pub fn bound_relay(&self) -> super::BoundRelay {
+        super::BoundRelay {
+            addr: self.bound,
+            handle: self.handle,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -514,13 +514,16 @@ impl Engine {
         Ok(Answer::Later)
     }
 
-    /// The I/O layer's answer to [`Command::BindRelays`]: bound addresses, in order, or
-    /// `None` for a family that could not be bound.
+    /// The I/O layer's answer to [`Command::BindRelays`] (and [`Command::BindTcpRelay`]):
+    /// one result per family, in order: the bound socket, or why it could not be had
+    /// (`Capacity(RelayPorts)` when binding failed, `Quota` when the user is at a cap, e.g.
+    /// of port reservations). When the first family fails, the Allocate is answered with
+    /// its refusal.
     pub fn relay_bound(
         &mut self,
         now: Instant,
         client: ClientAddr,
-        bound: Vec<Option<SocketAddr>>,
+        bound: Vec<Result<super::BoundRelay, Refusal>>,
     ) {
         let Some(p) = self.pending_by_client.remove(&client) else {
             // The client went away meanwhile: give the sockets back.
@@ -533,8 +536,9 @@ impl Engine {
             .iter()
             .flatten()
             .map(|b| Relay {
-                bound: *b,
-                advertised: self.advertise(*b),
+                bound: b.addr,
+                advertised: self.advertise(b.addr),
+                handle: b.handle,
             })
             .collect();
         // A fake request header, so replies carry the right method, id and fingerprint.
@@ -545,13 +549,18 @@ impl Engine {
         let Ok(req) = Parsed::parse(&hdr) else {
             unreachable!("a valid header")
         };
-        let mut r = if relays.is_empty() || bound.first().is_some_and(|b| b.is_none()) {
+        let first_failed = match bound.first() {
+            Some(Ok(_)) if !relays.is_empty() => None,
+            Some(Err(why)) => Some(why.clone()),
+            _ => Some(Refusal::Capacity(Capacity::RelayPorts)),
+        };
+        let mut r = if let Some(why) = first_failed {
             // The requested (first) family failed: the whole Allocate fails.
             for r in &relays {
-                self.commands.push_back(Command::ReleaseRelay(r.bound));
+                self.commands
+                    .push_back(Command::ReleaseRelay(r.bound_relay()));
             }
             self.shared.quotas.release(&p.user);
-            let why = Refusal::Capacity(Capacity::RelayPorts);
             self.metrics.count_refusal(&why);
             let mut r = Reply::refusal(&req, &why);
             r.set_fingerprint(p.fingerprint);
@@ -565,10 +574,10 @@ impl Engine {
             r.xor_addr(ATTR_XOR_RELAYED_ADDRESS, relay.advertised);
         }
         if p.refused_v6 || (p.families.len() == 2 && relays.len() == 1) {
-            let why = if p.refused_v6 {
-                Refusal::FamilyNotSupported
-            } else {
-                Refusal::Capacity(Capacity::RelayPorts)
+            let why = match bound.get(1) {
+                _ if p.refused_v6 => Refusal::FamilyNotSupported,
+                Some(Err(why)) => why.clone(),
+                _ => Refusal::Capacity(Capacity::RelayPorts),
             };
             r.address_error(true, &why);
         }

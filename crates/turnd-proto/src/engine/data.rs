@@ -21,7 +21,8 @@ impl Engine {
     pub(super) fn on_send(&mut self, now: Instant, from: ClientAddr, buf: &[u8]) -> Option<ToPeer> {
         let (peer, range) = parse_send(buf)?;
         let a = self.allocations_by_client.get(&from)?;
-        let relay = RelayAddr(a.relay_for(&peer)?.bound);
+        let r = a.relay_for(&peer)?;
+        let (relay, handle) = (RelayAddr(r.bound), r.handle);
         // The permission route covers the IP (installed through the policy, pruned on
         // reload); what is left to check per packet depends on the port.
         let (slot, user) = self.routes.permission_in(now, relay, peer.ip(), from)?;
@@ -31,6 +32,7 @@ impl Engine {
         self.routes.count_to_peer(slot, range.len());
         Some(ToPeer {
             relay,
+            handle,
             peer: PeerAddr(peer),
             range,
         })
@@ -52,9 +54,10 @@ impl Engine {
         }
         // One lookup: the forward route carries the relay, the peer, the channel's expiry
         // and the allocation's counters.
-        let (relay, peer) = self.routes.channel_out(now, from, number, len)?;
+        let (relay, handle, peer) = self.routes.channel_out(now, from, number, len)?;
         Some(ToPeer {
             relay,
+            handle,
             peer,
             range: 4..4 + len,
         })

@@ -50,7 +50,7 @@ use std::time::Instant;
 
 use super::allocation::{Allocation, Counters};
 use super::control::ChannelNumber;
-use super::{ClientAddr, Engine, PeerAddr, RelayAddr};
+use super::{ClientAddr, Engine, PeerAddr, RelayAddr, RelayHandle};
 
 /// A hash map with the route table's hasher (see the module docs).
 pub(super) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -178,6 +178,8 @@ pub enum RouteChange {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Fwd {
     relay: RelayAddr,
+    /// The I/O layer's handle of `relay`, for [`ToPeer`](super::ToPeer).
+    handle: RelayHandle,
     peer: PeerAddr,
     expires: Instant,
     slot: Slot,
@@ -292,13 +294,13 @@ impl RouteTable {
         client: ClientAddr,
         channel: ChannelNumber,
         len: usize,
-    ) -> Option<(RelayAddr, PeerAddr)> {
+    ) -> Option<(RelayAddr, RelayHandle, PeerAddr)> {
         let f = *self.forward.get(&(client, channel))?;
         if f.expires <= now {
             return None;
         }
         self.count_to_peer(f.slot, len);
-        Some((f.relay, f.peer))
+        Some((f.relay, f.handle, f.peer))
     }
 
     /// The live channel of a datagram from `peer` on `relay` for `client`, and its slot.
@@ -475,10 +477,14 @@ remove_if_slot!(Rev);
 remove_if_slot!(Perm);
 
 fn relay_of(a: &Allocation, peer_is_v4: bool) -> Option<RelayAddr> {
+    relay_and_handle(a, peer_is_v4).map(|(r, _)| r)
+}
+
+fn relay_and_handle(a: &Allocation, peer_is_v4: bool) -> Option<(RelayAddr, RelayHandle)> {
     a.relays
         .iter()
         .find(|r| r.bound.is_ipv4() == peer_is_v4)
-        .map(|r| RelayAddr(r.bound))
+        .map(|r| (RelayAddr(r.bound), r.handle))
 }
 
 /// The reverse route `a` should have for its channel to `peer`, if any.
@@ -533,8 +539,10 @@ impl Engine {
             return;
         };
         let fwd = a.channels_by_number.get(&channel).and_then(|c| {
+            let (relay, handle) = relay_and_handle(a, c.peer.is_ipv4())?;
             Some(Fwd {
-                relay: relay_of(a, c.peer.is_ipv4())?,
+                relay,
+                handle,
                 peer: PeerAddr(c.peer),
                 expires: c.expires,
                 slot: a.slot,

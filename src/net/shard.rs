@@ -46,6 +46,9 @@ use crate::tls::HandshakeFailure;
 /// the timer, the stream connections and requests from other threads.
 pub const RECVS_PER_TURN: usize = 2;
 
+/// Readiness events taken from the poll set per `epoll_wait`.
+const EVENTS: usize = 1024;
+
 /// Datagrams one socket is served per turn at most.
 pub const RECV_BATCH: usize = RECVS_PER_TURN * BATCH;
 
@@ -440,15 +443,22 @@ async fn udp_loop(shard: Rc<Shard>, poll: Poll) {
     else {
         return;
     };
-    let mut events = Events::with_capacity(1024);
+    let mut events = Events::with_capacity(EVENTS);
     let mut ready: VecDeque<usize> = VecDeque::new();
     let mut batch = RecvBatch::new();
     let mut out = SendQueue::new(shard.stream_out.borrow().gso());
+    // Whether the poll set may hold events not yet taken (a full `events`).
+    let mut more_events = false;
     loop {
-        if ready.is_empty() {
+        if ready.is_empty() && !more_events {
+            // Nothing queued: wait for the poll set's descriptor. Its readiness is cleared
+            // before the poll set is read, so an event arriving after that read raises a new
+            // edge and wakes this task again: no second, empty epoll_wait to learn that the
+            // set is empty, and no yield before the wait (waiting lets the other tasks run).
             let Ok(mut guard) = afd.readable_mut().await else {
                 return;
             };
+            guard.clear_ready();
             if guard
                 .get_inner_mut()
                 .poll(&mut events, Some(Duration::ZERO))
@@ -457,7 +467,6 @@ async fn udp_loop(shard: Rc<Shard>, poll: Poll) {
                 continue;
             }
             if events.is_empty() {
-                guard.clear_ready();
                 continue;
             }
         } else if afd
@@ -467,6 +476,7 @@ async fn udp_loop(shard: Rc<Shard>, poll: Poll) {
         {
             events.clear();
         }
+        more_events = events.iter().count() >= EVENTS;
         {
             let mut socks = shard.socks.borrow_mut();
             for ev in events.iter() {
@@ -494,11 +504,18 @@ async fn udp_loop(shard: Rc<Shard>, poll: Poll) {
                 Turn::End => return,
             }
         }
+        // What the relay sockets of this turn received leaves together, before any
+        // descriptor released during the turn is closed.
+        out.flush(batch.data());
+        batch.clear();
         shard.in_turn.set(false);
         shard.socks.borrow_mut().closing.clear();
         shard.udp.take_from(&mut out);
-        // Let the shard's stream connections, its timer and its requests run.
-        tokio::task::yield_now().await;
+        if !ready.is_empty() || more_events {
+            // More to serve: let the shard's stream connections, its timer and its requests
+            // run first. (Otherwise the wait above lets them.)
+            tokio::task::yield_now().await;
+        }
     }
 }
 
@@ -878,8 +895,17 @@ impl Shard {
             else {
                 return Turn::Drained;
             };
-            let n = match batch.recv(fd) {
-                Ok(n) => n,
+            // Relay sockets (a datagram or two per wake-up at moderate rates) receive into
+            // the slots after the previous sockets' and their datagrams leave together (one
+            // sendmmsg for many clients of a listener); a listener gets a whole batch.
+            let relay = matches!(kind, SockKind::Relay { .. });
+            if batch.free() == 0 || (!relay && !batch.is_empty()) {
+                out.flush(batch.data());
+                batch.clear();
+            }
+            let want = batch.free();
+            let got = match batch.recv_more(fd) {
+                Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Turn::Drained,
                 // Other errors (ICMP-induced on unconnected sockets) concern one earlier
                 // packet and are cleared by reading them; the queue may hold more, so read
@@ -892,27 +918,32 @@ impl Shard {
                     continue;
                 }
             };
+            let n = got.len();
             self.udp.recv_calls.set(self.udp.recv_calls.get() + 1);
             self.udp.received.set(self.udp.received.get() + n as u64);
             let now = Instant::now();
             let end = match kind {
-                SockKind::Listener { local } => self.on_listener_batch(now, local, batch, n, out),
+                SockKind::Listener { local } => self.on_listener_batch(now, local, batch, got, out),
                 SockKind::Relay { client, bound } => {
-                    self.on_relay_batch(now, client, bound, batch, n, out);
+                    self.on_relay_batch(now, client, bound, batch, got, out);
                     false
                 }
                 SockKind::Dtls { local } => {
-                    self.on_dtls_batch(now, fd, local, batch, n);
+                    self.on_dtls_batch(now, fd, local, batch, got);
                     false
                 }
             };
-            out.flush(batch.data());
+            if !relay {
+                out.flush(batch.data());
+                batch.clear();
+            }
             if end {
                 return Turn::End;
             }
-            // A short batch means the queue was empty (recvmmsg with MSG_DONTWAIT reads
-            // until EAGAIN; an error it stops at raises a new readiness event).
-            if n < BATCH {
+            // A short read means the queue was empty (recvmmsg with MSG_DONTWAIT reads
+            // until EAGAIN; a datagram arriving later, or an error it stopped at, raises a
+            // new edge-triggered readiness event): no second call to learn EAGAIN.
+            if n < want {
                 return Turn::Drained;
             }
         }
@@ -927,7 +958,7 @@ impl Shard {
         now: Instant,
         local: SocketAddr,
         batch: &mut RecvBatch,
-        n: usize,
+        got: std::ops::Range<usize>,
         out: &mut SendQueue,
     ) -> bool {
         // One borrow of the engine and of the sockets for the whole batch (nothing in the
@@ -935,7 +966,7 @@ impl Shard {
         let mut engine = self.engine.borrow_mut();
         {
             let socks = self.socks.borrow();
-            for i in 0..n {
+            for i in got {
                 let (len, Some(remote)) = batch.datagram(i) else {
                     continue;
                 };
@@ -985,10 +1016,10 @@ impl Shard {
         fd: RawFd,
         local: SocketAddr,
         batch: &mut RecvBatch,
-        n: usize,
+        got: std::ops::Range<usize>,
     ) {
         let mut app = Vec::new();
-        for i in 0..n {
+        for i in got {
             let (len, Some(remote)) = batch.datagram(i) else {
                 continue;
             };
@@ -1042,7 +1073,7 @@ impl Shard {
         client: ClientAddr,
         bound: SocketAddr,
         batch: &mut RecvBatch,
-        n: usize,
+        got: std::ops::Range<usize>,
         out: &mut SendQueue,
     ) {
         let listener = match client.transport {
@@ -1052,7 +1083,7 @@ impl Shard {
         // One borrow of the engine for the whole batch (the stream and DTLS queues below do
         // not reach it).
         let mut engine = self.engine.borrow_mut();
-        for i in 0..n {
+        for i in got {
             let (len, Some(peer)) = batch.datagram(i) else {
                 continue;
             };

@@ -43,7 +43,7 @@ pub struct RecvBatch {
     addrs: Box<[libc::sockaddr_storage]>,
     iov: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
-    /// (length, sender) of the datagrams of the last `recv`.
+    /// (length, sender) of the datagrams in the slots in use, by slot.
     got: Vec<(usize, Option<SocketAddr>)>,
 }
 
@@ -81,12 +81,42 @@ impl RecvBatch {
         b
     }
 
-    /// Receive up to [`BATCH`] datagrams without blocking; `Ok(0)` never happens (an empty
-    /// socket is `WouldBlock`). Datagrams whose sender is not an IP address or that were
-    /// truncated are received and skipped (their entries say `None`).
+    /// Receive up to [`BATCH`] datagrams into an emptied batch without blocking; `Ok(0)`
+    /// never happens (an empty socket is `WouldBlock`). Datagrams whose sender is not an IP
+    /// address or that were truncated are received and skipped (their entries say `None`).
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.clear();
+        self.recv_more(fd).map(|r| r.len())
+    }
+
+    /// Slots in use since the last [`RecvBatch::clear`].
+    pub fn len(&self) -> usize {
+        self.got.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.got.is_empty()
+    }
+
+    /// Slots still free (what the next [`RecvBatch::recv_more`] can receive at most).
+    pub fn free(&self) -> usize {
+        BATCH - self.got.len()
+    }
+
+    /// Free every slot (after what was received was sent).
+    pub fn clear(&mut self) {
         self.got.clear();
-        for h in self.hdrs.iter_mut() {
+    }
+
+    /// Receive without blocking into the free slots, after those in use (so that datagrams
+    /// of several sockets can be sent with one flush); returns the indices of the new
+    /// datagrams, never empty (an empty socket, or no free slot, is `WouldBlock`).
+    pub fn recv_more(&mut self, fd: RawFd) -> io::Result<std::ops::Range<usize>> {
+        let from = self.got.len();
+        let Some(hdrs) = self.hdrs.get_mut(from..).filter(|h| !h.is_empty()) else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        for h in hdrs.iter_mut() {
             // What the kernel writes back: reset; the pointers stay as `new` set them.
             h.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_hdr.msg_flags = 0;
@@ -96,8 +126,8 @@ impl RecvBatch {
         let n = unsafe {
             libc::recvmmsg(
                 fd,
-                self.hdrs.as_mut_ptr(),
-                BATCH as libc::c_uint,
+                hdrs.as_mut_ptr(),
+                hdrs.len() as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
@@ -105,20 +135,27 @@ impl RecvBatch {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let n = n as usize;
-        for (h, a) in self.hdrs.iter().zip(self.addrs.iter()).take(n) {
+        let n = (n as usize).min(hdrs.len());
+        for (h, a) in self.hdrs[from..]
+            .iter()
+            .zip(self.addrs[from..].iter())
+            .take(n)
+        {
             let len = h.msg_len as usize;
-            let from = if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > MAX_DATAGRAM {
+            let sender = if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > MAX_DATAGRAM {
                 None
             } else {
                 read_sockaddr(a, h.msg_hdr.msg_namelen)
             };
-            self.got.push((len, from));
+            self.got.push((len, sender));
         }
-        Ok(self.got.len())
+        if n == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(from..from + n)
     }
 
-    /// Length and sender of datagram `i` of the last `recv`.
+    /// Length and sender of datagram `i` (received since the last clear).
     pub fn datagram(&self, i: usize) -> (usize, Option<SocketAddr>) {
         self.got.get(i).copied().unwrap_or((0, None))
     }
@@ -497,6 +534,38 @@ mod tests {
         assert_eq!(&batch.slot_mut(3)[HEADROOM..HEADROOM + 10], &[3u8; 10]);
         assert_eq!(batch.recv(b.as_raw_fd()).unwrap(), 5);
         assert_eq!(batch.datagram(4).0, 10);
+    }
+
+    #[test]
+    fn recv_more_fills_the_free_slots_from_several_sockets() {
+        let (a, b) = pair();
+        let (c, d) = pair();
+        let mut batch = RecvBatch::new();
+        for i in 0..3u8 {
+            a.send_to(&[i; 5], b.local_addr().unwrap()).unwrap();
+        }
+        for i in 0..(BATCH as u8) {
+            c.send_to(&[100 + i; 7], d.local_addr().unwrap()).unwrap();
+        }
+        assert_eq!(batch.recv_more(b.as_raw_fd()).unwrap(), 0..3);
+        // The second socket's datagrams go to the slots after: only the free ones.
+        assert_eq!(batch.recv_more(d.as_raw_fd()).unwrap(), 3..BATCH);
+        assert_eq!((batch.len(), batch.free()), (BATCH, 0));
+        assert_eq!(batch.datagram(2), (5, Some(a.local_addr().unwrap())));
+        assert_eq!(batch.datagram(3), (7, Some(c.local_addr().unwrap())));
+        assert_eq!(&batch.slot_mut(3)[HEADROOM..HEADROOM + 7], &[100u8; 7]);
+        assert_eq!(&batch.slot_mut(2)[HEADROOM..HEADROOM + 5], &[2u8; 5]);
+        // No free slot: nothing is read (the rest stays queued in the socket).
+        assert_eq!(
+            batch.recv_more(d.as_raw_fd()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        batch.clear();
+        assert_eq!(batch.recv_more(d.as_raw_fd()).unwrap(), 0..3);
+        assert_eq!(
+            &batch.slot_mut(0)[HEADROOM..HEADROOM + 7],
+            &[100 + BATCH as u8 - 3; 7]
+        );
     }
 
     #[test]

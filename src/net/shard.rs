@@ -46,6 +46,10 @@ use crate::tls::HandshakeFailure;
 /// the timer, the stream connections and requests from other threads.
 pub const RECVS_PER_TURN: usize = 2;
 
+/// A relay socket's read gets at least this many free slots (else the batch is flushed
+/// first): a read that fills the batch would cost a second read to learn the rest.
+const RELAY_ROOM: usize = BATCH / 4;
+
 /// Readiness events taken from the poll set per `epoll_wait`.
 const EVENTS: usize = 1024;
 
@@ -454,7 +458,7 @@ async fn udp_loop(shard: Rc<Shard>, poll: Poll) {
             // Nothing queued: wait for the poll set's descriptor. Its readiness is cleared
             // before the poll set is read, so an event arriving after that read raises a new
             // edge and wakes this task again: no second, empty epoll_wait to learn that the
-            // set is empty, and no yield before the wait (waiting lets the other tasks run).
+            // set is empty.
             let Ok(mut guard) = afd.readable_mut().await else {
                 return;
             };
@@ -511,11 +515,10 @@ async fn udp_loop(shard: Rc<Shard>, poll: Poll) {
         shard.in_turn.set(false);
         shard.socks.borrow_mut().closing.clear();
         shard.udp.take_from(&mut out);
-        if !ready.is_empty() || more_events {
-            // More to serve: let the shard's stream connections, its timer and its requests
-            // run first. (Otherwise the wait above lets them.)
-            tokio::task::yield_now().await;
-        }
+        // Let the shard's stream connections, its timer and its requests run (the runtime
+        // also collects the poll set's readiness meanwhile, so the wait above does not
+        // block when events came during the turn).
+        tokio::task::yield_now().await;
     }
 }
 
@@ -899,7 +902,7 @@ impl Shard {
             // the slots after the previous sockets' and their datagrams leave together (one
             // sendmmsg for many clients of a listener); a listener gets a whole batch.
             let relay = matches!(kind, SockKind::Relay { .. });
-            if batch.free() == 0 || (!relay && !batch.is_empty()) {
+            if batch.free() < RELAY_ROOM || (!relay && !batch.is_empty()) {
                 out.flush(batch.data());
                 batch.clear();
             }

@@ -205,7 +205,7 @@ impl Engine {
             return;
         };
         if let Some(a) = self.allocations_by_client.get(&from) {
-            if a.user != authed.user {
+            if *a.user != *authed.user {
                 self.metrics.count_auth_failure(AuthFailure::WrongUser);
                 return self.refuse(from, req, &authed.key, Refusal::WrongCredentials);
             }
@@ -590,10 +590,11 @@ impl Engine {
         self.metrics.count_response("allocate", 0);
         self.metrics.allocations_created += 1;
         self.next_id += 1;
-        let slot = self.routes.open(&p.user);
+        let user: std::sync::Arc<str> = p.user.into();
+        let slot = self.routes.open(&user);
         let mut a = Allocation {
             id: SessionId::new(self.shard, self.next_id),
-            user: p.user,
+            user,
             username: p.username,
             key: p.key,
             relays,
@@ -767,10 +768,7 @@ impl Engine {
             [p] => p,
             _ => return Err(BadRequest::ChannelPeers.into()),
         };
-        let user = self
-            .allocations_by_client
-            .get(&from)
-            .map(|a| a.user.as_str());
+        let user = self.allocations_by_client.get(&from).map(|a| &*a.user);
         if !user.is_some_and(|u| self.shared.policy.permits_for(u, peer)) {
             return Err(Refusal::ForbiddenPeer);
         }

@@ -55,7 +55,7 @@ impl Engine {
         sink.record(UsageRecord {
             session: SessionInfo {
                 id: a.id,
-                user: a.user.clone(),
+                user: a.user.to_string(),
                 client: client.remote,
                 transport: client.transport,
                 relays: a.relays.iter().map(|r| r.advertised).collect(),

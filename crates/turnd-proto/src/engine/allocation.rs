@@ -13,10 +13,9 @@ const RECENT_RESPONSES: usize = 8;
 /// A relay socket of an allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Relay {
-    /// The address the socket is bound to.
+    /// The address the socket is bound to. (The address clients are told is computed from
+    /// it, `Engine::advertise`: the external mapping is fixed engine configuration.)
     pub bound: SocketAddr,
-    /// The address clients are told (external mapping applied).
-    pub advertised: SocketAddr,
     /// The I/O layer's handle of the socket ([`super::RelayHandle`]).
     pub handle: super::RelayHandle,
 }

@@ -537,7 +537,6 @@ impl Engine {
             .flatten()
             .map(|b| Relay {
                 bound: b.addr,
-                advertised: self.advertise(b.addr),
                 handle: b.handle,
             })
             .collect();
@@ -571,7 +570,7 @@ impl Engine {
         };
         r.set_fingerprint(p.fingerprint);
         for relay in &relays {
-            r.xor_addr(ATTR_XOR_RELAYED_ADDRESS, relay.advertised);
+            r.xor_addr(ATTR_XOR_RELAYED_ADDRESS, self.advertise(relay.bound));
         }
         if p.refused_v6 || (p.families.len() == 2 && relays.len() == 1) {
             let why = match bound.get(1) {
@@ -613,7 +612,7 @@ impl Engine {
             user = %crate::redact::redact_user(&a.user, self.cfg.redact),
             client = %crate::redact::redact_addr(&client.remote, self.cfg.redact),
             transport = client.transport.as_str(),
-            relay = %a.relays.iter().map(|r| r.advertised.to_string()).collect::<Vec<_>>().join(","),
+            relay = %a.relays.iter().map(|r| self.advertise(r.bound).to_string()).collect::<Vec<_>>().join(","),
             lifetime_s = p.lifetime.as_secs(),
             "allocation created"
         );
@@ -627,7 +626,8 @@ impl Engine {
         self.transmits.push_back(Transmit { to: client, bytes });
     }
 
-    fn advertise(&self, bound: SocketAddr) -> SocketAddr {
+    /// The address clients are told for a relay bound at `bound` (external mapping).
+    pub(super) fn advertise(&self, bound: SocketAddr) -> SocketAddr {
         for m in &self.cfg.external {
             if m.private == bound.ip() {
                 return SocketAddr::new(m.public, bound.port());

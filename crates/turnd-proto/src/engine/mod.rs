@@ -763,7 +763,7 @@ impl Engine {
             user = %crate::redact::redact_user(&a.user, self.cfg.redact),
             client = %crate::redact::redact_addr(&client.remote, self.cfg.redact),
             transport = client.transport.as_str(),
-            relay = %a.relays.iter().map(|r| r.advertised.to_string()).collect::<Vec<_>>().join(","),
+            relay = %a.relays.iter().map(|r| self.advertise(r.bound).to_string()).collect::<Vec<_>>().join(","),
             bytes_to_peer = stats.bytes_to_peer,
             bytes_to_client = stats.bytes_to_client,
             packets_to_peer = stats.packets_to_peer,

@@ -56,6 +56,22 @@ impl Removed {
     }
 }
 
+/// The parts of an Allocate success answer not found in the allocation itself (the relays,
+/// the client and the key are), so that it can be built again for a retransmission.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AllocateEcho {
+    /// The Allocate's transaction id.
+    pub tid: [u8; 12],
+    /// The LIFETIME granted, seconds.
+    pub lifetime: u32,
+    /// The RESERVATION-TOKEN handed out.
+    pub token: Option<super::ReservationToken>,
+    /// Whether the answer had a FINGERPRINT.
+    pub fingerprint: bool,
+    /// The ADDRESS-ERROR-CODE's code (a family not had in a dual Allocate), or 0.
+    pub address_error: u16,
+}
+
 /// The last [`RECENT_RESPONSES`] responses of an allocation, each as (transaction id,
 /// length as u16 big-endian, bytes), oldest first, in one boxed buffer.
 #[derive(Debug, Default)]
@@ -127,6 +143,9 @@ pub struct Allocation {
     pub key: super::integrity::Signer,
     /// One relay per family (two for a dual allocation).
     pub relays: Vec<Relay>,
+    /// What the success answer to its Allocate said, to answer a retransmission of that
+    /// Allocate with the same bytes.
+    pub allocate: AllocateEcho,
     /// When the Allocate succeeded.
     pub created: Instant,
     /// When it expires unless refreshed.
@@ -269,6 +288,7 @@ mod tests {
             username: None,
             key: crate::engine::integrity::Signer::new(&[0; 16], None),
             relays: vec![],
+            allocate: Default::default(),
             created: now,
             expires: later,
             wake_at: now,

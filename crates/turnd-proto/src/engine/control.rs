@@ -14,7 +14,7 @@ use rand::Rng;
 use stun::attributes::*;
 use stun::message as msg;
 
-use super::allocation::{Allocation, Channel, Relay};
+use super::allocation::{AllocateEcho, Allocation, Channel, Relay};
 use super::integrity::{Named, Signer};
 use super::metrics::AuthFailure;
 use super::refusal::{BadRequest, Capacity, Refusal};
@@ -209,8 +209,12 @@ impl Engine {
                 self.metrics.count_auth_failure(AuthFailure::WrongUser);
                 return self.refuse(from, req, &authed.key, Refusal::WrongCredentials);
             }
-            if let Some(cached) = a.recalled(&req.tid.0) {
-                let bytes = cached.to_vec();
+            let again = if a.allocate.tid == req.tid.0 {
+                Some(self.allocate_success(from, &a.relays, &a.allocate, &a.key))
+            } else {
+                a.recalled(&req.tid.0).map(<[u8]>::to_vec)
+            };
+            if let Some(bytes) = again {
                 self.transmits.push_back(Transmit { to: from, bytes });
                 return;
             }
@@ -553,7 +557,7 @@ impl Engine {
             Some(Err(why)) => Some(why.clone()),
             _ => Some(Refusal::Capacity(Capacity::RelayPorts)),
         };
-        let mut r = if let Some(why) = first_failed {
+        if let Some(why) = first_failed {
             // The requested (first) family failed: the whole Allocate fails.
             for r in &relays {
                 self.commands
@@ -565,38 +569,36 @@ impl Engine {
             r.set_fingerprint(p.fingerprint);
             self.reply(client, r.sign(&p.key));
             return;
+        }
+        let address_error = if p.refused_v6 || (p.families.len() == 2 && relays.len() == 1) {
+            match bound.get(1) {
+                _ if p.refused_v6 => Refusal::FamilyNotSupported.code(),
+                Some(Err(why)) => why.code(),
+                _ => Refusal::Capacity(Capacity::RelayPorts).code(),
+            }
         } else {
-            Reply::success(&req)
+            0
         };
-        r.set_fingerprint(p.fingerprint);
-        for relay in &relays {
-            r.xor_addr(ATTR_XOR_RELAYED_ADDRESS, self.advertise(relay.bound));
-        }
-        if p.refused_v6 || (p.families.len() == 2 && relays.len() == 1) {
-            let why = match bound.get(1) {
-                _ if p.refused_v6 => Refusal::FamilyNotSupported,
-                Some(Err(why)) => why.clone(),
-                _ => Refusal::Capacity(Capacity::RelayPorts),
-            };
-            r.address_error(true, &why);
-        }
-        r.u32(ATTR_LIFETIME, p.lifetime.as_secs() as u32);
-        if let Some(token) = p.reserved {
-            r.add_raw(ATTR_RESERVATION_TOKEN, &token.0);
-        }
-        r.xor_addr(ATTR_XORMAPPED_ADDRESS, client.remote);
-        let bytes = r.sign(&p.key).finish(self.cfg.software.as_deref());
+        let echo = AllocateEcho {
+            tid: p.tid,
+            lifetime: p.lifetime.as_secs() as u32,
+            token: p.reserved,
+            fingerprint: p.fingerprint,
+            address_error,
+        };
+        let bytes = self.allocate_success(client, &relays, &echo, &p.key);
         self.metrics.count_response("allocate", 0);
         self.metrics.allocations_created += 1;
         self.next_id += 1;
         let user: std::sync::Arc<str> = p.user.into();
         let slot = self.routes.open(&user);
-        let mut a = Allocation {
+        let a = Allocation {
             id: SessionId::new(self.shard, self.next_id),
             user,
             username: p.username,
             key: p.key,
             relays,
+            allocate: echo,
             created: now,
             expires: now + p.lifetime,
             wake_at: now,
@@ -606,7 +608,6 @@ impl Engine {
             slot,
             recent: Default::default(),
         };
-        a.remember(p.tid, &bytes);
         tracing::info!(
             event = "allocation created",
             user = %crate::redact::redact_user(&a.user, self.cfg.redact),
@@ -624,6 +625,46 @@ impl Engine {
         self.timers.insert((now, client));
         self.schedule(client, deadline);
         self.transmits.push_back(Transmit { to: client, bytes });
+    }
+
+    /// The success answer to the Allocate that created an allocation: built when it is
+    /// created and again, byte for byte the same, for a retransmission of that Allocate
+    /// (rather than kept: most allocations would hold nothing else).
+    fn allocate_success(
+        &self,
+        client: ClientAddr,
+        relays: &[Relay],
+        echo: &AllocateEcho,
+        key: &Signer,
+    ) -> Vec<u8> {
+        // A fake request header, so the answer carries the right method, id and fingerprint.
+        let mut hdr = [0u8; 20];
+        hdr[0..2].copy_from_slice(&super::wire::MSG_ALLOCATE_REQUEST.to_be_bytes());
+        hdr[4..8].copy_from_slice(&msg::MAGIC_COOKIE.to_be_bytes());
+        hdr[8..20].copy_from_slice(&echo.tid);
+        let Ok(req) = Parsed::parse(&hdr) else {
+            unreachable!("a valid header")
+        };
+        let mut r = Reply::success(&req);
+        r.set_fingerprint(echo.fingerprint);
+        for relay in relays {
+            r.xor_addr(ATTR_XOR_RELAYED_ADDRESS, self.advertise(relay.bound));
+        }
+        let why = match echo.address_error {
+            0 => None,
+            440 => Some(Refusal::FamilyNotSupported),
+            486 => Some(Refusal::Quota),
+            _ => Some(Refusal::Capacity(Capacity::RelayPorts)),
+        };
+        if let Some(why) = why {
+            r.address_error(true, &why);
+        }
+        r.u32(ATTR_LIFETIME, echo.lifetime);
+        if let Some(token) = echo.token {
+            r.add_raw(ATTR_RESERVATION_TOKEN, &token.0);
+        }
+        r.xor_addr(ATTR_XORMAPPED_ADDRESS, client.remote);
+        r.sign(key).finish(self.cfg.software.as_deref())
     }
 
     /// The address clients are told for a relay bound at `bound` (external mapping).

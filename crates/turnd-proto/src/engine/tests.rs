@@ -714,6 +714,35 @@ fn retransmitted_allocate_gets_the_cached_success_and_a_new_one_gets_437() {
     assert_eq!(t.e.stats().allocations, 1);
 }
 
+/// Issue 12: the Allocate answer is built again for a retransmission, not kept: the same
+/// bytes, with a RESERVATION-TOKEN and a FINGERPRINT.
+#[test]
+fn retransmitted_allocate_is_answered_with_the_same_bytes_when_built_again() {
+    let mut t = engine();
+    let c = client(1);
+    let n = t.nonce(c);
+    let req = Req::new(METHOD_ALLOCATE)
+        .transport_udp()
+        .raw(ATTR_EVEN_PORT, &[0x80])
+        .creds("alice", "secret", &n)
+        .fingerprint();
+    t.send(c, &req.bytes());
+    t.serve_commands(true);
+    let first = t.e.poll_transmit().unwrap().bytes;
+    let m = decode(&first);
+    assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE);
+    assert!(m.get(ATTR_RESERVATION_TOKEN).is_ok() && m.get(ATTR_FINGERPRINT).is_ok());
+    assert!(
+        t.e.allocations_by_client[&c].recent.is_empty(),
+        "nothing kept for it"
+    );
+    for _ in 0..2 {
+        t.send(c, &req.bytes());
+        assert!(t.serve_commands(true).is_empty(), "no second relay");
+        assert_eq!(t.e.poll_transmit().unwrap().bytes, first);
+    }
+}
+
 #[test]
 fn other_user_on_an_allocation_gets_441() {
     let mut t = engine();

@@ -27,13 +27,14 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::config::{Relay as RelayConfig, Streams};
 use turnd_proto::engine::{
-    ClientAddr, Command, ConnectionId, Engine, EngineStats, Family, MetricsSnapshot, PeerAddr,
-    PortChoice, Refusal, RelayAddr, SessionId, SessionInfo, Shared, Transport, HEADROOM,
+    BoundRelay, Capacity, ClientAddr, Command, ConnectionId, Engine, EngineStats, Family,
+    MetricsSnapshot, PeerAddr, PortChoice, Refusal, RelayAddr, RelayHandle, SessionId, SessionInfo,
+    Shared, Transport, HEADROOM,
 };
 
 use super::dtls::{DtlsCounters, DtlsSetup, DtlsTable};
 use super::health::{panic_message, take_panic_location, Health, LogLimit};
-use super::relay::{bind_pair, bind_relay, Reservations};
+use super::relay::{bind_pair, bind_relay, HoldRefused, Reservations};
 use super::stream::{accept_loop, Closed, ConnLimits, StreamTable};
 use super::tcp_relay::TcpRelays;
 use super::udp::{self, RecvBatch, SendQueue, BATCH};
@@ -44,6 +45,13 @@ use crate::tls::HandshakeFailure;
 /// socket cannot starve the shard's other sockets, and after every turn the loop yields to
 /// the timer, the stream connections and requests from other threads.
 pub const RECVS_PER_TURN: usize = 2;
+
+/// A relay socket's read gets at least this many free slots (else the batch is flushed
+/// first): a read that fills the batch would cost a second read to learn the rest.
+const RELAY_ROOM: usize = BATCH / 4;
+
+/// Readiness events taken from the poll set per `epoll_wait`.
+const EVENTS: usize = 1024;
 
 /// Datagrams one socket is served per turn at most.
 pub const RECV_BATCH: usize = RECVS_PER_TURN * BATCH;
@@ -140,13 +148,54 @@ struct Sock {
 #[derive(Default)]
 struct Sockets {
     slab: Slab<Sock>,
-    /// Relay socket address -> slab key (looked up once per relayed packet: foldhash).
-    relays: HashMap<SocketAddr, usize, foldhash::fast::RandomState>,
     /// Listener address -> descriptor (listeners live as long as the shard).
     listeners: HashMap<SocketAddr, RawFd, foldhash::fast::RandomState>,
     /// Relay sockets released during a loop turn: closed when the turn ends, so that no
     /// descriptor number is reused while the turn may still send from it.
     closing: Vec<mio::net::UdpSocket>,
+}
+
+impl Sockets {
+    /// The relay socket of slab key `key` if it is the one bound at `addr` (the engine's
+    /// [`RelayHandle`] of a relay is its slab key: an index, no lookup).
+    fn relay_at(&self, key: usize, addr: SocketAddr) -> Option<&Sock> {
+        self.slab
+            .get(key)
+            .filter(|s| matches!(s.kind, SockKind::Relay { bound, .. } if bound == addr))
+    }
+
+    /// The descriptor of the relay socket an engine output names.
+    fn relay_fd(&self, handle: RelayHandle, addr: RelayAddr) -> Option<RawFd> {
+        self.relay_at(handle.0 as usize, addr.0)
+            .map(|s| s.io.as_raw_fd())
+    }
+}
+
+/// The handle TCP (RFC 6062) relays are bound with: they live in [`TcpRelays`], by address.
+const TCP_RELAY_HANDLE: RelayHandle = RelayHandle(u32::MAX);
+
+/// Why a relay socket could not be had for an Allocate.
+enum RelayRefused {
+    /// The user is at a cap (port reservations, or the quota a reservation counts against):
+    /// 486.
+    Quota(HoldRefused),
+    /// Binding failed, or the server-wide reservation table is full: 508.
+    Io(io::Error),
+}
+
+impl From<io::Error> for RelayRefused {
+    fn from(e: io::Error) -> Self {
+        RelayRefused::Io(e)
+    }
+}
+
+impl From<HoldRefused> for RelayRefused {
+    fn from(e: HoldRefused) -> Self {
+        match e {
+            HoldRefused::UserCap | HoldRefused::Quota => RelayRefused::Quota(e),
+            HoldRefused::Full => RelayRefused::Io(io::Error::other(e)),
+        }
+    }
 }
 
 /// Per-shard UDP counters (plain integers on the shard's thread).
@@ -331,7 +380,6 @@ pub fn run(
         // Dropping the LocalSet drops every task and with them every socket.
         {
             let mut socks = shard.socks.borrow_mut();
-            socks.relays.clear();
             socks.slab.clear();
             socks.closing.clear();
         }
@@ -401,15 +449,22 @@ async fn udp_loop(shard: Rc<Shard>, poll: Poll) {
     else {
         return;
     };
-    let mut events = Events::with_capacity(1024);
+    let mut events = Events::with_capacity(EVENTS);
     let mut ready: VecDeque<usize> = VecDeque::new();
     let mut batch = RecvBatch::new();
     let mut out = SendQueue::new(shard.stream_out.borrow().gso());
+    // Whether the poll set may hold events not yet taken (a full `events`).
+    let mut more_events = false;
     loop {
-        if ready.is_empty() {
+        if ready.is_empty() && !more_events {
+            // Nothing queued: wait for the poll set's descriptor. Its readiness is cleared
+            // before the poll set is read, so an event arriving after that read raises a new
+            // edge and wakes this task again: no second, empty epoll_wait to learn that the
+            // set is empty.
             let Ok(mut guard) = afd.readable_mut().await else {
                 return;
             };
+            guard.clear_ready();
             if guard
                 .get_inner_mut()
                 .poll(&mut events, Some(Duration::ZERO))
@@ -418,7 +473,6 @@ async fn udp_loop(shard: Rc<Shard>, poll: Poll) {
                 continue;
             }
             if events.is_empty() {
-                guard.clear_ready();
                 continue;
             }
         } else if afd
@@ -428,6 +482,7 @@ async fn udp_loop(shard: Rc<Shard>, poll: Poll) {
         {
             events.clear();
         }
+        more_events = events.iter().count() >= EVENTS;
         {
             let mut socks = shard.socks.borrow_mut();
             for ev in events.iter() {
@@ -455,10 +510,16 @@ async fn udp_loop(shard: Rc<Shard>, poll: Poll) {
                 Turn::End => return,
             }
         }
+        // What the relay sockets of this turn received leaves together, before any
+        // descriptor released during the turn is closed.
+        out.flush(batch.data());
+        batch.clear();
         shard.in_turn.set(false);
         shard.socks.borrow_mut().closing.clear();
         shard.udp.take_from(&mut out);
-        // Let the shard's stream connections, its timer and its requests run.
+        // Let the shard's stream connections, its timer and its requests run (the runtime
+        // also collects the poll set's readiness meanwhile, so the wait above does not
+        // block when events came during the turn).
         tokio::task::yield_now().await;
     }
 }
@@ -674,8 +735,13 @@ impl Shard {
                 let bound = families
                     .iter()
                     .map(|f| match self.open_relay(engine, client, *f, port, now) {
-                        Ok(a) => Some(a),
-                        Err(e) => {
+                        Ok(b) => Ok(b),
+                        Err(RelayRefused::Quota(why)) => {
+                            // A user's own cap: 486, not worth a log line.
+                            tracing::debug!(reason = %why, family = ?f, "relay refused (486)");
+                            Err(Refusal::Quota)
+                        }
+                        Err(RelayRefused::Io(e)) => {
                             // An attacker can make every Allocate fail: one line per interval.
                             if let Some(suppressed) = self.refused_log.allow(now) {
                                 tracing::warn!(
@@ -685,7 +751,7 @@ impl Shard {
                                     "cannot bind a relay socket (508)"
                                 );
                             }
-                            None
+                            Err(Refusal::Capacity(Capacity::RelayPorts))
                         }
                     })
                     .collect();
@@ -693,7 +759,10 @@ impl Shard {
             }
             Command::BindTcpRelay { client, family } => {
                 let bound = match self.tcp.open(self, &self.relay_cfg, client, family) {
-                    Ok(a) => Some(a),
+                    Ok(addr) => Ok(BoundRelay {
+                        addr,
+                        handle: TCP_RELAY_HANDLE,
+                    }),
                     Err(e) => {
                         if let Some(suppressed) = self.refused_log.allow(now) {
                             tracing::warn!(
@@ -703,7 +772,7 @@ impl Shard {
                                 "cannot bind a TCP relay listener (508)"
                             );
                         }
-                        None
+                        Err(Refusal::Capacity(Capacity::RelayPorts))
                     }
                 };
                 engine.relay_bound(now, client, vec![bound]);
@@ -712,10 +781,12 @@ impl Shard {
             Command::SpliceData { id, data } => self.streams.splice(&data, id),
             Command::ClosePeer(id) => self.tcp.close(id),
             Command::ClaimPeer { id, user, data } => self.claim_remote(id, user, data),
-            Command::ReleaseRelay(addr) if self.tcp.release(&addr) => {}
-            Command::ReleaseRelay(addr) => {
+            Command::ReleaseRelay(b)
+                if b.handle == TCP_RELAY_HANDLE && self.tcp.release(&b.addr) => {}
+            Command::ReleaseRelay(b) => {
                 let mut socks = self.socks.borrow_mut();
-                if let Some(key) = socks.relays.remove(&addr) {
+                let key = b.handle.0 as usize;
+                if socks.relay_at(key, b.addr).is_some() {
                     let mut s = socks.slab.remove(key);
                     let _ = self.registry.deregister(&mut s.io);
                     if self.in_turn.get() {
@@ -737,7 +808,7 @@ impl Shard {
         family: Family,
         port: PortChoice,
         now: Instant,
-    ) -> io::Result<SocketAddr> {
+    ) -> Result<BoundRelay, RelayRefused> {
         let std_sock = match port {
             PortChoice::Any => bind_relay(&self.relay_cfg, family, false)?,
             PortChoice::Even => bind_relay(&self.relay_cfg, family, true)?,
@@ -746,11 +817,9 @@ impl Shard {
                     .pending_user(&client)
                     .ok_or_else(|| io::Error::other("no pending Allocate"))?;
                 // Refuse before binding anything: a user at the cap costs no bind calls.
-                self.reservations.admits(user).map_err(io::Error::other)?;
+                self.reservations.admits(user)?;
                 let (even, odd) = bind_pair(&self.relay_cfg, family)?;
-                self.reservations
-                    .hold(token.0, odd, user, now)
-                    .map_err(io::Error::other)?;
+                self.reservations.hold(token.0, odd, user, now)?;
                 even
             }
             PortChoice::Reserved(token) => {
@@ -778,15 +847,21 @@ impl Shard {
             kind: SockKind::Relay { client, bound },
             queued: false,
         });
-        socks.relays.insert(bound, key);
-        Ok(bound)
-    }
-
-    /// The descriptor of the relay socket bound at `addr`.
-    fn relay_fd(&self, addr: SocketAddr) -> Option<RawFd> {
-        let socks = self.socks.borrow();
-        let key = *socks.relays.get(&addr)?;
-        socks.slab.get(key).map(|s| s.io.as_raw_fd())
+        let handle = u32::try_from(key)
+            .ok()
+            .filter(|h| RelayHandle(*h) != TCP_RELAY_HANDLE)
+            .ok_or_else(|| io::Error::other("too many relay sockets"));
+        let handle = match handle {
+            Ok(h) => RelayHandle(h),
+            Err(e) => {
+                socks.slab.remove(key);
+                return Err(e.into());
+            }
+        };
+        Ok(BoundRelay {
+            addr: bound,
+            handle,
+        })
     }
 
     fn listener_fd(&self, local: SocketAddr) -> Option<RawFd> {
@@ -826,8 +901,17 @@ impl Shard {
             else {
                 return Turn::Drained;
             };
-            let n = match batch.recv(fd) {
-                Ok(n) => n,
+            // Relay sockets (a datagram or two per wake-up at moderate rates) receive into
+            // the slots after the previous sockets' and their datagrams leave together (one
+            // sendmmsg for many clients of a listener); a listener gets a whole batch.
+            let relay = matches!(kind, SockKind::Relay { .. });
+            if batch.free() < RELAY_ROOM || (!relay && !batch.is_empty()) {
+                out.flush(batch.data());
+                batch.clear();
+            }
+            let want = batch.free();
+            let got = match batch.recv_more(fd) {
+                Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Turn::Drained,
                 // Other errors (ICMP-induced on unconnected sockets) concern one earlier
                 // packet and are cleared by reading them; the queue may hold more, so read
@@ -840,27 +924,32 @@ impl Shard {
                     continue;
                 }
             };
+            let n = got.len();
             self.udp.recv_calls.set(self.udp.recv_calls.get() + 1);
             self.udp.received.set(self.udp.received.get() + n as u64);
             let now = Instant::now();
             let end = match kind {
-                SockKind::Listener { local } => self.on_listener_batch(now, local, batch, n, out),
+                SockKind::Listener { local } => self.on_listener_batch(now, local, batch, got, out),
                 SockKind::Relay { client, bound } => {
-                    self.on_relay_batch(now, client, bound, batch, n, out);
+                    self.on_relay_batch(now, client, bound, batch, got, out);
                     false
                 }
                 SockKind::Dtls { local } => {
-                    self.on_dtls_batch(now, fd, local, batch, n);
+                    self.on_dtls_batch(now, fd, local, batch, got);
                     false
                 }
             };
-            out.flush(batch.data());
+            if !relay {
+                out.flush(batch.data());
+                batch.clear();
+            }
             if end {
                 return Turn::End;
             }
-            // A short batch means the queue was empty (recvmmsg with MSG_DONTWAIT reads
-            // until EAGAIN; an error it stops at raises a new readiness event).
-            if n < BATCH {
+            // A short read means the queue was empty (recvmmsg with MSG_DONTWAIT reads
+            // until EAGAIN; a datagram arriving later, or an error it stopped at, raises a
+            // new edge-triggered readiness event): no second call to learn EAGAIN.
+            if n < want {
                 return Turn::Drained;
             }
         }
@@ -875,50 +964,52 @@ impl Shard {
         now: Instant,
         local: SocketAddr,
         batch: &mut RecvBatch,
-        n: usize,
+        got: std::ops::Range<usize>,
         out: &mut SendQueue,
     ) -> bool {
-        for i in 0..n {
-            let (len, Some(remote)) = batch.datagram(i) else {
-                continue;
-            };
-            let Some(packet) = batch.slot_mut(i).get(HEADROOM..HEADROOM + len) else {
-                continue;
-            };
-            #[cfg(feature = "fault-injection")]
-            {
-                use turnd_proto::engine::fault;
-                if packet.starts_with(fault::END_LISTENER) {
-                    return true;
-                }
-                if packet.starts_with(fault::END_SHARD) {
-                    self.fault_end_shard.notify_one();
-                }
-            }
-            let from = ClientAddr {
-                transport: Transport::Udp,
-                remote,
-                local,
-            };
-            self.guarded(kind_of(packet), || {
-                let mut engine = self.engine.borrow_mut();
-                if packet.first().is_some_and(|b| *b < 0x40) {
-                    // A STUN message (a Refresh(0) ends the allocation): the kernel's counts
-                    // of this client's routes first.
-                    self.fastpath.borrow_mut().fold_client(&mut engine, &from);
-                }
-                if let Some(to) = engine.handle_client(now, from, packet) {
-                    if let Some(fd) = self.relay_fd(to.relay.0) {
-                        let at = RecvBatch::slot_offset(i) + HEADROOM;
-                        out.push(fd, to.peer.0, at + to.range.start..at + to.range.end);
+        // One borrow of the engine and of the sockets for the whole batch (nothing in the
+        // loop reaches them through the shard: the commands run in `flush_outputs`).
+        let mut engine = self.engine.borrow_mut();
+        {
+            let socks = self.socks.borrow();
+            for i in got {
+                let (len, Some(remote)) = batch.datagram(i) else {
+                    continue;
+                };
+                let Some(packet) = batch.slot_mut(i).get(HEADROOM..HEADROOM + len) else {
+                    continue;
+                };
+                #[cfg(feature = "fault-injection")]
+                {
+                    use turnd_proto::engine::fault;
+                    if packet.starts_with(fault::END_LISTENER) {
+                        return true;
+                    }
+                    if packet.starts_with(fault::END_SHARD) {
+                        self.fault_end_shard.notify_one();
                     }
                 }
-            });
+                let from = ClientAddr {
+                    transport: Transport::Udp,
+                    remote,
+                    local,
+                };
+                self.guarded(kind_of(packet), || {
+                    if packet.first().is_some_and(|b| *b < 0x40) {
+                        // A STUN message (a Refresh(0) ends the allocation): the kernel's
+                        // counts of this client's routes first.
+                        self.fastpath.borrow_mut().fold_client(&mut engine, &from);
+                    }
+                    if let Some(to) = engine.handle_client(now, from, packet) {
+                        if let Some(fd) = socks.relay_fd(to.handle, to.relay) {
+                            let at = RecvBatch::slot_offset(i) + HEADROOM;
+                            out.push(fd, to.peer.0, at + to.range.start..at + to.range.end);
+                        }
+                    }
+                });
+            }
         }
-        self.guarded("flush", || {
-            let mut engine = self.engine.borrow_mut();
-            self.flush_outputs(&mut engine, now);
-        });
+        self.guarded("flush", || self.flush_outputs(&mut engine, now));
         false
     }
 
@@ -931,10 +1022,10 @@ impl Shard {
         fd: RawFd,
         local: SocketAddr,
         batch: &mut RecvBatch,
-        n: usize,
+        got: std::ops::Range<usize>,
     ) {
         let mut app = Vec::new();
-        for i in 0..n {
+        for i in got {
             let (len, Some(remote)) = batch.datagram(i) else {
                 continue;
             };
@@ -957,9 +1048,8 @@ impl Shard {
                 self.guarded(kind_of(&data), || {
                     let mut engine = self.engine.borrow_mut();
                     if let Some(to) = engine.handle_client(now, from, &data) {
-                        if let (Some(fd), Some(bytes)) =
-                            (self.relay_fd(to.relay.0), data.get(to.range))
-                        {
+                        let fd = self.socks.borrow().relay_fd(to.handle, to.relay);
+                        if let (Some(fd), Some(bytes)) = (fd, data.get(to.range)) {
                             self.count_send(udp::send_one(fd, bytes, to.peer.0));
                         }
                     }
@@ -989,23 +1079,24 @@ impl Shard {
         client: ClientAddr,
         bound: SocketAddr,
         batch: &mut RecvBatch,
-        n: usize,
+        got: std::ops::Range<usize>,
         out: &mut SendQueue,
     ) {
         let listener = match client.transport {
             Transport::Udp => self.listener_fd(client.local),
             _ => None,
         };
-        for i in 0..n {
+        // One borrow of the engine for the whole batch (the stream and DTLS queues below do
+        // not reach it).
+        let mut engine = self.engine.borrow_mut();
+        for i in got {
             let (len, Some(peer)) = batch.datagram(i) else {
                 continue;
             };
             let slot = batch.slot_mut(i);
             self.guarded("peer datagram", || {
-                let mut engine = self.engine.borrow_mut();
                 let to =
                     engine.handle_peer(now, client, RelayAddr(bound), PeerAddr(peer), slot, len);
-                drop(engine);
                 if let Some(to) = to {
                     match (to.client.transport, listener) {
                         (Transport::Udp, Some(fd)) => {
@@ -1149,7 +1240,7 @@ impl Shard {
             self.guarded(kind_of(frame), || {
                 let mut engine = self.engine.borrow_mut();
                 if let Some(to) = engine.handle_client(now, client, frame) {
-                    if let Some(fd) = self.relay_fd(to.relay.0) {
+                    if let Some(fd) = self.socks.borrow().relay_fd(to.handle, to.relay) {
                         out.push(
                             fd,
                             to.peer.0,

@@ -17,7 +17,6 @@ use std::mem;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
-use socket2::SockAddr;
 use turnd_proto::engine::{HEADROOM, TAILROOM};
 
 /// Largest datagram we receive: a UDP payload is at most 65535 bytes.
@@ -44,7 +43,7 @@ pub struct RecvBatch {
     addrs: Box<[libc::sockaddr_storage]>,
     iov: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
-    /// (length, sender) of the datagrams of the last `recv`.
+    /// (length, sender) of the datagrams in the slots in use, by slot.
     got: Vec<(usize, Option<SocketAddr>)>,
 }
 
@@ -56,35 +55,70 @@ impl Default for RecvBatch {
 
 impl RecvBatch {
     pub fn new() -> RecvBatch {
-        RecvBatch {
+        let mut b = RecvBatch {
             data: vec![0u8; BATCH * SLOT].into_boxed_slice(),
             // SAFETY: these are plain C structs for which all zeroes is a valid value.
             addrs: (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect(),
             iov: (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect(),
             hdrs: (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect(),
             got: Vec::with_capacity(BATCH),
-        }
-    }
-
-    /// Receive up to [`BATCH`] datagrams without blocking; `Ok(0)` never happens (an empty
-    /// socket is `WouldBlock`). Datagrams whose sender is not an IP address or that were
-    /// truncated are received and skipped (their entries say `None`).
-    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-        self.got.clear();
-        let base = self.data.as_mut_ptr();
+        };
+        // The headers point into the boxed slices, which never move or resize: set once.
+        let base = b.data.as_mut_ptr();
         for i in 0..BATCH {
             // SAFETY: i * SLOT + HEADROOM + MAX_DATAGRAM <= BATCH * SLOT = data.len().
-            self.iov[i] = libc::iovec {
+            b.iov[i] = libc::iovec {
                 iov_base: unsafe { base.add(i * SLOT + HEADROOM) }.cast(),
                 iov_len: MAX_DATAGRAM,
             };
-            let h = &mut self.hdrs[i];
-            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_hdr.msg_iov = &mut self.iov[i];
+            let h = &mut b.hdrs[i];
+            h.msg_hdr.msg_name = (&mut b.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_iov = &mut b.iov[i];
             h.msg_hdr.msg_iovlen = 1;
             h.msg_hdr.msg_control = std::ptr::null_mut();
             h.msg_hdr.msg_controllen = 0;
+        }
+        b
+    }
+
+    /// Receive up to [`BATCH`] datagrams into an emptied batch without blocking; `Ok(0)`
+    /// never happens (an empty socket is `WouldBlock`). Datagrams whose sender is not an IP
+    /// address or that were truncated are received and skipped (their entries say `None`).
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.clear();
+        self.recv_more(fd).map(|r| r.len())
+    }
+
+    /// Slots in use since the last [`RecvBatch::clear`].
+    pub fn len(&self) -> usize {
+        self.got.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.got.is_empty()
+    }
+
+    /// Slots still free (what the next [`RecvBatch::recv_more`] can receive at most).
+    pub fn free(&self) -> usize {
+        BATCH - self.got.len()
+    }
+
+    /// Free every slot (after what was received was sent).
+    pub fn clear(&mut self) {
+        self.got.clear();
+    }
+
+    /// Receive without blocking into the free slots, after those in use (so that datagrams
+    /// of several sockets can be sent with one flush); returns the indices of the new
+    /// datagrams, never empty (an empty socket, or no free slot, is `WouldBlock`).
+    pub fn recv_more(&mut self, fd: RawFd) -> io::Result<std::ops::Range<usize>> {
+        let from = self.got.len();
+        let Some(hdrs) = self.hdrs.get_mut(from..).filter(|h| !h.is_empty()) else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        for h in hdrs.iter_mut() {
+            // What the kernel writes back: reset; the pointers stay as `new` set them.
+            h.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_hdr.msg_flags = 0;
             h.msg_len = 0;
         }
@@ -92,8 +126,8 @@ impl RecvBatch {
         let n = unsafe {
             libc::recvmmsg(
                 fd,
-                self.hdrs.as_mut_ptr(),
-                BATCH as libc::c_uint,
+                hdrs.as_mut_ptr(),
+                hdrs.len() as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
@@ -101,22 +135,27 @@ impl RecvBatch {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let n = n as usize;
-        for i in 0..n.min(BATCH) {
-            let h = &self.hdrs[i];
+        let n = (n as usize).min(hdrs.len());
+        for (h, a) in self.hdrs[from..]
+            .iter()
+            .zip(self.addrs[from..].iter())
+            .take(n)
+        {
             let len = h.msg_len as usize;
-            let from = if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > MAX_DATAGRAM {
+            let sender = if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > MAX_DATAGRAM {
                 None
             } else {
-                // SAFETY: the kernel wrote a socket address of msg_namelen bytes.
-                unsafe { SockAddr::new(self.addrs[i], h.msg_hdr.msg_namelen) }.as_socket()
+                read_sockaddr(a, h.msg_hdr.msg_namelen)
             };
-            self.got.push((len, from));
+            self.got.push((len, sender));
         }
-        Ok(self.got.len())
+        if n == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(from..from + n)
     }
 
-    /// Length and sender of datagram `i` of the last `recv`.
+    /// Length and sender of datagram `i` (received since the last clear).
     pub fn datagram(&self, i: usize) -> (usize, Option<SocketAddr>) {
         self.got.get(i).copied().unwrap_or((0, None))
     }
@@ -153,7 +192,10 @@ struct Out {
 /// [`SendQueue::flush`] before that buffer changes.
 pub struct SendQueue {
     items: Vec<Out>,
-    addrs: Vec<SockAddr>,
+    /// Whether `items` name more than one socket (only then are they grouped).
+    mixed: bool,
+    /// Destination addresses, written in place per message of a `sendmmsg`.
+    addrs: Box<[libc::sockaddr_storage]>,
     iov: Vec<libc::iovec>,
     cmsg: Vec<[u64; 4]>,
     hdrs: Vec<libc::mmsghdr>,
@@ -171,7 +213,9 @@ impl SendQueue {
     pub fn new(gso: bool) -> SendQueue {
         SendQueue {
             items: Vec::with_capacity(BATCH),
-            addrs: Vec::with_capacity(BATCH),
+            mixed: false,
+            // SAFETY: all zeroes is a valid sockaddr_storage.
+            addrs: (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect(),
             iov: Vec::with_capacity(BATCH),
             cmsg: vec![[0; 4]; BATCH],
             hdrs: Vec::with_capacity(BATCH),
@@ -192,6 +236,9 @@ impl SendQueue {
         if range.start > range.end || len as usize > MAX_DATAGRAM || self.is_full() {
             self.dropped += 1;
             return;
+        }
+        if self.items.first().is_some_and(|o| o.fd != fd) {
+            self.mixed = true;
         }
         self.items.push(Out {
             fd,
@@ -227,24 +274,33 @@ impl SendQueue {
         });
         self.dropped += (before - self.items.len()) as u64;
         if self.items.is_empty() {
+            self.mixed = false;
             return;
         }
-        // Group by socket; the sort is stable, so each socket's datagrams keep their order.
-        self.items.sort_by_key(|o| o.fd);
-        let mut i = 0;
-        while i < self.items.len() {
-            let fd = self.items[i].fd;
-            let end = i + self.items[i..].iter().take_while(|o| o.fd == fd).count();
-            self.send_group(base, i, end);
-            i = end;
+        if !self.mixed {
+            // One socket (the usual case: a relay socket's datagrams all go out of one
+            // listener, a client's out of one relay): one group, nothing to sort.
+            self.send_group(base, 0, self.items.len());
+        } else {
+            // Group by socket; the sort is stable, so each socket's datagrams keep their
+            // order.
+            self.items.sort_by_key(|o| o.fd);
+            let mut i = 0;
+            while i < self.items.len() {
+                let fd = self.items[i].fd;
+                let end = i + self.items[i..].iter().take_while(|o| o.fd == fd).count();
+                self.send_group(base, i, end);
+                i = end;
+            }
         }
         self.items.clear();
+        self.mixed = false;
     }
 
     /// Send `items[from..to]`, all from one socket.
     fn send_group(&mut self, base: &[u8], from: usize, to: usize) {
         let fd = self.items[from].fd;
-        self.addrs.clear();
+        let mut addr_lens: [libc::socklen_t; BATCH] = [0; BATCH];
         self.iov.clear();
         self.hdrs.clear();
         // Messages as (first iov, iov count, segment size if GSO).
@@ -276,7 +332,7 @@ impl SendQueue {
                     iov_len: o.len as usize,
                 });
             }
-            self.addrs.push(SockAddr::from(first.to));
+            addr_lens[nmsgs] = write_sockaddr(&first.to, &mut self.addrs[nmsgs]);
             msgs[nmsgs] = (iov_first, count, if count > 1 { first.len } else { 0 });
             nmsgs += 1;
             k += count;
@@ -285,8 +341,8 @@ impl SendQueue {
             // SAFETY: a zeroed msghdr is valid; every pointer set below points into vectors
             // that are not resized until the send is done.
             let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
-            h.msg_hdr.msg_name = self.addrs[m].as_ptr() as *mut _;
-            h.msg_hdr.msg_namelen = self.addrs[m].len();
+            h.msg_hdr.msg_name = (&mut self.addrs[m] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = addr_lens[m];
             h.msg_hdr.msg_iov = self.iov[iov_first..].as_mut_ptr();
             h.msg_hdr.msg_iovlen = count as _;
             if seg > 0 {
@@ -371,7 +427,9 @@ pub fn gso_supported() -> bool {
 /// Send one datagram now or drop it (control-plane answers and stream-to-relay data, which
 /// do not come in batches).
 pub fn send_one(fd: RawFd, bytes: &[u8], to: SocketAddr) -> bool {
-    let addr = SockAddr::from(to);
+    // SAFETY: all zeroes is a valid sockaddr_storage.
+    let mut addr: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let len = write_sockaddr(&to, &mut addr);
     // SAFETY: valid buffer and address for the duration of the call.
     let r = unsafe {
         libc::sendto(
@@ -379,11 +437,70 @@ pub fn send_one(fd: RawFd, bytes: &[u8], to: SocketAddr) -> bool {
             bytes.as_ptr().cast(),
             bytes.len(),
             libc::MSG_DONTWAIT,
-            addr.as_ptr().cast(),
-            addr.len(),
+            (&addr as *const libc::sockaddr_storage).cast(),
+            len,
         )
     };
     r >= 0
+}
+
+/// Write `addr` into `out` as the kernel takes it; returns its length.
+fn write_sockaddr(addr: &SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((out as *mut libc::sockaddr_storage).cast(), sin) };
+            mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write((out as *mut libc::sockaddr_storage).cast(), sin6) };
+            mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+/// The IP socket address the kernel wrote into `a` (`len` bytes); `None` for another
+/// family or a short length.
+fn read_sockaddr(a: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    match a.ss_family as libc::c_int {
+        libc::AF_INET if len >= mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the kernel wrote a sockaddr_in (family and length checked).
+            let sin = unsafe { &*(a as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = std::net::Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 if len >= mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: the kernel wrote a sockaddr_in6 (family and length checked).
+            let sin6 =
+                unsafe { &*(a as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                sin6.sin6_addr.s6_addr.into(),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -417,6 +534,38 @@ mod tests {
         assert_eq!(&batch.slot_mut(3)[HEADROOM..HEADROOM + 10], &[3u8; 10]);
         assert_eq!(batch.recv(b.as_raw_fd()).unwrap(), 5);
         assert_eq!(batch.datagram(4).0, 10);
+    }
+
+    #[test]
+    fn recv_more_fills_the_free_slots_from_several_sockets() {
+        let (a, b) = pair();
+        let (c, d) = pair();
+        let mut batch = RecvBatch::new();
+        for i in 0..3u8 {
+            a.send_to(&[i; 5], b.local_addr().unwrap()).unwrap();
+        }
+        for i in 0..(BATCH as u8) {
+            c.send_to(&[100 + i; 7], d.local_addr().unwrap()).unwrap();
+        }
+        assert_eq!(batch.recv_more(b.as_raw_fd()).unwrap(), 0..3);
+        // The second socket's datagrams go to the slots after: only the free ones.
+        assert_eq!(batch.recv_more(d.as_raw_fd()).unwrap(), 3..BATCH);
+        assert_eq!((batch.len(), batch.free()), (BATCH, 0));
+        assert_eq!(batch.datagram(2), (5, Some(a.local_addr().unwrap())));
+        assert_eq!(batch.datagram(3), (7, Some(c.local_addr().unwrap())));
+        assert_eq!(&batch.slot_mut(3)[HEADROOM..HEADROOM + 7], &[100u8; 7]);
+        assert_eq!(&batch.slot_mut(2)[HEADROOM..HEADROOM + 5], &[2u8; 5]);
+        // No free slot: nothing is read (the rest stays queued in the socket).
+        assert_eq!(
+            batch.recv_more(d.as_raw_fd()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        batch.clear();
+        assert_eq!(batch.recv_more(d.as_raw_fd()).unwrap(), 0..3);
+        assert_eq!(
+            &batch.slot_mut(0)[HEADROOM..HEADROOM + 7],
+            &[100 + BATCH as u8 - 3; 7]
+        );
     }
 
     #[test]
@@ -487,5 +636,77 @@ mod tests {
         assert_eq!(q.dropped, 3);
         q.flush(&[0u8; 1]);
         assert_eq!(q.sent, BATCH as u64);
+    }
+
+    #[test]
+    fn sockaddrs_written_in_place_read_back_the_same() {
+        for a in [
+            "127.0.0.1:3478",
+            "198.51.100.7:1",
+            "[::1]:65535",
+            "[fe80::1%7]:5000",
+            "[::ffff:192.0.2.1]:9",
+        ] {
+            let a: SocketAddr = a.parse().unwrap();
+            // SAFETY: all zeroes is a valid sockaddr_storage.
+            let mut st: libc::sockaddr_storage = unsafe { mem::zeroed() };
+            let len = write_sockaddr(&a, &mut st);
+            assert_eq!(read_sockaddr(&st, len), Some(a));
+            assert_eq!(
+                read_sockaddr(&st, len - 1),
+                None,
+                "a short length is refused"
+            );
+            // The same bytes socket2 would build.
+            let s2 = socket2::SockAddr::from(a);
+            assert_eq!(len, s2.len());
+            // SAFETY: both hold at least `len` initialised bytes.
+            let (x, y) = unsafe {
+                (
+                    std::slice::from_raw_parts(
+                        (&st as *const libc::sockaddr_storage).cast::<u8>(),
+                        len as usize,
+                    ),
+                    std::slice::from_raw_parts(s2.as_ptr().cast::<u8>(), len as usize),
+                )
+            };
+            assert_eq!(x, y, "{a}");
+        }
+        // SAFETY: as above.
+        let st: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        assert_eq!(read_sockaddr(&st, 128), None, "AF_UNSPEC");
+    }
+
+    #[test]
+    fn one_socket_queue_sends_in_order_in_one_call_over_ipv6_too() {
+        let b = UdpSocket::bind("[::1]:0").expect("IPv6 loopback is needed for this test");
+        let sink = UdpSocket::bind("[::1]:0").unwrap();
+        sink.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let to = sink.local_addr().unwrap();
+        let mut base = vec![0u8; 64];
+        for (i, b) in base.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        // Unequal sizes: no GSO run, one message per datagram, one sendmmsg.
+        let mut q = SendQueue::new(false);
+        for i in 0..5 {
+            q.push(b.as_raw_fd(), to, i * 10..i * 10 + 1 + i);
+        }
+        q.flush(&base);
+        assert_eq!((q.calls, q.sent, q.dropped), (1, 5, 0));
+        let mut buf = [0u8; 100];
+        for i in 0..5 {
+            let (n, from) = sink.recv_from(&mut buf).unwrap();
+            assert_eq!(from, b.local_addr().unwrap());
+            assert_eq!(&buf[..n], &base[i * 10..i * 10 + 1 + i], "in order");
+        }
+        // The batch's sender is read in place too.
+        sink.send_to(b"x", b.local_addr().unwrap()).unwrap();
+        let mut batch = RecvBatch::new();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        b.set_nonblocking(true).unwrap();
+        assert_eq!(batch.recv(b.as_raw_fd()).unwrap(), 1);
+        assert_eq!(batch.datagram(0), (1, Some(to)));
     }
 }

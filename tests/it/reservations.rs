@@ -38,8 +38,9 @@ fn token_of(m: &Message) -> Option<Vec<u8>> {
 }
 
 /// The reproducer of the report: one 5-tuple loops Allocate(EVEN-PORT R=1) + Refresh(0).
-/// Only `max_reservations_per_user` reservations are ever held; they vanish after their
-/// lifetime, swept by the timer with no other traffic, and the ports are free again.
+/// Only `max_reservations_per_user` reservations are ever held (beyond: 486 Allocation Quota
+/// Reached, the user's cap, not 508); they vanish after their lifetime, swept by the timer
+/// with no other traffic, and the ports are free again.
 #[tokio::test]
 async fn reservation_loop_holds_at_most_the_cap_and_expires() {
     let mut c = config((21000, 21199));
@@ -59,7 +60,7 @@ async fn reservation_loop_holds_at_most_the_cap_and_expires() {
             let r = client.ask(METHOD_REFRESH, &[&lifetime(0)]).await;
             assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
         } else {
-            assert_eq!(code(&r), Some(508), "refused with Insufficient Capacity");
+            assert_eq!(code(&r), Some(486), "refused with Allocation Quota Reached");
             refused += 1;
         }
     }

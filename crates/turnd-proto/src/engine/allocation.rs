@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use super::route::{FastMap, Slot};
+use super::route::{LazyMap, Slot};
 use super::ChannelNumber;
 use crate::policy::PeerPolicy;
 
@@ -13,10 +13,21 @@ const RECENT_RESPONSES: usize = 8;
 /// A relay socket of an allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Relay {
-    /// The address the socket is bound to.
+    /// The address the socket is bound to. (The address clients are told is computed from
+    /// it, `Engine::advertise`: the external mapping is fixed engine configuration.)
     pub bound: SocketAddr,
-    /// The address clients are told (external mapping applied).
-    pub advertised: SocketAddr,
+    /// The I/O layer's handle of the socket ([`super::RelayHandle`]).
+    pub handle: super::RelayHandle,
+}
+
+impl Relay {
+    /// The socket as the I/O layer named it.
+    pub fn bound_relay(&self) -> super::BoundRelay {
+        super::BoundRelay {
+            addr: self.bound,
+            handle: self.handle,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +56,72 @@ impl Removed {
     }
 }
 
+/// The parts of an Allocate success answer not found in the allocation itself (the relays,
+/// the client and the key are), so that it can be built again for a retransmission.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AllocateEcho {
+    /// The Allocate's transaction id.
+    pub tid: [u8; 12],
+    /// The LIFETIME granted, seconds.
+    pub lifetime: u32,
+    /// The RESERVATION-TOKEN handed out.
+    pub token: Option<super::ReservationToken>,
+    /// Whether the answer had a FINGERPRINT.
+    pub fingerprint: bool,
+    /// The ADDRESS-ERROR-CODE's code (a family not had in a dual Allocate), or 0.
+    pub address_error: u16,
+}
+
+/// The last [`RECENT_RESPONSES`] responses of an allocation, each as (transaction id,
+/// length as u16 big-endian, bytes), oldest first, in one boxed buffer.
+#[derive(Debug, Default)]
+pub struct Recent(Box<[u8]>);
+
+impl Recent {
+    fn entries(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let mut rest = &self.0[..];
+        std::iter::from_fn(move || {
+            let (tid, tail) = rest.split_at_checked(12)?;
+            let (&[l0, l1], tail) = tail.split_first_chunk::<2>()?;
+            let (bytes, tail) = tail.split_at_checked(usize::from(u16::from_be_bytes([l0, l1])))?;
+            rest = tail;
+            Some((tid, bytes))
+        })
+    }
+
+    /// How many responses are kept.
+    pub fn len(&self) -> usize {
+        self.entries().count()
+    }
+
+    /// Nothing kept.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn remember(&mut self, tid: [u8; 12], response: &[u8]) {
+        // A STUN message longer than u16 cannot be (its length field is 16 bits).
+        let Ok(len) = u16::try_from(response.len()) else {
+            return;
+        };
+        let skip = usize::from(self.len() >= RECENT_RESPONSES);
+        let mut v = Vec::with_capacity(self.0.len() + 14 + response.len());
+        for (t, r) in self.entries().skip(skip) {
+            v.extend_from_slice(t);
+            v.extend_from_slice(&(r.len() as u16).to_be_bytes());
+            v.extend_from_slice(r);
+        }
+        v.extend_from_slice(&tid);
+        v.extend_from_slice(&len.to_be_bytes());
+        v.extend_from_slice(response);
+        self.0 = v.into_boxed_slice();
+    }
+
+    fn recalled(&self, tid: &[u8; 12]) -> Option<&[u8]> {
+        self.entries().find(|(t, _)| t == tid).map(|(_, r)| r)
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Counters {
     pub bytes_to_peer: u64,
@@ -58,32 +135,36 @@ pub(super) struct Counters {
 pub struct Allocation {
     /// Unique per server: the shard number in the top 16 bits.
     pub id: super::SessionId,
-    /// The principal (quotas, logs, the session API).
-    pub user: String,
+    /// The principal (quotas, logs, the session API); shared with its counter slot.
+    pub user: std::sync::Arc<str>,
     /// The USERNAME it was created with when that is not the principal (TURN REST).
     pub username: Option<Box<str>>,
     /// The long-term key the allocation was created with; later requests must match it.
     pub key: super::integrity::Signer,
     /// One relay per family (two for a dual allocation).
     pub relays: Vec<Relay>,
+    /// What the success answer to its Allocate said, to answer a retransmission of that
+    /// Allocate with the same bytes.
+    pub allocate: AllocateEcho,
     /// When the Allocate succeeded.
     pub created: Instant,
     /// When it expires unless refreshed.
     pub expires: Instant,
     /// Where this allocation sits in the engine's timer set.
     pub wake_at: Instant,
-    /// Peer IP -> when its permission expires.
-    pub permissions: FastMap<IpAddr, Instant>,
+    /// Peer IP -> when its permission expires. (The three maps cost a pointer each while
+    /// empty: idle allocations are most of a server's.)
+    pub permissions: LazyMap<IpAddr, Instant>,
     /// Channel number -> its binding.
-    pub channels_by_number: FastMap<ChannelNumber, Channel>,
+    pub channels_by_number: LazyMap<ChannelNumber, Channel>,
     /// Peer -> its channel number (the reverse of `channels_by_number`).
-    pub channels_by_peer: FastMap<SocketAddr, ChannelNumber>,
+    pub channels_by_peer: LazyMap<SocketAddr, ChannelNumber>,
     /// Its traffic counters' place in the engine's route table (`RouteTable::stats`), for
     /// the lifecycle log, usage records and metrics.
     pub slot: Slot,
-    /// (transaction id, response) of recent requests, newest last; grown one slot at a time
-    /// (most allocations only ever hold their Allocate response).
-    pub recent: Vec<([u8; 12], Box<[u8]>)>,
+    /// Responses to recent requests, newest last, packed in one buffer (most allocations
+    /// only ever hold their Allocate response: one heap block).
+    pub recent: Recent,
 }
 
 impl Allocation {
@@ -106,19 +187,12 @@ impl Allocation {
 
     /// Keep `response` to answer a retransmission of transaction `tid`.
     pub fn remember(&mut self, tid: [u8; 12], response: &[u8]) {
-        if self.recent.len() == RECENT_RESPONSES {
-            self.recent.remove(0);
-        }
-        self.recent.reserve_exact(1);
-        self.recent.push((tid, response.into()));
+        self.recent.remember(tid, response);
     }
 
     /// The kept response to transaction `tid`, if any.
     pub fn recalled(&self, tid: &[u8; 12]) -> Option<&[u8]> {
-        self.recent
-            .iter()
-            .find(|(t, _)| t == tid)
-            .map(|(_, r)| &r[..])
+        self.recent.recalled(tid)
     }
 
     /// The relay of `ip`'s family.
@@ -155,7 +229,7 @@ impl Allocation {
     /// went. A channel goes when its peer is forbidden or its peer's permission went.
     pub fn retain_allowed(&mut self, policy: &dyn PeerPolicy) -> Removed {
         let mut gone = Removed::default();
-        let user = self.user.as_str();
+        let user = &*self.user;
         self.permissions.retain(|ip, _| {
             let keep = policy.permits_ip_for(user, *ip);
             if !keep {
@@ -214,6 +288,7 @@ mod tests {
             username: None,
             key: crate::engine::integrity::Signer::new(&[0; 16], None),
             relays: vec![],
+            allocate: Default::default(),
             created: now,
             expires: later,
             wake_at: now,
@@ -221,7 +296,7 @@ mod tests {
             channels_by_number: Default::default(),
             channels_by_peer: Default::default(),
             slot: Default::default(),
-            recent: vec![],
+            recent: Default::default(),
         };
         let peers: [SocketAddr; 3] = [
             "10.1.2.3:5000".parse().unwrap(), // denied address
@@ -252,5 +327,44 @@ mod tests {
             Some(0x4002)
         );
         assert_eq!(a.retain_allowed(&Tight).counts(), (0, 0));
+    }
+}
+#[cfg(test)]
+mod recent_tests {
+    use super::*;
+
+    #[test]
+    fn recent_keeps_the_last_eight_responses_in_order() {
+        let mut r = Recent::default();
+        assert!(r.is_empty());
+        for i in 0..10u8 {
+            r.remember([i; 12], &vec![i; usize::from(i) * 7]);
+        }
+        assert_eq!(r.len(), RECENT_RESPONSES);
+        assert_eq!(r.recalled(&[0; 12]), None, "the oldest went");
+        assert_eq!(r.recalled(&[1; 12]), None);
+        for i in 2..10u8 {
+            assert_eq!(r.recalled(&[i; 12]), Some(&vec![i; usize::from(i) * 7][..]));
+        }
+        // One buffer: the bytes of eight entries and nothing more.
+        let want: usize = (2..10).map(|i| 14 + i * 7).sum();
+        assert_eq!(r.0.len(), want);
+        r.remember([9; 12], &[0; 70_000]);
+        assert_eq!(
+            r.len(),
+            RECENT_RESPONSES,
+            "a response too long to be STUN is not kept"
+        );
+    }
+}
+
+#[cfg(test)]
+mod size {
+    /// Issue 12: an idle allocation costs at most 1 KB of RSS in all; its own box is the
+    /// largest part. A field that makes it grow past this fails here first.
+    #[test]
+    fn an_idle_allocation_stays_small() {
+        let n = std::mem::size_of::<super::Allocation>();
+        assert!(n <= 224, "Allocation is {n} bytes");
     }
 }

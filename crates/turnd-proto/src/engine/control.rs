@@ -14,7 +14,7 @@ use rand::Rng;
 use stun::attributes::*;
 use stun::message as msg;
 
-use super::allocation::{Allocation, Channel, Relay};
+use super::allocation::{AllocateEcho, Allocation, Channel, Relay};
 use super::integrity::{Named, Signer};
 use super::metrics::AuthFailure;
 use super::refusal::{BadRequest, Capacity, Refusal};
@@ -205,12 +205,16 @@ impl Engine {
             return;
         };
         if let Some(a) = self.allocations_by_client.get(&from) {
-            if a.user != authed.user {
+            if *a.user != *authed.user {
                 self.metrics.count_auth_failure(AuthFailure::WrongUser);
                 return self.refuse(from, req, &authed.key, Refusal::WrongCredentials);
             }
-            if let Some(cached) = a.recalled(&req.tid.0) {
-                let bytes = cached.to_vec();
+            let again = if a.allocate.tid == req.tid.0 {
+                Some(self.allocate_success(from, &a.relays, &a.allocate, &a.key))
+            } else {
+                a.recalled(&req.tid.0).map(<[u8]>::to_vec)
+            };
+            if let Some(bytes) = again {
                 self.transmits.push_back(Transmit { to: from, bytes });
                 return;
             }
@@ -514,13 +518,16 @@ impl Engine {
         Ok(Answer::Later)
     }
 
-    /// The I/O layer's answer to [`Command::BindRelays`]: bound addresses, in order, or
-    /// `None` for a family that could not be bound.
+    /// The I/O layer's answer to [`Command::BindRelays`] (and [`Command::BindTcpRelay`]):
+    /// one result per family, in order: the bound socket, or why it could not be had
+    /// (`Capacity(RelayPorts)` when binding failed, `Quota` when the user is at a cap, e.g.
+    /// of port reservations). When the first family fails, the Allocate is answered with
+    /// its refusal.
     pub fn relay_bound(
         &mut self,
         now: Instant,
         client: ClientAddr,
-        bound: Vec<Option<SocketAddr>>,
+        bound: Vec<Result<super::BoundRelay, Refusal>>,
     ) {
         let Some(p) = self.pending_by_client.remove(&client) else {
             // The client went away meanwhile: give the sockets back.
@@ -533,8 +540,8 @@ impl Engine {
             .iter()
             .flatten()
             .map(|b| Relay {
-                bound: *b,
-                advertised: self.advertise(*b),
+                bound: b.addr,
+                handle: b.handle,
             })
             .collect();
         // A fake request header, so replies carry the right method, id and fingerprint.
@@ -545,50 +552,54 @@ impl Engine {
         let Ok(req) = Parsed::parse(&hdr) else {
             unreachable!("a valid header")
         };
-        let mut r = if relays.is_empty() || bound.first().is_some_and(|b| b.is_none()) {
+        let first_failed = match bound.first() {
+            Some(Ok(_)) if !relays.is_empty() => None,
+            Some(Err(why)) => Some(why.clone()),
+            _ => Some(Refusal::Capacity(Capacity::RelayPorts)),
+        };
+        if let Some(why) = first_failed {
             // The requested (first) family failed: the whole Allocate fails.
             for r in &relays {
-                self.commands.push_back(Command::ReleaseRelay(r.bound));
+                self.commands
+                    .push_back(Command::ReleaseRelay(r.bound_relay()));
             }
             self.shared.quotas.release(&p.user);
-            let why = Refusal::Capacity(Capacity::RelayPorts);
             self.metrics.count_refusal(&why);
             let mut r = Reply::refusal(&req, &why);
             r.set_fingerprint(p.fingerprint);
             self.reply(client, r.sign(&p.key));
             return;
+        }
+        let address_error = if p.refused_v6 || (p.families.len() == 2 && relays.len() == 1) {
+            match bound.get(1) {
+                _ if p.refused_v6 => Refusal::FamilyNotSupported.code(),
+                Some(Err(why)) => why.code(),
+                _ => Refusal::Capacity(Capacity::RelayPorts).code(),
+            }
         } else {
-            Reply::success(&req)
+            0
         };
-        r.set_fingerprint(p.fingerprint);
-        for relay in &relays {
-            r.xor_addr(ATTR_XOR_RELAYED_ADDRESS, relay.advertised);
-        }
-        if p.refused_v6 || (p.families.len() == 2 && relays.len() == 1) {
-            let why = if p.refused_v6 {
-                Refusal::FamilyNotSupported
-            } else {
-                Refusal::Capacity(Capacity::RelayPorts)
-            };
-            r.address_error(true, &why);
-        }
-        r.u32(ATTR_LIFETIME, p.lifetime.as_secs() as u32);
-        if let Some(token) = p.reserved {
-            r.add_raw(ATTR_RESERVATION_TOKEN, &token.0);
-        }
-        r.xor_addr(ATTR_XORMAPPED_ADDRESS, client.remote);
-        let bytes = r.sign(&p.key).finish(self.cfg.software.as_deref());
+        let echo = AllocateEcho {
+            tid: p.tid,
+            lifetime: p.lifetime.as_secs() as u32,
+            token: p.reserved,
+            fingerprint: p.fingerprint,
+            address_error,
+        };
+        let bytes = self.allocate_success(client, &relays, &echo, &p.key);
         self.metrics.count_response("allocate", 0);
         self.metrics.allocations_created += 1;
         self.next_id += 1;
-        let slot = self.routes.open(&p.user);
+        let user: std::sync::Arc<str> = p.user.into();
+        let slot = self.routes.open(&user);
         self.bandwidth.reset(slot);
-        let mut a = Allocation {
+        let a = Allocation {
             id: SessionId::new(self.shard, self.next_id),
-            user: p.user,
+            user,
             username: p.username,
             key: p.key,
             relays,
+            allocate: echo,
             created: now,
             expires: now + p.lifetime,
             wake_at: now,
@@ -598,13 +609,12 @@ impl Engine {
             slot,
             recent: Default::default(),
         };
-        a.remember(p.tid, &bytes);
         tracing::info!(
             event = "allocation created",
             user = %crate::redact::redact_user(&a.user, self.cfg.redact),
             client = %crate::redact::redact_addr(&client.remote, self.cfg.redact),
             transport = client.transport.as_str(),
-            relay = %a.relays.iter().map(|r| r.advertised.to_string()).collect::<Vec<_>>().join(","),
+            relay = %a.relays.iter().map(|r| self.advertise(r.bound).to_string()).collect::<Vec<_>>().join(","),
             lifetime_s = p.lifetime.as_secs(),
             "allocation created"
         );
@@ -618,7 +628,48 @@ impl Engine {
         self.transmits.push_back(Transmit { to: client, bytes });
     }
 
-    fn advertise(&self, bound: SocketAddr) -> SocketAddr {
+    /// The success answer to the Allocate that created an allocation: built when it is
+    /// created and again, byte for byte the same, for a retransmission of that Allocate
+    /// (rather than kept: most allocations would hold nothing else).
+    fn allocate_success(
+        &self,
+        client: ClientAddr,
+        relays: &[Relay],
+        echo: &AllocateEcho,
+        key: &Signer,
+    ) -> Vec<u8> {
+        // A fake request header, so the answer carries the right method, id and fingerprint.
+        let mut hdr = [0u8; 20];
+        hdr[0..2].copy_from_slice(&super::wire::MSG_ALLOCATE_REQUEST.to_be_bytes());
+        hdr[4..8].copy_from_slice(&msg::MAGIC_COOKIE.to_be_bytes());
+        hdr[8..20].copy_from_slice(&echo.tid);
+        let Ok(req) = Parsed::parse(&hdr) else {
+            unreachable!("a valid header")
+        };
+        let mut r = Reply::success(&req);
+        r.set_fingerprint(echo.fingerprint);
+        for relay in relays {
+            r.xor_addr(ATTR_XOR_RELAYED_ADDRESS, self.advertise(relay.bound));
+        }
+        let why = match echo.address_error {
+            0 => None,
+            440 => Some(Refusal::FamilyNotSupported),
+            486 => Some(Refusal::Quota),
+            _ => Some(Refusal::Capacity(Capacity::RelayPorts)),
+        };
+        if let Some(why) = why {
+            r.address_error(true, &why);
+        }
+        r.u32(ATTR_LIFETIME, echo.lifetime);
+        if let Some(token) = echo.token {
+            r.add_raw(ATTR_RESERVATION_TOKEN, &token.0);
+        }
+        r.xor_addr(ATTR_XORMAPPED_ADDRESS, client.remote);
+        r.sign(key).finish(self.cfg.software.as_deref())
+    }
+
+    /// The address clients are told for a relay bound at `bound` (external mapping).
+    pub(super) fn advertise(&self, bound: SocketAddr) -> SocketAddr {
         for m in &self.cfg.external {
             if m.private == bound.ip() {
                 return SocketAddr::new(m.public, bound.port());
@@ -759,10 +810,7 @@ impl Engine {
             [p] => p,
             _ => return Err(BadRequest::ChannelPeers.into()),
         };
-        let user = self
-            .allocations_by_client
-            .get(&from)
-            .map(|a| a.user.as_str());
+        let user = self.allocations_by_client.get(&from).map(|a| &*a.user);
         if !user.is_some_and(|u| self.shared.policy.permits_for(u, peer)) {
             return Err(Refusal::ForbiddenPeer);
         }

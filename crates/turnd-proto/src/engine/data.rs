@@ -25,7 +25,8 @@ impl Engine {
     pub(super) fn on_send(&mut self, now: Instant, from: ClientAddr, buf: &[u8]) -> Option<ToPeer> {
         let (peer, range) = parse_send(buf)?;
         let a = self.allocations_by_client.get(&from)?;
-        let relay = RelayAddr(a.relay_for(&peer)?.bound);
+        let r = a.relay_for(&peer)?;
+        let (relay, handle) = (RelayAddr(r.bound), r.handle);
         // The permission route covers the IP (installed through the policy, pruned on
         // reload); what is left to check per packet depends on the port.
         let (slot, user) = self.routes.permission_in(now, relay, peer.ip(), from)?;
@@ -38,6 +39,7 @@ impl Engine {
         self.routes.count_to_peer(slot, range.len());
         Some(ToPeer {
             relay,
+            handle,
             peer: PeerAddr(peer),
             range,
         })
@@ -59,13 +61,14 @@ impl Engine {
         }
         // One lookup: the forward route carries the relay, the peer, the channel's expiry
         // and the allocation's counters.
-        let (relay, peer, slot) = self.routes.channel_out(now, from, number)?;
+        let (relay, handle, peer, slot) = self.routes.channel_out(now, from, number)?;
         if self.bandwidth.on() && !self.admit(now, slot, TO_PEER, len) {
             return None;
         }
         self.routes.count_to_peer(slot, len);
         Some(ToPeer {
             relay,
+            handle,
             peer,
             range: 4..4 + len,
         })

@@ -238,14 +238,14 @@ impl Engine {
         let _ = now;
         self.allocations_by_client
             .iter()
-            .filter(|(_, a)| user.is_none_or(|u| a.user == u))
+            .filter(|(_, a)| user.is_none_or(|u| &*a.user == u))
             .map(|(client, a)| (client, a, self.routes.stats(a.slot)))
             .map(|(client, a, stats)| SessionInfo {
                 id: a.id,
-                user: a.user.clone(),
+                user: a.user.to_string(),
                 client: client.remote,
                 transport: client.transport,
-                relays: a.relays.iter().map(|r| r.advertised).collect(),
+                relays: a.relays.iter().map(|r| self.advertise(r.bound)).collect(),
                 created: wall(a.created),
                 expires: wall(a.expires),
                 bytes_to_peer: stats.bytes_to_peer,
@@ -277,14 +277,14 @@ impl Engine {
 
     /// End every allocation of `user` now; returns how many.
     pub fn kill_user(&mut self, now: Instant, user: &str) -> usize {
-        self.kill_where(now, |a| a.user == user)
+        self.kill_where(now, |a| &*a.user == user)
     }
 
     /// End every allocation created with exactly this USERNAME (a TURN REST username, as
     /// revoked); returns how many.
     pub fn kill_username(&mut self, now: Instant, username: &str) -> usize {
         self.kill_where(now, |a| {
-            a.username.as_deref() == Some(username) || a.user == username
+            a.username.as_deref() == Some(username) || &*a.user == username
         })
     }
 

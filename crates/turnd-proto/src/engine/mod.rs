@@ -196,11 +196,29 @@ pub struct Transmit {
     pub bytes: Vec<u8>,
 }
 
+/// The I/O layer's own name for a relay socket (a slab key, say): handed to the engine with
+/// the socket's address in [`Engine::relay_bound`] and carried back in [`ToPeer`] and
+/// [`Command::ReleaseRelay`], so the I/O layer finds the socket without a lookup. The
+/// engine never interprets it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelayHandle(pub u32);
+
+/// A relay socket the I/O layer bound for a pending Allocate ([`Engine::relay_bound`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BoundRelay {
+    /// The address it is bound to.
+    pub addr: SocketAddr,
+    /// The I/O layer's handle of it.
+    pub handle: RelayHandle,
+}
+
 /// Send `buf[range]` from the relay socket bound at `relay` to `peer`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToPeer {
     /// The relay socket to send from.
     pub relay: RelayAddr,
+    /// Its handle, as given to [`Engine::relay_bound`].
+    pub handle: RelayHandle,
     /// Where to send.
     pub peer: PeerAddr,
     /// The bytes to send, in the buffer the caller passed in.
@@ -301,8 +319,8 @@ pub enum Command {
         /// Which port to bind.
         port: PortChoice,
     },
-    /// Close the relay socket bound at this address; its port is free again.
-    ReleaseRelay(SocketAddr),
+    /// Close this relay socket; its port is free again.
+    ReleaseRelay(BoundRelay),
     /// Close a stream client's connection.
     CloseClient(ClientAddr),
     /// Listen for TCP (RFC 6062) on a relayed address of `family` for `client`'s pending
@@ -739,7 +757,8 @@ impl Engine {
         self.drop_routes(client, &a);
         self.tcp_allocation_deleted(&client);
         for r in &a.relays {
-            self.commands.push_back(Command::ReleaseRelay(r.bound));
+            self.commands
+                .push_back(Command::ReleaseRelay(r.bound_relay()));
         }
         self.shared.quotas.release(&a.user);
         self.report_usage(now, client, &a, &stats, why);
@@ -754,7 +773,7 @@ impl Engine {
             user = %crate::redact::redact_user(&a.user, self.cfg.redact),
             client = %crate::redact::redact_addr(&client.remote, self.cfg.redact),
             transport = client.transport.as_str(),
-            relay = %a.relays.iter().map(|r| r.advertised.to_string()).collect::<Vec<_>>().join(","),
+            relay = %a.relays.iter().map(|r| self.advertise(r.bound).to_string()).collect::<Vec<_>>().join(","),
             bytes_to_peer = stats.bytes_to_peer,
             bytes_to_client = stats.bytes_to_client,
             packets_to_peer = stats.packets_to_peer,

@@ -50,10 +50,87 @@ use std::time::Instant;
 
 use super::allocation::{Allocation, Counters};
 use super::control::ChannelNumber;
-use super::{ClientAddr, Engine, PeerAddr, RelayAddr};
+use super::{ClientAddr, Engine, PeerAddr, RelayAddr, RelayHandle};
 
 /// A hash map with the route table's hasher (see the module docs).
 pub(super) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A [`FastMap`] that costs one pointer while empty (an idle allocation's permissions and
+/// channels): the map is boxed on the first insert and dropped again when it empties.
+/// Only the methods the engine uses.
+#[derive(Debug)]
+pub struct LazyMap<K, V>(Option<Box<FastMap<K, V>>>);
+
+impl<K, V> Default for LazyMap<K, V> {
+    fn default() -> Self {
+        LazyMap(None)
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V> LazyMap<K, V> {
+    /// As `HashMap::get`.
+    pub fn get(&self, k: &K) -> Option<&V> {
+        self.0.as_ref()?.get(k)
+    }
+    /// As `HashMap::get_mut`.
+    pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
+        self.0.as_mut()?.get_mut(k)
+    }
+    /// As `HashMap::contains_key`.
+    pub fn contains_key(&self, k: &K) -> bool {
+        self.get(k).is_some()
+    }
+    /// As `HashMap::insert` (boxes the map on the first entry).
+    pub fn insert(&mut self, k: K, v: V) -> Option<V> {
+        self.0.get_or_insert_with(Default::default).insert(k, v)
+    }
+    /// As `HashMap::remove` (drops the map when it empties).
+    pub fn remove(&mut self, k: &K) -> Option<V> {
+        let m = self.0.as_mut()?;
+        let v = m.remove(k);
+        if m.is_empty() {
+            self.0 = None;
+        }
+        v
+    }
+    /// As `HashMap::len`.
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |m| m.len())
+    }
+    /// As `HashMap::is_empty`.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// As `HashMap::retain` (drops the map when it empties).
+    pub fn retain(&mut self, f: impl FnMut(&K, &mut V) -> bool) {
+        if let Some(m) = &mut self.0 {
+            m.retain(f);
+            if m.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
+    /// As `HashMap::iter`.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.0.iter().flat_map(|m| m.iter())
+    }
+    /// As `HashMap::keys`.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.iter().map(|(k, _)| k)
+    }
+    /// As `HashMap::values`.
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.iter().map(|(_, v)| v)
+    }
+}
+
+impl<'a, K: std::hash::Hash + Eq, V> IntoIterator for &'a LazyMap<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = std::iter::Flatten<std::option::IntoIter<&'a FastMap<K, V>>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.as_deref().into_iter().flatten()
+    }
+}
 
 /// At most this many route changes wait in the queue ([`Engine::poll_route_change`]); one
 /// more replaces them all with a single [`RouteChange::Reset`].
@@ -190,6 +267,8 @@ pub enum RouteChange {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Fwd {
     relay: RelayAddr,
+    /// The I/O layer's handle of `relay`, for [`ToPeer`](super::ToPeer).
+    handle: RelayHandle,
     peer: PeerAddr,
     expires: Instant,
     slot: Slot,
@@ -214,8 +293,9 @@ struct Perm {
 #[derive(Debug, Default)]
 struct SlotEntry {
     stats: Counters,
-    /// The allocation's principal, for the per-packet port check of permission routes.
-    user: Box<str>,
+    /// The allocation's principal, for the per-packet port check of permission routes
+    /// (the allocation's own string, shared).
+    user: std::sync::Arc<str>,
 }
 
 /// One shard's routes, and its allocations' traffic counters (see the module docs).
@@ -247,10 +327,10 @@ impl Default for RouteTable {
 
 impl RouteTable {
     /// A counter slot for a new allocation of `user`.
-    pub(super) fn open(&mut self, user: &str) -> Slot {
+    pub(super) fn open(&mut self, user: &std::sync::Arc<str>) -> Slot {
         let entry = SlotEntry {
             stats: Counters::default(),
-            user: user.into(),
+            user: user.clone(),
         };
         if let Some(i) = self.free.pop() {
             if let Some(e) = self.slots.get_mut(i as usize) {
@@ -304,9 +384,9 @@ impl RouteTable {
         now: Instant,
         client: ClientAddr,
         channel: ChannelNumber,
-    ) -> Option<(RelayAddr, PeerAddr, Slot)> {
+    ) -> Option<(RelayAddr, RelayHandle, PeerAddr, Slot)> {
         let f = self.forward.get(&(client, channel))?;
-        (f.expires > now).then_some((f.relay, f.peer, f.slot))
+        (f.expires > now).then_some((f.relay, f.handle, f.peer, f.slot))
     }
 
     /// The live channel of a datagram from `peer` on `relay` for `client`, and its slot.
@@ -483,10 +563,14 @@ remove_if_slot!(Rev);
 remove_if_slot!(Perm);
 
 fn relay_of(a: &Allocation, peer_is_v4: bool) -> Option<RelayAddr> {
+    relay_and_handle(a, peer_is_v4).map(|(r, _)| r)
+}
+
+fn relay_and_handle(a: &Allocation, peer_is_v4: bool) -> Option<(RelayAddr, RelayHandle)> {
     a.relays
         .iter()
         .find(|r| r.bound.is_ipv4() == peer_is_v4)
-        .map(|r| RelayAddr(r.bound))
+        .map(|r| (RelayAddr(r.bound), r.handle))
 }
 
 /// The reverse route `a` should have for its channel to `peer`, if any.
@@ -541,8 +625,10 @@ impl Engine {
             return;
         };
         let fwd = a.channels_by_number.get(&channel).and_then(|c| {
+            let (relay, handle) = relay_and_handle(a, c.peer.is_ipv4())?;
             Some(Fwd {
-                relay: relay_of(a, c.peer.is_ipv4())?,
+                relay,
+                handle,
                 peer: PeerAddr(c.peer),
                 expires: c.expires,
                 slot: a.slot,

@@ -244,10 +244,7 @@ impl Engine {
             .conns
             .iter()
             .filter(|(_, c)| {
-                let user = self
-                    .allocations_by_client
-                    .get(&c.control)
-                    .map(|a| a.user.as_str());
+                let user = self.allocations_by_client.get(&c.control).map(|a| &*a.user);
                 !user.is_some_and(|u| policy.permits_for(u, c.peer))
             })
             .map(|(id, _)| *id)
@@ -341,7 +338,7 @@ impl Engine {
         if self
             .allocations_by_client
             .get(&c.control)
-            .is_none_or(|a| a.user != user)
+            .is_none_or(|a| *a.user != *user)
         {
             return Err(Refusal::WrongCredentials);
         }

@@ -19,8 +19,8 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
 use super::{
-    ClientAddr, Command, Engine, EngineConfig, Family, PeerAddr, Quotas, RelayAddr, Route,
-    RouteChange, RouteKey, Shared, Transport, HEADROOM, TAILROOM,
+    BoundRelay, ClientAddr, Command, Engine, EngineConfig, Family, PeerAddr, Quotas, Refusal,
+    RelayAddr, RelayHandle, Route, RouteChange, RouteKey, Shared, Transport, HEADROOM, TAILROOM,
 };
 use crate::auth::{long_term_key, Authenticator, FailureBudget, Key, Lookup, NonceMint};
 use crate::policy::PeerPolicy;
@@ -629,6 +629,11 @@ impl Harness {
                 "ToPeer range inside the packet"
             );
             assert!(out.range.start <= out.range.end);
+            assert_eq!(
+                out.handle,
+                handle_of(out.relay.0),
+                "ToPeer carries the handle its relay was bound with"
+            );
         }
     }
 
@@ -664,7 +669,9 @@ impl Harness {
                 Command::BindRelays {
                     client, families, ..
                 } => self.pending_binds.push_back((client, families)),
-                Command::ReleaseRelay(addr) => {
+                Command::ReleaseRelay(b) => {
+                    let addr = b.addr;
+                    assert_eq!(b.handle, handle_of(addr), "released with its handle");
                     assert!(
                         self.bound.remove(&addr),
                         "released {addr} twice or never bound"
@@ -697,11 +704,11 @@ impl Harness {
 
     fn serve_binds(&mut self, ok: bool) {
         while let Some((client, families)) = self.pending_binds.pop_front() {
-            let bound: Vec<Option<SocketAddr>> = families
+            let bound: Vec<Result<BoundRelay, Refusal>> = families
                 .iter()
                 .map(|f| {
                     if !ok {
-                        return None;
+                        return Err(Refusal::Capacity(super::Capacity::RelayPorts));
                     }
                     self.next_port = self.next_port.wrapping_add(2).max(49152);
                     let ip: IpAddr = match f {
@@ -710,7 +717,10 @@ impl Harness {
                     };
                     let a = SocketAddr::new(ip, self.next_port);
                     assert!(self.bound.insert(a), "bound {a} twice");
-                    Some(a)
+                    Ok(BoundRelay {
+                        addr: a,
+                        handle: handle_of(a),
+                    })
                 })
                 .collect();
             self.engine.relay_bound(self.now, client, bound);
@@ -861,4 +871,9 @@ pub fn add_fingerprint(msg: &mut Vec<u8>) {
     set_len(msg, body);
     let fp = stun::fingerprint::fingerprint_value(msg);
     push_attr(msg, 0x8028, &fp.to_be_bytes());
+}
+
+/// The handle the harness binds a relay with (its port), so that outputs can be checked.
+fn handle_of(addr: SocketAddr) -> RelayHandle {
+    RelayHandle(u32::from(addr.port()))
 }

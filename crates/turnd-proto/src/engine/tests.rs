@@ -192,6 +192,14 @@ fn error_code(m: &Message) -> Option<u16> {
     ec.get_from(m).ok().map(|_| ec.code.0)
 }
 
+/// A relay bound by the tests: its handle is its port.
+fn bound(addr: SocketAddr) -> BoundRelay {
+    BoundRelay {
+        addr,
+        handle: RelayHandle(u32::from(addr.port())),
+    }
+}
+
 impl T {
     fn send(&mut self, from: ClientAddr, bytes: &[u8]) -> Option<ToPeer> {
         self.e.handle_client(self.now, from, bytes)
@@ -219,12 +227,16 @@ impl T {
                     .iter()
                     .map(|f| {
                         self.next_port += 2;
-                        bind_ok.then(|| match f {
+                        let a = match f {
                             Family::V4 => SocketAddr::from(([198, 51, 100, 1], self.next_port)),
                             Family::V6 => {
                                 SocketAddr::new("2001:db8::1".parse().unwrap(), self.next_port)
                             }
-                        })
+                        };
+                        match bind_ok {
+                            true => Ok(bound(a)),
+                            false => Err(Refusal::Capacity(Capacity::RelayPorts)),
+                        }
                     })
                     .collect();
                 self.e.relay_bound(self.now, *client, bound);
@@ -364,7 +376,7 @@ fn full_allocation_life_cycle() {
     assert_eq!(r.get(ATTR_LIFETIME).unwrap(), 1200u32.to_be_bytes());
     let r = t.authed(c, &nonce, Req::new(METHOD_REFRESH).lifetime(0));
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
-    assert_eq!(t.seen.last(), Some(&Command::ReleaseRelay(relay)));
+    assert_eq!(t.seen.last(), Some(&Command::ReleaseRelay(bound(relay))));
     assert_eq!(t.e.stats(), EngineStats::default());
     assert!(t.send(c, &cd).is_none());
 }
@@ -702,6 +714,35 @@ fn retransmitted_allocate_gets_the_cached_success_and_a_new_one_gets_437() {
     assert_eq!(t.e.stats().allocations, 1);
 }
 
+/// Issue 12: the Allocate answer is built again for a retransmission, not kept: the same
+/// bytes, with a RESERVATION-TOKEN and a FINGERPRINT.
+#[test]
+fn retransmitted_allocate_is_answered_with_the_same_bytes_when_built_again() {
+    let mut t = engine();
+    let c = client(1);
+    let n = t.nonce(c);
+    let req = Req::new(METHOD_ALLOCATE)
+        .transport_udp()
+        .raw(ATTR_EVEN_PORT, &[0x80])
+        .creds("alice", "secret", &n)
+        .fingerprint();
+    t.send(c, &req.bytes());
+    t.serve_commands(true);
+    let first = t.e.poll_transmit().unwrap().bytes;
+    let m = decode(&first);
+    assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE);
+    assert!(m.get(ATTR_RESERVATION_TOKEN).is_ok() && m.get(ATTR_FINGERPRINT).is_ok());
+    assert!(
+        t.e.allocations_by_client[&c].recent.is_empty(),
+        "nothing kept for it"
+    );
+    for _ in 0..2 {
+        t.send(c, &req.bytes());
+        assert!(t.serve_commands(true).is_empty(), "no second relay");
+        assert_eq!(t.e.poll_transmit().unwrap().bytes, first);
+    }
+}
+
 #[test]
 fn other_user_on_an_allocation_gets_441() {
     let mut t = engine();
@@ -887,7 +928,10 @@ fn allocations_permissions_and_channels_expire() {
     assert_eq!(t.e.stats().allocations, 1, "refreshed to 301 + 1200 s");
     t.advance(Duration::from_secs(900));
     assert_eq!(t.e.stats().allocations, 0);
-    assert_eq!(t.e.poll_command(), Some(Command::ReleaseRelay(relay)));
+    assert_eq!(
+        t.e.poll_command(),
+        Some(Command::ReleaseRelay(bound(relay)))
+    );
     assert_eq!(t.e.poll_timeout(), None);
 }
 
@@ -1376,8 +1420,11 @@ fn stream_closed_while_the_relay_is_being_bound_frees_the_quota_and_the_socket()
     };
     t.e.client_closed(t.now, c);
     let relay = SocketAddr::from(([198, 51, 100, 1], 50002));
-    t.e.relay_bound(t.now, bound_for, vec![Some(relay)]);
-    assert_eq!(t.e.poll_command(), Some(Command::ReleaseRelay(relay)));
+    t.e.relay_bound(t.now, bound_for, vec![Ok(bound(relay))]);
+    assert_eq!(
+        t.e.poll_command(),
+        Some(Command::ReleaseRelay(bound(relay)))
+    );
     assert_eq!(t.e.shared.quotas.total(), 0, "quota slot leaked");
     // The only slot is free again for another client.
     t.allocate(client(2));

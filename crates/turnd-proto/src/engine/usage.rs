@@ -55,10 +55,10 @@ impl Engine {
         sink.record(UsageRecord {
             session: SessionInfo {
                 id: a.id,
-                user: a.user.clone(),
+                user: a.user.to_string(),
                 client: client.remote,
                 transport: client.transport,
-                relays: a.relays.iter().map(|r| r.advertised).collect(),
+                relays: a.relays.iter().map(|r| self.advertise(r.bound)).collect(),
                 created: self.wall(a.created),
                 expires: self.wall(a.expires),
                 bytes_to_peer: stats.bytes_to_peer,

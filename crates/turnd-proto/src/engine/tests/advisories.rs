@@ -106,7 +106,7 @@ fn even_port_with_and_without_r_never_leaks_a_relay_port() {
         match cmd {
             Command::BindRelays { .. } => binds += 1,
             Command::ReleaseRelay(a) => {
-                bound.insert(*a);
+                bound.insert(a.addr);
             }
             _ => {}
         }

@@ -32,7 +32,7 @@ fn a_bound_credential_works_inside_its_prefix_only() {
     let (inside, pass_in) = rest("1700003600:alice:ip=192.0.2.0/24");
     let m = allocate_as(&mut t, client(1), &inside, &pass_in);
     assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{:?}", error_code(&m));
-    assert_eq!(t.e.allocations_by_client[&client(1)].user, "alice");
+    assert_eq!(&*t.e.allocations_by_client[&client(1)].user, "alice");
     let (outside, pass_out) = rest("1700003600:alice:ip=198.51.100.0/24");
     let m = allocate_as(&mut t, client(2), &outside, &pass_out);
     assert_eq!(error_code(&m), Some(401));

@@ -395,7 +395,7 @@ fn userhash_finds_static_users_and_an_unknown_hash_is_no_oracle() {
     good.hash_user = true;
     let m = t.ask(c, &good.build(alloc(), &n));
     assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{:?}", error_code(&m));
-    assert_eq!(t.e.allocations_by_client[&c].user, "alice");
+    assert_eq!(&*t.e.allocations_by_client[&c].user, "alice");
 }
 
 #[test]

@@ -43,7 +43,7 @@ impl T {
             if let Command::BindTcpRelay { client, .. } = c {
                 self.next_port += 2;
                 let a = SocketAddr::from(([198, 51, 100, 1], self.next_port));
-                self.e.relay_bound(self.now, client, vec![Some(a)]);
+                self.e.relay_bound(self.now, client, vec![Ok(bound(a))]);
             } else {
                 out.push(c);
             }

@@ -702,6 +702,10 @@ impl Shard {
                 progressed = true;
                 self.execute(engine, now, cmd);
             }
+            // [fastpath]: the kernel's routes follow the engine's at every step, before the
+            // answers leave: a client that sends ChannelData as soon as its ChannelBind
+            // succeeds finds the route already in the kernel.
+            self.fastpath.borrow_mut().sync(engine);
             while let Some(t) = engine.poll_transmit() {
                 progressed = true;
                 self.send_to_client(t.to, &t.bytes);
@@ -714,8 +718,6 @@ impl Shard {
         if any || engine.timeout_moved() {
             self.timer_changed.notify_one();
         }
-        // [fastpath]: the kernel's routes follow the engine's at every step.
-        self.fastpath.borrow_mut().sync(engine);
     }
 
     /// Fold the kernel fast path's counts into the engine (before it is read or ends

@@ -351,7 +351,7 @@ impl DtlsTable {
     }
 
     /// One datagram on DTLS listener `local` (descriptor `fd`) from `remote`. Decrypted
-    /// application datagrams are appended to `app` for the engine.
+    /// application datagrams are appended to `app` for the engine, tagged with `remote`.
     pub fn on_datagram(
         &self,
         now: Instant,
@@ -359,7 +359,7 @@ impl DtlsTable {
         local: SocketAddr,
         remote: SocketAddr,
         packet: &[u8],
-        app: &mut Vec<Vec<u8>>,
+        app: &mut AppData,
     ) {
         let Some(setup) = &self.setup else {
             return;
@@ -517,12 +517,34 @@ impl DtlsTable {
     }
 }
 
+/// The decrypted datagrams of a receive batch, one after the other in one buffer (no
+/// allocation per record), each with its sender: handled together, so that what they relay
+/// leaves in one `sendmmsg` per relay socket, as plain UDP's does.
+#[derive(Default)]
+pub struct AppData {
+    pub buf: Vec<u8>,
+    pub items: Vec<(SocketAddr, std::ops::Range<usize>)>,
+}
+
+impl AppData {
+    fn push(&mut self, from: SocketAddr, d: &[u8]) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(d);
+        self.items.push((from, start..self.buf.len()));
+    }
+
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.items.clear();
+    }
+}
+
 /// Take a session's outputs: records go to the client, plaintext to `app`.
 fn drain(
     s: &mut Session,
     remote: SocketAddr,
     buf: &mut Vec<u8>,
-    mut app: Option<&mut Vec<Vec<u8>>>,
+    mut app: Option<&mut AppData>,
     established: &Cell<u64>,
 ) {
     for _ in 0..MAX_OUTPUTS {
@@ -549,7 +571,7 @@ fn drain(
             }
             dimpl::Output::ApplicationData(d) => {
                 if let Some(app) = app.as_deref_mut() {
-                    app.push(d.to_vec());
+                    app.push(remote, d);
                 }
             }
             dimpl::Output::CloseNotify => {

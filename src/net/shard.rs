@@ -228,6 +228,8 @@ pub struct Shard {
     udp: UdpCounters,
     /// The send queue of stream clients' frames (the UDP loop has its own).
     stream_out: RefCell<SendQueue>,
+    /// The decrypted datagrams of a DTLS receive batch (kept for its capacity).
+    dtls_app: RefCell<super::dtls::AppData>,
     streams: StreamTable,
     /// RFC 6062 TCP relay listeners and peer connections.
     tcp: TcpRelays,
@@ -315,6 +317,7 @@ pub fn run(
             in_turn: Cell::new(false),
             udp: UdpCounters::default(),
             stream_out: RefCell::new(SendQueue::new(gso)),
+            dtls_app: RefCell::default(),
             streams: StreamTable::new(setup.streams_cfg, setup.conn_limits, setup.redact),
             tcp: TcpRelays::default(),
             dtls: DtlsTable::new(setup.dtls_setup),
@@ -1026,7 +1029,8 @@ impl Shard {
         batch: &mut RecvBatch,
         got: std::ops::Range<usize>,
     ) {
-        let mut app = Vec::new();
+        let mut app = std::mem::take(&mut *self.dtls_app.borrow_mut());
+        app.clear();
         for i in got {
             let (len, Some(remote)) = batch.datagram(i) else {
                 continue;
@@ -1041,23 +1045,39 @@ impl Shard {
             for client in self.dtls.take_replaced() {
                 self.client_closed(client);
             }
+        }
+        // The batch's plaintext, in order; relayed data queued per relay socket and sent
+        // with sendmmsg, as on plain UDP (on_client_frames).
+        let mut out = self.stream_out.borrow_mut();
+        for (remote, r) in &app.items {
+            let Some(data) = app.buf.get(r.clone()) else {
+                continue;
+            };
+            if out.is_full() {
+                out.flush(&app.buf);
+            }
             let from = ClientAddr {
                 transport: Transport::Dtls,
-                remote,
+                remote: *remote,
                 local,
             };
-            for data in app.drain(..) {
-                self.guarded(kind_of(&data), || {
-                    let mut engine = self.engine.borrow_mut();
-                    if let Some(to) = engine.handle_client(now, from, &data) {
-                        let fd = self.socks.borrow().relay_fd(to.handle, to.relay);
-                        if let (Some(fd), Some(bytes)) = (fd, data.get(to.range)) {
-                            self.count_send(udp::send_one(fd, bytes, to.peer.0));
-                        }
+            self.guarded(kind_of(data), || {
+                let mut engine = self.engine.borrow_mut();
+                if let Some(to) = engine.handle_client(now, from, data) {
+                    if let Some(fd) = self.socks.borrow().relay_fd(to.handle, to.relay) {
+                        out.push(
+                            fd,
+                            to.peer.0,
+                            r.start + to.range.start..r.start + to.range.end,
+                        );
                     }
-                });
-            }
+                }
+            });
         }
+        out.flush(&app.buf);
+        self.udp.take_from(&mut out);
+        drop(out);
+        *self.dtls_app.borrow_mut() = app;
         self.guarded("flush", || {
             let mut engine = self.engine.borrow_mut();
             self.flush_outputs(&mut engine, now);

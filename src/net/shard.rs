@@ -1046,42 +1046,17 @@ impl Shard {
                 self.client_closed(client);
             }
         }
-        // The batch's plaintext, in order; relayed data queued per relay socket and sent
-        // with sendmmsg, as on plain UDP (on_client_frames).
-        let mut out = self.stream_out.borrow_mut();
-        for (remote, r) in &app.items {
-            let Some(data) = app.buf.get(r.clone()) else {
-                continue;
-            };
-            if out.is_full() {
-                out.flush(&app.buf);
-            }
+        // The batch's plaintext, in order, as a stream read's frames are handled.
+        let items = app.items.iter().map(|(remote, r)| {
             let from = ClientAddr {
                 transport: Transport::Dtls,
                 remote: *remote,
                 local,
             };
-            self.guarded(kind_of(data), || {
-                let mut engine = self.engine.borrow_mut();
-                if let Some(to) = engine.handle_client(now, from, data) {
-                    if let Some(fd) = self.socks.borrow().relay_fd(to.handle, to.relay) {
-                        out.push(
-                            fd,
-                            to.peer.0,
-                            r.start + to.range.start..r.start + to.range.end,
-                        );
-                    }
-                }
-            });
-        }
-        out.flush(&app.buf);
-        self.udp.take_from(&mut out);
-        drop(out);
-        *self.dtls_app.borrow_mut() = app;
-        self.guarded("flush", || {
-            let mut engine = self.engine.borrow_mut();
-            self.flush_outputs(&mut engine, now);
+            (from, r.clone())
         });
+        self.relay_datagrams(now, &app.buf, items);
+        *self.dtls_app.borrow_mut() = app;
     }
 
     /// DTLS retransmissions and timeouts; ended sessions free their allocations.
@@ -1241,9 +1216,7 @@ impl Shard {
         self.flush_outputs(&mut engine, now);
     }
 
-    /// The complete frames of one read from a stream client (`frames` are ranges of `base`):
-    /// relayed data is queued per relay socket and sent with sendmmsg (GSO for equal-size
-    /// runs), at most [`BATCH`] at a time; the engine's other outputs are flushed once.
+    /// The complete frames of one read from a stream client (`frames` are ranges of `base`).
     pub(super) fn on_client_frames(
         self: &Rc<Self>,
         now: Instant,
@@ -1251,8 +1224,21 @@ impl Shard {
         base: &[u8],
         frames: &[std::ops::Range<usize>],
     ) {
+        self.relay_datagrams(now, base, frames.iter().map(|r| (client, r.clone())));
+    }
+
+    /// Client datagrams that are ranges of `base` (a stream read's frames, a DTLS batch's
+    /// plaintext), each with its sender: relayed data is queued per relay socket and sent with
+    /// sendmmsg (GSO for equal-size runs), at most [`BATCH`] at a time; the engine's other
+    /// outputs are flushed once.
+    fn relay_datagrams(
+        self: &Rc<Self>,
+        now: Instant,
+        base: &[u8],
+        items: impl Iterator<Item = (ClientAddr, std::ops::Range<usize>)>,
+    ) {
         let mut out = self.stream_out.borrow_mut();
-        for r in frames {
+        for (client, r) in items {
             let Some(frame) = base.get(r.clone()) else {
                 continue;
             };

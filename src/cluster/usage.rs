@@ -67,6 +67,8 @@ impl UsageSink for Queue {
             bytes_to_client = s.bytes_to_client,
             packets_to_peer = s.packets_to_peer,
             packets_to_client = s.packets_to_client,
+            bandwidth_dropped_to_peer = s.bandwidth_dropped[0],
+            bandwidth_dropped_to_client = s.bandwidth_dropped[1],
             "usage"
         );
         if self.tx.try_send(r).is_err() {
@@ -92,6 +94,14 @@ fn fields(node: &str, r: &UsageRecord) -> Vec<(&'static str, String)> {
         ("bytes_to_client", s.bytes_to_client.to_string()),
         ("packets_to_peer", s.packets_to_peer.to_string()),
         ("packets_to_client", s.packets_to_client.to_string()),
+        (
+            "bandwidth_dropped_to_peer",
+            s.bandwidth_dropped[0].to_string(),
+        ),
+        (
+            "bandwidth_dropped_to_client",
+            s.bandwidth_dropped[1].to_string(),
+        ),
     ]
 }
 

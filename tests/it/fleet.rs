@@ -676,6 +676,9 @@ async fn usage_records_in_the_stream_count_what_was_relayed() {
     assert_eq!(field("packets_to_peer"), "30");
     assert_eq!(field("bytes_to_client"), "1200");
     assert_eq!(field("packets_to_client"), "20");
+    // No cap here: nothing dropped (the engine test of the cap checks a record's drops).
+    assert_eq!(field("bandwidth_dropped_to_peer"), "0");
+    assert_eq!(field("bandwidth_dropped_to_client"), "0");
     let (start, end): (u64, u64) = (
         field("start").parse().unwrap(),
         field("end").parse().unwrap(),

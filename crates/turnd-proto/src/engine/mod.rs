@@ -762,6 +762,7 @@ impl Engine {
         }
         self.shared.quotas.release(&a.user);
         self.report_usage(now, client, &a, &stats, why);
+        let dropped = self.bandwidth.dropped(a.slot);
         self.metrics.count_ended(
             now.saturating_duration_since(a.created),
             client.transport,
@@ -778,6 +779,8 @@ impl Engine {
             bytes_to_client = stats.bytes_to_client,
             packets_to_peer = stats.packets_to_peer,
             packets_to_client = stats.packets_to_client,
+            bandwidth_dropped_to_peer = dropped[0],
+            bandwidth_dropped_to_client = dropped[1],
             "allocation deleted"
         );
     }

@@ -98,6 +98,16 @@ fn engine() -> T {
     engine_with(100, 100)
 }
 
+/// A usage sink that keeps every record (the engine's view of what the daemon's queue gets).
+#[derive(Default)]
+struct RecordingSink(std::sync::Mutex<Vec<UsageRecord>>);
+
+impl UsageSink for RecordingSink {
+    fn record(&self, r: UsageRecord) {
+        self.0.lock().unwrap().push(r);
+    }
+}
+
 fn client(n: u16) -> ClientAddr {
     ClientAddr {
         transport: Transport::Udp,

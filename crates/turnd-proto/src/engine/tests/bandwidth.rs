@@ -167,3 +167,29 @@ fn every_client_transport_is_capped_by_payload_not_by_framing() {
         assert_eq!(s.counters.bandwidth_dropped, [75, 74], "{transport:?}");
     }
 }
+
+/// The usage record of an ended allocation (the Redis stream's and the "usage" log line's
+/// source) carries its drops, as the session API does.
+#[test]
+fn the_usage_record_of_a_capped_allocation_counts_its_drops() {
+    let mut t = engine();
+    let sink = Arc::new(RecordingSink::default());
+    t.e = t.e.with_usage(sink.clone());
+    set_cap(&mut t, 800_000);
+    let c = client(1);
+    let (relay, nonce) = with_channel(&mut t, c);
+    assert_eq!(to_peer(&mut t, c, 30), 25);
+    assert_eq!(to_client(&mut t, c, relay, 27), 25);
+    let r = t.authed(c, &nonce, Req::new(METHOD_REFRESH).lifetime(0));
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    let got = sink.0.lock().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].session.bandwidth_dropped, [5, 2]);
+    assert_eq!(
+        (
+            got[0].session.packets_to_peer,
+            got[0].session.packets_to_client
+        ),
+        (25, 25)
+    );
+}

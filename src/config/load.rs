@@ -379,6 +379,16 @@ fn apply(raw: RawConfig, c: &mut Config, base: &Path, problems: &mut Vec<Problem
         if let Some(v) = r.gso {
             c.relay.gso = v;
         }
+        if let Some(v) = r.coalesce {
+            if v.0 <= super::MAX_COALESCE {
+                c.relay.coalesce = v.0;
+            } else {
+                problems.push(Problem::new(
+                    "relay.coalesce".to_string(),
+                    "must be between 0s (off) and 1ms",
+                ));
+            }
+        }
         if let Some(v) = r.tcp {
             c.relay.tcp = v;
         }

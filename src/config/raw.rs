@@ -243,6 +243,7 @@ pub struct RawRelay {
     pub external: Option<Vec<External>>,
     pub socket_buffer: Option<usize>,
     pub gso: Option<bool>,
+    pub coalesce: Option<Dur>,
     pub tcp: Option<bool>,
     pub tcp_max_connections: Option<usize>,
 }

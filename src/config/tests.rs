@@ -316,6 +316,29 @@ fn tcp_relay_keys_default_off_and_are_checked() {
 }
 
 #[test]
+fn relay_coalesce_defaults_to_50us_and_is_bounded() {
+    assert_eq!(
+        load(MINIMAL).unwrap().relay.coalesce,
+        Duration::from_micros(50)
+    );
+    assert_eq!(
+        Config::development().relay.coalesce,
+        Duration::from_micros(50)
+    );
+    let c = load(&format!("{MINIMAL}[relay]\ncoalesce = \"0s\"\n")).unwrap();
+    assert_eq!(c.relay.coalesce, Duration::ZERO, "0s: off");
+    let c = load(&format!("{MINIMAL}[relay]\ncoalesce = \"200us\"\n")).unwrap();
+    assert_eq!(c.relay.coalesce, Duration::from_micros(200));
+    let e = error(&format!("{MINIMAL}[relay]\ncoalesce = \"2ms\"\n"));
+    assert!(
+        e.contains("relay.coalesce: must be between 0s (off) and 1ms"),
+        "{e}"
+    );
+    let e = error(&format!("{MINIMAL}[relay]\ncoalesce = 50\n"));
+    assert!(e.contains("relay.coalesce"), "{e}");
+}
+
+#[test]
 fn bad_values_name_line_and_key() {
     let cases = [
         (

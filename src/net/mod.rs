@@ -4,6 +4,7 @@
 //! threads. Binding and wiring it all up is `crate::server`'s: `net` knows neither the admin
 //! API nor the HTTP server.
 
+pub mod coalesce;
 mod control;
 pub mod dtls;
 pub mod health;

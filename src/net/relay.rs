@@ -421,6 +421,7 @@ mod tests {
             external: vec![],
             socket_buffer: 1 << 16,
             gso: true,
+            coalesce: std::time::Duration::ZERO,
             tcp: false,
             tcp_max_connections: 16,
         };

@@ -115,6 +115,8 @@ pub struct ShardMetrics {
     /// `recvmmsg` calls that returned datagrams, and the datagrams.
     pub udp_recv_calls: u64,
     pub udp_received: u64,
+    /// Times the UDP loop held after a small turn at a high rate (`[relay] coalesce`).
+    pub udp_coalesce_holds: u64,
     /// DTLS sessions and the stateless HelloVerifyRequests.
     pub dtls: DtlsCounters,
     /// RFC 6062 peer data connections open ([`TcpRelays::open_connections`]).
@@ -206,6 +208,8 @@ struct UdpCounters {
     sent: Cell<u64>,
     recv_calls: Cell<u64>,
     received: Cell<u64>,
+    /// `[relay] coalesce` holds of the UDP loop.
+    holds: Cell<u64>,
 }
 
 impl UdpCounters {
@@ -458,6 +462,9 @@ async fn udp_loop(shard: Rc<Shard>, poll: Poll) {
     let mut out = SendQueue::new(shard.stream_out.borrow().gso());
     // Whether the poll set may hold events not yet taken (a full `events`).
     let mut more_events = false;
+    let mut coalesce = super::coalesce::Coalesce::new(shard.relay_cfg.coalesce, Instant::now());
+    // The thread's timer slack is tightened at the first hold (never at low rates).
+    let mut slack_tight = false;
     loop {
         if ready.is_empty() && !more_events {
             // Nothing queued: wait for the poll set's descriptor. Its readiness is cleared
@@ -520,6 +527,17 @@ async fn udp_loop(shard: Rc<Shard>, poll: Poll) {
         shard.in_turn.set(false);
         shard.socks.borrow_mut().closing.clear();
         shard.udp.take_from(&mut out);
+        // `[relay] coalesce`: at a high rate of small turns, wait before polling again. The
+        // turn's outputs have left; what arrives meanwhile waits in the kernel.
+        let idle = ready.is_empty() && !more_events;
+        if let Some(hold) = coalesce.after_turn(Instant::now(), shard.udp.received.get(), idle) {
+            if !slack_tight {
+                super::coalesce::tighten_timer_slack();
+                slack_tight = true;
+            }
+            std::thread::sleep(hold);
+            shard.udp.holds.set(shard.udp.holds.get() + 1);
+        }
         // Let the shard's stream connections, its timer and its requests run (the runtime
         // also collects the poll set's readiness meanwhile, so the wait above does not
         // block when events came during the turn).
@@ -633,6 +651,7 @@ impl Shard {
                     udp_sent: self.udp.sent.get(),
                     udp_recv_calls: self.udp.recv_calls.get(),
                     udp_received: self.udp.received.get(),
+                    udp_coalesce_holds: self.udp.holds.get(),
                     dtls: self.dtls.counters(),
                     tcp_relay_connections: self.tcp.open_connections(),
                 });

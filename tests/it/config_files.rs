@@ -41,6 +41,7 @@ fn reference_config_loads() {
     assert_eq!(c.relay.ipv6, None);
     assert!(!c.relay.tcp, "RFC 6062 TCP relays are off by default");
     assert_eq!(c.relay.tcp_max_connections, 16);
+    assert_eq!(c.relay.coalesce, Duration::from_micros(50));
     assert_eq!(c.auth.secrets, vec!["placeholder-change-me"]);
     assert_eq!(c.auth.rest_separator, ':');
     assert_eq!(c.lifetimes.allocation_default, Duration::from_secs(600));

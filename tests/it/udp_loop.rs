@@ -128,3 +128,134 @@ async fn batches_are_used_under_load_and_bounded_and_a_flooded_relay_does_not_st
     assert!(send_dgrams / send_calls <= turnd::net::udp::BATCH as f64);
     s.stop();
 }
+
+/// `[relay] coalesce` (on by default, 50 µs): at a moderate rate the loop never holds; at a
+/// high rate of small turns it holds, and every datagram still arrives; with "0s" it never
+/// holds at any rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalescing_holds_only_at_high_rates_and_loses_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const CLIENTS: usize = 8;
+    const MODERATE: u64 = 2_000;
+    const HIGH: u64 = 150_000;
+    let holds = |m: &std::collections::HashMap<String, f64>| {
+        *m.get("turnd_udp_coalesce_holds_total")
+            .expect("turnd_udp_coalesce_holds_total in /metrics")
+    };
+    assert_eq!(
+        turnd::Config::for_tests().relay.coalesce,
+        Duration::from_micros(50),
+        "on by default"
+    );
+    for hold in [Duration::from_micros(50), Duration::ZERO] {
+        let mut c = config();
+        c.relay.coalesce = hold;
+        let s = turnd::start(c).unwrap();
+        let admin = s.admin.unwrap();
+        // One peer socket for all allocations (each allocation's relay socket sends from
+        // its own port), read by a thread that counts; a large buffer (root: forced) so that
+        // a descheduled reader loses nothing.
+        let peer = socket2::Socket::from(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+        peer.set_recv_buffer_size(8 << 20).unwrap();
+        let _ = force_rcvbuf(&peer, 8 << 20);
+        let peer: std::net::UdpSocket = peer.into();
+        let peer_addr = peer.local_addr().unwrap();
+        let mut clients = Vec::new();
+        for _ in 0..CLIENTS {
+            let mut t = UdpTurn::new(s.udp[0]).await;
+            t.allocate().await;
+            t.channel_bind(0x4000, peer_addr).await;
+            clients.push(t.sock.into_std().unwrap());
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                peer.set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                let (mut buf, mut n) = ([0u8; 256], 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    if peer.recv_from(&mut buf).is_ok() {
+                        n += 1;
+                    }
+                }
+                n
+            })
+        };
+        let frame = channel_data(0x4000, &[5u8; 100]);
+        // Send `count` datagrams round-robin over the clients at `rate` per second, evenly
+        // spaced (a spinning pacer: bursts would reach the loop as full turns), bounded: at
+        // most 10 s.
+        let send = |count: u64, rate: u64| {
+            let (clients, frame, server) = (&clients, &frame, s.udp[0]);
+            std::thread::scope(|sc| {
+                sc.spawn(move || {
+                    let start = Instant::now();
+                    let mut sent = 0u64;
+                    while sent < count && start.elapsed() < Duration::from_secs(10) {
+                        let due = start.elapsed().as_micros() as u64 * rate / 1_000_000 + 1;
+                        if sent < due.min(count) {
+                            let _ = clients[sent as usize % CLIENTS].send_to(frame, server);
+                            sent += 1;
+                        } else if rate < 10_000 {
+                            std::thread::sleep(Duration::from_micros(100));
+                        } else {
+                            std::hint::spin_loop();
+                        }
+                    }
+                    sent
+                })
+                .join()
+                .unwrap()
+            })
+        };
+        let m0 = metrics(admin).await;
+        // 2,000 at 2k/s, far under the rate at which holding pays.
+        assert_eq!(send(MODERATE, 2_000), MODERATE);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let m1 = metrics(admin).await;
+        // 150,000 at 150k/s, over it (a 50 µs hold pays from 80k/s).
+        assert_eq!(send(HIGH, 150_000), HIGH);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let m2 = metrics(admin).await;
+        stop.store(true, Ordering::Relaxed);
+        let delivered = reader.join().unwrap();
+        let (moderate, high) = (holds(&m1) - holds(&m0), holds(&m2) - holds(&m1));
+        println!(
+            "coalesce {hold:?}: holds {moderate} at 2k/s, {high} at 150k/s; delivered {delivered}"
+        );
+        assert_eq!(
+            delivered,
+            MODERATE + HIGH,
+            "every datagram reached the peer"
+        );
+        assert_eq!(moderate, 0.0, "no hold at a moderate rate");
+        if hold.is_zero() {
+            assert_eq!(high, 0.0, "coalesce = 0s never holds");
+        } else {
+            assert!(high > 100.0, "held {high} times at 150k datagrams/s");
+        }
+        s.stop();
+    }
+}
+
+/// SO_RCVBUFFORCE (root): past net.core.rmem_max.
+fn force_rcvbuf(s: &socket2::Socket, bytes: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor and a c_int option value of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&bytes as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

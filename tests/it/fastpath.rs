@@ -110,36 +110,52 @@ pub(crate) mod netns {
     const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd13, 0, 0, 0, 0, 0, 0, 2);
     const PEER6: Ipv6Addr = Ipv6Addr::new(0xfd13, 0, 0, 0, 0, 0, 0, 3);
 
-    /// The two namespaces, the veth between them and the far end's `XDP_PASS` program.
-    struct Topo {
-        srv: Netns,
-        cli: Netns,
-        srv_if: String,
+    /// The two namespaces, the veth between them and the far end's `XDP_PASS` program
+    /// (also `fastpath_clients.rs`'s, on its own subnet so both modules' tests can run at once).
+    pub(crate) struct Topo {
+        pub(crate) srv: Netns,
+        pub(crate) cli: Netns,
+        pub(crate) srv_if: String,
         cli_if: String,
-        cli_ns: String,
+        pub(crate) cli_ns: String,
         _pass: turnd::fastpath::PassProgram,
     }
 
     impl Topo {
+        /// This module's: 10.213.0.0/24 and fd13::/64.
         fn new(tag: &str) -> Topo {
+            Topo::build(tag, 'p', 0, true)
+        }
+
+        /// Interfaces `t<letter>s<tag><id>` (server, 10.213.`net`.1/24) and `t<letter>c..`
+        /// (client .2 and peer .3), namespaces `f<letter>s<tag>` and `f<letter>c<tag>`; with
+        /// `v6` also fd13::1, ::2 and ::3 (only one module may use it).
+        pub(crate) fn build(tag: &str, letter: char, net: u8, v6: bool) -> Topo {
             let id = std::process::id() % 100_000;
-            let (srv_if, cli_if) = (format!("tfs{tag}{id}"), format!("tfc{tag}{id}"));
-            let srv = Netns::new(&format!("fps{tag}"));
-            let cli = Netns::new(&format!("fpc{tag}"));
-            let cli_name = format!("turnd-fpc{tag}-{}", std::process::id());
+            let (srv_if, cli_if) = (
+                format!("t{letter}s{tag}{id}"),
+                format!("t{letter}c{tag}{id}"),
+            );
+            let srv = Netns::new(&format!("f{letter}s{tag}"));
+            let cli = Netns::new(&format!("f{letter}c{tag}"));
+            let cli_name = format!("turnd-f{letter}c{tag}-{}", std::process::id());
             srv.ip(&[
                 "link", "add", &srv_if, "type", "veth", "peer", "name", &cli_if, "netns", &cli_name,
             ]);
-            srv.ip(&["addr", "add", "10.213.0.1/24", "dev", &srv_if]);
-            srv.ip(&["addr", "add", "fd13::1/64", "dev", &srv_if, "nodad"]);
+            srv.ip(&["addr", "add", &format!("10.213.{net}.1/24"), "dev", &srv_if]);
+            cli.ip(&["addr", "add", &format!("10.213.{net}.2/24"), "dev", &cli_if]);
+            cli.ip(&["addr", "add", &format!("10.213.{net}.3/24"), "dev", &cli_if]);
+            if v6 {
+                srv.ip(&["addr", "add", "fd13::1/64", "dev", &srv_if, "nodad"]);
+                for a in ["fd13::2/64", "fd13::3/64"] {
+                    cli.ip(&["addr", "add", a, "dev", &cli_if, "nodad"]);
+                }
+            }
             srv.ip(&["link", "set", &srv_if, "up"]);
-            cli.ip(&["addr", "add", "10.213.0.2/24", "dev", &cli_if]);
-            cli.ip(&["addr", "add", "10.213.0.3/24", "dev", &cli_if]);
-            cli.ip(&["addr", "add", "fd13::2/64", "dev", &cli_if, "nodad"]);
-            cli.ip(&["addr", "add", "fd13::3/64", "dev", &cli_if, "nodad"]);
             cli.ip(&["link", "set", &cli_if, "up"]);
+            let families: &[&str] = if v6 { &["ipv4", "ipv6"] } else { &["ipv4"] };
             in_ns(&srv, || {
-                for family in ["ipv4", "ipv6"] {
+                for family in families {
                     std::fs::write(
                         format!("/proc/sys/net/{family}/conf/{srv_if}/forwarding"),
                         "1",
@@ -148,7 +164,8 @@ pub(crate) mod netns {
                 }
             });
             // Senders' datagrams leave with complete UDP checksums, as from a NIC (a veth
-            // otherwise hands over partial ones, which only a local receiver completes).
+            // otherwise hands over partial ones, which only a local receiver completes, and
+            // an incremental update cannot fix: README).
             in_ns(&cli, || tx_checksum_off(&cli_if));
             let pass = in_ns(&cli, || {
                 turnd::fastpath::attach_pass_program(&cli_if)
@@ -203,7 +220,7 @@ pub(crate) mod netns {
         }
 
         /// turnd started in the server's namespace (its shard threads are born there).
-        fn start(&self, config: turnd::Config) -> turnd::Running {
+        pub(crate) fn start(&self, config: turnd::Config) -> turnd::Running {
             in_ns(&self.srv, || {
                 // Why it would not attach, as the test's failure (the server only logs it).
                 if let Err(why) = turnd::fastpath::FastPath::try_start(&config) {
@@ -266,7 +283,7 @@ pub(crate) mod netns {
         }
     }
 
-    fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    pub(crate) fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
         std::thread::scope(|s| {
             s.spawn(|| {
                 ns.enter();
@@ -286,7 +303,8 @@ pub(crate) mod netns {
         prometheus(&text)
     }
 
-    fn kernel(r: &turnd::Running, direction: &str, action: &str) -> f64 {
+    /// The program's own count (`turnd_fastpath_packets_total`, from its per-CPU map).
+    pub(crate) fn kernel(r: &turnd::Running, direction: &str, action: &str) -> f64 {
         let key = format!(
             "turnd_fastpath_packets_total{{direction=\"{direction}\",action=\"{action}\"}}"
         );

@@ -2,7 +2,7 @@
 //! (aiortc's ICE stack) and headless Chromium (libwebrtc's `TurnPort`), both binding channels
 //! and then sending ChannelData. Built only with `--features xdp`.
 //!
-//! Topology as in `fastpath.rs` (its helpers copied, trimmed): two namespaces of our own joined
+//! Topology from `fastpath.rs` (`Topo::build`, on 10.213.1.0/24): two namespaces of our own joined
 //! by a veth pair; the server's has `txs<tag><id>` 10.213.1.1/24 with forwarding on and the
 //! program attached in native mode; the other has `txc<tag><id>` with 10.213.1.2 and 10.213.1.3
 //! and an `XDP_PASS` program so that frames sent with `XDP_TX` arrive. turnd runs in-process on
@@ -19,87 +19,36 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::policy_netns::Netns;
+use crate::fastpath::netns::{in_ns, kernel, Topo};
 use crate::raw::*;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 213, 1, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 213, 1, 2);
 const PEER: Ipv4Addr = Ipv4Addr::new(10, 213, 1, 3);
 
-/// The two namespaces, the veth between them and the far end's `XDP_PASS` program.
-struct Topo {
-    srv: Netns,
-    cli: Netns,
-    cli_name: String,
-    srv_if: String,
-    _pass: turnd::fastpath::PassProgram,
+/// This module's topology: 10.213.1.0/24, interfaces `txs..`/`txc..`, IPv4 only.
+fn topo(tag: &str) -> Topo {
+    Topo::build(tag, 'x', 1, false)
 }
 
-impl Topo {
-    fn new(tag: &str) -> Topo {
-        let id = std::process::id() % 100_000;
-        let (srv_if, cli_if) = (format!("txs{tag}{id}"), format!("txc{tag}{id}"));
-        let srv = Netns::new(&format!("fxs{tag}"));
-        let cli = Netns::new(&format!("fxc{tag}"));
-        let cli_name = format!("turnd-fxc{tag}-{}", std::process::id());
-        srv.ip(&[
-            "link", "add", &srv_if, "type", "veth", "peer", "name", &cli_if, "netns", &cli_name,
-        ]);
-        srv.ip(&["addr", "add", "10.213.1.1/24", "dev", &srv_if]);
-        srv.ip(&["link", "set", &srv_if, "up"]);
-        cli.ip(&["addr", "add", "10.213.1.2/24", "dev", &cli_if]);
-        cli.ip(&["addr", "add", "10.213.1.3/24", "dev", &cli_if]);
-        cli.ip(&["link", "set", &cli_if, "up"]);
-        // Senders emit complete UDP checksums, as through a NIC (a veth hands the program
-        // CHECKSUM_PARTIAL frames, which an incremental update cannot fix: README).
-        in_ns(&cli, || crate::fastpath::netns::tx_checksum_off(&cli_if));
-        in_ns(&srv, || {
-            std::fs::write(format!("/proc/sys/net/ipv4/conf/{srv_if}/forwarding"), "1")
-                .expect("enable forwarding in the server's namespace (needs root)")
-        });
-        let pass = in_ns(&cli, || {
-            turnd::fastpath::attach_pass_program(&cli_if)
-                .unwrap_or_else(|e| panic!("the kernel refused an XDP program (root?): {e}"))
-        });
-        Topo {
-            srv,
-            cli,
-            cli_name,
-            srv_if,
-            _pass: pass,
+/// A server config on the topology's server address with the fast path on its interface.
+fn fast_config(t: &Topo) -> turnd::Config {
+    let mut c = server_config(SERVER, 41000);
+    c.fastpath.xdp = vec![t.srv_if.clone()];
+    c.validate().expect("a valid config");
+    c
+}
+
+/// The server resolves both client-side addresses now, so that no packet of the test
+/// waits in user space for a neighbour entry (the program passes those up).
+fn resolve_neighbours(t: &Topo) {
+    in_ns(&t.srv, || {
+        let s = std::net::UdpSocket::bind((SERVER, 0)).unwrap();
+        for a in [CLIENT, PEER] {
+            s.send_to(b"arp", (a, 9)).unwrap();
         }
-    }
-
-    fn config(&self) -> turnd::Config {
-        let mut c = server_config(SERVER, 41000);
-        c.fastpath.xdp = vec![self.srv_if.clone()];
-        c.validate().expect("a valid config");
-        c
-    }
-
-    /// turnd with the fast path started in the server's namespace.
-    fn start(&self, config: turnd::Config) -> turnd::Running {
-        in_ns(&self.srv, || {
-            if let Err(why) = turnd::fastpath::FastPath::try_start(&config) {
-                panic!("the fast path cannot attach: {why}");
-            }
-            let running = turnd::start(config).expect("turnd starts");
-            assert!(running.control.fastpath().is_on(), "the fast path attached");
-            running
-        })
-    }
-
-    /// The server resolves both client-side addresses now, so that no packet of the test
-    /// waits in user space for a neighbour entry (the program passes those up).
-    fn resolve_neighbours(&self) {
-        in_ns(&self.srv, || {
-            let s = std::net::UdpSocket::bind((SERVER, 0)).unwrap();
-            for a in [CLIENT, PEER] {
-                s.send_to(b"arp", (a, 9)).unwrap();
-            }
-        });
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    });
+    std::thread::sleep(Duration::from_millis(300));
 }
 
 /// A plain server config on `addr` (relay on the same address), peers in 10.213.1.0/24.
@@ -123,30 +72,6 @@ fn server_config(addr: Ipv4Addr, ports: u16) -> turnd::Config {
     c.realm = REALM.into();
     c.validate().expect("a valid config");
     c
-}
-
-fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            ns.enter();
-            f()
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
-    })
-}
-
-/// The program's own count (`turnd_fastpath_packets_total`, from its per-CPU map).
-fn kernel(r: &turnd::Running, direction: &str, action: &str) -> f64 {
-    let text = turnd::admin::metrics::render(
-        &r.control.metrics(),
-        &turnd::admin::metrics::ProcessMetrics::read(&r.control),
-    );
-    let key =
-        format!("turnd_fastpath_packets_total{{direction=\"{direction}\",action=\"{action}\"}}");
-    *prometheus(&text)
-        .get(&key)
-        .unwrap_or_else(|| panic!("no {key} in /metrics"))
 }
 
 fn kernel_tx(r: &turnd::Running) -> (f64, f64) {
@@ -193,9 +118,9 @@ fn aioice_relays_channel_data_through_the_kernel_fast_path() {
         "python3 with aioice is required (pip install aioice==0.13.0): {}",
         String::from_utf8_lossy(&probe.stderr)
     );
-    let t = Topo::new("a");
-    let running = t.start(t.config());
-    t.resolve_neighbours();
+    let t = topo("a");
+    let running = t.start(fast_config(&t));
+    resolve_neighbours(&t);
     let port = running.udp[0].port().to_string();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let peer_sock = in_ns(&t.cli, || std::net::UdpSocket::bind((PEER, 0)).unwrap());
@@ -204,7 +129,7 @@ fn aioice_relays_channel_data_through_the_kernel_fast_path() {
     let (out, (echoed, relayed_from)) = std::thread::scope(|s| {
         let echoer = s.spawn(|| echo(peer_sock, 10 * COUNT, &stop));
         let out = Command::new("timeout")
-            .args(["120", "ip", "netns", "exec", &t.cli_name, "python3"])
+            .args(["120", "ip", "netns", "exec", &t.cli_ns, "python3"])
             .arg(&script)
             .args(["--server", "10.213.1.1", "--port", &port, "--user", USER])
             .args(["--password", PASS, "--peer", &peer, "--sizes", SIZES])
@@ -266,12 +191,12 @@ fn chromium_relay_only_call_goes_through_the_kernel_fast_path() {
     const CHROMIUM: &str = "/usr/bin/chromium";
     const MESSAGES: u64 = 200;
     check_tools("playwright-core", &[CHROMIUM]);
-    let t = Topo::new("b");
-    let running = t.start(t.config());
+    let t = topo("b");
+    let running = t.start(fast_config(&t));
     let other = in_ns(&t.cli, || {
         turnd::start(server_config(PEER, 42000)).expect("the second turnd starts")
     });
-    t.resolve_neighbours();
+    resolve_neighbours(&t);
     let (ua, ub) = (
         format!("10.213.1.1:{}", running.udp[0].port()),
         format!("10.213.1.3:{}", other.udp[0].port()),

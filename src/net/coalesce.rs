@@ -33,6 +33,9 @@ pub struct Coalesce {
     last: u64,
     /// The last window's receive rate, datagrams per second.
     rate: f64,
+    /// Whether the thread's timer slack has been tightened (at the first hold, never at low
+    /// rates).
+    slack_tight: bool,
 }
 
 impl Coalesce {
@@ -50,7 +53,23 @@ impl Coalesce {
             window_from: 0,
             last: 0,
             rate: 0.0,
+            slack_tight: false,
         }
+    }
+
+    /// The loop's call after each turn: [`Coalesce::after_turn`] at the current time. Off, it
+    /// returns at once without reading the clock; before the first hold it tightens the
+    /// thread's timer slack ([`tighten_timer_slack`]).
+    pub fn after_turn_now(&mut self, received: u64, idle: bool) -> Option<Duration> {
+        if self.hold.is_zero() {
+            return None;
+        }
+        let hold = self.after_turn(Instant::now(), received, idle)?;
+        if !self.slack_tight {
+            tighten_timer_slack();
+            self.slack_tight = true;
+        }
+        Some(hold)
     }
 
     /// After every loop turn, given the loop's running count of received datagrams and
@@ -102,6 +121,33 @@ mod tests {
         let mut c = Coalesce::new(Duration::ZERO, t0);
         // 1M datagrams/s in turns of one.
         assert_eq!(holds(&mut c, t0, Duration::from_micros(1), 1, 10_000), 0);
+        // The loop's call: off, it never holds and never touches the thread's timer slack.
+        for received in 1..=10_000 {
+            assert_eq!(c.after_turn_now(received, true), None);
+        }
+        assert!(!c.slack_tight);
+    }
+
+    #[test]
+    fn the_loops_call_holds_at_a_high_rate_and_tightens_the_slack_once() {
+        // Turns of two datagrams, 10 µs apart on the real clock (200k/s): after the first
+        // window, every turn holds.
+        let t0 = Instant::now();
+        let mut c = Coalesce::new(HOLD, t0);
+        let mut received = 0;
+        let mut held = 0;
+        while t0.elapsed() < Duration::from_millis(40) {
+            let next = Instant::now() + Duration::from_micros(10);
+            while Instant::now() < next {
+                std::hint::spin_loop();
+            }
+            received += 2;
+            if c.after_turn_now(received, true) == Some(HOLD) {
+                held += 1;
+                assert!(c.slack_tight);
+            }
+        }
+        assert!(held > 0, "no hold at 200k datagrams/s");
     }
 
     #[test]

@@ -463,8 +463,6 @@ async fn udp_loop(shard: Rc<Shard>, poll: Poll) {
     // Whether the poll set may hold events not yet taken (a full `events`).
     let mut more_events = false;
     let mut coalesce = super::coalesce::Coalesce::new(shard.relay_cfg.coalesce, Instant::now());
-    // The thread's timer slack is tightened at the first hold (never at low rates).
-    let mut slack_tight = false;
     loop {
         if ready.is_empty() && !more_events {
             // Nothing queued: wait for the poll set's descriptor. Its readiness is cleared
@@ -530,11 +528,7 @@ async fn udp_loop(shard: Rc<Shard>, poll: Poll) {
         // `[relay] coalesce`: at a high rate of small turns, wait before polling again. The
         // turn's outputs have left; what arrives meanwhile waits in the kernel.
         let idle = ready.is_empty() && !more_events;
-        if let Some(hold) = coalesce.after_turn(Instant::now(), shard.udp.received.get(), idle) {
-            if !slack_tight {
-                super::coalesce::tighten_timer_slack();
-                slack_tight = true;
-            }
+        if let Some(hold) = coalesce.after_turn_now(shard.udp.received.get(), idle) {
             std::thread::sleep(hold);
             shard.udp.holds.set(shard.udp.holds.get() + 1);
         }

@@ -5,8 +5,7 @@
 //! in `turnd_bandwidth_dropped_total`; with 0 everything arrives; a reload (what SIGHUP runs)
 //! caps an allocation that is already relaying.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -99,24 +98,10 @@ fn udp_v4(running: &turnd::Running) -> SocketAddr {
 
 /// `turnd_bandwidth_dropped_total{direction="..."}` from the admin listener's `/metrics`.
 fn dropped(running: &turnd::Running, direction: &str) -> u64 {
-    let admin = running.admin.expect("admin listener");
-    let mut s = TcpStream::connect(admin).expect("connect admin");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-admin-token\r\n\
-         Connection: close\r\n\r\n"
+    metric(
+        running,
+        &format!("turnd_bandwidth_dropped_total{{direction=\"{direction}\"}}"),
     )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read /metrics");
-    let key = format!("turnd_bandwidth_dropped_total{{direction=\"{direction}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .unwrap_or_else(|| panic!("no {key} in /metrics:\n{text}"))
-        .trim()
-        .parse()
-        .expect("a counter value")
 }
 
 fn uclient(server: SocketAddr, peer: SocketAddr, messages: u32) -> Uclient {

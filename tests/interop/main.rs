@@ -11,6 +11,7 @@ mod common;
 mod auth_sha256;
 mod bandwidth;
 mod bound_credentials;
+mod coalesce;
 mod dtls;
 mod interop_streams;
 mod interop_udp;

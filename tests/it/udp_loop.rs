@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 use crate::raw::*;
 use tokio::net::UdpSocket;
 
+/// The two load tests here run one at a time: the flood of one starves the other's paced
+/// 150k datagrams/s of CPU on a 2-core machine, and UDP then drops what the loss check counts.
+static LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn config() -> turnd::Config {
     let mut c = turnd::Config::for_tests();
     c.workers = 1;
@@ -57,6 +61,7 @@ async fn round_trip(c: &UdpTurn, peer: &UdpSocket, relay: SocketAddr, i: u8) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_are_used_under_load_and_bounded_and_a_flooded_relay_does_not_stall_another() {
+    let _one_at_a_time = LOAD.lock().await;
     let s = turnd::start(config()).unwrap();
     let admin = s.admin.unwrap();
     // Two allocations on the one shard: A gets flooded by its peer, B must keep relaying.
@@ -134,6 +139,7 @@ async fn batches_are_used_under_load_and_bounded_and_a_flooded_relay_does_not_st
 /// holds at any rate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coalescing_holds_only_at_high_rates_and_loses_nothing() {
+    let _one_at_a_time = LOAD.lock().await;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     const CLIENTS: usize = 8;
@@ -234,7 +240,9 @@ async fn coalescing_holds_only_at_high_rates_and_loses_nothing() {
         if hold.is_zero() {
             assert_eq!(high, 0.0, "coalesce = 0s never holds");
         } else {
-            assert!(high > 100.0, "held {high} times at 150k datagrams/s");
+            // Turns that read 16 or more need no hold, so how many turns hold depends on the
+            // machine's speed (189-6,741 seen); a broken hold gives 0.
+            assert!(high >= 20.0, "held {high} times at 150k datagrams/s");
         }
         s.stop();
     }

@@ -1,5 +1,5 @@
-//! Loopback probes (STUN Binding, TCP accept), free port pairs and TURN REST credentials
-//! computed independently of turnd.
+//! Loopback probes (STUN Binding, TCP accept), free port pairs, TURN REST credentials
+//! computed independently of turnd, and one series of an in-process turnd's `/metrics`.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -102,4 +102,29 @@ pub(crate) fn free_udp_port_pair() -> u16 {
         }
     }
     panic!("no free UDP port pair on loopback after 100 tries");
+}
+
+/// The value of `series` (a metric name with its labels, as `/metrics` prints it) from the
+/// admin listener of a turnd started with `Config::for_tests()` (its token). Panics when the
+/// series is missing.
+pub fn metric(running: &turnd::Running, series: &str) -> u64 {
+    use std::io::{Read, Write};
+    let admin = running.admin.expect("admin listener");
+    let mut s = std::net::TcpStream::connect(admin).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-admin-token\r\n\
+         Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read /metrics");
+    let key = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
+        .trim()
+        .parse()
+        .expect("a counter value")
 }

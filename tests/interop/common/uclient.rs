@@ -89,6 +89,12 @@ impl Uclient {
         self.flag("-y")
     }
 
+    /// `-m n`: clients, each with its own allocation(s), sending at once.
+    pub fn clients(mut self, n: u32) -> Self {
+        self.clients = n;
+        self.opt("-m", n)
+    }
+
     /// `-n n`: messages per connection.
     pub fn messages(mut self, n: u32) -> Self {
         self.messages = n;

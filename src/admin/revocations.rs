@@ -43,6 +43,16 @@ fn no_target() -> Response {
         .into_response()
 }
 
+/// 500 for a revocation change the store refused (logged once here, the cause not sent).
+fn not_stored(e: anyhow::Error, what: &str) -> Response {
+    tracing::warn!(error = %format!("{e:#}"), "revocation change not stored");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("cannot store {what}\n"),
+    )
+        .into_response()
+}
+
 pub(super) async fn list(State(s): State<AdminState>, headers: HeaderMap) -> Response {
     if let Some(r) = refused(&s, &headers) {
         return r;
@@ -80,14 +90,7 @@ pub(super) async fn add(
     let control = s.control.clone();
     match ask(move || control.revoke(what, until, now)).await {
         Ok(Ok(ended)) => Json(json!({ "until": until, "ended": ended })).into_response(),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %format!("{e:#}"), "revocation not stored");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "cannot store the revocation\n",
-            )
-                .into_response()
-        }
+        Ok(Err(e)) => not_stored(e, "the revocation"),
         Err(r) => r,
     }
 }
@@ -107,14 +110,7 @@ pub(super) async fn remove(
     match ask(move || control.unrevoke(&what, unix_now())).await {
         Ok(Ok(true)) => StatusCode::NO_CONTENT.into_response(),
         Ok(Ok(false)) => (StatusCode::NOT_FOUND, "no such revocation\n").into_response(),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %format!("{e:#}"), "revocation change not stored");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "cannot store the change\n",
-            )
-                .into_response()
-        }
+        Ok(Err(e)) => not_stored(e, "the change"),
         Err(r) => r,
     }
 }

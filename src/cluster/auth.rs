@@ -96,21 +96,27 @@ struct FleetAuth {
     fleet: Arc<FleetCreds>,
 }
 
+/// The local answer and the fleet's together: every key of either (the local ones first),
+/// else expired if either says so, else unknown.
+fn merge<K>(local: Lookup<K>, fleet: Lookup<K>) -> Lookup<K> {
+    match (local, fleet) {
+        (Lookup::Keys(mut a), Lookup::Keys(b)) => {
+            a.extend(b);
+            Lookup::Keys(a)
+        }
+        (Lookup::Keys(a), _) | (_, Lookup::Keys(a)) => Lookup::Keys(a),
+        (Lookup::Expired, _) | (_, Lookup::Expired) => Lookup::Expired,
+        _ => Lookup::Unknown,
+    }
+}
+
 impl Authenticator for FleetAuth {
     fn lookup(&self, username: &str, realm: &str, unix_now: u64) -> Lookup {
         let local = self.inner.lookup(username, realm, unix_now);
         let Some(fleet) = self.fleet.get() else {
             return local;
         };
-        match (local, fleet.lookup(username, realm, unix_now)) {
-            (Lookup::Keys(mut a), Lookup::Keys(b)) => {
-                a.extend(b);
-                Lookup::Keys(a)
-            }
-            (Lookup::Keys(a), _) | (_, Lookup::Keys(a)) => Lookup::Keys(a),
-            (Lookup::Expired, _) | (_, Lookup::Expired) => Lookup::Expired,
-            _ => Lookup::Unknown,
-        }
+        merge(local, fleet.lookup(username, realm, unix_now))
     }
 
     fn principal<'a>(&self, username: &'a str) -> &'a str {
@@ -127,15 +133,7 @@ impl Authenticator for FleetAuth {
         let Some(fleet) = self.fleet.get() else {
             return local;
         };
-        match (local, fleet.lookup_sha256(username, realm, unix_now)) {
-            (Lookup::Keys(mut a), Lookup::Keys(b)) => {
-                a.extend(b);
-                Lookup::Keys(a)
-            }
-            (Lookup::Keys(a), _) | (_, Lookup::Keys(a)) => Lookup::Keys(a),
-            (Lookup::Expired, _) | (_, Lookup::Expired) => Lookup::Expired,
-            _ => Lookup::Unknown,
-        }
+        merge(local, fleet.lookup_sha256(username, realm, unix_now))
     }
 
     fn permits_client(&self, username: &str, client: std::net::IpAddr) -> bool {

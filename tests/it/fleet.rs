@@ -1403,7 +1403,25 @@ async fn chromium_redirect_in_netns(
     for t in &mut held {
         assert_eq!(allocate(t).await, None);
     }
-    tokio::time::sleep(heartbeats(3)).await;
+    // Until A redirects (its next heartbeat sees the two; a loaded machine may delay it
+    // past a fixed wait): an Allocate of ours gets the 300 first. One that A still admits
+    // is held too (A only gets busier).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut probe = turn(&a, "bob").await;
+        let r = probe.ask(METHOD_ALLOCATE, &[&udp_transport()]).await;
+        if code(&r) == Some(300) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A never redirected: {:?}",
+            code(&r)
+        );
+        held.push(probe);
+        // One probe a heartbeat: bob's quota (10) allows 8 more before 486s.
+        tokio::time::sleep(heartbeats(1)).await;
+    }
     let servers = serde_json::json!([
         {"name": "udp", "url": format!("turn:{ua}?transport=udp"),
          "username": "alice", "credential": "alice-pw"},

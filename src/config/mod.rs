@@ -358,7 +358,7 @@ pub struct Relay {
     /// SO_RCVBUF and SO_SNDBUF of every relay socket, in bytes (the kernel caps them at
     /// net.core.rmem_max / wmem_max).
     pub socket_buffer: usize,
-    /// Send runs of equal-size datagrams to one destination as one UDP GSO message.
+    /// Send runs of equal-size datagrams to one destination (the last may be shorter) as one UDP GSO message.
     pub gso: bool,
     /// How long a shard's UDP loop waits after a small turn at high packet rates, so that its
     /// next system calls carry more datagrams (`net::coalesce`); zero: never.

@@ -1,5 +1,5 @@
 //! Batched UDP I/O for a shard's loop: `recvmmsg(2)` into fixed slots, `sendmmsg(2)` out of
-//! them, and UDP GSO (`UDP_SEGMENT`) for runs of equal-size datagrams to one destination.
+//! them, and UDP GSO (`UDP_SEGMENT`) for runs of equal-size datagrams to one destination (the last of a run may be shorter).
 //!
 //! Hand-written rather than `quinn-udp`: quinn-udp sends one destination per call (one
 //! `sendmsg`, with GSO), while a shard's answers to many clients leave one listener socket and
@@ -314,14 +314,20 @@ impl SendQueue {
                 let mut total = first.len as usize;
                 while k + count < to && count < MAX_SEGMENTS {
                     let next = self.items[k + count];
+                    // Segments are `first.len` bytes but the last, which may be shorter
+                    // (not empty: a run of exactly `first.len` bytes is not segmented).
                     if next.to != first.to
-                        || next.len != first.len
+                        || next.len > first.len
+                        || next.len == 0
                         || total + next.len as usize > MAX_GSO_BYTES
                     {
                         break;
                     }
                     total += next.len as usize;
                     count += 1;
+                    if next.len < first.len {
+                        break;
+                    }
                 }
             }
             let iov_first = self.iov.len();
@@ -615,6 +621,41 @@ mod tests {
             .collect();
         assert_eq!(from_b, vec![0, 1, 3, 4]);
         assert_eq!(from_c, vec![2, 5]);
+    }
+
+    #[test]
+    fn a_gso_run_may_end_with_one_shorter_datagram_and_every_length_arrives() {
+        let (a, b) = pair();
+        let lens = [100usize, 100, 60, 100, 100, 100, 0, 40, 30];
+        for (i, &n) in lens.iter().enumerate() {
+            a.send_to(&vec![i as u8; n], b.local_addr().unwrap())
+                .unwrap();
+        }
+        let mut batch = RecvBatch::new();
+        assert_eq!(batch.recv(b.as_raw_fd()).unwrap(), lens.len());
+        let mut q = SendQueue::new(gso_supported());
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sink.set_nonblocking(true).unwrap();
+        let to = sink.local_addr().unwrap();
+        for (i, &n) in lens.iter().enumerate() {
+            let at = RecvBatch::slot_offset(i) + HEADROOM;
+            q.push(b.as_raw_fd(), to, at..at + n);
+        }
+        q.flush(batch.data());
+        assert_eq!((q.calls, q.sent, q.dropped), (1, lens.len() as u64, 0));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2000];
+        while let Ok((n, _)) = sink.recv_from(&mut buf) {
+            assert!(
+                buf[..n].iter().all(|&x| x == got.len() as u8),
+                "datagram {}",
+                got.len()
+            );
+            got.push(n);
+        }
+        // [100 100 60] [100 100 100] [0] [40 30] as GSO messages: each length, in order.
+        assert_eq!(got, lens);
     }
 
     #[test]

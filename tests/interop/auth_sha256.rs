@@ -29,8 +29,7 @@ impl Turnd {
     }
 
     fn addr(&self, ip: IpAddr) -> SocketAddr {
-        let udp = &self.0.as_ref().unwrap().udp;
-        *udp.iter().find(|a| a.ip() == ip).expect("a UDP listener")
+        listener(self.0.as_ref().unwrap(), ClientTransport::Udp, ip)
     }
 
     /// Waits (at most 5 s) for `allocations` allocations.

@@ -88,14 +88,6 @@ fn start(bps: u64) -> turnd::Running {
     turnd::start(c).expect("turnd starts")
 }
 
-fn udp_v4(running: &turnd::Running) -> SocketAddr {
-    *running
-        .udp
-        .iter()
-        .find(|a| a.is_ipv4())
-        .expect("a UDP listener on 127.0.0.1")
-}
-
 /// `turnd_bandwidth_dropped_total{direction="..."}` from the admin listener's `/metrics`.
 fn dropped(running: &turnd::Running, direction: &str) -> u64 {
     metric(
@@ -128,7 +120,11 @@ fn bytes_between(arrivals: &[(Instant, usize)], from: Instant, to: Instant) -> u
 fn uclient_over_the_cap_gets_the_cap_and_the_rest_is_dropped_and_counted() {
     let running = start(CAP_BPS);
     let peer = TimedPeer::start(V4);
-    let u = uclient(udp_v4(&running), peer.addr, 1500);
+    let u = uclient(
+        listener(&running, ClientTransport::Udp, V4),
+        peer.addr,
+        1500,
+    );
     let r = u.run();
     let ctx = r.context();
     assert!(r.summary, "uclient printed no summary\n{ctx}");
@@ -178,7 +174,11 @@ fn uclient_over_the_cap_gets_the_cap_and_the_rest_is_dropped_and_counted() {
 fn uclient_with_cap_zero_gets_everything_through() {
     let running = start(0);
     let peer = TimedPeer::start(V4);
-    let u = uclient(udp_v4(&running), peer.addr, 1500);
+    let u = uclient(
+        listener(&running, ClientTransport::Udp, V4),
+        peer.addr,
+        1500,
+    );
     let r = u.run();
     r.assert_all_relayed(u.expected_messages());
     assert_eq!(peer.arrivals().len() as u64, u.expected_messages());
@@ -191,7 +191,11 @@ fn uclient_with_cap_zero_gets_everything_through() {
 fn a_reload_caps_an_allocation_that_is_already_relaying() {
     let running = start(0);
     let peer = TimedPeer::start(V4);
-    let u = uclient(udp_v4(&running), peer.addr, 2500);
+    let u = uclient(
+        listener(&running, ClientTransport::Udp, V4),
+        peer.addr,
+        2500,
+    );
     let runner = std::thread::spawn(move || u.run());
     // Wait until the data flows uncapped, then reload with the cap (what SIGHUP does).
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -15,8 +15,7 @@ impl Turnd {
         ))
     }
     fn addr(&self, ip: std::net::IpAddr) -> std::net::SocketAddr {
-        let udp = &self.0.as_ref().unwrap().udp;
-        *udp.iter().find(|a| a.ip() == ip).expect("a UDP listener")
+        listener(self.0.as_ref().unwrap(), ClientTransport::Udp, ip)
     }
 }
 

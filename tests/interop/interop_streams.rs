@@ -64,16 +64,7 @@ impl Turnd {
 
     /// The TCP or TLS listener on `ip` (127.0.0.1 or ::1).
     fn addr(&self, t: ClientTransport, ip: IpAddr) -> SocketAddr {
-        let r = self.running();
-        let list = match t {
-            ClientTransport::Udp => &r.udp,
-            ClientTransport::Tcp => &r.tcp,
-            ClientTransport::Tls => &r.tls,
-        };
-        *list
-            .iter()
-            .find(|a| a.ip() == ip)
-            .unwrap_or_else(|| panic!("no {} listener on {ip}: {list:?}", t.name()))
+        listener(self.running(), t, ip)
     }
 
     /// See [`assert_stats_settle`](crate::common::assert_stats_settle).

@@ -25,10 +25,7 @@ impl Turnd {
 
     /// The UDP listener on `ip` (127.0.0.1 or ::1).
     fn addr(&self, ip: IpAddr) -> SocketAddr {
-        let udp = &self.running().udp;
-        *udp.iter()
-            .find(|a| a.ip() == ip)
-            .unwrap_or_else(|| panic!("no UDP listener on {ip}: {udp:?}"))
+        listener(self.running(), ClientTransport::Udp, ip)
     }
 
     /// See [`assert_stats_settle`](crate::common::assert_stats_settle).

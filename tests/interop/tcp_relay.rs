@@ -40,13 +40,7 @@ impl Turnd {
     }
 
     fn addr(&self, t: ClientTransport, ip: IpAddr) -> SocketAddr {
-        let r = self.running();
-        let list = match t {
-            ClientTransport::Udp => &r.udp,
-            ClientTransport::Tcp => &r.tcp,
-            ClientTransport::Tls => &r.tls,
-        };
-        *list.iter().find(|a| a.ip() == ip).expect("a listener")
+        listener(self.running(), t, ip)
     }
 }
 

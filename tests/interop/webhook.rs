@@ -2,7 +2,6 @@
 //! (UDP and TCP) authenticate as a user only the webhook knows, on their first attempt, and
 //! relay. The webhook is a real axum server on loopback (`tests/it/common/webhook_server.rs`).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::common::*;
@@ -36,13 +35,6 @@ fn start(hook: &Hook) -> Turnd {
     Turnd(Some(turnd::start(c).expect("turnd starts")))
 }
 
-fn v4(addrs: &[SocketAddr]) -> SocketAddr {
-    *addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .expect("an IPv4 listener")
-}
-
 fn assert_one_allow(turnd: &Turnd, hook: &Hook) {
     let s = turnd.r().control.webhook().unwrap().stats();
     assert_eq!(
@@ -61,7 +53,7 @@ fn assert_one_allow(turnd: &Turnd, hook: &Hook) {
 fn uclient_authenticates_through_the_webhook() {
     let hook = Hook::start();
     let turnd = start(&hook);
-    let server = v4(&turnd.r().udp);
+    let server = listener(turnd.r(), ClientTransport::Udp, V4);
     let peer = EchoPeer::start(server.ip());
     let u = Uclient::new(server)
         .user(HOOK_USER, HOOK_PASS)
@@ -81,7 +73,7 @@ fn uclient_is_refused_when_the_webhook_denies() {
     let hook = Hook::start();
     let turnd = start(&hook);
     hook.state.set(HOOK_USER, Reply::Deny);
-    let server = v4(&turnd.r().udp);
+    let server = listener(turnd.r(), ClientTransport::Udp, V4);
     let peer = EchoPeer::start(server.ip());
     let r = Uclient::new(server)
         .user(HOOK_USER, HOOK_PASS)
@@ -110,8 +102,8 @@ fn aioice_udp_and_tcp_authenticate_through_the_webhook() {
         c.auth.secrets.clear();
         let turnd = Turnd(Some(turnd::start(c).expect("turnd starts")));
         let server = match transport {
-            "udp" => v4(&turnd.r().udp),
-            _ => v4(&turnd.r().tcp),
+            "udp" => listener(turnd.r(), ClientTransport::Udp, V4),
+            _ => listener(turnd.r(), ClientTransport::Tcp, V4),
         };
         let peer = EchoPeer::start(server.ip());
         let r = run_aioice_with(server, HOOK_USER, HOOK_PASS, peer.addr(), &opts)

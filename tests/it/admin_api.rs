@@ -1,7 +1,6 @@
 //! The admin API: a known workload moves the metrics by known amounts; the session API
 //! needs the token, lists live allocations and ends them.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::raw::*;
@@ -9,12 +8,6 @@ use stun::message::*;
 use tokio::net::UdpSocket;
 
 const TOKEN: &str = "test-admin-token";
-
-async fn scrape(admin: SocketAddr) -> std::collections::HashMap<String, f64> {
-    let (status, body) = http("GET", admin, "/metrics", None).await;
-    assert_eq!(status, 200);
-    prometheus(&body)
-}
 
 fn get(m: &std::collections::HashMap<String, f64>, k: &str) -> f64 {
     *m.get(k).unwrap_or_else(|| panic!("metric {k} missing"))
@@ -24,7 +17,7 @@ fn get(m: &std::collections::HashMap<String, f64>, k: &str) -> f64 {
 async fn a_known_workload_moves_the_metrics() {
     let srv = turnd::start(turnd::Config::for_tests()).unwrap();
     let admin = srv.admin.unwrap();
-    let before = scrape(admin).await;
+    let before = metrics(admin).await;
     assert_eq!(get(&before, "turnd_allocations_total"), 0.0);
 
     let mut c = UdpTurn::new(srv.udp[0]).await;
@@ -49,7 +42,7 @@ async fn a_known_workload_moves_the_metrics() {
     let r = bad.ask(METHOD_ALLOCATE, &[&udp_transport()]).await;
     assert_eq!(code(&r), Some(401));
 
-    let m = scrape(admin).await;
+    let m = metrics(admin).await;
     assert_eq!(get(&m, "turnd_allocations_total"), 1.0);
     assert_eq!(
         get(
@@ -120,7 +113,7 @@ async fn a_known_workload_moves_the_metrics() {
     // Ending the allocation keeps its traffic in the totals and fills the histogram.
     let r = c.ask(METHOD_REFRESH, &[&lifetime(0)]).await;
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
-    let m = scrape(admin).await;
+    let m = metrics(admin).await;
     assert_eq!(
         get(
             &m,

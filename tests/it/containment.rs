@@ -21,14 +21,6 @@ fn config(workers: usize) -> turnd::Config {
     c
 }
 
-async fn metric(admin: SocketAddr, name: &str) -> f64 {
-    let (status, body) = http("GET", admin, "/metrics", None).await;
-    assert_eq!(status, 200);
-    *prometheus(&body)
-        .get(name)
-        .unwrap_or_else(|| panic!("metric {name} missing"))
-}
-
 /// Relay `payload` client -> peer over channel 0x4000 and back; panics if either is lost.
 async fn relays(c: &UdpTurn, peer: &UdpSocket, relay: SocketAddr, payload: &[u8]) {
     let mut buf = [0u8; 256];

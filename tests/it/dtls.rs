@@ -329,14 +329,6 @@ fn client_hello(cookie: &[u8], random: u8) -> Vec<u8> {
     rec
 }
 
-async fn metric(admin: SocketAddr, name: &str) -> f64 {
-    let (status, body) = http("GET", admin, "/metrics", None).await;
-    assert_eq!(status, 200);
-    *prometheus(&body)
-        .get(name)
-        .unwrap_or_else(|| panic!("metric {name} missing"))
-}
-
 /// coturn's 2026 advisory: per-client state allocated before the cookie check. 3 x 40,000
 /// ClientHellos from 4,000 source addresses/ports (127.0.<1..16>.<1..250>), without a cookie
 /// and with forged ones, at the built daemon: every one is answered with a HelloVerifyRequest

@@ -157,18 +157,10 @@ async fn allocate(c: &mut UdpTurn) -> Option<u16> {
     code(&c.ask(METHOD_ALLOCATE, &[&udp_transport()]).await)
 }
 
-async fn metric(d: &Daemon, name: &str) -> f64 {
-    let (status, body) = http("GET", d.admin, "/metrics", None).await;
-    assert_eq!(status, 200);
-    *prometheus(&body)
-        .get(name)
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
-}
-
 async fn wait_metric(d: &Daemon, name: &str, want: f64, within: Duration) -> Duration {
     let start = Instant::now();
     loop {
-        if metric(d, name).await == want {
+        if metric(d.admin, name).await == want {
             return start.elapsed();
         }
         assert!(start.elapsed() < within, "{name} never became {want}");
@@ -214,7 +206,7 @@ async fn fleet_quota_holds_across_nodes_and_a_killed_nodes_share_vanishes_within
     let c = node(dir.path(), &redis.url(), "c", "53000-53499");
     for d in [&a, &b, &c] {
         wait_metric(d, "turnd_cluster_nodes", 3.0, Duration::from_secs(5)).await;
-        assert_eq!(metric(d, "turnd_cluster_up").await, 1.0);
+        assert_eq!(metric(d.admin, "turnd_cluster_up").await, 1.0);
     }
     let mut held = Vec::new();
     for d in [&a, &a, &b] {
@@ -1304,7 +1296,7 @@ async fn rediss_with_a_ca_file_and_a_password_file_joins_and_a_wrong_password_fa
     // Several heartbeats later the other two are still down.
     tokio::time::sleep(heartbeats(5)).await;
     for d in [&bad, &untrusting] {
-        assert_eq!(metric(d, "turnd_cluster_up").await, 0.0);
+        assert_eq!(metric(d.admin, "turnd_cluster_up").await, 0.0);
     }
     // The documented fallback (quota_fail = "local"): this node's limits alone.
     let mut t = turn(&bad, "alice").await;
@@ -1464,9 +1456,8 @@ async fn chromium_redirect_in_netns(
     for c in &tcp {
         assert_eq!(c["address"], "192.0.2.2", "tcp: the relay is on B: {c}");
     }
-    let (status, body) = http("GET", a.admin, "/metrics", None).await;
-    assert_eq!(status, 200);
-    let refused = prometheus(&body)
+    let refused = metrics(a.admin)
+        .await
         .get("turnd_refusals_total{reason=\"try_alternate\"}")
         .copied()
         .unwrap_or(0.0);

@@ -302,6 +302,22 @@ pub fn prometheus(text: &str) -> std::collections::HashMap<String, f64> {
         .collect()
 }
 
+/// Every series of the admin listener's `/metrics` (no token: the tests' configs leave
+/// `/metrics` open), by name{labels}.
+pub async fn metrics(admin: SocketAddr) -> std::collections::HashMap<String, f64> {
+    let (status, body) = http("GET", admin, "/metrics", None).await;
+    assert_eq!(status, 200, "GET /metrics: {body}");
+    prometheus(&body)
+}
+
+/// One series of [`metrics`]; panics when it is missing.
+pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
+    *metrics(admin)
+        .await
+        .get(series)
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+}
+
 /// A webrtc-rs `turn::client::Client` on a fresh loopback socket, listening, for `server`
 /// with long-term credentials in realm `realm` (no Allocate yet).
 pub async fn turn_client(

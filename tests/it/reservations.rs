@@ -25,14 +25,6 @@ fn config(ports: (u16, u16)) -> turnd::Config {
     c
 }
 
-async fn scrape(admin: SocketAddr, name: &str) -> f64 {
-    let (status, body) = http("GET", admin, "/metrics", None).await;
-    assert_eq!(status, 200);
-    *prometheus(&body)
-        .get(name)
-        .unwrap_or_else(|| panic!("metric {name} missing"))
-}
-
 fn token_of(m: &Message) -> Option<Vec<u8>> {
     m.get(ATTR_RESERVATION_TOKEN).ok()
 }
@@ -65,7 +57,7 @@ async fn reservation_loop_holds_at_most_the_cap_and_expires() {
         }
     }
     assert_eq!((reserved, refused), (2, 38));
-    assert_eq!(scrape(admin, "turnd_reservations_held").await, 2.0);
+    assert_eq!(metric(admin, "turnd_reservations_held").await, 2.0);
     // A plain Allocate of the same user still works: the held reservations count against
     // the quota of 100, not more.
     let relay = client.allocate().await;
@@ -77,7 +69,7 @@ async fn reservation_loop_holds_at_most_the_cap_and_expires() {
     let admin_c = admin;
     let end = Instant::now() + Duration::from_secs(5);
     loop {
-        if scrape(admin_c, "turnd_reservations_held").await == 0.0 {
+        if metric(admin_c, "turnd_reservations_held").await == 0.0 {
             break;
         }
         assert!(Instant::now() < end, "reservations not swept");
@@ -119,7 +111,7 @@ async fn reservation_token_gives_the_next_port() {
         even.port() + 1
     );
     assert_eq!(
-        scrape(s.admin.unwrap(), "turnd_reservations_held").await,
+        metric(s.admin.unwrap(), "turnd_reservations_held").await,
         0.0
     );
     // The token is used up.

@@ -22,12 +22,6 @@ fn config() -> turnd::Config {
     c
 }
 
-async fn metrics(admin: SocketAddr) -> std::collections::HashMap<String, f64> {
-    let (status, body) = http("GET", admin, "/metrics", None).await;
-    assert_eq!(status, 200);
-    prometheus(&body)
-}
-
 /// One ChannelData round trip client -> peer -> client; the time it took, or None if lost.
 async fn round_trip(c: &UdpTurn, peer: &UdpSocket, relay: SocketAddr, i: u8) -> Option<Duration> {
     let t = Instant::now();

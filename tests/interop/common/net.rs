@@ -1,7 +1,7 @@
 //! Loopback probes (STUN Binding, TCP accept), free port pairs, TURN REST credentials
 //! computed independently of turnd, and one series of an in-process turnd's `/metrics`.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -102,6 +102,19 @@ pub(crate) fn free_udp_port_pair() -> u16 {
         }
     }
     panic!("no free UDP port pair on loopback after 100 tries");
+}
+
+/// The `transport` listener of a running turnd on `ip` (127.0.0.1 or ::1).
+pub fn listener(running: &turnd::Running, transport: ClientTransport, ip: IpAddr) -> SocketAddr {
+    let list = match transport {
+        ClientTransport::Udp => &running.udp,
+        ClientTransport::Tcp => &running.tcp,
+        ClientTransport::Tls => &running.tls,
+    };
+    *list
+        .iter()
+        .find(|a| a.ip() == ip)
+        .unwrap_or_else(|| panic!("no {} listener on {ip}: {list:?}", transport.name()))
 }
 
 /// The value of `series` (a metric name with its labels, as `/metrics` prints it) from the

@@ -56,6 +56,7 @@ pub const UDP_KERNEL_DROPS_TOTAL: &str = "turnd_udp_kernel_drops_total";
 pub const ALLOCATIONS_LIMIT: &str = "turnd_allocations_limit";
 pub const UDP_SEND_DROPPED_TOTAL: &str = "turnd_udp_send_dropped_total";
 pub const UDP_COALESCE_HOLDS_TOTAL: &str = "turnd_udp_coalesce_holds_total";
+pub const UDP_GSO_DATAGRAMS_TOTAL: &str = "turnd_udp_gso_datagrams_total";
 pub const DTLS_SESSIONS: &str = "turnd_dtls_sessions";
 pub const TCP_RELAY_CONNECTIONS: &str = "turnd_tcp_relay_connections";
 pub const DTLS_HELLO_VERIFY_TOTAL: &str = "turnd_dtls_hello_verify_requests_total";
@@ -601,6 +602,10 @@ impl Collector for ShardsCollector {
         ];
         let help = "UDP datagrams moved by those calls (datagrams / calls = the batch size).";
         family(e, UDP_BATCH_DATAGRAMS_TOTAL, help, Counter, dgrams)?;
+        let gso = sum(&|s| s.udp_gso_sent);
+        let help = "Of the datagrams sendmmsg moved, those that left inside a UDP GSO send of two \
+                    or more ([relay] gso: equal-size runs to one destination).";
+        single(e, UDP_GSO_DATAGRAMS_TOTAL, help, Counter, gso)?;
         let holds = sum(&|s| s.udp_coalesce_holds);
         let help = "Times a shard's UDP loop waited [relay] coalesce after a small turn at a high \
                     packet rate, so that its next system calls carried more datagrams.";
@@ -661,6 +666,7 @@ mod tests {
         a.udp_send_dropped = 3;
         a.udp_recv_calls = 2;
         a.udp_sent = 40;
+        a.udp_gso_sent = 12;
         a.udp_coalesce_holds = 9;
         let mut b = a.clone();
         b.engine.counters.responses.insert(("refresh", 0), 1);
@@ -806,6 +812,8 @@ mod tests {
             "turnd_tcp_relay_connections 2",
             "# TYPE turnd_udp_coalesce_holds_total counter",
             "turnd_udp_coalesce_holds_total 18",
+            "# TYPE turnd_udp_gso_datagrams_total counter",
+            "turnd_udp_gso_datagrams_total 24",
         ] {
             assert_line(&text, line);
         }
@@ -813,6 +821,6 @@ mod tests {
         let helps: Vec<_> = text.lines().filter(|l| l.starts_with("# HELP ")).collect();
         let unique: std::collections::HashSet<_> = helps.iter().collect();
         assert_eq!(helps.len(), unique.len());
-        assert_eq!(helps.len(), 38);
+        assert_eq!(helps.len(), 39);
     }
 }

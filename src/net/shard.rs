@@ -112,6 +112,8 @@ pub struct ShardMetrics {
     /// `sendmmsg` calls and the datagrams they carried (batching, GSO included).
     pub udp_send_calls: u64,
     pub udp_sent: u64,
+    /// Of `udp_sent`, datagrams sent inside GSO sends of two or more.
+    pub udp_gso_sent: u64,
     /// `recvmmsg` calls that returned datagrams, and the datagrams.
     pub udp_recv_calls: u64,
     pub udp_received: u64,
@@ -206,6 +208,7 @@ struct UdpCounters {
     send_dropped: Cell<u64>,
     send_calls: Cell<u64>,
     sent: Cell<u64>,
+    gso_sent: Cell<u64>,
     recv_calls: Cell<u64>,
     received: Cell<u64>,
     /// `[relay] coalesce` holds of the UDP loop.
@@ -219,6 +222,7 @@ impl UdpCounters {
         add(&self.send_dropped, &mut q.dropped);
         add(&self.send_calls, &mut q.calls);
         add(&self.sent, &mut q.sent);
+        add(&self.gso_sent, &mut q.gso_sent);
     }
 }
 
@@ -643,6 +647,7 @@ impl Shard {
                     udp_send_dropped: self.udp.send_dropped.get(),
                     udp_send_calls: self.udp.send_calls.get(),
                     udp_sent: self.udp.sent.get(),
+                    udp_gso_sent: self.udp.gso_sent.get(),
                     udp_recv_calls: self.udp.recv_calls.get(),
                     udp_received: self.udp.received.get(),
                     udp_coalesce_holds: self.udp.holds.get(),

@@ -207,6 +207,8 @@ pub struct SendQueue {
     pub dropped: u64,
     /// Datagrams sent.
     pub sent: u64,
+    /// Of those, datagrams that left inside a GSO send of two or more (`sent` counts them too).
+    pub gso_sent: u64,
 }
 
 impl SendQueue {
@@ -223,6 +225,7 @@ impl SendQueue {
             calls: 0,
             dropped: 0,
             sent: 0,
+            gso_sent: 0,
         }
     }
 
@@ -381,7 +384,12 @@ impl SendQueue {
             };
             if r > 0 {
                 let r = r as usize;
-                self.sent += msgs[sent..sent + r].iter().map(|m| m.1 as u64).sum::<u64>();
+                for &(_, count, seg) in &msgs[sent..sent + r] {
+                    self.sent += count as u64;
+                    if seg > 0 {
+                        self.gso_sent += count as u64;
+                    }
+                }
                 sent += r;
                 continue;
             }
@@ -600,8 +608,12 @@ mod tests {
         q.flush(batch.data());
         assert!(q.is_empty());
         assert_eq!(q.dropped, 0);
-        // Two sockets: one sendmmsg each.
-        assert_eq!(q.calls, 2);
+        // Two sockets: one sendmmsg each, each socket's four and two datagrams one GSO send.
+        assert!(
+            gso_supported(),
+            "this kernel takes UDP_SEGMENT (Linux 4.18 and later)"
+        );
+        assert_eq!((q.calls, q.sent, q.gso_sent), (2, 6, 6));
         let mut got = Vec::new();
         let mut buf = [0u8; 2000];
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -633,7 +645,11 @@ mod tests {
         }
         let mut batch = RecvBatch::new();
         assert_eq!(batch.recv(b.as_raw_fd()).unwrap(), lens.len());
-        let mut q = SendQueue::new(gso_supported());
+        assert!(
+            gso_supported(),
+            "this kernel takes UDP_SEGMENT (Linux 4.18 and later)"
+        );
+        let mut q = SendQueue::new(true);
         let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
         sink.set_nonblocking(true).unwrap();
         let to = sink.local_addr().unwrap();
@@ -643,6 +659,8 @@ mod tests {
         }
         q.flush(batch.data());
         assert_eq!((q.calls, q.sent, q.dropped), (1, lens.len() as u64, 0));
+        // Every datagram but the empty one left inside a GSO send: the runs formed.
+        assert_eq!(q.gso_sent, 8);
         std::thread::sleep(std::time::Duration::from_millis(20));
         let mut got = Vec::new();
         let mut buf = [0u8; 2000];
